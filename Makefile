@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine:
+#   make repro   create .venv, install pinned deps, run the DVC pipeline on the embedded default
+#   make test    same set-up, then the pytest suite (CPU, tiny configs)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.13.0
+# CPU build where there is no NVIDIA GPU: add PyTorch's CPU index when it is reachable
+# (an unpinned or plain PyPI torch pulls several GB of CUDA packages); on machines that
+# carry a local CPU wheel (pip find-links) the pin alone already picks it.
+TORCH_INDEX ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || \
+	(curl -s --max-time 5 -o /dev/null https://download.pytorch.org/whl/cpu/ && \
+	 echo --extra-index-url https://download.pytorch.org/whl/cpu))
+STAMP := $(VENV)/.installed
+
+.PHONY: setup repro test clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH) $(TORCH_INDEX)
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+repro: $(STAMP)
+	test -d .git || git init -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

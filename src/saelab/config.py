@@ -1,0 +1,188 @@
+"""Typed, frozen params sections, validated once at load.
+
+Each stage reads its own section(s) of ``params.yaml`` through :func:`load_params`.
+Errors name the key, the value and what is allowed, e.g.
+``sae.l1_coeff: -1 must be > 0``. Unknown keys are rejected so that a typo
+cannot silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A params value is invalid; the message says which key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TextConfig(_Section):
+    source: str = "python-stdlib"
+    """``python-stdlib``, ``dir:<path>`` or ``hf:<dataset>[:<config>]``."""
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    """Share of documents (by hash of their id) held out for evaluation."""
+    max_docs: Optional[int] = Field(None, gt=0)
+    """Cap on documents for ``hf:`` sources (streamed); ``None`` = all."""
+    text_column: str = "text"
+    """Column / JSON field holding the text for jsonl, parquet and hf sources."""
+
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, v: str) -> str:
+        if v == "python-stdlib" or re.fullmatch(r"(dir|hf):.+", v):
+            return v
+        raise ValueError("must be 'python-stdlib', 'dir:<path>' or 'hf:<dataset>'")
+
+
+class LMConfig(_Section):
+    source: Literal["embedded", "pretrained"] = "embedded"
+    """``embedded``: train tokenizer + 1-layer GELU LM here; ``pretrained``: load ``name``."""
+    name: str = "gelu-1l"
+    """TransformerLens model name used when ``source: pretrained``."""
+    vocab_size: int = Field(4096, ge=260)
+    d_model: int = Field(128, gt=0)
+    d_mlp: int = Field(512, gt=0)
+    n_heads: int = Field(4, gt=0)
+    n_layers: int = Field(1, gt=0)
+    n_ctx: int = Field(128, gt=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    batch_size: int = Field(32, gt=0)
+    n_steps: int = Field(900, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    eval_rows: int = Field(256, gt=0)
+    """Rows of the eval split used for the LM's own eval CE."""
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "LMConfig":
+        if self.d_model % self.n_heads:
+            raise ValueError(f"lm.d_model ({self.d_model}) must be divisible by lm.n_heads ({self.n_heads})")
+        return self
+
+
+class TokensConfig(_Section):
+    n_ctx: int = Field(128, gt=1)
+    """Tokens per row, BOS included; must not exceed the LM's context."""
+
+
+class ActivationsConfig(_Section):
+    hook: str = "blocks.0.mlp.hook_post"
+    n_tokens: int = Field(2_000_000, gt=0)
+    """Activations to cache (capped by the train split)."""
+    dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
+    batch_rows: int = Field(64, gt=0)
+    shard_tokens: int = Field(262_144, gt=0)
+    row_group_tokens: int = Field(16_384, gt=0)
+    seed: int = 0
+    allow_nonfinite: bool = False
+    device: str = "auto"
+
+
+class SAEConfig(_Section):
+    expansion: Optional[int] = Field(8, gt=0)
+    """d_sae = expansion * d_in, unless ``d_sae`` is given."""
+    d_sae: Optional[int] = Field(None, gt=0)
+    l1_coeff: float = Field(1.5, gt=0)
+    """Multiplies mean over the batch of sum over features of |f| (batch-size independent)."""
+    lr: float = Field(1e-3, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    batch_size: int = Field(2048, gt=0)
+    n_tokens: int = Field(2_000_000, gt=0)
+    seed: int = 0
+    resample_every: int = Field(250_000, gt=0)
+    """Tokens between resampling checks."""
+    resample_window: int = Field(250_000, gt=0)
+    """Tokens over which firing frequency is counted before each check."""
+    resample_threshold: float = Field(1e-5, ge=0, lt=1)
+    """Features firing on a smaller share of the window are re-initialised."""
+    resample_stop: float = Field(0.7, ge=0, le=1)
+    """No resampling after this fraction of training, so revived features can settle."""
+    lr_warmup_tokens: int = Field(50_000, ge=0)
+    lr_decay_frac: float = Field(0.2, ge=0, le=1)
+    """Linear decay to zero over this final fraction of training (0 = constant lr)."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    """bf16 = autocast with fp32 master weights."""
+    device: str = "auto"
+    log_every: int = Field(20, gt=0)
+    """Steps between reading metrics off the device and logging them."""
+
+    @model_validator(mode="after")
+    def _width(self) -> "SAEConfig":
+        if self.expansion is None and self.d_sae is None:
+            raise ValueError("set sae.expansion or sae.d_sae")
+        if self.resample_window > self.resample_every:
+            raise ValueError(
+                f"sae.resample_window ({self.resample_window}) must be <= sae.resample_every ({self.resample_every})"
+            )
+        return self
+
+    def width(self, d_in: int) -> int:
+        return self.d_sae if self.d_sae is not None else self.expansion * d_in
+
+
+class EvaluateConfig(_Section):
+    max_tokens: Optional[int] = Field(None, gt=0)
+    """Eval tokens for feature statistics (frequency, L0, MSE, ...); ``None`` = the whole eval split."""
+    ce_max_tokens: Optional[int] = Field(262_144, gt=0)
+    """Eval tokens for the CE metrics (4 LM passes each); ``None`` = same as max_tokens."""
+    batch_rows: int = Field(64, gt=0)
+    ultra_low_threshold: float = Field(1e-4, gt=0, lt=1)
+    device: str = "auto"
+
+
+class ReportConfig(_Section):
+    density_bins: int = Field(60, gt=0)
+
+
+class Params(_Section):
+    text: TextConfig = TextConfig()
+    lm: LMConfig = LMConfig()
+    tokens: TokensConfig = TokensConfig()
+    activations: ActivationsConfig = ActivationsConfig()
+    sae: SAEConfig = SAEConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _ctx(self) -> "Params":
+        if self.lm.source == "embedded" and self.tokens.n_ctx > self.lm.n_ctx:
+            raise ValueError(f"tokens.n_ctx ({self.tokens.n_ctx}) must be <= lm.n_ctx ({self.lm.n_ctx})")
+        return self
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        msg = msg.replace("Input should be", "must be").replace("Extra inputs are not permitted", "unknown key (typo?)")
+        if key:
+            lines.append(f"{key}: {e['input']!r} {msg}" if e["type"] != "extra_forbidden" else f"{key}: {msg}")
+        else:
+            lines.append(msg)
+    return "invalid params:\n  " + "\n  ".join(lines)
+
+
+def parse_params(raw: dict) -> Params:
+    """Validate a params mapping; raise ConfigError listing every bad key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_format(err)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found (run from the repository root or pass --params)")
+    return parse_params(yaml.safe_load(path.read_text()))

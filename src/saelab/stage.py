@@ -1,0 +1,38 @@
+"""Shared plumbing for the thin scripts in ``stages/``: arguments, params, logging, peak memory."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+import time
+from contextlib import contextmanager
+
+from saelab.config import ConfigError, Params, load_params
+
+log = logging.getLogger("saelab")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    return p
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def run_stage(name: str, args) -> Params:
+    """Load + validate params, then run the stage body; expected faults print one clear line."""
+    logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s", stream=sys.stderr)
+    start = time.perf_counter()
+    try:
+        params = load_params(args.params)
+        yield params
+    except (ConfigError, FileNotFoundError, ValueError, OSError, RuntimeError, FloatingPointError) as err:
+        log.error("%s: %s", type(err).__name__, err)
+        sys.exit(2)
+    log.info("done in %.1f s (peak RSS %.0f MB)", time.perf_counter() - start, peak_rss_mb())

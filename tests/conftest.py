@@ -1,0 +1,66 @@
+"""Shared tiny fixtures: a small corpus, a tiny LM on disk and a tiny activation cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from saelab import activations as acts
+from saelab import lm
+from saelab.config import LMConfig
+from saelab.tokens import tokenize_texts
+
+CORPUS = [
+    "def add(a, b):\n    return a + b\n" * 3,
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n" * 2,
+    "import os\nprint(os.path.join('a', 'b'))\n" * 4,
+    "for i in range(10):\n    if i % 2 == 0:\n        print(i)\n" * 3,
+] * 5
+
+TINY_LM = LMConfig(vocab_size=300, d_model=32, d_mlp=64, n_heads=2, n_ctx=16, batch_size=4, n_steps=3, warmup_steps=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """A 1-layer GELU LM + tokenizer saved with save_lm, and its token rows."""
+    out = tmp_path_factory.mktemp("lm")
+    tok = lm.train_tokenizer(CORPUS, TINY_LM.vocab_size)
+    config = lm.embedded_config(TINY_LM, tok)
+    model = lm.build_model(lm.tl_config(TINY_LM))
+    rows = tokenize_texts(tok, CORPUS, TINY_LM.n_ctx, config["bos_token_id"])
+    lm.train_lm(model, rows, TINY_LM)
+    lm.save_lm(out, model, tok, config)
+    return out, rows
+
+
+class FakeLM:
+    """Stands in for the LM: the activation at (token t, position p) is fixed by t and p."""
+
+    def __init__(self, d: int, poison: bool = False):
+        self.d, self.poison = d, poison
+
+    @staticmethod
+    def expected(tokens: torch.Tensor, d: int) -> torch.Tensor:
+        pos = torch.arange(tokens.shape[-1]).float().expand(tokens.shape)
+        k = torch.arange(d).float()
+        return torch.sin(tokens.float()[..., None] * (k + 1) / 7) + 0.01 * pos[..., None] * k
+
+    def run_with_hooks(self, tokens, fwd_hooks, stop_at_layer=None):
+        x = self.expected(tokens, self.d)
+        if self.poison:
+            x[0, 0, 0] = float("nan")
+        fwd_hooks[0][1](x, hook=None)
+
+
+def make_cache(path, n_tokens=3000, d=8, dtype="fp32", seed=0, n_ctx=10, shard_tokens=1000, row_group_tokens=250, poison=False):
+    """Write a cache from FakeLM over rows whose token ids are 0..n_tokens-1 (so each token is unique)."""
+    from saelab.io import write_json
+
+    n_rows = n_tokens // n_ctx
+    rows = np.arange(n_rows * n_ctx, dtype=np.int32).reshape(n_rows, n_ctx)
+    spec = acts.CacheSpec("blocks.0.mlp.hook_post", 0, d, dtype, n_tokens, seed, 7, shard_tokens, row_group_tokens)
+    path.mkdir(parents=True, exist_ok=True)
+    manifest = acts.write_cache(FakeLM(d, poison), rows, np.arange(n_rows), spec, path, "cpu")
+    write_json(path / acts.MANIFEST, manifest)
+    return rows, manifest

@@ -1,0 +1,129 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from saelab import activations as acts
+from saelab.activations import ActivationCache, CacheError
+from tests.conftest import FakeLM, make_cache
+
+
+def _read_all(cache):
+    parts = list(cache.iter_tokens())
+    return {k: (torch.cat if k == "x" else np.concatenate)([p[k] for p in parts]) for k in parts[0]}
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_exact_round_trip(tmp_path, dtype):
+    """Every cached vector equals the LM's activation for its (token, position), bit for bit in the cache dtype."""
+    rows, manifest = make_cache(tmp_path, dtype=dtype)
+    cache = ActivationCache(tmp_path)
+    got = _read_all(cache)
+    assert len(got["x"]) == manifest["n_tokens"] == 3000
+    expected = FakeLM.expected(torch.from_numpy(rows), 8)[got["row"], got["pos"]].to(acts.DTYPES[dtype])
+    assert torch.equal(got["x"], expected)
+    assert (rows[got["row"], got["pos"]] == got["token"]).all()
+    assert sorted(got["token"].tolist()) == list(range(3000))  # every token exactly once
+
+
+def test_cache_is_shuffled_across_the_whole_cache(tmp_path):
+    """Tokens of one prompt are spread over the cache; neighbours rarely share a prompt."""
+    make_cache(tmp_path, n_tokens=5000)
+    row = _read_all(ActivationCache(tmp_path))["row"]
+    same_neighbour = (row[1:] == row[:-1]).mean()
+    assert same_neighbour < 0.02  # 10 tokens per prompt out of 500 prompts: ~0.2% by chance
+    spans = [np.ptp(np.flatnonzero(row == r)) for r in range(0, 500, 25)]
+    assert np.median(spans) > 0.5 * len(row)
+    shards_of_row0 = {i // 1000 for i in np.flatnonzero(row == 0)}
+    assert len(shards_of_row0) >= 3
+
+
+def test_shuffle_is_seeded(tmp_path):
+    """The same seed gives identical shards; another seed a different order."""
+    make_cache(tmp_path / "a", seed=1)
+    make_cache(tmp_path / "b", seed=1)
+    make_cache(tmp_path / "c", seed=2)
+    ra, rb, rc = (_read_all(ActivationCache(tmp_path / k))["token"] for k in "abc")
+    assert np.array_equal(ra, rb) and not np.array_equal(ra, rc)
+
+
+def test_manifest_records_stats(tmp_path):
+    """The manifest's mean and mean norm match the data."""
+    make_cache(tmp_path)
+    cache = ActivationCache(tmp_path)
+    x = _read_all(cache)["x"].double()
+    assert torch.allclose(cache.mean.double(), x.mean(0), atol=1e-5)
+    assert cache.manifest["mean_norm"] == pytest.approx(x.norm(dim=-1).mean().item(), rel=1e-5)
+    assert {"hook", "d", "dtype", "n_tokens", "shards"} <= set(cache.manifest)
+
+
+def test_batches_stream_in_order_and_wrap(tmp_path):
+    """batches() yields the cache in order across row groups and shards, then wraps; skip resumes."""
+    make_cache(tmp_path)
+    cache = ActivationCache(tmp_path)
+    full = _read_all(cache)["x"]
+    it = cache.batches(128)
+    got = torch.cat([next(it) for _ in range(30)])  # 3840 tokens: crosses the end of 3000
+    assert torch.equal(got[:3000], full) and torch.equal(got[3000:], full[:840])
+    resumed = next(cache.batches(128, skip_tokens=128 * 5))
+    assert torch.equal(resumed, full[640:768])
+
+
+def test_unknown_hook_lists_valid_ones():
+    """An unknown hook name raises listing the valid hooks."""
+    with pytest.raises(ValueError, match="blocks.0.mlp.hook_post.*blocks.0.hook_resid_post|blocks.0.hook_resid_post.*blocks.0.mlp.hook_post"):
+        acts.check_hook("blocks.0.mlp.hook_psot", {"n_layers": 1, "d_mlp": 64, "d_model": 32})
+    assert acts.check_hook("blocks.0.hook_resid_post", {"n_layers": 1, "d_mlp": 64, "d_model": 32}) == (0, 32)
+
+
+def test_truncated_shard_names_the_file(tmp_path):
+    """A truncated Parquet shard gives a CacheError naming the file."""
+    make_cache(tmp_path)
+    shard = tmp_path / "shard-00001.parquet"
+    shard.write_bytes(shard.read_bytes()[:500])
+    with pytest.raises(CacheError, match="shard-00001.parquet: unreadable or truncated"):
+        ActivationCache(tmp_path)
+
+
+def test_garbage_shard_names_the_file(tmp_path):
+    """A shard that is not Parquet at all gives a CacheError naming the file."""
+    make_cache(tmp_path)
+    (tmp_path / "shard-00002.parquet").write_bytes(b"not parquet" * 100)
+    with pytest.raises(CacheError, match="shard-00002.parquet"):
+        ActivationCache(tmp_path)
+
+
+@pytest.mark.parametrize("key, value, message", [("d", 9, "column x is"), ("dtype", "fp16", "column x is"),
+                                                 ("n_tokens", 3001, "manifest says 3001")])
+def test_manifest_disagreeing_with_shards(tmp_path, key, value, message):
+    """A manifest that disagrees with its shards (d, dtype, count) is refused."""
+    make_cache(tmp_path)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m[key] = value
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CacheError, match=message):
+        ActivationCache(tmp_path)
+
+
+def test_missing_manifest_means_incomplete(tmp_path):
+    """A cache directory without its manifest is reported as incomplete."""
+    make_cache(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(CacheError, match="incomplete"):
+        ActivationCache(tmp_path)
+
+
+def test_nonfinite_activations_refused(tmp_path):
+    """A NaN activation stops the writer, naming the hook and rows."""
+    with pytest.raises(FloatingPointError, match="non-finite activations at blocks.0.mlp.hook_post"):
+        make_cache(tmp_path, poison=True)
+
+
+def test_disk_space_checked_before_writing(tmp_path, monkeypatch):
+    """Too little free disk fails fast, stating both sizes."""
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1000))
+    with pytest.raises(OSError, match=r"needs 0\.00 GB .* only 0\.00 GB"):
+        make_cache(tmp_path)
+    assert not list(tmp_path.glob("*.parquet"))

@@ -1,0 +1,44 @@
+import pytest
+
+from saelab.config import ConfigError, load_params, parse_params
+
+
+def test_repo_params_are_valid():
+    """The committed params.yaml validates."""
+    p = load_params("params.yaml")
+    assert p.activations.hook == "blocks.0.mlp.hook_post"
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"sae": {"l1_coeff": -1}}, "sae.l1_coeff: -1 must be greater than 0"),
+        ({"sae": {"batch_size": 0}}, "sae.batch_size: 0 must be greater than 0"),
+        ({"lm": {"d_model": -8}}, "lm.d_model: -8 must be greater than 0"),
+        ({"activations": {"dtype": "fp8"}}, "activations.dtype: 'fp8' must be 'fp16', 'bf16' or 'fp32'"),
+        ({"sae": {"l1_coef": 1.0}}, "sae.l1_coef: unknown key"),
+        ({"bogus": {}}, "bogus: unknown key"),
+        ({"text": {"source": "web"}}, "text.source: 'web' must be 'python-stdlib', 'dir:<path>' or 'hf:<dataset>'"),
+        ({"lm": {"d_model": 130, "n_heads": 4}}, "divisible by lm.n_heads"),
+        ({"tokens": {"n_ctx": 256}}, "tokens.n_ctx (256) must be <= lm.n_ctx (128)"),
+        ({"sae": {"lr": "fast"}}, "sae.lr: 'fast'"),
+    ],
+)
+def test_bad_values_name_key_value_and_rule(raw, message):
+    """Each bad value gets one message naming the key, the value and what is allowed."""
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert message in str(err.value)
+
+
+def test_missing_params_file(tmp_path):
+    """A missing params file is a clear ConfigError, not a traceback."""
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_sections_are_frozen():
+    """Configs are immutable once validated."""
+    p = parse_params({})
+    with pytest.raises(Exception):
+        p.sae.l1_coeff = 3.0

@@ -1,0 +1,152 @@
+"""End to end: `dvc repro` of a tiny params file in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from saelab.io import atomic_dir
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def _run(cmd, cwd, check=True, **kw):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(cwd / "src")}
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+def _git(cwd, *args):
+    return _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd)
+
+
+def make_repo(dest: Path, overrides: dict | None = None) -> Path:
+    """A copy of the pipeline (code, dvc.yaml, tiny params over the defaults), committed to git."""
+    for name in ("stages", "src"):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(REPO / "dvc.yaml", dest)
+    shutil.copy(REPO / ".gitignore", dest)
+    corpus = dest / "corpus"
+    corpus.mkdir()
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for f in sorted((stdlib / "json").glob("*.py")) + sorted((stdlib / "email").glob("*.py"))[:12]:
+        shutil.copy(f, corpus / f"{f.parent.name}_{f.name}")
+    tiny = yaml.safe_load((REPO / "tests/tiny_params.yaml").read_text())
+    tiny["text"]["source"] = f"dir:{corpus}"
+    params = _merge(_merge(yaml.safe_load((REPO / "params.yaml").read_text()), tiny), overrides or {})
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _git(dest, "init", "-q")
+    _run(["dvc", "init", "-q"], dest)
+    _git(dest, "add", "-A")
+    _git(dest, "commit", "-qm", "tiny pipeline")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    dest = make_repo(tmp_path_factory.mktemp("pipeline"))
+    _run(["dvc", "repro"], dest)
+    return dest
+
+
+def test_repro_produces_every_output(repo):
+    """A full `dvc repro` writes models, cache, metrics and plots, and leaves nothing to rerun."""
+    for p in ("models/lm/model.safetensors", "models/lm/tokenizer.json", "data/tokens/train.parquet",
+              "data/activations/manifest.json", "models/sae/sae.safetensors", "models/sae/config.json",
+              "plots/report/density.png", "plots/report/training_curves.png", "plots/train/plots/metrics/l0.tsv"):
+        assert (repo / p).exists(), p
+    m = json.loads((repo / "metrics/evaluate.json").read_text())
+    for key in ("ce_recovered_zero", "ce_recovered_mean", "explained_variance", "l0", "l2_ratio", "frac_dead", "mse"):
+        assert isinstance(m[key], float)
+    assert "up to date" in _run(["dvc", "status"], repo).stdout
+    assert not list(repo.rglob(".*.tmp"))
+
+
+def test_changing_l1_reruns_only_train_onwards(repo):
+    """Changing sae.l1_coeff reruns train, evaluate and report, and skips the upstream stages."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["sae"]["l1_coeff"] = 2.0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(["dvc", "repro"], repo).stdout
+    for stage in ("text", "lm", "tokens", "activations"):
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    for stage in ("train", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in out
+
+
+def test_dvc_metrics_show_reads_flat_json(repo):
+    """`dvc metrics show --json` reports the evaluate metrics."""
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    data = next(iter(shown.values()))["data"]
+    assert "ce_recovered_zero" in data["metrics/evaluate.json"]["data"]
+
+
+def test_bad_params_fail_before_work(tmp_path):
+    """A stage given a bad value exits 2 at once with one line naming key, value and rule."""
+    bad = yaml.safe_load((REPO / "params.yaml").read_text())
+    bad["sae"]["l1_coeff"] = -1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    start = time.time()
+    res = _run([sys.executable, "-m", "stages.train", "--params", str(tmp_path / "params.yaml"), "--activations",
+                str(tmp_path / "none"), "--out", str(tmp_path / "sae"), "--live", str(tmp_path / "live"),
+                "--metrics", str(tmp_path / "m.json")], REPO, check=False)
+    assert res.returncode == 2 and time.time() - start < 30
+    assert "sae.l1_coeff: -1 must be greater than 0" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "sae").exists()
+
+
+def test_missing_text_source_fails_clearly(tmp_path):
+    """A dir: source that does not exist stops the text stage with the path in the message."""
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["text"]["source"] = f"dir:{tmp_path / 'nowhere'}"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    res = _run([sys.executable, "-m", "stages.text", "--params", str(tmp_path / "params.yaml"),
+                "--out", str(tmp_path / "text")], REPO, check=False)
+    assert res.returncode == 2 and "nowhere: no such directory" in res.stderr
+    assert not (tmp_path / "text").exists()
+
+
+def test_atomic_dir_leaves_nothing_on_error(tmp_path):
+    """An exception inside atomic_dir leaves neither the output nor its scratch."""
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "half.bin").write_bytes(b"x")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_stage_leaves_no_complete_output(tmp_path):
+    """kill -9 in the middle of a write leaves only a hidden scratch dir, never the output path."""
+    code = (
+        "import time, sys; from pathlib import Path; from saelab.io import atomic_dir\n"
+        f"with atomic_dir(Path({str(tmp_path / 'out')!r})) as t:\n"
+        "    (t / 'part').write_bytes(b'x'); print('ready', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out").exists() and (tmp_path / ".out.tmp").exists()
+    with atomic_dir(tmp_path / "out") as t:  # a rerun clears the stale scratch
+        (t / "done").write_text("ok")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["done"]
