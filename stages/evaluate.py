@@ -5,7 +5,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from saelab.activations import ActivationCache, check_hook
+from saelab.activations import ActivationCache, check_sae_width
 from saelab.evaluate import evaluate
 from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.lm import load_lm
@@ -25,9 +25,7 @@ def main() -> None:
         lm = load_lm(args.lm, device)
         cache = ActivationCache(args.activations)
         sae, meta = SAE.load(args.sae, device)
-        layer, d = check_hook(meta["hook"], lm.config["tl_config"])
-        if sae.d_in != d:
-            raise ValueError(f"{args.sae}: SAE d_in {sae.d_in} does not match {meta['hook']} width {d}; rerun `dvc repro train`")
+        layer = check_sae_width(sae.d_in, meta["hook"], lm.config["tl_config"], args.sae)
         rows = read_rows(args.tokens / "eval.parquet")
         metrics, per_feature = evaluate(lm.model, sae, rows, meta["hook"], layer, cache.mean, cfg, device)
         metrics["peak_rss_mb"] = peak_rss_mb()

@@ -1,15 +1,18 @@
-"""Stage train: train the SAE on the cached activations (curves logged with DVCLive)."""
+"""Stage train: train the SAE on the cached activations, resumably (curves logged with DVCLive)."""
 
 from pathlib import Path
 
 import torch
 from dvclive import Live
 
-from saelab.activations import ActivationCache
+from saelab.activations import MANIFEST, ActivationCache
+from saelab.checkpoint import Checkpointer, fingerprint
 from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.sae import SAE
 from saelab.stage import log, parser, peak_rss_mb, run_stage
-from saelab.train import train_sae
+from saelab.train import Trainer
+
+L1_CONVENTION = "loss = mean_batch sum_dims (x_hat-x)^2 + l1_coeff * mean_batch sum_features |f|"
 
 
 def main() -> None:
@@ -18,14 +21,18 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--live", type=Path, required=True, help="DVCLive directory for the training curves")
     p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--checkpoints", type=Path, required=True, help="resume directory; must not be a DVC output")
     args = p.parse_args()
     with run_stage("train", args) as params:
         cfg = params.sae
         cache = ActivationCache(args.activations)
         device = resolve_device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        sae = SAE(cache.d, cfg.width(cache.d), seed=cfg.seed).to(device)
-        log.info("SAE %d -> %d on %d cached tokens, training %d tokens on %s", cache.d, sae.d_sae, cache.n_tokens, cfg.n_tokens, device)
+        trainer = Trainer(SAE(cache.d, cfg.width(cache.d), seed=cfg.seed).to(device), cfg, device)
+        ckpt = Checkpointer(args.checkpoints, fingerprint(cfg.model_dump(), args.activations / MANIFEST), cfg.checkpoint_every)
+        if (saved := ckpt.load()) is not None:
+            trainer.restore(*saved)
+        log.info("SAE %d -> %d on %d cached tokens, %d training tokens on %s (from step %d)",
+                 cache.d, trainer.sae.d_sae, cache.n_tokens, cfg.n_tokens, device, trainer.state.step)
         with Live(str(args.live), save_dvc_exp=False, dvcyaml=None) as live:
             def log_row(step, row):
                 live.step = step
@@ -33,14 +40,13 @@ def main() -> None:
                     live.log_metric(k, v)
                 live.next_step()
 
-            state = train_sae(sae, cache.batches(cfg.batch_size), cfg, device, log=log_row)
+            for step, row in trainer.state.log_rows:  # curve of the interrupted part of the run
+                log_row(step, row)
+            state = trainer.run(lambda skip: cache.batches(cfg.batch_size, skip), log_row, ckpt)
         with atomic_dir(args.out) as tmp:
-            sae.cpu().save(tmp, {
-                "hook": cache.manifest["hook"],
-                "activations_dtype": cache.dtype,
-                "l1_convention": "loss = mean_batch sum_dims (x_hat-x)^2 + l1_coeff * mean_batch sum_features |f|",
-                "train_params": cfg.model_dump(),
-            })
+            trainer.sae.cpu().save(tmp, {"hook": cache.manifest["hook"], "activations_dtype": cache.dtype,
+                                         "l1_convention": L1_CONVENTION, "train_params": cfg.model_dump()})
+        ckpt.clear()
         tokens = state.step * cfg.batch_size
         write_json(args.metrics, {
             "train_tokens": tokens, "train_steps": state.step, "train_seconds": state.seconds,

@@ -127,3 +127,11 @@ def test_disk_space_checked_before_writing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=r"needs 0\.00 GB .* only 0\.00 GB"):
         make_cache(tmp_path)
     assert not list(tmp_path.glob("*.parquet"))
+
+
+def test_sae_width_must_match_hook():
+    """An SAE whose d_in differs from the hook's width is refused, naming the file and both widths."""
+    tl = {"n_layers": 1, "d_mlp": 64, "d_model": 32}
+    assert acts.check_sae_width(64, "blocks.0.mlp.hook_post", tl, "models/sae") == 0
+    with pytest.raises(ValueError, match="models/sae: SAE d_in is 32 but blocks.0.mlp.hook_post has width 64"):
+        acts.check_sae_width(32, "blocks.0.mlp.hook_post", tl, "models/sae")

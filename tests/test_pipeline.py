@@ -52,7 +52,7 @@ def make_repo(dest: Path, overrides: dict | None = None) -> Path:
     for f in sorted((stdlib / "json").glob("*.py")) + sorted((stdlib / "email").glob("*.py"))[:12]:
         shutil.copy(f, corpus / f"{f.parent.name}_{f.name}")
     tiny = yaml.safe_load((REPO / "tests/tiny_params.yaml").read_text())
-    tiny["text"]["source"] = f"dir:{corpus}"
+    tiny["text"]["source"] = "dir:corpus"  # relative to the repo root, so two copies hash alike
     params = _merge(_merge(yaml.safe_load((REPO / "params.yaml").read_text()), tiny), overrides or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _git(dest, "init", "-q")
@@ -109,7 +109,7 @@ def test_bad_params_fail_before_work(tmp_path):
     start = time.time()
     res = _run([sys.executable, "-m", "stages.train", "--params", str(tmp_path / "params.yaml"), "--activations",
                 str(tmp_path / "none"), "--out", str(tmp_path / "sae"), "--live", str(tmp_path / "live"),
-                "--metrics", str(tmp_path / "m.json")], REPO, check=False)
+                "--metrics", str(tmp_path / "m.json"), "--checkpoints", str(tmp_path / "ck")], REPO, check=False)
     assert res.returncode == 2 and time.time() - start < 30
     assert "sae.l1_coeff: -1 must be greater than 0" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "sae").exists()
@@ -150,3 +150,28 @@ def test_killed_stage_leaves_no_complete_output(tmp_path):
     with atomic_dir(tmp_path / "out") as t:  # a rerun clears the stale scratch
         (t / "done").write_text("ok")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["done"]
+
+
+TIMING_KEYS = ("seconds", "per_s", "peak_rss")
+
+
+def _outs(lock: dict) -> dict:
+    return {o["path"]: o["md5"] for st in lock["stages"].values() for o in st.get("outs", [])}
+
+
+def test_two_runs_are_byte_identical(tmp_path):
+    """Two CPU runs of the tiny pipeline give identical output hashes in dvc.lock and equal metrics but for timings."""
+    runs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        repo = make_repo(tmp_path / name)
+        _run(["dvc", "repro"], repo)
+        runs.append(repo)
+    locks = [yaml.safe_load((r / "dvc.lock").read_text()) for r in runs]
+    outs_a, outs_b = (_outs(lock) for lock in locks)
+    timed = {p for p in outs_a if p.startswith("metrics/")}
+    assert {p: h for p, h in outs_a.items() if p not in timed} == {p: h for p, h in outs_b.items() if p not in timed}
+    for p in timed:
+        a, b = (json.loads((r / p).read_text()) for r in runs)
+        strip = lambda m: {k: v for k, v in m.items() if not any(t in k for t in TIMING_KEYS)}  # noqa: E731
+        assert strip(a) == strip(b), p

@@ -73,6 +73,14 @@ def check_hook(hook: str, tl_config: dict) -> tuple[int, int]:
     return layer, width
 
 
+def check_sae_width(d_in: int, hook: str, tl_config: dict, where) -> int:
+    """Raise unless an SAE of input width ``d_in`` fits ``hook`` of this LM; return the hook's layer."""
+    layer, width = check_hook(hook, tl_config)
+    if d_in != width:
+        raise ValueError(f"{where}: SAE d_in is {d_in} but {hook} has width {width}; train the SAE on this LM's activations")
+    return layer
+
+
 def is_mlp_post(hook: str) -> bool:
     return hook.endswith("mlp.hook_post")
 

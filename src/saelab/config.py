@@ -115,6 +115,8 @@ class SAEConfig(_Section):
     device: str = "auto"
     log_every: int = Field(20, gt=0)
     """Steps between reading metrics off the device and logging them."""
+    checkpoint_every: int = Field(200, ge=0)
+    """Steps between resumable checkpoints (0 = never)."""
 
     @model_validator(mode="after")
     def _width(self) -> "SAEConfig":

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from saelab.checkpoint import generator_state, set_generator_state
 from saelab.config import SAEConfig
-from saelab.sae import SAE, l0, l1_loss, mse_loss
+from saelab.sae import SAE, l1_loss, mse_loss
 
 
 @dataclass
@@ -92,17 +93,17 @@ def resample_(sae: SAE, opt: torch.optim.Adam, dead: torch.Tensor, x: torch.Tens
 
 @dataclass
 class TrainState:
-    """Everything a run needs to continue: counters, fire counts and the running log sums."""
+    """Everything besides weights and Adam that a run needs to continue exactly."""
 
     step: int = 0
-    fired: torch.Tensor | None = None  # (d_sae,) fires since the window opened
     window_tokens: int = 0
     n_resampled: int = 0
     resample_events: list = field(default_factory=list)
+    log_rows: list = field(default_factory=list)  # [(step, row)], replayed into DVCLive on resume
     seconds: float = 0.0
 
 
-def train_step(sae: SAE, opt: torch.optim.Adam, x: torch.Tensor, l1_coeff: float, autocast: bool) -> tuple:
+def train_step(sae: SAE, opt: torch.optim.Adam, x: torch.Tensor, l1_coeff: float, autocast: bool, step: int = 0) -> tuple:
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         x_hat, f = sae(x)
         mse = mse_loss(x_hat.float(), x)
@@ -110,8 +111,8 @@ def train_step(sae: SAE, opt: torch.optim.Adam, x: torch.Tensor, l1_coeff: float
         loss = mse + l1_coeff * l1
     if not torch.isfinite(loss):
         raise FloatingPointError(
-            f"non-finite SAE loss (mse={mse.item()}, l1={l1.item()}); "
-            "check the activation cache for inf/NaN or lower sae.lr"
+            f"non-finite SAE loss at step {step} (mse={mse.item()}, l1={l1.item()}); training stopped before "
+            "updating the weights, the last checkpoint is kept. Lower sae.lr or check the activation cache"
         )
     loss.backward()
     sae.remove_parallel_grad_()
@@ -121,54 +122,101 @@ def train_step(sae: SAE, opt: torch.optim.Adam, x: torch.Tensor, l1_coeff: float
     return loss.detach(), mse.detach(), l1.detach(), f.detach()
 
 
-def train_sae(sae: SAE, batches, cfg: SAEConfig, device: torch.device, log=None, state: TrainState | None = None) -> TrainState:
-    """Train ``sae`` on an endless iterator of (B, d_in) batches; ``log(step, dict)`` receives metrics."""
-    sched = Schedule.from_config(cfg)
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    state = state or TrainState()
-    state.fired = torch.zeros(sae.d_sae, device=device)
-    sums = torch.zeros(4, device=device)  # loss, mse, l1, l0 since the last log
-    start = time.perf_counter()
-    bar = tqdm(total=sched.n_steps * cfg.batch_size, desc="sae train", unit="tok", unit_scale=True)
-    for step in range(sched.n_steps):
-        x = next(batches).to(device, non_blocking=True).float()
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * sched.lr_scale(step)
-        loss, mse, l1, f = train_step(sae, opt, x, cfg.l1_coeff, cfg.dtype == "bf16")
-        fires = f > 0
-        state.fired += fires.sum(0)
-        state.window_tokens += len(x)
-        sums += torch.stack([loss, mse, l1, fires.float().sum(-1).mean()])
-        done = step + 1
-        if sched.resamples(done):
-            dead = state.fired / state.window_tokens < cfg.resample_threshold
-            n = resample_(sae, opt, dead, x, gen)
-            state.n_resampled += n
-            state.resample_events.append({"step": done, "n": n})
-        if sched.opens_window(done):
-            state.fired.zero_()
-            state.window_tokens = 0
-        if done % cfg.log_every == 0 or done == sched.n_steps:
-            n_logged = (done - 1) % cfg.log_every + 1
-            loss_m, mse_m, l1_m, l0_m = (sums / n_logged).tolist()
-            sums.zero_()
-            freq = state.fired / max(1, state.window_tokens)
-            row = {
-                "loss": loss_m,
-                "mse": mse_m,
-                "l1": l1_m,
-                "l0": l0_m,
-                "lr": opt.param_groups[0]["lr"],
-                "frac_dead_window": (state.fired == 0).float().mean().item(),
-                "frac_ultra_low_window": (freq < 1e-4).float().mean().item(),
-                "window_tokens": state.window_tokens,
-            }
-            bar.set_postfix(mse=f"{mse_m:.2f}", l0=f"{l0_m:.1f}", dead=f"{row['frac_dead_window']:.3f}")
-            if log is not None:
-                log(done, row)
-        bar.update(len(x))
-        state.step = done
-    bar.close()
-    state.seconds = time.perf_counter() - start
-    return state
+class Trainer:
+    """Owns the SAE, Adam, the resampling RNG and the counters; can checkpoint and resume."""
+
+    def __init__(self, sae: SAE, cfg: SAEConfig, device: torch.device):
+        self.sae, self.cfg, self.device = sae, cfg, device
+        self.sched = Schedule.from_config(cfg)
+        self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.state = TrainState()
+        self.fired = torch.zeros(sae.d_sae, device=device)  # fires since the window opened
+        self.sums = torch.zeros(4, device=device)  # loss, mse, l1, l0 since the last log
+
+    # ------------------------------------------------------------ checkpoints
+
+    def snapshot(self) -> tuple[dict, dict]:
+        tensors = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
+        tensors |= {"fired": self.fired, "sums": self.sums}
+        names = {id(p): n for n, p in self.sae.named_parameters()}
+        for p, st in self.opt.state.items():
+            for k, v in st.items():
+                tensors[f"adam.{names[id(p)]}.{k}"] = v
+        state = {**self.state.__dict__, "generator": generator_state(self.gen)}
+        return tensors, state
+
+    def restore(self, tensors: dict, state: dict) -> None:
+        self.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
+        self.fired.copy_(tensors["fired"])
+        self.sums.copy_(tensors["sums"])
+        for name, p in self.sae.named_parameters():
+            keys = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"adam.{name}.")}
+            if keys:
+                self.opt.state[p] = {k: v.to(self.device) if k != "step" else v for k, v in keys.items()}
+        set_generator_state(self.gen, state.pop("generator"))
+        self.state = TrainState(**{k: v for k, v in state.items() if k in TrainState.__dataclass_fields__})
+
+    # ------------------------------------------------------------ loop
+
+    def run(self, make_batches, log=None, checkpointer=None) -> TrainState:
+        """Train to the end from the current step; ``make_batches(skip_tokens)`` gives the data stream."""
+        cfg, sched, st = self.cfg, self.sched, self.state
+        batches = make_batches(st.step * cfg.batch_size)
+        start = time.perf_counter() - st.seconds
+        bar = tqdm(total=sched.n_steps * cfg.batch_size, initial=st.step * cfg.batch_size, desc="sae train",
+                   unit="tok", unit_scale=True)
+        for step in range(st.step, sched.n_steps):
+            x = next(batches).to(self.device, non_blocking=True).float()
+            if not torch.isfinite(x).all():
+                lo = step * cfg.batch_size
+                raise FloatingPointError(f"non-finite activations in cache tokens [{lo}, {lo + len(x)}) at step {step}")
+            for group in self.opt.param_groups:
+                group["lr"] = cfg.lr * sched.lr_scale(step)
+            loss, mse, l1, f = train_step(self.sae, self.opt, x, cfg.l1_coeff, cfg.dtype == "bf16", step)
+            fires = f > 0
+            self.fired += fires.sum(0)
+            st.window_tokens += len(x)
+            self.sums += torch.stack([loss, mse, l1, fires.float().sum(-1).mean()])
+            done = st.step = step + 1
+            if sched.resamples(done):
+                dead = self.fired / st.window_tokens < cfg.resample_threshold
+                n = resample_(self.sae, self.opt, dead, x, self.gen)
+                st.n_resampled += n
+                st.resample_events.append({"step": done, "n": n})
+            if sched.opens_window(done):
+                self.fired.zero_()
+                st.window_tokens = 0
+            if done % cfg.log_every == 0 or done == sched.n_steps:
+                row = self._log_row(done)
+                st.log_rows.append((done, row))
+                bar.set_postfix(mse=f"{row['mse']:.2f}", l0=f"{row['l0']:.1f}", dead=f"{row['frac_dead_window']:.3f}")
+                if log is not None:
+                    log(done, row)
+            bar.update(len(x))
+            st.seconds = time.perf_counter() - start
+            if checkpointer is not None and checkpointer.due(done) and done < sched.n_steps:
+                checkpointer.save(*self.snapshot())
+        bar.close()
+        return st
+
+    def _log_row(self, done: int) -> dict:
+        n_logged = (done - 1) % self.cfg.log_every + 1
+        loss_m, mse_m, l1_m, l0_m = (self.sums / n_logged).tolist()
+        self.sums.zero_()
+        freq = self.fired / max(1, self.state.window_tokens)
+        return {
+            "loss": loss_m,
+            "mse": mse_m,
+            "l1": l1_m,
+            "l0": l0_m,
+            "lr": self.opt.param_groups[0]["lr"],
+            "frac_dead_window": (self.fired == 0).float().mean().item(),
+            "frac_ultra_low_window": (freq < 1e-4).float().mean().item(),
+            "window_tokens": self.state.window_tokens,
+        }
+
+
+def train_sae(sae: SAE, batches, cfg: SAEConfig, device: torch.device, log=None) -> TrainState:
+    """Train ``sae`` on an endless iterator of (B, d_in) batches (no checkpoints); ``log(step, row)``."""
+    return Trainer(sae, cfg, device).run(lambda skip: batches, log)
