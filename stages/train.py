@@ -7,6 +7,7 @@ from dvclive import Live
 
 from saelab.activations import MANIFEST, ActivationCache
 from saelab.checkpoint import Checkpointer, fingerprint
+from saelab.interchange import export_saelens
 from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.sae import SAE
 from saelab.stage import log, parser, peak_rss_mb, run_stage
@@ -22,6 +23,7 @@ def main() -> None:
     p.add_argument("--live", type=Path, required=True, help="DVCLive directory for the training curves")
     p.add_argument("--metrics", type=Path, required=True)
     p.add_argument("--checkpoints", type=Path, required=True, help="resume directory; must not be a DVC output")
+    p.add_argument("--model-name", default="saelab-embedded", help="LM name recorded in the SAELens export")
     args = p.parse_args()
     with run_stage("train", args) as params:
         cfg = params.sae
@@ -46,6 +48,7 @@ def main() -> None:
         with atomic_dir(args.out) as tmp:
             trainer.sae.cpu().save(tmp, {"hook": cache.manifest["hook"], "activations_dtype": cache.dtype,
                                          "l1_convention": L1_CONVENTION, "train_params": cfg.model_dump()})
+            export_saelens(trainer.sae, tmp / "saelens", cache.manifest["hook"], args.model_name, cache.manifest["n_ctx"])
         ckpt.clear()
         tokens = state.step * cfg.batch_size
         write_json(args.metrics, {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -73,7 +74,9 @@ def test_repro_produces_every_output(repo):
     """A full `dvc repro` writes models, cache, metrics and plots, and leaves nothing to rerun."""
     for p in ("models/lm/model.safetensors", "models/lm/tokenizer.json", "data/tokens/train.parquet",
               "data/activations/manifest.json", "models/sae/sae.safetensors", "models/sae/config.json",
-              "plots/report/density.png", "plots/report/training_curves.png", "plots/train/plots/metrics/l0.tsv"):
+              "plots/report/density.png", "plots/report/training_curves.png", "plots/train/plots/metrics/l0.tsv",
+              "models/sae/saelens/cfg.json", "models/sae/saelens/sae_weights.safetensors", "metrics/analysis.json",
+              "data/analysis/examples.parquet", "plots/analysis/topk.png", "plots/analysis/topk.csv", "reports/index.html"):
         assert (repo / p).exists(), p
     m = json.loads((repo / "metrics/evaluate.json").read_text())
     for key in ("ce_recovered_zero", "ce_recovered_mean", "explained_variance", "l0", "l2_ratio", "frac_dead", "mse"):
@@ -90,7 +93,7 @@ def test_changing_l1_reruns_only_train_onwards(repo):
     out = _run(["dvc", "repro"], repo).stdout
     for stage in ("text", "lm", "tokens", "activations"):
         assert f"Stage '{stage}' didn't change, skipping" in out
-    for stage in ("train", "evaluate", "report"):
+    for stage in ("train", "evaluate", "report", "analyze", "browser"):
         assert f"Running stage '{stage}'" in out
 
 
@@ -175,3 +178,40 @@ def test_two_runs_are_byte_identical(tmp_path):
         a, b = (json.loads((r / p).read_text()) for r in runs)
         strip = lambda m: {k: v for k, v in m.items() if not any(t in k for t in TIMING_KEYS)}  # noqa: E731
         assert strip(a) == strip(b), p
+
+
+def test_push_clone_pull_recomputes_nothing(repo, tmp_path):
+    """Push outputs and run-cache to a local remote; a fresh clone that pulls finds every stage up to date."""
+    remote, clone = tmp_path / "remote", tmp_path / "clone"
+    _run(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "results")
+    _run(["dvc", "push", "--run-cache"], repo)
+    _git(tmp_path, "clone", "-q", str(repo), str(clone))
+    assert not (clone / "models/sae").exists()
+    _run(["dvc", "pull", "--run-cache"], clone)
+    assert (clone / "models/sae/sae.safetensors").read_bytes() == (repo / "models/sae/sae.safetensors").read_bytes()
+    out = _run(["dvc", "repro"], clone).stdout
+    assert "Running stage" not in out and "up to date" in _run(["dvc", "status"], clone).stdout
+
+
+def test_queued_sweep_gathers_a_frontier(repo, tmp_path):
+    """`dvc exp run --queue -S sae.l1_coeff=a,b` + `dvc queue start` run; saelab.frontier tabulates L0 vs CE recovered."""
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "baseline", "--allow-empty")
+    _run(["dvc", "exp", "run", "--queue", "-S", "sae.l1_coeff=0.2,5.0"], repo)
+    _run(["dvc", "queue", "start", "-j", "1"], repo)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = _run(["dvc", "queue", "status"], repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") >= 2, status
+    res = _run([sys.executable, "-m", "saelab.frontier", "--out", str(tmp_path / "frontier")], repo)
+    rows = list(csv.DictReader(open(tmp_path / "frontier" / "frontier.csv")))
+    l1 = [float(r["l1_coeff"]) for r in rows]
+    assert {0.2, 5.0} <= set(l1) and len(rows) >= 3, res.stdout
+    l0 = [float(r["l0"]) for r in rows]
+    assert l0[0] > l0[-1], "more L1 penalty, fewer active features"
+    assert (tmp_path / "frontier" / "frontier.png").exists()

@@ -142,6 +142,33 @@ class EvaluateConfig(_Section):
     device: str = "auto"
 
 
+class AnalysisConfig(_Section):
+    max_tokens: Optional[int] = Field(None, gt=0)
+    """Eval tokens for max-activating examples and ultra-low co-firing; ``None`` = whole eval split."""
+    ce_max_tokens: int = Field(65_536, gt=0)
+    """Eval tokens for top-k ablation and per-token CE differences (k + 2 LM passes each)."""
+    topk: tuple[int, ...] = (1, 2, 5, 10, 20)
+    """k values for top-k ablation; "all" (plain reconstruction) is always added."""
+    n_examples: int = Field(10, gt=0)
+    context_left: int = Field(16, ge=0)
+    context_right: int = Field(4, ge=0)
+    n_logit_tokens: int = Field(10, gt=0)
+    n_worst: int = Field(20, gt=0)
+    ultra_low_threshold: float = Field(1e-4, gt=0, lt=1)
+    dense_threshold: float = Field(1e-2, gt=0, lt=1)
+    cluster_cos: float = Field(0.95, gt=-1, lt=1)
+    batch_rows: int = Field(64, gt=0)
+    seed: int = 0
+    device: str = "auto"
+
+    @field_validator("topk")
+    @classmethod
+    def _ks(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(k <= 0 for k in v):
+            raise ValueError("must be a non-empty list of positive integers")
+        return tuple(sorted(set(v)))
+
+
 class ReportConfig(_Section):
     density_bins: int = Field(60, gt=0)
 
@@ -153,6 +180,7 @@ class Params(_Section):
     activations: ActivationsConfig = ActivationsConfig()
     sae: SAEConfig = SAEConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
     report: ReportConfig = ReportConfig()
 
     @model_validator(mode="after")

@@ -70,6 +70,7 @@ class SAE(nn.Module):
 
     def save(self, out: str | Path, meta: dict) -> None:
         out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
         save_weights(out / WEIGHTS, {k: v for k, v in self.state_dict().items()})
         write_json(out / CONFIG, {"d_in": self.d_in, "d_sae": self.d_sae, **meta})
 

@@ -1,0 +1,5 @@
+"""The replication analyses of a trained SAE (definitions: DESIGN.md, "Definitions").
+
+``weights`` holds pure functions of the SAE's (and LM's) weights; ``passes`` holds the
+analyses that stream eval tokens through the LM and SAE.
+"""

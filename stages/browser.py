@@ -1,0 +1,24 @@
+"""Stage browser: the self-contained HTML feature browser, reports/index.html."""
+
+from pathlib import Path
+
+from saelab.browser import build
+from saelab.io import atomic_write_bytes, read_json
+from saelab.stage import log, parser, run_stage
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--analysis", type=Path, required=True)
+    p.add_argument("--figures", type=Path, nargs="+", required=True)
+    p.add_argument("--metrics", type=Path, nargs="+", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    with run_stage("browser", args):
+        page = build(args.analysis, args.figures, {m.stem: read_json(m) for m in args.metrics})
+        atomic_write_bytes(args.out, page.encode())
+        log.info("feature browser (%.1f MB) -> %s", len(page) / 1e6, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The HTML feature browser: escaping, content, and a real render in headless Chromium."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from saelab.analysis.run import Inputs, pass_analyses, weight_analyses, write_figures, write_tables
+from saelab.browser import build
+from saelab.config import AnalysisConfig
+from saelab.lm import load_lm
+from saelab.sae import SAE
+
+EVIL = "<script>window.pwned=1</script>&\"'"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def analysis(tiny_lm, tmp_path_factory):
+    """The full analysis of a small random SAE on the tiny LM, written like the stage writes it."""
+    path, rows = tiny_lm
+    lm = load_lm(path)
+    sae = SAE(64, 256, seed=0)
+    with torch.no_grad():
+        sae.b_enc[:128] = -100.0  # half the features never fire: an ultra-low cluster
+    freq = np.r_[np.zeros(128), np.full(128, 0.05)]
+    cfg = AnalysisConfig(ce_max_tokens=128, topk=(1, 5), n_examples=3, batch_rows=8)
+    inp = Inputs(lm.model, lm.tokenizer, sae, "blocks.0.mlp.hook_post", 0, freq, rows.size, rows)
+    m, cols, extra = weight_analyses(inp, cfg)
+    pm, res = pass_analyses(inp, cfg, "cpu")
+    out, figs = tmp_path_factory.mktemp("analysis"), tmp_path_factory.mktemp("figs")
+    write_tables(out, inp, cfg, cols, extra, res)
+    write_figures(figs, cols, extra, res, m | pm, cfg)
+    return out, figs, m | pm
+
+
+def test_analysis_metrics_are_complete(analysis):
+    """The stage's metrics hold every one of the twelve quantities."""
+    _, figs, m = analysis
+    for key in ("frac_dead", "frac_ultra_low", "frac_dense", "ultra_low_enc_share_cos_above", "ultra_low_cofire_max_share",
+                "enc_dec_cos_median", "neuron_frac_dense", "kurtosis_median", "null_share_enc_mean", "null_share_baseline",
+                "de_projection_median_non_ultra_low", "frequent_cos_var", "logit_skew_median", "topk_1_ce_recovered_zero",
+                "topk_all_mse", "ce_diff_p99", "n_features_with_examples"):
+        assert key in m, key
+    assert m["ultra_low_cofire_max_share"] == 0.0  # the ultra-low half never fires
+    assert m["null_share_baseline"] == pytest.approx(1 - 32 / 64)
+    assert {p.name for p in figs.glob("*.png")} >= {"topk.png", "kurtosis.png", "de_projection.png", "logit_lens.png"}
+
+
+def test_every_corpus_string_is_escaped(analysis, tmp_path):
+    """A context holding HTML is shown as text, never as markup."""
+    out, figs, m = analysis
+    shutil.copytree(out, tmp_path / "a")
+    ex = pq.read_table(tmp_path / "a/examples.parquet").to_pylist()
+    ex[0]["left"], ex[0]["token"] = EVIL, EVIL
+    pq.write_table(pa.Table.from_pylist(ex), tmp_path / "a/examples.parquet")
+    page = build(tmp_path / "a", [figs], {"analysis": m})
+    assert "<script>window.pwned" not in page
+    assert "&lt;script&gt;window.pwned=1&lt;/script&gt;&amp;&quot;&#x27;" in page
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's chromium, installed here when missing (root + apt); skipped with the reason otherwise."""
+    exe = shutil.which("chromium")
+    if exe is None and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        try:
+            subprocess.run("apt-get update -qq && apt-get install -y -qq chromium", shell=True, env=env,
+                           capture_output=True, timeout=900, check=True)
+        except (subprocess.SubprocessError, OSError) as err:
+            pytest.skip(f"chromium is not installed and `apt-get install chromium` failed: {err}")
+        exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("chromium is not installed and cannot be installed here (needs root and apt-get)")
+    return exe
+
+
+def test_page_renders_in_headless_chromium(analysis, chromium, tmp_path):
+    """In a real browser every figure decodes and a feature's contexts are shown; a screenshot is saved."""
+    out, figs, m = analysis
+    page = tmp_path / "index.html"
+    page.write_text(build(out, [figs], {"analysis": m}))
+    common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    total = re.search(r'data-images-total="(\d+)"', dom)
+    loaded = re.search(r'data-images-loaded="(\d+)"', dom)
+    assert total and loaded and int(total.group(1)) >= 6 and loaded.group(1) == total.group(1)
+    first = pq.read_table(out / "examples.parquet").to_pylist()[0]
+    assert f'id="f{first["feature"]}"' in dom and "<mark>" in dom
+    shot = tmp_path / "browser.png"
+    subprocess.run([*common, "--window-size=1280,1600", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
+    keep = os.environ.get("SAELAB_SCREENSHOT_DIR")
+    if keep:
+        shutil.copy(shot, keep)

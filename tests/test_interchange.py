@@ -1,0 +1,73 @@
+"""SAELens export and seed-checkpoint import, against the formats' documented key names and shapes."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saelab.interchange import export_saelens, load_seed, main
+from saelab.sae import SAE
+
+
+def test_saelens_export_keys_shapes_and_config(tmp_path):
+    """cfg.json has SAELens's standard fields; the weights file has W_enc [d_in, d_sae] etc., equal to ours."""
+    sae = SAE(8, 32, seed=0)
+    export_saelens(sae, tmp_path, "blocks.0.mlp.hook_post", "gelu-1l", 128)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert cfg["architecture"] == "standard" and cfg["apply_b_dec_to_input"] is True
+    assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"]) == (8, 32, "float32")
+    assert cfg["normalize_activations"] == "none" and cfg["metadata"]["hook_name"] == "blocks.0.mlp.hook_post"
+    w = load_file(str(tmp_path / "sae_weights.safetensors"))
+    assert {k: tuple(v.shape) for k, v in w.items()} == {"W_enc": (8, 32), "W_dec": (32, 8), "b_enc": (32,), "b_dec": (8,)}
+    assert torch.equal(w["W_dec"], sae.W_dec.detach())
+
+
+def _seed_files(tmp_path, d_mlp=16, mult=4):
+    g = torch.Generator().manual_seed(0)
+    state = {"W_enc": torch.randn(d_mlp, d_mlp * mult, generator=g), "W_dec": torch.randn(d_mlp * mult, d_mlp, generator=g),
+             "b_enc": torch.randn(d_mlp * mult, generator=g), "b_dec": torch.randn(d_mlp, generator=g)}
+    torch.save(state, tmp_path / "25.pt")
+    (tmp_path / "25_cfg.json").write_text(json.dumps({"d_mlp": d_mlp, "dict_mult": mult, "l1_coeff": 3e-4, "layer": 0, "site": "post"}))
+    return state
+
+
+def test_seed_import_round_trip(tmp_path):
+    """A seed checkpoint imports with identical tensors and computes the same forward pass."""
+    state = _seed_files(tmp_path)
+    main(["import-seed", str(tmp_path / "25.pt"), str(tmp_path / "25_cfg.json"), str(tmp_path / "out")])
+    sae, meta = SAE.load(tmp_path / "out")
+    assert meta["hook"] == "blocks.0.mlp.hook_post" and meta["seed_config"]["dict_mult"] == 4
+    for k, v in state.items():
+        assert torch.equal(getattr(sae, k).detach(), v)
+    x = torch.randn(3, 16)
+    f = torch.relu((x - state["b_dec"]) @ state["W_enc"] + state["b_enc"])
+    assert torch.allclose(sae(x).x_hat, f @ state["W_dec"] + state["b_dec"], atol=1e-5)
+
+
+def test_seed_import_rejects_wrong_shapes(tmp_path):
+    """A state dict with a transposed decoder is refused, naming the tensor."""
+    state = _seed_files(tmp_path)
+    state["W_dec"] = state["W_dec"].T.contiguous()
+    torch.save(state, tmp_path / "25.pt")
+    with pytest.raises(ValueError, match="W_dec has shape"):
+        load_seed(tmp_path / "25.pt", tmp_path / "25_cfg.json")
+
+
+def test_seed_import_refuses_pickled_objects(tmp_path):
+    """A checkpoint that needs arbitrary unpickling is refused (weights_only=True)."""
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"W_enc": Evil()}, tmp_path / "evil.pt")
+    (tmp_path / "cfg.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a loadable tensor-only state dict"):
+        load_seed(tmp_path / "evil.pt", tmp_path / "cfg.json")
+
+
+def test_export_cli_from_our_format(tmp_path):
+    """The CLI exports a saved models/sae folder into SAELens's layout."""
+    SAE(8, 16, seed=0).save(tmp_path / "sae", {"hook": "blocks.0.hook_resid_post"})
+    main(["export-saelens", str(tmp_path / "sae"), str(tmp_path / "sl")])
+    assert sorted(p.name for p in (tmp_path / "sl").iterdir()) == ["cfg.json", "sae_weights.safetensors"]
