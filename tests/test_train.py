@@ -85,3 +85,11 @@ def test_training_is_deterministic():
         train_sae(sae, _batches(), _cfg(n_tokens=64 * 50), torch.device("cpu"))
         outs.append(sae.state_dict())
     assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+
+
+def test_logged_rows_see_a_full_window():
+    """A log that coincides with a window reset reports the window that just closed, not an empty one."""
+    rows = []
+    train_sae(SAE(16, 64, seed=0), _batches(), _cfg(), torch.device("cpu"), log=lambda s, r: rows.append((s, r)))
+    step, last = rows[-1]
+    assert step == 300 and last["window_tokens"] == 64 * 100 and last["frac_dead_window"] < 0.5

@@ -184,15 +184,15 @@ class Trainer:
                 n = resample_(self.sae, self.opt, dead, x, self.gen)
                 st.n_resampled += n
                 st.resample_events.append({"step": done, "n": n})
-            if sched.opens_window(done):
-                self.fired.zero_()
-                st.window_tokens = 0
-            if done % cfg.log_every == 0 or done == sched.n_steps:
+            if done % cfg.log_every == 0 or done == sched.n_steps:  # before a window reset, so it sees a full window
                 row = self._log_row(done)
                 st.log_rows.append((done, row))
                 bar.set_postfix(mse=f"{row['mse']:.2f}", l0=f"{row['l0']:.1f}", dead=f"{row['frac_dead_window']:.3f}")
                 if log is not None:
                     log(done, row)
+            if sched.opens_window(done):
+                self.fired.zero_()
+                st.window_tokens = 0
             bar.update(len(x))
             st.seconds = time.perf_counter() - start
             if checkpointer is not None and checkpointer.due(done) and done < sched.n_steps:

@@ -57,6 +57,9 @@ def weight_analyses(inp: Inputs, cfg) -> tuple[dict, dict, dict]:
     # 3. encoder/decoder cosine
     cols["enc_dec_cos"] = W.enc_dec_cosine(W_enc, W_dec).numpy()
     m["enc_dec_cos_median"] = _median(cols["enc_dec_cos"][normal])
+    # The same over dense features only: a cluster centred near the 1e-4 threshold spills into "non-ultra-low".
+    dense = inp.freq > cfg.dense_threshold
+    m["enc_dec_cos_median_dense"] = _median(cols["enc_dec_cos"][dense])
     # 4. neuron sparsity, 5. kurtosis (over non-ultra-low features)
     top1, next9 = W.neuron_sparsity(W_dec)
     cols["fve_top_1"], cols["fve_next_9"] = top1.numpy(), next9.numpy()
@@ -67,6 +70,7 @@ def weight_analyses(inp: Inputs, cfg) -> tuple[dict, dict, dict]:
     extra["gauss_kurtosis"] = W.gaussian_kurtosis_baseline(tuple(W_dec.shape), cfg.seed)
     m["kurtosis_median"] = _median(cols["kurtosis"][normal])
     m["kurtosis_gaussian_median"] = _median(extra["gauss_kurtosis"])
+    m["kurtosis_median_dense"] = _median(cols["kurtosis"][dense])
     # 6. W_out null space (MLP-post hooks only: the SAE lives in the neuron basis W_out reads)
     W_out = inp.model.W_out[inp.layer].detach().cpu().float() if inp.hook.endswith("mlp.hook_post") else None
     if W_out is not None:
