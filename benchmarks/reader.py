@@ -15,6 +15,13 @@ from pathlib import Path
 from saelab.activations import ActivationCache
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("cache", type=Path)
@@ -35,7 +42,7 @@ def main() -> None:
         "cache_gb": nbytes / 1e9, "d": cache.d, "dtype": cache.dtype, "n_tokens": cache.n_tokens,
         "row_groups_gb_per_s": nbytes / 1e9 / raw_s, "batches_gb_per_s": nbytes / 1e9 / batch_s,
         "batches_tokens_per_s": n / batch_s, "batch_size": args.batch_size,
-        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "note": "page cache warm",
+        "hardware": f"{cpu_model()}, {os.cpu_count()} cores", "note": "page cache warm",
     }
     print(json.dumps(result, indent=2))
     if args.out:

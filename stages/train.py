@@ -1,8 +1,14 @@
-"""Stage train: train the SAE on the cached activations, resumably (curves logged with DVCLive)."""
+"""Stage train: train one SAE of the seed matrix on the cached activations, resumably.
 
+Curves go to DVCLive. Under ``torchrun --nproc_per_node N`` it trains with DDP on N
+processes (NCCL on GPUs, gloo on CPU); rank 0 writes every output.
+"""
+
+import os
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from dvclive import Live
 
 from saelab.activations import MANIFEST, ActivationCache
@@ -16,8 +22,19 @@ from saelab.train import Trainer
 L1_CONVENTION = "loss = mean_batch sum_dims (x_hat-x)^2 + l1_coeff * mean_batch sum_features |f|"
 
 
+def _device(name: str) -> torch.device:
+    """Join the process group when launched by torchrun; pick this rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() and name != "cpu" else "gloo")
+        if torch.cuda.is_available() and name != "cpu":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return resolve_device(name)
+
+
 def main() -> None:
     p = parser(__doc__)
+    p.add_argument("--seed", type=int, required=True, help="this SAE's seed (one entry of the params' seeds list)")
     p.add_argument("--activations", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--live", type=Path, required=True, help="DVCLive directory for the training curves")
@@ -26,28 +43,36 @@ def main() -> None:
     p.add_argument("--model-name", default="saelab-embedded", help="LM name recorded in the SAELens export")
     args = p.parse_args()
     with run_stage("train", args) as params:
-        cfg = params.sae
+        cfg = params.sae.model_copy(update={"seed": args.seed})
         cache = ActivationCache(args.activations)
-        device = resolve_device(cfg.device)
+        device = _device(cfg.device)
         trainer = Trainer(SAE(cache.d, cfg.width(cache.d), seed=cfg.seed).to(device), cfg, device)
         ckpt = Checkpointer(args.checkpoints, fingerprint(cfg.model_dump(), args.activations / MANIFEST), cfg.checkpoint_every)
         if (saved := ckpt.load()) is not None:
             trainer.restore(*saved)
-        log.info("SAE %d -> %d on %d cached tokens, %d training tokens on %s (from step %d)",
-                 cache.d, trainer.sae.d_sae, cache.n_tokens, cfg.n_tokens, device, trainer.state.step)
-        with Live(str(args.live), save_dvc_exp=False, dvcyaml=None) as live:
-            def log_row(step, row):
-                live.step = step
-                for k, v in row.items():
-                    live.log_metric(k, v)
-                live.next_step()
+        lead = trainer.rank == 0
+        log.info("SAE %d -> %d (seed %d) on %d cached tokens, %d training tokens on %s x %d (from step %d)",
+                 cache.d, trainer.sae.d_sae, cfg.seed, cache.n_tokens, cfg.n_tokens, device, trainer.world, trainer.state.step)
+        live = Live(str(args.live), save_dvc_exp=False, dvcyaml=None) if lead else None
 
+        def log_row(step, row):
+            live.step = step
+            for k, v in row.items():
+                live.log_metric(k, v)
+            live.next_step()
+
+        if lead:
             for step, row in trainer.state.log_rows:  # curve of the interrupted part of the run
                 log_row(step, row)
-            state = trainer.run(lambda skip: cache.batches(cfg.batch_size, skip), log_row, ckpt)
+        state = trainer.run(lambda skip: cache.batches(cfg.batch_size, skip), log_row, ckpt)
+        if not lead:
+            dist.barrier()
+            return
+        live.end()
         with atomic_dir(args.out) as tmp:
             trainer.sae.cpu().save(tmp, {"hook": cache.manifest["hook"], "activations_dtype": cache.dtype,
-                                         "l1_convention": L1_CONVENTION, "train_params": cfg.model_dump()})
+                                         "l1_convention": L1_CONVENTION, "train_params": cfg.model_dump(),
+                                         "world_size": trainer.world})
             export_saelens(trainer.sae, tmp / "saelens", cache.manifest["hook"], args.model_name, cache.manifest["n_ctx"])
         ckpt.clear()
         tokens = state.step * cfg.batch_size
@@ -55,8 +80,10 @@ def main() -> None:
             "train_tokens": tokens, "train_steps": state.step, "train_seconds": state.seconds,
             "train_tokens_per_s": tokens / state.seconds, "epochs": tokens / cache.n_tokens,
             "n_resampled": state.n_resampled, "n_resample_events": len(state.resample_events),
-            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_mb": peak_rss_mb(), "world_size": trainer.world,
         })
+        if trainer.world > 1:
+            dist.barrier()
         log.info("SAE -> %s, curves -> %s, metrics -> %s", args.out, args.live, args.metrics)
 
 

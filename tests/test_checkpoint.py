@@ -25,7 +25,7 @@ SAE_PARAMS = dict(expansion=8, l1_coeff=0.1, batch_size=256, n_tokens=256 * 1200
 
 
 def _train_cmd(tmp, name):
-    return [sys.executable, "-m", "stages.train", "--params", str(tmp / "params.yaml"), "--activations",
+    return [sys.executable, "-m", "stages.train", "--seed", "0", "--params", str(tmp / "params.yaml"), "--activations",
             str(tmp / "cache"), "--out", str(tmp / f"sae-{name}"), "--live", str(tmp / f"live-{name}"),
             "--metrics", str(tmp / f"m-{name}.json"), "--checkpoints", str(tmp / f"ck-{name}")]
 

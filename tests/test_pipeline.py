@@ -73,11 +73,14 @@ def repo(tmp_path_factory):
 def test_repro_produces_every_output(repo):
     """A full `dvc repro` writes models, cache, metrics and plots, and leaves nothing to rerun."""
     for p in ("models/lm/model.safetensors", "models/lm/tokenizer.json", "data/tokens/train.parquet",
-              "data/activations/manifest.json", "models/sae/sae.safetensors", "models/sae/config.json",
-              "plots/report/density.png", "plots/report/training_curves.png", "plots/train/plots/metrics/l0.tsv",
-              "models/sae/saelens/cfg.json", "models/sae/saelens/sae_weights.safetensors", "metrics/analysis.json",
+              "data/activations/manifest.json", "models/saes/seed-0/sae.safetensors", "models/saes/seed-1/config.json",
+              "plots/report/density.png", "plots/report/training_curves.png", "plots/train/seed-0/plots/metrics/l0.tsv", "metrics/compare.json", "plots/compare/best_match_cosine.png",
+              "models/saes/seed-0/saelens/cfg.json", "models/saes/seed-0/saelens/sae_weights.safetensors", "metrics/analysis.json",
               "data/analysis/examples.parquet", "plots/analysis/topk.png", "plots/analysis/topk.csv", "reports/index.html"):
         assert (repo / p).exists(), p
+    c = json.loads((repo / "metrics/compare.json").read_text())
+    for key in ("best_cos_median", "share_matched_above_0.9", "share_matched_above_0.7", "matching_exact"):
+        assert f"seed0_vs_seed1_{key}" in c
     m = json.loads((repo / "metrics/evaluate.json").read_text())
     for key in ("ce_recovered_zero", "ce_recovered_mean", "explained_variance", "l0", "l2_ratio", "frac_dead", "mse"):
         assert isinstance(m[key], float)
@@ -93,7 +96,7 @@ def test_changing_l1_reruns_only_train_onwards(repo):
     out = _run(["dvc", "repro"], repo).stdout
     for stage in ("text", "lm", "tokens", "activations"):
         assert f"Stage '{stage}' didn't change, skipping" in out
-    for stage in ("train", "evaluate", "report", "analyze", "browser"):
+    for stage in ("train@0", "train@1", "compare", "evaluate", "report", "analyze", "browser"):
         assert f"Running stage '{stage}'" in out
 
 
@@ -110,7 +113,7 @@ def test_bad_params_fail_before_work(tmp_path):
     bad["sae"]["l1_coeff"] = -1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
     start = time.time()
-    res = _run([sys.executable, "-m", "stages.train", "--params", str(tmp_path / "params.yaml"), "--activations",
+    res = _run([sys.executable, "-m", "stages.train", "--seed", "0", "--params", str(tmp_path / "params.yaml"), "--activations",
                 str(tmp_path / "none"), "--out", str(tmp_path / "sae"), "--live", str(tmp_path / "live"),
                 "--metrics", str(tmp_path / "m.json"), "--checkpoints", str(tmp_path / "ck")], REPO, check=False)
     assert res.returncode == 2 and time.time() - start < 30
@@ -188,9 +191,10 @@ def test_push_clone_pull_recomputes_nothing(repo, tmp_path):
     _git(repo, "commit", "-qm", "results")
     _run(["dvc", "push", "--run-cache"], repo)
     _git(tmp_path, "clone", "-q", str(repo), str(clone))
-    assert not (clone / "models/sae").exists()
+    assert not (clone / "models/saes").exists()
     _run(["dvc", "pull", "--run-cache"], clone)
-    assert (clone / "models/sae/sae.safetensors").read_bytes() == (repo / "models/sae/sae.safetensors").read_bytes()
+    sae = "models/saes/seed-0/sae.safetensors"
+    assert (clone / sae).read_bytes() == (repo / sae).read_bytes()
     out = _run(["dvc", "repro"], clone).stdout
     assert "Running stage" not in out and "up to date" in _run(["dvc", "status"], clone).stdout
 

@@ -169,11 +169,23 @@ class AnalysisConfig(_Section):
         return tuple(sorted(set(v)))
 
 
+class CompareConfig(_Section):
+    max_tokens: int = Field(262_144, gt=0)
+    """Eval tokens on which each seed's feature frequencies are measured."""
+    hungarian_max: int = Field(8192, gt=0)
+    """Largest d_sae matched exactly (Hungarian); wider SAEs get a greedy one-to-one matching."""
+    ultra_low_threshold: float = Field(1e-4, gt=0, lt=1)
+    batch_rows: int = Field(64, gt=0)
+    device: str = "auto"
+
+
 class ReportConfig(_Section):
     density_bins: int = Field(60, gt=0)
 
 
 class Params(_Section):
+    seeds: tuple[int, ...] = (0,)
+    """One SAE per seed (the dvc.yaml matrix); the first is evaluated and analysed."""
     text: TextConfig = TextConfig()
     lm: LMConfig = LMConfig()
     tokens: TokensConfig = TokensConfig()
@@ -181,10 +193,20 @@ class Params(_Section):
     sae: SAEConfig = SAEConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     analysis: AnalysisConfig = AnalysisConfig()
+    compare: CompareConfig = CompareConfig()
     report: ReportConfig = ReportConfig()
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or len(set(v)) != len(v) or any(s < 0 for s in v):
+            raise ValueError("must be a non-empty list of distinct non-negative integers")
+        return v
 
     @model_validator(mode="after")
     def _ctx(self) -> "Params":
+        if "seed" in self.sae.model_fields_set:
+            raise ValueError("sae.seed: the SAE seeds come from the top-level `seeds` list (one SAE per seed)")
         if self.lm.source == "embedded" and self.tokens.n_ctx > self.lm.n_ctx:
             raise ValueError(f"tokens.n_ctx ({self.tokens.n_ctx}) must be <= lm.n_ctx ({self.lm.n_ctx})")
         return self

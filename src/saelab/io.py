@@ -104,5 +104,5 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; set device: auto or cpu")
+        raise ValueError(f"device {name!r} requested but CUDA is not available; set device: auto or cpu")
     return torch.device(name)

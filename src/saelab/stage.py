@@ -10,6 +10,11 @@ import time
 from contextlib import contextmanager
 
 from saelab.config import ConfigError, Params, load_params
+from saelab.hub import HubUnavailable
+
+# Faults a user can cause and fix (bad params, missing or corrupt inputs, no network, NaNs):
+# one clear line, exit code 2. Anything else is a bug and keeps its traceback.
+EXPECTED = (ConfigError, FileNotFoundError, ValueError, OSError, HubUnavailable, FloatingPointError)
 
 log = logging.getLogger("saelab")
 
@@ -32,7 +37,7 @@ def run_stage(name: str, args) -> Params:
     try:
         params = load_params(args.params)
         yield params
-    except (ConfigError, FileNotFoundError, ValueError, OSError, RuntimeError, FloatingPointError) as err:
+    except EXPECTED as err:
         log.error("%s: %s", type(err).__name__, err)
         sys.exit(2)
     log.info("done in %.1f s (peak RSS %.0f MB)", time.perf_counter() - start, peak_rss_mb())

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from saelab.checkpoint import generator_state, set_generator_state
@@ -103,9 +104,11 @@ class TrainState:
     seconds: float = 0.0
 
 
-def train_step(sae: SAE, opt: torch.optim.Adam, x: torch.Tensor, l1_coeff: float, autocast: bool, step: int = 0) -> tuple:
+def train_step(sae: SAE, opt: torch.optim.Adam, x: torch.Tensor, l1_coeff: float, autocast: bool, step: int = 0,
+               forward=None) -> tuple:
+    """One Adam step; ``forward`` is the DDP wrapper of ``sae`` when training on several processes."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        x_hat, f = sae(x)
+        x_hat, f = (forward or sae)(x)
         mse = mse_loss(x_hat.float(), x)
         l1 = l1_loss(f.float())
         loss = mse + l1_coeff * l1
@@ -123,10 +126,22 @@ def train_step(sae: SAE, opt: torch.optim.Adam, x: torch.Tensor, l1_coeff: float
 
 
 class Trainer:
-    """Owns the SAE, Adam, the resampling RNG and the counters; can checkpoint and resume."""
+    """Owns the SAE, Adam, the resampling RNG and the counters; can checkpoint and resume.
+
+    Under ``torchrun`` (an initialised process group of W ranks) every rank reads the same
+    global batch, trains on its 1/W slice through DistributedDataParallel (gradients are
+    averaged, so the step equals the single-process step on the global batch), and
+    resampling decisions use fire counts and inputs gathered from all ranks, so every
+    rank applies the same re-initialisation.
+    """
 
     def __init__(self, sae: SAE, cfg: SAEConfig, device: torch.device):
         self.sae, self.cfg, self.device = sae, cfg, device
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        if cfg.batch_size % self.world:
+            raise ValueError(f"sae.batch_size: {cfg.batch_size} must be divisible by the {self.world} processes")
+        self.forward = torch.nn.parallel.DistributedDataParallel(sae) if self.world > 1 else None
         self.sched = Schedule.from_config(cfg)
         self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -134,11 +149,28 @@ class Trainer:
         self.fired = torch.zeros(sae.d_sae, device=device)  # fires since the window opened
         self.sums = torch.zeros(4, device=device)  # loss, mse, l1, l0 since the last log
 
+    # ------------------------------------------------------------ across ranks
+
+    def _sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return t
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return x
+        parts = [torch.empty_like(x) for _ in range(self.world)]
+        dist.all_gather(parts, x)
+        return torch.cat(parts)
+
     # ------------------------------------------------------------ checkpoints
 
     def snapshot(self) -> tuple[dict, dict]:
+        """Tensors and state of the whole run (fire counts summed, log sums averaged over ranks)."""
         tensors = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
-        tensors |= {"fired": self.fired, "sums": self.sums}
+        tensors |= {"fired": self._sum(self.fired), "sums": self._sum(self.sums) / self.world}
         names = {id(p): n for n, p in self.sae.named_parameters()}
         for p, st in self.opt.state.items():
             for k, v in st.items():
@@ -148,7 +180,7 @@ class Trainer:
 
     def restore(self, tensors: dict, state: dict) -> None:
         self.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
-        self.fired.copy_(tensors["fired"])
+        self.fired.copy_(tensors["fired"] if self.rank == 0 else torch.zeros_like(self.fired))  # summed over ranks later
         self.sums.copy_(tensors["sums"])
         for name, p in self.sae.named_parameters():
             keys = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"adam.{name}.")}
@@ -165,30 +197,32 @@ class Trainer:
         batches = make_batches(st.step * cfg.batch_size)
         start = time.perf_counter() - st.seconds
         bar = tqdm(total=sched.n_steps * cfg.batch_size, initial=st.step * cfg.batch_size, desc="sae train",
-                   unit="tok", unit_scale=True)
+                   unit="tok", unit_scale=True, disable=self.rank != 0)
+        local = cfg.batch_size // self.world
         for step in range(st.step, sched.n_steps):
-            x = next(batches).to(self.device, non_blocking=True).float()
+            x = next(batches)
             if not torch.isfinite(x).all():
                 lo = step * cfg.batch_size
                 raise FloatingPointError(f"non-finite activations in cache tokens [{lo}, {lo + len(x)}) at step {step}")
+            x = x[self.rank * local : (self.rank + 1) * local].to(self.device, non_blocking=True).float()
             for group in self.opt.param_groups:
                 group["lr"] = cfg.lr * sched.lr_scale(step)
-            loss, mse, l1, f = train_step(self.sae, self.opt, x, cfg.l1_coeff, cfg.dtype == "bf16", step)
+            loss, mse, l1, f = train_step(self.sae, self.opt, x, cfg.l1_coeff, cfg.dtype == "bf16", step, self.forward)
             fires = f > 0
             self.fired += fires.sum(0)
-            st.window_tokens += len(x)
+            st.window_tokens += cfg.batch_size
             self.sums += torch.stack([loss, mse, l1, fires.float().sum(-1).mean()])
             done = st.step = step + 1
             if sched.resamples(done):
-                dead = self.fired / st.window_tokens < cfg.resample_threshold
-                n = resample_(self.sae, self.opt, dead, x, self.gen)
+                dead = self._sum(self.fired) / st.window_tokens < cfg.resample_threshold
+                n = resample_(self.sae, self.opt, dead, self._gather(x), self.gen)
                 st.n_resampled += n
                 st.resample_events.append({"step": done, "n": n})
             if done % cfg.log_every == 0 or done == sched.n_steps:  # before a window reset, so it sees a full window
                 row = self._log_row(done)
                 st.log_rows.append((done, row))
                 bar.set_postfix(mse=f"{row['mse']:.2f}", l0=f"{row['l0']:.1f}", dead=f"{row['frac_dead_window']:.3f}")
-                if log is not None:
+                if log is not None and self.rank == 0:
                     log(done, row)
             if sched.opens_window(done):
                 self.fired.zero_()
@@ -196,22 +230,25 @@ class Trainer:
             bar.update(len(x))
             st.seconds = time.perf_counter() - start
             if checkpointer is not None and checkpointer.due(done) and done < sched.n_steps:
-                checkpointer.save(*self.snapshot())
+                snap = self.snapshot()  # collective: every rank takes part, rank 0 writes
+                if self.rank == 0:
+                    checkpointer.save(*snap)
         bar.close()
         return st
 
     def _log_row(self, done: int) -> dict:
         n_logged = (done - 1) % self.cfg.log_every + 1
-        loss_m, mse_m, l1_m, l0_m = (self.sums / n_logged).tolist()
+        loss_m, mse_m, l1_m, l0_m = (self._sum(self.sums) / (n_logged * self.world)).tolist()
         self.sums.zero_()
-        freq = self.fired / max(1, self.state.window_tokens)
+        fired = self._sum(self.fired)
+        freq = fired / max(1, self.state.window_tokens)
         return {
             "loss": loss_m,
             "mse": mse_m,
             "l1": l1_m,
             "l0": l0_m,
             "lr": self.opt.param_groups[0]["lr"],
-            "frac_dead_window": (self.fired == 0).float().mean().item(),
+            "frac_dead_window": (fired == 0).float().mean().item(),
             "frac_ultra_low_window": (freq < 1e-4).float().mean().item(),
             "window_tokens": self.state.window_tokens,
         }

@@ -1,0 +1,45 @@
+"""Stage compare: cross-seed feature matching between the SAEs of the seed matrix."""
+
+from pathlib import Path
+
+from saelab.activations import check_sae_width
+from saelab.analysis.plots import hist
+from saelab.compare import compare_all, frequencies
+from saelab.io import atomic_dir, resolve_device, write_json
+from saelab.lm import load_lm
+from saelab.sae import SAE
+from saelab.stage import log, parser, peak_rss_mb, run_stage
+from saelab.tokens import read_rows
+
+
+def main() -> None:
+    p = parser(__doc__)
+    for name in ("lm", "tokens", "saes", "plots", "metrics"):
+        p.add_argument(f"--{name}", type=Path, required=True)
+    args = p.parse_args()
+    with run_stage("compare", args) as params:
+        cfg = params.compare
+        device = resolve_device(cfg.device)
+        lm = load_lm(args.lm, device)
+        loaded = {s: SAE.load(args.saes / f"seed-{s}", device) for s in params.seeds}
+        hooks = {meta["hook"] for _, meta in loaded.values()}
+        if len(hooks) != 1:
+            raise ValueError(f"{args.saes}: the seeds' SAEs read different hooks {sorted(hooks)}; rerun `dvc repro train`")
+        hook = hooks.pop()
+        layer = check_sae_width(next(iter(loaded.values()))[0].d_in, hook, lm.config["tl_config"], args.saes)
+        rows = read_rows(args.tokens / "eval.parquet")
+        rows = rows[: -(-cfg.max_tokens // rows.shape[1])]
+        freqs = frequencies(lm.model, [s for s, _ in loaded.values()], rows, hook, layer, cfg.batch_rows, device)
+        saes = {seed: {"W_enc": sae.W_enc.detach().cpu(), "W_dec": sae.W_dec.detach().cpu(), "freq": f}
+                for (seed, (sae, _)), f in zip(loaded.items(), freqs)}
+        metrics, best = compare_all(saes, cfg.hungarian_max, cfg.ultra_low_threshold)
+        with atomic_dir(args.plots) as tmp:
+            if best:
+                hist(tmp / "best_match_cosine.png", {f"seed {a} -> seed {b}": v for (a, b), v in best.items()},
+                     "best-match decoder cosine in the other seed's SAE", "Cross-seed feature matching")
+        write_json(args.metrics, metrics | {"n_seeds": len(saes), "freq_eval_tokens": int(rows.size), "peak_rss_mb": peak_rss_mb()})
+        log.info("%d seeds compared -> %s", len(saes), args.metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Cross-seed matching against SAEs whose answers are known."""
+
+import numpy as np
+import pytest
+import torch
+
+from saelab.compare import compare_pair, greedy_matching, match
+
+
+def _sae(W_dec, W_enc=None, freq=None):
+    n = len(W_dec)
+    return {"W_dec": W_dec, "W_enc": W_dec.T.clone() if W_enc is None else W_enc,
+            "freq": np.full(n, 0.01) if freq is None else freq}
+
+
+def test_permuted_copy_matches_perfectly():
+    """An SAE and a permutation of its features: every feature matched at cosine 1, frequencies agree."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(50, 16, generator=g)
+    perm = torch.randperm(50, generator=g)
+    freq = np.linspace(1e-3, 0.1, 50)
+    m, best = compare_pair(_sae(W, freq=freq), _sae(W[perm], freq=freq[perm.numpy()]), 4096, 1e-4)
+    assert m["share_matched_above_0.9"] == 1.0 and np.allclose(best, 1.0)
+    assert m["matched_freq_spearman"] == pytest.approx(1.0) and m["matched_log10_freq_ratio_median"] == 0.0
+
+
+def test_random_saes_match_poorly():
+    """Two independent random decoders in 64 dims have no feature matched above 0.7."""
+    g = torch.Generator().manual_seed(1)
+    m, _ = compare_pair(_sae(torch.randn(100, 64, generator=g)), _sae(torch.randn(100, 64, generator=g)), 4096, 1e-4)
+    assert m["share_matched_above_0.7"] == 0.0 and m["best_cos_median"] < 0.5
+
+
+def test_ultra_low_direction_cosine():
+    """Ultra-low clusters sharing an encoder direction give cosine 1 between their mean directions."""
+    g = torch.Generator().manual_seed(2)
+    W = torch.randn(20, 8, generator=g)
+    d = torch.randn(8, generator=g)
+    enc_a, enc_b = torch.randn(8, 20, generator=g), torch.randn(8, 20, generator=g)
+    freq = np.r_[np.zeros(10), np.full(10, 0.01)]
+    enc_a[:, :10] = d[:, None] * 2
+    enc_b[:, :10] = d[:, None] * 0.5
+    m, _ = compare_pair(_sae(W, enc_a, freq), _sae(W, enc_b, freq), 4096, 1e-4)
+    assert m["ultra_low_direction_cos"] == pytest.approx(1.0)
+
+
+def test_greedy_is_one_to_one_and_used_above_the_limit():
+    """Greedy matching pairs each row with a distinct column; above hungarian_max it replaces Hungarian."""
+    cos = np.array([[0.9, 0.8], [0.85, 0.1]])
+    r, c = greedy_matching(cos)
+    assert sorted(r.tolist()) == [0, 1] and sorted(c.tolist()) == [0, 1] and (r, c) != ()
+    assert match(cos, 1)[2] == "greedy" and match(cos, 2)[2] == "hungarian"
+    assert cos[match(cos, 2)[0], match(cos, 2)[1]].sum() >= cos[r, c].sum()
