@@ -27,7 +27,8 @@ def _walk(node, found: list) -> None:
     if isinstance(node, dict):
         data = node.get("data")
         if isinstance(data, dict) and data.get("params") and data.get("metrics"):
-            found.append((node.get("name") or data.get("name") or node.get("rev", "?")[:7], data))
+            rev = str(node.get("rev", "?"))
+            found.append((node.get("name") or data.get("name") or (rev[:7] if len(rev) == 40 else rev), data))
         for v in node.values():
             _walk(v, found)
     elif isinstance(node, list):
