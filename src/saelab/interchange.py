@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from saelab.io import atomic_dir, read_json, save_weights, write_json
+from saelab.io import atomic_dir, save_weights, write_json
 from saelab.sae import SAE
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"

@@ -148,7 +148,7 @@ def write_tables(out: Path, inp: Inputs, cfg, cols: dict, extra: dict, res) -> N
 
 
 def write_figures(out: Path, cols: dict, extra: dict, res, metrics: dict, cfg) -> None:
-    ultra, normal = cols["ultra_low"], ~cols["ultra_low"]
+    normal = ~cols["ultra_low"]
     plots.hist(out / "cluster_cosines.png", {"encoder": extra["cluster_enc_cos"], "decoder": extra["cluster_dec_cos"]},
                "cosine with the ultra-low cluster's mean vector", "Ultra-low cluster: one encoder direction?")
     plots.hist(out / "enc_dec_cosine.png", {"non-ultra-low": cols["enc_dec_cos"][normal]},
