@@ -13,7 +13,7 @@ TORCH_INDEX ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || \
 	 echo --extra-index-url https://download.pytorch.org/whl/cpu))
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test clean-venv
+.PHONY: setup repro test benchmark clean-venv
 
 setup: $(STAMP)
 
@@ -30,6 +30,21 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+# Trainer benchmark: saelab vs SAELens (own venv: it pins transformer-lens < 4) vs the seed's loop,
+# on the first tokens of data/activations (run `make repro` first). BENCH_ARGS adds flags.
+SAELENS := sae-lens==6.54.12
+BENCH_VENV := .venv-saelens
+$(BENCH_VENV)/.installed:
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q $(TORCH) $(TORCH_INDEX)
+	$(BENCH_VENV)/bin/python -m pip install -q $(SAELENS)
+	touch $@
+
+benchmark: $(STAMP) $(BENCH_VENV)/.installed
+	$(BIN)/python benchmarks/trainers.py --saelens-python $(BENCH_VENV)/bin/python \
+		--out benchmarks/results/trainers_$(if $(shell command -v nvidia-smi),gpu,cpu).json $(BENCH_ARGS)
+	$(BIN)/python benchmarks/reader.py data/activations
 
 clean-venv:
 	rm -rf $(VENV)

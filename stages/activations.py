@@ -5,7 +5,7 @@ from pathlib import Path
 from saelab import activations as acts
 from saelab.io import atomic_dir, read_json, resolve_device, sha256_dir, write_json
 from saelab.lm import load_lm
-from saelab.stage import log, parser, peak_rss_mb, run_stage
+from saelab.stage import log, parser, peak_memory, run_stage
 from saelab.tokens import read_rows
 
 
@@ -32,7 +32,7 @@ def main() -> None:
             timing = {k: manifest.pop(k) for k in ("compute_seconds", "tokens_per_s")}
             write_json(tmp / acts.MANIFEST, manifest)
         write_json(args.metrics, {"n_tokens": manifest["n_tokens"], "d": d, "mean_norm": manifest["mean_norm"],
-                                  "nonfinite": manifest["nonfinite"], **timing, "peak_rss_mb": peak_rss_mb()})
+                                  "nonfinite": manifest["nonfinite"], **timing, **peak_memory()})
         log.info("%d tokens x %d (%s) -> %s", manifest["n_tokens"], d, cfg.dtype, args.out)
 
 

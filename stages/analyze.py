@@ -12,7 +12,7 @@ from saelab.analysis.run import Inputs, pass_analyses, weight_analyses, write_fi
 from saelab.io import atomic_dir, read_json, resolve_device, write_json
 from saelab.lm import load_lm
 from saelab.sae import SAE
-from saelab.stage import log, parser, peak_rss_mb, run_stage
+from saelab.stage import log, parser, peak_memory, run_stage
 from saelab.tokens import read_rows
 
 
@@ -40,7 +40,7 @@ def main() -> None:
             write_tables(tmp, inp, cfg, cols, extra, res)
         with atomic_dir(args.plots) as tmp:
             write_figures(tmp, cols, extra, res, metrics, cfg)
-        metrics |= {"analysis_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+        metrics |= {"analysis_seconds": time.perf_counter() - start, **peak_memory()}
         undefined = sorted(k for k, v in metrics.items() if v != v)  # NaN: e.g. no ultra-low features
         if undefined:
             log.info("undefined on this SAE, left out of the metrics: %s", ", ".join(undefined))

@@ -8,7 +8,7 @@ from saelab.compare import compare_all, frequencies
 from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.lm import load_lm
 from saelab.sae import SAE
-from saelab.stage import log, parser, peak_rss_mb, run_stage
+from saelab.stage import log, parser, peak_memory, run_stage
 from saelab.tokens import read_rows
 
 
@@ -37,7 +37,7 @@ def main() -> None:
             if best:
                 hist(tmp / "best_match_cosine.png", {f"seed {a} -> seed {b}": v for (a, b), v in best.items()},
                      "best-match decoder cosine in the other seed's SAE", "Cross-seed feature matching")
-        write_json(args.metrics, metrics | {"n_seeds": len(saes), "freq_eval_tokens": int(rows.size), "peak_rss_mb": peak_rss_mb()})
+        write_json(args.metrics, metrics | {"n_seeds": len(saes), "freq_eval_tokens": int(rows.size), **peak_memory()})
         log.info("%d seeds compared -> %s", len(saes), args.metrics)
 
 

@@ -10,7 +10,7 @@ from saelab.evaluate import evaluate
 from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.lm import load_lm
 from saelab.sae import SAE
-from saelab.stage import log, parser, peak_rss_mb, run_stage
+from saelab.stage import log, parser, peak_memory, run_stage
 from saelab.tokens import read_rows
 
 
@@ -28,7 +28,7 @@ def main() -> None:
         layer = check_sae_width(sae.d_in, meta["hook"], lm.config["tl_config"], args.sae)
         rows = read_rows(args.tokens / "eval.parquet")
         metrics, per_feature = evaluate(lm.model, sae, rows, meta["hook"], layer, cache.mean, cfg, device)
-        metrics["peak_rss_mb"] = peak_rss_mb()
+        metrics |= peak_memory()
         metrics["definitions"] = "DESIGN.md#definitions; mean ablation uses the train-cache mean; frac_ultra_low counts dead features too"
         with atomic_dir(args.out) as tmp:
             n = metrics["eval_tokens"]

@@ -6,7 +6,7 @@ import torch
 
 from saelab import lm
 from saelab.io import atomic_dir, write_json
-from saelab.stage import log, parser, peak_rss_mb, run_stage
+from saelab.stage import log, parser, peak_memory, run_stage
 from saelab.text import read_texts
 from saelab.tokens import tokenize_texts
 
@@ -40,7 +40,7 @@ def main() -> None:
             log.info("eval CE %.3f nats vs unigram %.3f", metrics["eval_ce"], metrics["unigram_ce"])
         with atomic_dir(args.out) as tmp:
             lm.save_lm(tmp, model, tokenizer, config)
-        metrics["peak_rss_mb"] = peak_rss_mb()
+        metrics |= peak_memory()
         write_json(args.metrics, metrics)
         log.info("model -> %s, metrics -> %s", args.out, args.metrics)
 

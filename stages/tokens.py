@@ -5,7 +5,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from saelab.io import atomic_dir, read_json, write_json
-from saelab.stage import log, parser, run_stage
+from saelab.stage import log, parser, peak_memory, run_stage
 from saelab.text import read_texts
 from saelab.tokens import tokenize_texts, write_rows
 
@@ -15,6 +15,7 @@ def main() -> None:
     p.add_argument("--text", type=Path, required=True)
     p.add_argument("--lm", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True)
     args = p.parse_args()
     with run_stage("tokens", args) as params:
         n_ctx = params.tokens.n_ctx
@@ -31,6 +32,7 @@ def main() -> None:
                 counts[f"{split}_rows"] = len(rows)
                 log.info("%s: %d rows x %d tokens", split, len(rows), n_ctx)
             write_json(tmp / "manifest.json", {"n_ctx": n_ctx, "bos_token_id": bos, **counts})
+        write_json(args.metrics, counts | peak_memory())
         log.info("tokens -> %s", args.out)
 
 

@@ -11,12 +11,12 @@ import torch
 import torch.distributed as dist
 from dvclive import Live
 
-from saelab.activations import MANIFEST, ActivationCache
-from saelab.checkpoint import Checkpointer, fingerprint
+from saelab.checkpoint import Checkpointer
 from saelab.interchange import export_saelens
 from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.sae import SAE
-from saelab.stage import log, parser, peak_rss_mb, run_stage
+from saelab.stage import log, parser, peak_memory, run_stage
+from saelab.stream import open_data
 from saelab.train import Trainer
 
 L1_CONVENTION = "loss = mean_batch sum_dims (x_hat-x)^2 + l1_coeff * mean_batch sum_features |f|"
@@ -35,7 +35,9 @@ def _device(name: str) -> torch.device:
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--seed", type=int, required=True, help="this SAE's seed (one entry of the params' seeds list)")
-    p.add_argument("--activations", type=Path, required=True)
+    p.add_argument("--activations", type=Path, required=True, help="Parquet cache (sae.source: cache)")
+    p.add_argument("--lm", type=Path, help="LM directory (needed with sae.source: stream)")
+    p.add_argument("--tokens", type=Path, help="token rows directory (needed with sae.source: stream)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--live", type=Path, required=True, help="DVCLive directory for the training curves")
     p.add_argument("--metrics", type=Path, required=True)
@@ -44,15 +46,15 @@ def main() -> None:
     args = p.parse_args()
     with run_stage("train", args) as params:
         cfg = params.sae.model_copy(update={"seed": args.seed})
-        cache = ActivationCache(args.activations)
         device = _device(cfg.device)
-        trainer = Trainer(SAE(cache.d, cfg.width(cache.d), seed=cfg.seed).to(device), cfg, device)
-        ckpt = Checkpointer(args.checkpoints, fingerprint(cfg.model_dump(), args.activations / MANIFEST), cfg.checkpoint_every)
+        data = open_data(cfg, params.activations, device, args.activations, args.lm, args.tokens)
+        trainer = Trainer(SAE(data.d, cfg.width(data.d), seed=cfg.seed).to(device), cfg, device)
+        ckpt = Checkpointer(args.checkpoints, data.fingerprint, cfg.checkpoint_every)
         if (saved := ckpt.load()) is not None:
             trainer.restore(*saved)
         lead = trainer.rank == 0
-        log.info("SAE %d -> %d (seed %d) on %d cached tokens, %d training tokens on %s x %d (from step %d)",
-                 cache.d, trainer.sae.d_sae, cfg.seed, cache.n_tokens, cfg.n_tokens, device, trainer.world, trainer.state.step)
+        log.info("SAE %d -> %d (seed %d) on %d %s tokens, %d training tokens on %s x %d (from step %d)", data.d,
+                 trainer.sae.d_sae, cfg.seed, data.n_tokens, cfg.source, cfg.n_tokens, device, trainer.world, trainer.state.step)
         live = Live(str(args.live), save_dvc_exp=False, dvcyaml=None) if lead else None
 
         def log_row(step, row):
@@ -64,23 +66,23 @@ def main() -> None:
         if lead:
             for step, row in trainer.state.log_rows:  # curve of the interrupted part of the run
                 log_row(step, row)
-        state = trainer.run(lambda skip: cache.batches(cfg.batch_size, skip), log_row, ckpt)
+        state = trainer.run(lambda skip: data.batches(cfg.batch_size, skip), log_row, ckpt)
         if not lead:
             dist.barrier()
             return
         live.end()
         with atomic_dir(args.out) as tmp:
-            trainer.sae.cpu().save(tmp, {"hook": cache.manifest["hook"], "activations_dtype": cache.dtype,
+            trainer.sae.cpu().save(tmp, {"hook": data.hook, "activations_dtype": data.dtype, "source": cfg.source,
                                          "l1_convention": L1_CONVENTION, "train_params": cfg.model_dump(),
                                          "world_size": trainer.world})
-            export_saelens(trainer.sae, tmp / "saelens", cache.manifest["hook"], args.model_name, cache.manifest["n_ctx"])
+            export_saelens(trainer.sae, tmp / "saelens", data.hook, args.model_name, data.n_ctx)
         ckpt.clear()
         tokens = state.step * cfg.batch_size
         write_json(args.metrics, {
             "train_tokens": tokens, "train_steps": state.step, "train_seconds": state.seconds,
-            "train_tokens_per_s": tokens / state.seconds, "epochs": tokens / cache.n_tokens,
+            "train_tokens_per_s": tokens / state.seconds, "epochs": tokens / data.n_tokens, "source": cfg.source,
             "n_resampled": state.n_resampled, "n_resample_events": len(state.resample_events),
-            "peak_rss_mb": peak_rss_mb(), "world_size": trainer.world,
+            **peak_memory(), "world_size": trainer.world,
         })
         if trainer.world > 1:
             dist.barrier()

@@ -72,19 +72,33 @@ def test_checkpoint_of_another_run_is_ignored(tmp_path):
     assert Checkpointer(tmp_path, "run-a", 1).load()[1]["step"] == 5
 
 
+def _poisoned_at_step_7(skip):
+    for i in range(1000):
+        x = torch.randn(256, 8)
+        if i == 7:
+            x[3, 2] = float("inf")
+        yield x
+
+
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     """Non-finite activations stop training with the step and token range; the last checkpoint survives."""
     cfg = SAEConfig(**(SAE_PARAMS | {"checkpoint_every": 5, "n_tokens": 256 * 20}))
     trainer = Trainer(SAE(8, 64, seed=0), cfg, torch.device("cpu"))
     ckpt = Checkpointer(tmp_path, "fp", cfg.checkpoint_every)
 
-    def batches(skip):
-        for i in range(1000):
-            x = torch.randn(256, 8)
-            if i == 7:
-                x[3, 2] = float("inf")
-            yield x
-
     with pytest.raises(FloatingPointError, match=r"non-finite activations in cache tokens \[1792, 2048\) at step 7"):
-        trainer.run(batches, checkpointer=ckpt)
+        trainer.run(_poisoned_at_step_7, checkpointer=ckpt)
+    assert ckpt.load()[1]["step"] == 5
+
+
+def test_device_side_nan_check_stops_before_the_next_checkpoint(tmp_path):
+    """The accelerator path (no host sync per step), run on CPU: NaN at step 7 is caught at the step-10
+    check, named by its step range, and the step-5 checkpoint is the one kept."""
+    cfg = SAEConfig(**(SAE_PARAMS | {"checkpoint_every": 5, "log_every": 5, "n_tokens": 256 * 20}))
+    trainer = Trainer(SAE(8, 64, seed=0), cfg, torch.device("cpu"))
+    trainer.check_each_step = False
+    ckpt = Checkpointer(tmp_path, "fp", cfg.checkpoint_every)
+
+    with pytest.raises(FloatingPointError, match=r"between steps 5 and 10 \(cache tokens \[1280, 2560\)\)"):
+        trainer.run(_poisoned_at_step_7, checkpointer=ckpt)
     assert ckpt.load()[1]["step"] == 5

@@ -84,6 +84,8 @@ def test_repro_produces_every_output(repo):
     m = json.loads((repo / "metrics/evaluate.json").read_text())
     for key in ("ce_recovered_zero", "ce_recovered_mean", "explained_variance", "l0", "l2_ratio", "frac_dead", "mse"):
         assert isinstance(m[key], float)
+    for stage in ("text", "tokens", "lm", "activations", "train/seed-0", "train/seed-1", "compare", "evaluate", "analysis"):
+        assert json.loads((repo / f"metrics/{stage}.json").read_text())["peak_rss_mb"] > 50, stage
     assert "up to date" in _run(["dvc", "status"], repo).stdout
     assert not list(repo.rglob(".*.tmp"))
 
@@ -98,6 +100,24 @@ def test_changing_l1_reruns_only_train_onwards(repo):
         assert f"Stage '{stage}' didn't change, skipping" in out
     for stage in ("train@0", "train@1", "compare", "evaluate", "report", "analyze", "browser"):
         assert f"Running stage '{stage}'" in out
+
+
+def test_stream_mode_trains_from_the_lm_without_the_cache(repo, tmp_path):
+    """sae.source: stream trains from models/lm + data/tokens through the shuffle buffer; no cache is read."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["sae"] |= {"source": "stream", "stream_buffer_tokens": 2048, "stream_batch_rows": 8}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "sae"
+    res = _run([sys.executable, "-m", "stages.train", "--params", str(tmp_path / "params.yaml"), "--seed", "0",
+                "--activations", str(tmp_path / "no-cache-here"), "--lm", "models/lm", "--tokens", "data/tokens",
+                "--out", str(out), "--live", str(tmp_path / "live"), "--metrics", str(tmp_path / "m.json"),
+                "--checkpoints", str(tmp_path / "ck")], repo)
+    assert "stream tokens" in res.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["source"] == "stream" and m["train_tokens"] == params["sae"]["n_tokens"]
+    curve = list(csv.DictReader((tmp_path / "live/plots/metrics/mse.tsv").open(), delimiter="\t"))
+    assert float(curve[-1]["mse"]) < float(curve[0]["mse"])
+    assert json.loads((out / "config.json").read_text())["source"] == "stream"
 
 
 def test_dvc_metrics_show_reads_flat_json(repo):
@@ -127,7 +147,7 @@ def test_missing_text_source_fails_clearly(tmp_path):
     p["text"]["source"] = f"dir:{tmp_path / 'nowhere'}"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     res = _run([sys.executable, "-m", "stages.text", "--params", str(tmp_path / "params.yaml"),
-                "--out", str(tmp_path / "text")], REPO, check=False)
+                "--out", str(tmp_path / "text"), "--metrics", str(tmp_path / "m.json")], REPO, check=False)
     assert res.returncode == 2 and "nowhere: no such directory" in res.stderr
     assert not (tmp_path / "text").exists()
 
@@ -158,7 +178,7 @@ def test_killed_stage_leaves_no_complete_output(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["done"]
 
 
-TIMING_KEYS = ("seconds", "per_s", "peak_rss")
+TIMING_KEYS = ("seconds", "per_s", "peak_")
 
 
 def _outs(lock: dict) -> dict:

@@ -92,3 +92,21 @@ def test_logged_rows_see_a_full_window():
     train_sae(SAE(16, 64, seed=0), _batches(), _cfg(), torch.device("cpu"), log=lambda s, r: rows.append((s, r)))
     step, last = rows[-1]
     assert step == 300 and last["window_tokens"] == 64 * 100 and last["frac_dead_window"] < 0.5
+
+
+def test_bf16_autocast_keeps_fp32_master_weights_and_learns():
+    """sae.dtype bf16 (the GPU path's mixed precision, here on CPU): weights stay fp32, loss falls."""
+    sae = SAE(16, 64, seed=0)
+    rows = []
+    train_sae(sae, _batches(), _cfg(dtype="bf16", n_tokens=64 * 100), torch.device("cpu"), lambda s, r: rows.append(r))
+    assert all(p.dtype == torch.float32 for p in sae.parameters())
+    assert rows[-1]["mse"] < 0.5 * rows[0]["mse"]
+
+
+def test_compiled_step_matches_eager():
+    """sae.compile: torch.compile of forward + losses gives the eager run's weights (to float tolerance)."""
+    eager, compiled = SAE(16, 64, seed=0), SAE(16, 64, seed=0)
+    train_sae(eager, _batches(), _cfg(n_tokens=64 * 20), torch.device("cpu"))
+    train_sae(compiled, _batches(), _cfg(n_tokens=64 * 20, compile=True), torch.device("cpu"))
+    for a, b in zip(eager.parameters(), compiled.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -229,6 +229,50 @@ def write_cache(model, rows: np.ndarray, row_ids: np.ndarray, spec: CacheSpec, o
 # ---------------------------------------------------------------- reader
 
 
+def background(items: Iterator, depth: int) -> Iterator:
+    """Run the iterator ``items`` in a daemon thread, ``depth`` items ahead; its errors re-raise here.
+
+    Closing the returned generator (or dropping it) stops the thread at its next item.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for item in items:
+                if not put(item):
+                    if hasattr(items, "close"):
+                        items.close()  # lets a generator run its own clean-up (its inner threads stop too)
+                    return
+            put(_END)
+        except BaseException as err:  # handed to the consumer and re-raised there
+            put(err)
+
+    def consume():
+        threading.Thread(target=work, daemon=True).start()
+        try:
+            while (item := q.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+    return consume()
+
+
+_END = object()
+
+
 class ActivationCache:
     """A validated view of a cache directory. Reads by row group; never loads it whole."""
 
@@ -300,35 +344,7 @@ class ActivationCache:
 
     def row_groups(self, start: int = 0, prefetch: int = 4) -> Iterator[torch.Tensor]:
         """Yield the ``x`` of each row group from ``start`` on, read ahead by a background thread."""
-        q: queue.Queue = queue.Queue(maxsize=prefetch)
-        stop = threading.Event()
-
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def work():
-            try:
-                for i in range(start, len(self._row_groups)):
-                    if not put(self.read_row_group(i)["x"]):
-                        return
-                put(None)
-            except BaseException as err:  # handed to the consumer and re-raised there
-                put(err)
-
-        threading.Thread(target=work, daemon=True).start()
-        try:
-            while (item := q.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
+        return background((self.read_row_group(i)["x"] for i in range(start, len(self._row_groups))), prefetch)
 
     def _stream(self, pos: int) -> Iterator[torch.Tensor]:
         """Row groups forever, starting at token ``pos`` and wrapping at the end of the cache."""
@@ -339,18 +355,24 @@ class ActivationCache:
                 offset = 0
             first = 0
 
-    def batches(self, batch_size: int, skip_tokens: int = 0) -> Iterator[torch.Tensor]:
-        """Endless (batch_size, d) batches in cache order, looping over epochs.
+    def batches(self, batch_size: int, skip_tokens: int = 0, pin: bool = False, prefetch: int = 4) -> Iterator[torch.Tensor]:
+        """Endless (batch_size, d) batches in cache order, looping over epochs, assembled ahead by a thread.
 
         Batch k holds cache tokens [s + kB, s + (k+1)B) mod N with s = ``skip_tokens``,
-        so a resumed run sees exactly the data an uninterrupted one would.
+        so a resumed run sees exactly the data an uninterrupted one would. With ``pin`` the
+        batches are in page-locked memory, so ``.to("cuda", non_blocking=True)`` overlaps compute.
         """
-        buf, at = torch.empty(0, self.d, dtype=self.torch_dtype), 0
-        for x in self._stream(skip_tokens):
-            buf, at = torch.cat([buf[at:], x]), 0
-            while len(buf) - at >= batch_size:
-                yield buf[at : at + batch_size]
-                at += batch_size
+
+        def assemble():
+            buf, at = torch.empty(0, self.d, dtype=self.torch_dtype), 0
+            for x in self._stream(skip_tokens):
+                buf, at = torch.cat([buf[at:], x]), 0
+                while len(buf) - at >= batch_size:
+                    batch = buf[at : at + batch_size]
+                    yield batch.pin_memory() if pin else batch
+                    at += batch_size
+
+        return background(assemble(), prefetch)
 
     def _locate(self, pos: int) -> tuple[int, int]:
         for i, (_, _, n) in enumerate(self._row_groups):

@@ -28,10 +28,15 @@ log = logging.getLogger("saelab")
 CADENCE_KEYS = ("log_every", "checkpoint_every", "device")
 
 
-def fingerprint(sae_params: dict, manifest_path: Path) -> str:
+def fingerprint(sae_params: dict, *data_files: Path) -> str:
+    """Hash of the run's params (cadence keys aside) and the files that define its data
+    (the cache manifest; or, when streaming, the LM weights and the token rows)."""
     run = {k: v for k, v in sae_params.items() if k not in CADENCE_KEYS}
     h = hashlib.sha256(json.dumps(run, sort_keys=True).encode())
-    h.update(Path(manifest_path).read_bytes())
+    for path in data_files:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
     return h.hexdigest()
 
 

@@ -113,6 +113,15 @@ class SAEConfig(_Section):
     dtype: Literal["fp32", "bf16"] = "fp32"
     """bf16 = autocast with fp32 master weights."""
     device: str = "auto"
+    source: Literal["cache", "stream"] = "cache"
+    """``cache``: read the Parquet activation cache; ``stream``: run the LM during training
+    through an on-device shuffle buffer (no disk for activations; hook and dtype from ``activations``)."""
+    stream_buffer_tokens: int = Field(262_144, gt=0)
+    """Shuffle-buffer size in tokens for ``source: stream``; half is handed out per refill."""
+    stream_batch_rows: int = Field(32, gt=0)
+    """Prompts per LM forward pass when refilling the stream buffer."""
+    compile: bool = False
+    """torch.compile the forward pass and losses (pays on GPUs; a first-step compile cost on CPU)."""
     log_every: int = Field(20, gt=0)
     """Steps between reading metrics off the device and logging them."""
     checkpoint_every: int = Field(200, ge=0)
@@ -122,6 +131,11 @@ class SAEConfig(_Section):
     def _width(self) -> "SAEConfig":
         if self.expansion is None and self.d_sae is None:
             raise ValueError("set sae.expansion or sae.d_sae")
+        if self.source == "stream" and self.stream_buffer_tokens < 2 * self.batch_size:
+            raise ValueError(
+                f"sae.stream_buffer_tokens ({self.stream_buffer_tokens}) must be at least 2 x sae.batch_size "
+                f"({self.batch_size}): half the buffer is handed out per refill"
+            )
         if self.resample_window > self.resample_every:
             raise ValueError(
                 f"sae.resample_window ({self.resample_window}) must be <= sae.resample_every ({self.resample_every})"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 import sys
 import time
 from contextlib import contextmanager
 
 from saelab.config import ConfigError, Params, load_params
+from saelab.memory import peak_rss_mb
 from saelab.hub import HubUnavailable
 
 # Faults a user can cause and fix (bad params, missing or corrupt inputs, no network, NaNs):
@@ -25,8 +25,13 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_memory() -> dict:
+    """Peak resident memory of this process, and peak CUDA memory allocated where CUDA was used."""
+    out = {"peak_rss_mb": peak_rss_mb()}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 @contextmanager

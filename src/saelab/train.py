@@ -104,15 +104,26 @@ class TrainState:
     seconds: float = 0.0
 
 
+def sae_losses(model, x: torch.Tensor, l1_coeff: float) -> tuple:
+    """Forward pass and losses: (loss, mse, l1, f). Compiled as one graph when ``sae.compile`` is on."""
+    x_hat, f = model(x)
+    mse = mse_loss(x_hat.float(), x)
+    l1 = l1_loss(f.float())
+    return mse + l1_coeff * l1, mse, l1, f
+
+
 def train_step(sae: SAE, opt: torch.optim.Adam, x: torch.Tensor, l1_coeff: float, autocast: bool, step: int = 0,
-               forward=None) -> tuple:
-    """One Adam step; ``forward`` is the DDP wrapper of ``sae`` when training on several processes."""
+               forward=None, losses=sae_losses, check: bool = True) -> tuple:
+    """One Adam step; ``forward`` is the DDP wrapper of ``sae`` when training on several processes.
+
+    With ``check`` the loss is tested for NaN/inf before the weights move (a host sync: free on
+    CPU). Without it the caller accumulates the returned ``bad`` flag on the device and reads it
+    every ``log_every`` steps, so an accelerator never waits on the host in the hot loop.
+    """
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        x_hat, f = (forward or sae)(x)
-        mse = mse_loss(x_hat.float(), x)
-        l1 = l1_loss(f.float())
-        loss = mse + l1_coeff * l1
-    if not torch.isfinite(loss):
+        loss, mse, l1, f = losses(forward or sae, x, l1_coeff)
+    bad = ~torch.isfinite(loss)
+    if check and bad:
         raise FloatingPointError(
             f"non-finite SAE loss at step {step} (mse={mse.item()}, l1={l1.item()}); training stopped before "
             "updating the weights, the last checkpoint is kept. Lower sae.lr or check the activation cache"
@@ -122,7 +133,7 @@ def train_step(sae: SAE, opt: torch.optim.Adam, x: torch.Tensor, l1_coeff: float
     opt.step()
     opt.zero_grad(set_to_none=True)
     sae.normalize_decoder_()
-    return loss.detach(), mse.detach(), l1.detach(), f.detach()
+    return loss.detach(), mse.detach(), l1.detach(), f.detach(), bad
 
 
 class Trainer:
@@ -143,7 +154,13 @@ class Trainer:
             raise ValueError(f"sae.batch_size: {cfg.batch_size} must be divisible by the {self.world} processes")
         self.forward = torch.nn.parallel.DistributedDataParallel(sae) if self.world > 1 else None
         self.sched = Schedule.from_config(cfg)
-        self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        # Fused Adam (one kernel for all parameters) where the device has it; same maths as the loop version.
+        self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                    fused=device.type in ("cuda", "cpu"))
+        self.losses = torch.compile(sae_losses) if cfg.compile else sae_losses
+        self.check_each_step = device.type == "cpu"  # a host sync costs nothing on CPU
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)  # NaN/inf seen since the last check
+        self.checked = 0  # steps done at the last check
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.state = TrainState()
         self.fired = torch.zeros(sae.d_sae, device=device)  # fires since the window opened
@@ -199,20 +216,28 @@ class Trainer:
         bar = tqdm(total=sched.n_steps * cfg.batch_size, initial=st.step * cfg.batch_size, desc="sae train",
                    unit="tok", unit_scale=True, disable=self.rank != 0)
         local = cfg.batch_size // self.world
+        self.checked = st.step
         for step in range(st.step, sched.n_steps):
             x = next(batches)
-            if not torch.isfinite(x).all():
+            if self.check_each_step and not torch.isfinite(x).all():
                 lo = step * cfg.batch_size
                 raise FloatingPointError(f"non-finite activations in cache tokens [{lo}, {lo + len(x)}) at step {step}")
             x = x[self.rank * local : (self.rank + 1) * local].to(self.device, non_blocking=True).float()
+            if not self.check_each_step:
+                self.bad |= ~torch.isfinite(x).all()
             for group in self.opt.param_groups:
                 group["lr"] = cfg.lr * sched.lr_scale(step)
-            loss, mse, l1, f = train_step(self.sae, self.opt, x, cfg.l1_coeff, cfg.dtype == "bf16", step, self.forward)
+            loss, mse, l1, f, bad = train_step(self.sae, self.opt, x, cfg.l1_coeff, cfg.dtype == "bf16", step,
+                                               self.forward, self.losses, self.check_each_step)
+            self.bad |= bad
             fires = f > 0
             self.fired += fires.sum(0)
             st.window_tokens += cfg.batch_size
             self.sums += torch.stack([loss, mse, l1, fires.float().sum(-1).mean()])
             done = st.step = step + 1
+            if not self.check_each_step and (done % cfg.log_every == 0 or done == sched.n_steps
+                                             or (checkpointer is not None and checkpointer.due(done))):
+                self._raise_if_bad(done)
             if sched.resamples(done):
                 dead = self._sum(self.fired) / st.window_tokens < cfg.resample_threshold
                 n = resample_(self.sae, self.opt, dead, self._gather(x), self.gen)
@@ -235,6 +260,17 @@ class Trainer:
                     checkpointer.save(*snap)
         bar.close()
         return st
+
+    def _raise_if_bad(self, done: int) -> None:
+        """Read the device-side NaN/inf flag (one host sync every ``log_every`` steps)."""
+        if self._sum(self.bad.int()).item():
+            lo, hi = self.checked * self.cfg.batch_size, done * self.cfg.batch_size
+            raise FloatingPointError(
+                f"non-finite activations or SAE loss between steps {self.checked} and {done} (cache tokens [{lo}, {hi})); "
+                "training stopped before writing a checkpoint or the SAE, the last checkpoint is kept. "
+                "Lower sae.lr or check the activation cache"
+            )
+        self.checked = done
 
     def _log_row(self, done: int) -> dict:
         n_logged = (done - 1) % self.cfg.log_every + 1

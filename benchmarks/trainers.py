@@ -1,0 +1,226 @@
+"""SAE trainers side by side on the same cached activations: saelab, SAELens and the seed's loop.
+
+    make benchmark          # creates .venv-saelens (SAELens + torch 2.13.0) and runs this
+    python benchmarks/trainers.py --cache data/activations --saelens-python .venv-saelens/bin/python \
+        [--n-tokens 307200] [--d-sae 2048] [--batch-size 2048] [--l1 1.0] [--lr 3e-3] [--device auto] \
+        [--out benchmarks/results/trainers_cpu.json]
+
+The first ``n_tokens`` of the Parquet cache (in its shuffled order) are copied once into a
+.npy file; every trainer then reads the same batches in the same order from it, in a fresh
+process of its own (so peak memory is its own), with the same shape, lr, Adam betas,
+L1 coefficient (in saelab's per-token convention) and a constant lr. Trainers:
+
+- ``saelab``          this project's Trainer (resampling off, as the others do not resample this early);
+- ``saelab-parquet``  the same, reading the Parquet cache through ActivationCache instead of the .npy;
+- ``sae-lens``        SAELens's StandardTrainingSAE + SAETrainer (its own defaults otherwise:
+                      decoder init norm 0.1, grad-norm clipping at 1, L1 weighted by decoder norms);
+- ``seed``            the seed's reference loop (benchmarks/seed_loop.py).
+
+tokens/s leaves out the first ``--warmup`` steps of each. Every trained SAE is then scored
+here, by one function, on ``--eval-tokens`` cache tokens that no trainer saw: MSE (mean
+over tokens of the summed squared error), L0, fraction of variance explained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from harness import TimedBatches, finish  # noqa: E402
+from reader import cpu_model  # noqa: E402
+
+
+def hardware(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+# ---------------------------------------------------------------- workers (one process each)
+
+
+def run_saelab(spec: dict) -> None:
+    from saelab.activations import ActivationCache
+    from saelab.config import SAEConfig
+    from saelab.sae import SAE
+    from saelab.train import Trainer
+
+    device = torch.device(spec["device"])
+    cfg = SAEConfig(d_sae=spec["d_sae"], l1_coeff=spec["l1_coeff"], lr=spec["lr"], beta1=spec["betas"][0],
+                    beta2=spec["betas"][1], batch_size=spec["batch_size"], n_tokens=spec["n_steps"] * spec["batch_size"],
+                    seed=spec["seed"], resample_stop=0.0, lr_warmup_tokens=0, lr_decay_frac=0.0, dtype=spec["dtype"],
+                    device=spec["device"], compile=spec["compile"], checkpoint_every=0)
+    source = ActivationCache(spec["cache"]).batches(spec["batch_size"]) if spec["source"] == "parquet" else None
+    batches = TimedBatches(Path(spec["data"]), spec["batch_size"], spec["n_steps"], spec["warmup"], source)
+    trainer = Trainer(SAE(spec["d_in"], spec["d_sae"], seed=spec["seed"]).to(device), cfg, device)
+    trainer.run(lambda skip: batches)
+    finish(Path(spec["out"]), batches, dict(trainer.sae.named_parameters()), spec["device"])
+
+
+def run_seed(spec: dict) -> None:
+    import seed_loop
+
+    batches = TimedBatches(Path(spec["data"]), spec["batch_size"], spec["n_steps"], spec["warmup"])
+    enc = seed_loop.train(batches, spec["d_in"], spec["d_sae"], spec["l1_coeff"], spec["lr"], tuple(spec["betas"]),
+                          spec["n_steps"], spec["batch_size"], spec["device"])
+    finish(Path(spec["out"]), batches, dict(enc.named_parameters()), spec["device"])
+
+
+WORKERS = {"saelab": run_saelab, "saelab-parquet": run_saelab, "seed": run_seed}
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def materialise(cache_dir: Path, n_tokens: int, out: Path) -> tuple[np.ndarray, int]:
+    """Copy the first ``n_tokens`` of the cache into ``out`` (.npy, the cache's dtype or fp32 for bf16)."""
+    from saelab.activations import ActivationCache
+
+    cache = ActivationCache(cache_dir)
+    if n_tokens > cache.n_tokens:
+        raise SystemExit(f"--n-tokens + --eval-tokens = {n_tokens} but {cache_dir} holds {cache.n_tokens} tokens")
+    dtype = np.float16 if cache.dtype == "fp16" else np.float32
+    arr = np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=(n_tokens, cache.d))
+    at = 0
+    for x in cache.row_groups():
+        take = min(len(x), n_tokens - at)
+        arr[at : at + take] = x[:take].float().numpy() if dtype == np.float32 else x[:take].numpy()
+        at += take
+        if at == n_tokens:
+            break
+    arr.flush()
+    return arr, cache.d
+
+
+@torch.no_grad()
+def score(weights_file: Path, x_eval: torch.Tensor) -> dict:
+    from safetensors.torch import load_file
+
+    w = load_file(str(weights_file))
+    mse_sum = l0_sum = 0.0
+    for x in x_eval.split(8192):
+        x = x.float()
+        f = torch.relu((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"])
+        x_hat = f @ w["W_dec"] + w["b_dec"]
+        mse_sum += (x_hat - x).pow(2).sum().item()
+        l0_sum += (f > 0).sum().item()
+    n = len(x_eval)
+    total_var = (x_eval.float() - x_eval.float().mean(0)).pow(2).sum().item()
+    return {"mse": mse_sum / n, "l0": l0_sum / n, "explained_variance": 1 - mse_sum / total_var,
+            "dec_row_norm_mean": w["W_dec"].norm(dim=-1).mean().item()}
+
+
+def summarise(results: dict) -> dict:
+    """Per trainer: median tokens/s and saelab's speed-up over it; per run: saelab's MSE at the run's L0.
+
+    saelab's MSE at another run's L0 is read off saelab's own frontier (its runs over the l1
+    values, interpolated linearly in log L0); None where that L0 lies outside saelab's range.
+    """
+    by = {}
+    for r in results.values():
+        by.setdefault(r["trainer"], []).append(r)
+    ours = sorted(by.get("saelab", []), key=lambda r: r["l0"])
+    for r in results.values():
+        r["saelab_mse_at_same_l0"] = None
+        if len(ours) >= 2 and ours[0]["l0"] <= r["l0"] <= ours[-1]["l0"] and r["l0"] > 0:
+            logs = np.log([o["l0"] for o in ours])
+            r["saelab_mse_at_same_l0"] = float(np.interp(np.log(r["l0"]), logs, [o["mse"] for o in ours]))
+    ref = float(np.median([r["tokens_per_s"] for r in by["saelab"]])) if "saelab" in by else None
+    return {name: {"tokens_per_s": float(np.median([r["tokens_per_s"] for r in rs])),
+                   "saelab_speedup": ref / float(np.median([r["tokens_per_s"] for r in rs])) if ref else float("nan"),
+                   "peak_rss_mb": max(r["peak_rss_mb"] for r in rs)}
+            for name, rs in by.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cache", type=Path, default=Path("data/activations"))
+    p.add_argument("--saelens-python", type=Path, default=Path(".venv-saelens/bin/python"),
+                   help="python of a virtual environment with sae-lens (skipped with a note when absent)")
+    p.add_argument("--n-tokens", type=int, default=307_200)
+    p.add_argument("--eval-tokens", type=int, default=65_536)
+    p.add_argument("--d-sae", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--l1", type=float, nargs="+", default=[1.0],
+                   help="per-token L1 coefficient(s) (saelab's convention); several give each trainer an MSE-L0 frontier")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.99))
+    p.add_argument("--warmup", type=int, default=5, help="steps left out of the clock")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--compile", action="store_true", help="saelab with sae.compile: true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--trainers", nargs="+", default=["saelab", "saelab-parquet", "sae-lens", "seed"])
+    p.add_argument("--out", type=Path)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        WORKERS[args.worker](json.loads(Path(args.out).read_text()))
+        return
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    n_steps = args.n_tokens // args.batch_size
+    with tempfile.TemporaryDirectory(prefix="saelab-bench-") as tmp:
+        tmp = Path(tmp)
+        arr, d_in = materialise(args.cache, n_steps * args.batch_size + args.eval_tokens, tmp / "acts.npy")
+        train_npy = tmp / "train.npy"
+        np.save(train_npy, arr[: n_steps * args.batch_size])
+        x_eval = torch.from_numpy(np.array(arr[n_steps * args.batch_size :]))
+        del arr
+        base = {"data": str(train_npy), "cache": str(args.cache), "d_in": d_in, "d_sae": args.d_sae,
+                "batch_size": args.batch_size, "n_steps": n_steps, "warmup": args.warmup, "l1_coeff": args.l1,
+                "lr": args.lr, "betas": list(args.betas), "seed": 0, "device": device, "dtype": args.dtype,
+                "compile": args.compile}
+        results = {}
+        for l1, name in [(l1, name) for l1 in args.l1 for name in args.trainers]:
+            key = f"{name}@l1={l1:g}"
+            out = tmp / key
+            out.mkdir()
+            spec = {**base, "l1_coeff": l1, "out": str(out), "source": "parquet" if name == "saelab-parquet" else "npy"}
+            (out / "spec.json").write_text(json.dumps(spec))
+            if name == "sae-lens":
+                if not args.saelens_python.exists():
+                    print(f"skipping sae-lens: {args.saelens_python} not found (make benchmark creates it)")
+                    continue
+                cmd = [str(args.saelens_python), str(HERE / "saelens_worker.py"), str(out / "spec.json")]
+            else:
+                cmd = [sys.executable, __file__, "--worker", name, "--out", str(out / "spec.json")]
+            print(f"== {key}: {n_steps} steps of {args.batch_size} on {device}", flush=True)
+            subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent / 'src'}"})
+            results[key] = {"trainer": name, "l1_coeff": l1, **json.loads((out / "result.json").read_text()),
+                            **score(out / "sae.safetensors", x_eval)}
+
+    summary = summarise(results)
+    report = {
+        "hardware": hardware(device), "device": device, "platform": platform.platform(),
+        "shape": {"d_in": d_in, "d_sae": args.d_sae, "batch_size": args.batch_size},
+        "train_tokens": n_steps * args.batch_size, "eval_tokens": args.eval_tokens, "warmup_steps": args.warmup,
+        "l1_coeffs": args.l1, "lr": args.lr, "betas": list(args.betas), "dtype": args.dtype, "compile": args.compile,
+        "summary": summary, "results": results,
+    }
+    print(f"{'run':24} {'tok/s':>9} {'MSE':>9} {'L0':>7} {'EV':>6} {'saelab MSE at this L0':>22} {'peak RSS MB':>12}")
+    for key, r in results.items():
+        at = r.get("saelab_mse_at_same_l0")
+        print(f"{key:24} {r['tokens_per_s']:9.0f} {r['mse']:9.3f} {r['l0']:7.1f} {r['explained_variance']:6.3f} "
+              f"{at if at is not None else float('nan'):22.3f} {r['peak_rss_mb']:12.0f}")
+    for name, s in summary.items():
+        print(f"{name:16} median tok/s {s['tokens_per_s']:9.0f}   saelab speed-up x{s['saelab_speedup']:.2f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
