@@ -11,6 +11,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -219,19 +220,44 @@ def test_push_clone_pull_recomputes_nothing(repo, tmp_path):
     assert "Running stage" not in out and "up to date" in _run(["dvc", "status"], clone).stdout
 
 
-def test_queued_sweep_gathers_a_frontier(repo, tmp_path):
-    """`dvc exp run --queue -S sae.l1_coeff=a,b` + `dvc queue start` run; saelab.frontier tabulates L0 vs CE recovered."""
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "baseline", "--allow-empty")
-    _run(["dvc", "exp", "run", "--queue", "-S", "sae.l1_coeff=0.2,5.0"], repo)
+def _queue(repo, values) -> str:
+    """Queue one experiment per ``sae.l1_coeff`` value, run the queue with one worker, return its status table."""
+    _run(["dvc", "exp", "run", "--queue", "-S", "sae.l1_coeff=" + ",".join(map(str, values))], repo)
     _run(["dvc", "queue", "start", "-j", "1"], repo)
     deadline = time.time() + 600
     while time.time() < deadline:
         status = _run(["dvc", "queue", "status"], repo).stdout
         if "Queued" not in status and "Running" not in status:
-            break
+            return status
         time.sleep(3)
-    assert status.count("Success") >= 2, status
+    raise AssertionError(f"queue still busy after 600 s:\n{status}")
+
+
+def _swept_l1(repo) -> set[float]:
+    """The ``sae.l1_coeff`` values of the experiments that finished with metrics."""
+    from saelab.frontier import points
+
+    return {p["l1_coeff"] for p in points(json.loads(_run(["dvc", "exp", "show", "--json"], repo).stdout))}
+
+
+def test_queued_sweep_gathers_a_frontier(repo, tmp_path):
+    """`dvc exp run --queue -S sae.l1_coeff=a,b` + `dvc queue start` run; saelab.frontier tabulates L0 vs CE recovered.
+
+    DVC's celery queue now and then fails a task before any stage runs, leaving no log (treeverse/dvc#9143).
+    A value whose task failed is queued once more, after its logs are printed as a warning; a
+    failure of our own stages is deterministic and fails the second time too.
+    """
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "baseline", "--allow-empty")
+    wanted = {0.2, 5.0}
+    status = _queue(repo, sorted(wanted))
+    if missing := wanted - _swept_l1(repo):
+        logs = [_run(["dvc", "queue", "logs", line.split()[0]], repo, check=False).stdout[-3000:]
+                for line in status.splitlines() if "Failed" in line]
+        workers = [f.read_text()[-3000:] for f in (repo / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.out")]
+        warnings.warn(f"queued sweep: {sorted(missing)} failed, retrying once\n{status}\n" + "\n".join(logs + workers))
+        status = _queue(repo, sorted(missing))
+    assert wanted <= _swept_l1(repo), status
     res = _run([sys.executable, "-m", "saelab.frontier", "--out", str(tmp_path / "frontier")], repo)
     rows = list(csv.DictReader(open(tmp_path / "frontier" / "frontier.csv")))
     l1 = [float(r["l1_coeff"]) for r in rows]
