@@ -1,5 +1,7 @@
 import json
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -135,3 +137,33 @@ def test_sae_width_must_match_hook():
     assert acts.check_sae_width(64, "blocks.0.mlp.hook_post", tl, "models/sae") == 0
     with pytest.raises(ValueError, match="models/sae: SAE d_in is 32 but blocks.0.mlp.hook_post has width 64"):
         acts.check_sae_width(32, "blocks.0.mlp.hook_post", tl, "models/sae")
+
+
+def _slow_items(log: list):
+    for i in range(1000):
+        time.sleep(0.05)
+        log.append(i)
+        yield i
+
+
+def test_background_reraises_and_stops_its_thread_on_close():
+    """Items arrive in order, errors re-raise in the consumer, and close() returns only once the thread is gone."""
+    assert list(acts.background(iter(range(10)), depth=2)) == list(range(10))
+
+    def broken():
+        yield 1
+        raise ValueError("bad row group")
+
+    with pytest.raises(ValueError, match="bad row group"):
+        list(acts.background(broken(), depth=2))
+
+    before = threading.active_count()
+    log: list = []
+    it = acts.background(_slow_items(log), depth=4)
+    assert next(it) == 0 and threading.active_count() == before + 1
+    it.close()
+    # A thread left running into interpreter exit, inside pyarrow or torch, aborts the process.
+    assert threading.active_count() == before
+    produced = len(log)
+    time.sleep(0.2)
+    assert len(log) == produced, "the worker kept producing after close()"

@@ -232,7 +232,8 @@ def write_cache(model, rows: np.ndarray, row_ids: np.ndarray, spec: CacheSpec, o
 def background(items: Iterator, depth: int) -> Iterator:
     """Run the iterator ``items`` in a daemon thread, ``depth`` items ahead; its errors re-raise here.
 
-    Closing the returned generator (or dropping it) stops the thread at its next item.
+    Closing the returned generator (or dropping it) stops the thread at its next item and
+    waits for it.
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -258,19 +259,25 @@ def background(items: Iterator, depth: int) -> Iterator:
             put(err)
 
     def consume():
-        threading.Thread(target=work, daemon=True).start()
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
         try:
             while (item := q.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
+            # Wait for the thread to finish its current item: a daemon thread still inside
+            # pyarrow or torch when the interpreter exits aborts the process
+            # ("terminate called without an active exception").
             stop.set()
+            thread.join(timeout=JOIN_TIMEOUT_S)
 
     return consume()
 
 
 _END = object()
+JOIN_TIMEOUT_S = 60.0
 
 
 class ActivationCache:
