@@ -5,13 +5,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from saelab import report
-from saelab.io import atomic_dir, read_json
-from saelab.stage import log, parser, run_stage
+from saelab.io import atomic_dir, read_json, write_json
+from saelab.stage import log, parser, peak_memory, run_stage
 
 
 def main() -> None:
     p = parser(__doc__)
-    for name in ("features", "evaluate_metrics", "live", "out"):
+    for name in ("features", "evaluate_metrics", "live", "out", "metrics"):
         p.add_argument(f"--{name.replace('_', '-')}", type=Path, required=True)
     args = p.parse_args()
     with run_stage("report", args) as params:
@@ -21,6 +21,7 @@ def main() -> None:
             report.plot_density(tmp / "density.png", tmp / "density.csv", freq, n_tokens, params.report.density_bins,
                                 params.evaluate.ultra_low_threshold)
             report.plot_curves(tmp / "training_curves.png", args.live, params.sae.batch_size)
+        write_json(args.metrics, {"n_features": len(freq)} | peak_memory())
         log.info("figures -> %s", args.out)
 
 

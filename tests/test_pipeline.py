@@ -85,7 +85,8 @@ def test_repro_produces_every_output(repo):
     m = json.loads((repo / "metrics/evaluate.json").read_text())
     for key in ("ce_recovered_zero", "ce_recovered_mean", "explained_variance", "l0", "l2_ratio", "frac_dead", "mse"):
         assert isinstance(m[key], float)
-    for stage in ("text", "tokens", "lm", "activations", "train/seed-0", "train/seed-1", "compare", "evaluate", "analysis"):
+    for stage in ("text", "tokens", "lm", "activations", "train/seed-0", "train/seed-1", "compare", "evaluate", "analysis",
+                  "report", "browser"):
         assert json.loads((repo / f"metrics/{stage}.json").read_text())["peak_rss_mb"] > 50, stage
     assert "up to date" in _run(["dvc", "status"], repo).stdout
     assert not list(repo.rglob(".*.tmp"))
