@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from saelab.config import SAEConfig
 from saelab.sae import SAE
-from saelab.train import sae_losses, train_step
+from saelab.train import Trainer, train_step
 
 SHAPES = {"default": (512, 2048, 2048), "seed": (2048, 16384, 4096)}  # d_in, d_sae, batch
 
@@ -32,12 +33,11 @@ def clock(fn, device: torch.device, seconds: float) -> float:
         fn()
     sync()
     n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds or n < 5:
+    while time.perf_counter() - start < seconds or n < 5:
         fn()
         n += 1
         if n % 5 == 0:
-            sync()
-            elapsed = time.perf_counter() - start
+            sync()  # keeps the queue of launched kernels short on a GPU
     sync()
     return (time.perf_counter() - start) / n
 
@@ -70,12 +70,12 @@ def main() -> None:
 
     timed = {"matmul_ceiling": five_matmuls}
     for name, compiled in [("eager", False)] + ([("compiled", True)] if args.compile else []):
-        sae = SAE(d_in, d_sae, seed=0).to(device)
-        opt = torch.optim.Adam(sae.parameters(), lr=1e-4, betas=(0.9, 0.99), fused=device.type in ("cuda", "cpu"))
-        losses = torch.compile(sae_losses) if compiled else sae_losses
+        # The pipeline's own Trainer: its Adam (fused), its losses (compiled or not), its NaN-check policy.
+        t = Trainer(SAE(d_in, d_sae, seed=0).to(device), SAEConfig(d_sae=d_sae, batch_size=batch, compile=compiled),
+                    device)
         data = torch.randn(batch, d_in, device=device)
-        timed[name] = (lambda sae=sae, opt=opt, losses=losses, data=data: train_step(
-            sae, opt, data, 1.0, args.dtype == "bf16", losses=losses, check=device.type == "cpu"))
+        timed[name] = (lambda t=t, data=data: train_step(t.sae, t.opt, data, t.cfg.l1_coeff, args.dtype == "bf16",
+                                                         losses=t.losses, check=t.check_each_step))
     # Interleaved rounds, best of each: a shared machine's noise hits every variant alike.
     best = dict.fromkeys(timed, float("inf"))
     for _ in range(args.rounds):
