@@ -12,7 +12,7 @@ import platform
 import time
 from pathlib import Path
 
-from saelab.activations import ActivationCache
+from saelab.cache import ActivationCache
 
 
 def cpu_model() -> str:

@@ -1,7 +1,7 @@
 """A faithful plain-PyTorch re-implementation of the seed's reference training loop.
 
 The seed (Neel Nanda's 1L-Sparse-Autoencoder, the open replication of "Towards
-Monosemanticity") trains with this loop; DESIGN.md describes it. Kept as the seed wrote it:
+Monosemanticity") trains with this loop; docs/metrics.md ("Training algorithm") describes it. Kept as the seed wrote it:
 
 - loss = mean over batch of sum_dims (x_hat - x)^2 + l1 * sum over batch AND features |f|
   (so its l1 scales with batch size: pass ``l1_coeff / batch_size`` to match ours);

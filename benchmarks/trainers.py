@@ -52,7 +52,7 @@ def hardware(device: str) -> str:
 
 
 def run_saelab(spec: dict) -> None:
-    from saelab.activations import ActivationCache
+    from saelab.cache import ActivationCache
     from saelab.config import SAEConfig
     from saelab.sae import SAE
     from saelab.train import Trainer
@@ -86,7 +86,7 @@ WORKERS = {"saelab": run_saelab, "saelab-parquet": run_saelab, "seed": run_seed}
 
 def materialise(cache_dir: Path, n_tokens: int, out: Path) -> tuple[np.ndarray, int]:
     """Copy the first ``n_tokens`` of the cache into ``out`` (.npy, the cache's dtype or fp32 for bf16)."""
-    from saelab.activations import ActivationCache
+    from saelab.cache import ActivationCache
 
     cache = ActivationCache(cache_dir)
     if n_tokens > cache.n_tokens:

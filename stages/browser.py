@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from saelab.browser import build
-from saelab.io import atomic_write_bytes, read_json, write_json
-from saelab.stage import log, parser, peak_memory, run_stage
+from saelab.io import atomic_write_bytes, read_json
+from saelab.stage import log, parser, run_stage, write_timing
 
 
 def main() -> None:
@@ -13,12 +13,12 @@ def main() -> None:
     p.add_argument("--figures", type=Path, nargs="+", required=True)
     p.add_argument("--metrics", type=Path, nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--own-metrics", type=Path, required=True, help="where this stage writes its peak memory")
+    p.add_argument("--timing", type=Path, required=True, help="where this stage writes its peak memory")
     args = p.parse_args()
     with run_stage("browser", args):
         page = build(args.analysis, args.figures, {m.stem: read_json(m) for m in args.metrics})
         atomic_write_bytes(args.out, page.encode())
-        write_json(args.own_metrics, peak_memory())
+        write_timing(args.timing, {})
         log.info("feature browser (%.1f MB) -> %s", len(page) / 1e6, args.out)
 
 

@@ -2,42 +2,45 @@
 
 from pathlib import Path
 
-from saelab.activations import check_sae_width
 from saelab.analysis.plots import hist
 from saelab.compare import compare_all, frequencies
+from saelab.errors import InputError
+from saelab.hooks import check_sae_width
 from saelab.io import atomic_dir, resolve_device, write_json
-from saelab.lm import load_lm
+from saelab.lm import excluded_token, load_lm
 from saelab.sae import SAE
-from saelab.stage import log, parser, peak_memory, run_stage
-from saelab.tokens import read_rows
+from saelab.stage import log, parser, run_stage, write_timing
+from saelab.tokens import read_rows, sample_rows
 
 
 def main() -> None:
     p = parser(__doc__)
-    for name in ("lm", "tokens", "saes", "plots", "metrics"):
+    for name in ("lm", "tokens", "saes", "figures", "metrics", "timing"):
         p.add_argument(f"--{name}", type=Path, required=True)
     args = p.parse_args()
     with run_stage("compare", args) as params:
-        cfg = params.compare
+        cfg, ev = params.compare, params.evaluate
         device = resolve_device(cfg.device)
         lm = load_lm(args.lm, device)
         loaded = {s: SAE.load(args.saes / f"seed-{s}", device) for s in params.seeds}
         hooks = {meta["hook"] for _, meta in loaded.values()}
         if len(hooks) != 1:
-            raise ValueError(f"{args.saes}: the seeds' SAEs read different hooks {sorted(hooks)}; rerun `dvc repro train`")
+            raise InputError(f"{args.saes}: the seeds' SAEs read different hooks {sorted(hooks)}; rerun `dvc repro train`")
         hook = hooks.pop()
-        layer = check_sae_width(next(iter(loaded.values()))[0].d_in, hook, lm.config["tl_config"], args.saes)
+        check_sae_width(next(iter(loaded.values()))[0].d_in, hook, lm.config["tl_config"], args.saes)
         rows = read_rows(args.tokens / "eval.parquet")
-        rows = rows[: -(-cfg.max_tokens // rows.shape[1])]
-        freqs = frequencies(lm.model, [s for s, _ in loaded.values()], rows, hook, layer, cfg.batch_rows, device)
-        saes = {seed: {"W_enc": sae.W_enc.detach().cpu(), "W_dec": sae.W_dec.detach().cpu(), "freq": f}
-                for (seed, (sae, _)), f in zip(loaded.items(), freqs)}
-        metrics, best = compare_all(saes, cfg.hungarian_max, cfg.ultra_low_threshold)
-        with atomic_dir(args.plots) as tmp:
+        rows = rows[sample_rows(len(rows), rows.shape[1], cfg.max_tokens, ev.seed)]  # a prefix of evaluate's sample
+        freqs, acts = frequencies(lm.model, [s for s, _ in loaded.values()], rows, hook, cfg.batch_rows, device,
+                                  excluded_token(lm, params.activations.bos), cfg.n_components)
+        saes = {seed: {"W_enc": sae.W_enc.detach().cpu(), "W_dec": sae.W_dec.detach().cpu(), "b_dec": sae.b_dec.detach().cpu(),
+                       "freq": f} for (seed, (sae, _)), f in zip(loaded.items(), freqs)}
+        metrics, best = compare_all(saes, cfg.hungarian_max, ev.ultra_low_threshold, acts)
+        with atomic_dir(args.figures) as tmp:
             if best:
                 hist(tmp / "best_match_cosine.png", {f"seed {a} -> seed {b}": v for (a, b), v in best.items()},
                      "best-match decoder cosine in the other seed's SAE", "Cross-seed feature matching")
-        write_json(args.metrics, metrics | {"n_seeds": len(saes), "freq_eval_tokens": int(rows.size), **peak_memory()})
+        write_json(args.metrics, metrics | {"n_seeds": len(saes), "freq_eval_rows": len(rows)})
+        write_timing(args.timing, {})
         log.info("%d seeds compared -> %s", len(saes), args.metrics)
 
 

@@ -5,18 +5,22 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from saelab.activations import ActivationCache, check_sae_width
+from saelab.cache import ActivationCache, check_bos_policy
 from saelab.evaluate import evaluate
+from saelab.hooks import check_sae_width
 from saelab.io import atomic_dir, resolve_device, write_json
-from saelab.lm import load_lm
+from saelab.lm import excluded_token, load_lm
 from saelab.sae import SAE
-from saelab.stage import log, parser, peak_memory, run_stage
+from saelab.stage import log, parser, run_stage, write_timing
 from saelab.tokens import read_rows
+
+DEFINITIONS = ("docs/metrics.md; eval rows: a seeded sample (evaluate.seed), CE on its first ce_max_tokens; mean ablation "
+               "uses the activation cache's mean over the SAE's domain (activations.bos); frac_ultra_low counts dead features too")
 
 
 def main() -> None:
     p = parser(__doc__)
-    for name in ("lm", "tokens", "activations", "sae", "out", "metrics"):
+    for name in ("lm", "tokens", "activations", "sae", "out", "metrics", "timing"):
         p.add_argument(f"--{name}", type=Path, required=True)
     args = p.parse_args()
     with run_stage("evaluate", args) as params:
@@ -24,12 +28,12 @@ def main() -> None:
         device = resolve_device(cfg.device)
         lm = load_lm(args.lm, device)
         cache = ActivationCache(args.activations)
+        check_bos_policy(cache, params.activations.bos)
         sae, meta = SAE.load(args.sae, device)
-        layer = check_sae_width(sae.d_in, meta["hook"], lm.config["tl_config"], args.sae)
+        check_sae_width(sae.d_in, meta["hook"], lm.config["tl_config"], args.sae)
         rows = read_rows(args.tokens / "eval.parquet")
-        metrics, per_feature = evaluate(lm.model, sae, rows, meta["hook"], layer, cache.mean, cfg, device)
-        metrics |= peak_memory()
-        metrics["definitions"] = "DESIGN.md#definitions; mean ablation uses the train-cache mean; frac_ultra_low counts dead features too"
+        metrics, per_feature = evaluate(lm.model, sae, rows, meta["hook"], cache.mean, cfg, device,
+                                        excluded_token(lm, params.activations.bos))
         with atomic_dir(args.out) as tmp:
             n = metrics["eval_tokens"]
             pq.write_table(pa.table({
@@ -38,7 +42,8 @@ def main() -> None:
                 "frequency": pa.array(per_feature["fired"] / n),
                 "mean_activation": pa.array(per_feature["act_sum"] / n),
             }), tmp / "features.parquet")
-        write_json(args.metrics, metrics | {"n_features": sae.d_sae})
+        write_json(args.metrics, metrics | {"n_features": sae.d_sae, "bos": params.activations.bos, "definitions": DEFINITIONS})
+        write_timing(args.timing, per_feature["timing"])
         log.info("CE recovered (zero) %.3f, L0 %.1f, EV %.3f -> %s",
                  metrics["ce_recovered_zero"], metrics["l0"], metrics["explained_variance"], args.metrics)
 

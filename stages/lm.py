@@ -6,7 +6,7 @@ import torch
 
 from saelab import lm
 from saelab.io import atomic_dir, write_json
-from saelab.stage import log, parser, peak_memory, run_stage
+from saelab.stage import log, parser, run_stage, write_timing
 from saelab.text import read_texts
 from saelab.tokens import tokenize_texts
 
@@ -16,6 +16,7 @@ def main() -> None:
     p.add_argument("--text", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--timing", type=Path, required=True)
     args = p.parse_args()
     with run_stage("lm", args) as params:
         cfg = params.lm
@@ -40,8 +41,9 @@ def main() -> None:
             log.info("eval CE %.3f nats vs unigram %.3f", metrics["eval_ce"], metrics["unigram_ce"])
         with atomic_dir(args.out) as tmp:
             lm.save_lm(tmp, model, tokenizer, config)
-        metrics |= peak_memory()
+        timing = {k: metrics.pop(k) for k in ("train_seconds", "train_tokens_per_s") if k in metrics}
         write_json(args.metrics, metrics)
+        write_timing(args.timing, timing)
         log.info("model -> %s, metrics -> %s", args.out, args.metrics)
 
 

@@ -4,13 +4,14 @@ from pathlib import Path
 
 from saelab import text
 from saelab.io import atomic_dir, write_json
-from saelab.stage import log, parser, peak_memory, run_stage
+from saelab.stage import log, parser, run_stage, write_timing
 
 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--timing", type=Path, required=True)
     args = p.parse_args()
     with run_stage("text", args) as params:
         cfg = params.text
@@ -25,7 +26,8 @@ def main() -> None:
                 "eval_chars": sum(len(d.text) for d in held),
             }
             write_json(tmp / "manifest.json", {"source": cfg.source, **counts})
-        write_json(args.metrics, counts | peak_memory())
+        write_json(args.metrics, counts)
+        write_timing(args.timing, {})
         log.info("%d train / %d eval documents -> %s", len(train), len(held), args.out)
 
 

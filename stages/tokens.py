@@ -4,8 +4,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from saelab.errors import InputError
 from saelab.io import atomic_dir, read_json, write_json
-from saelab.stage import log, parser, peak_memory, run_stage
+from saelab.stage import log, parser, run_stage, write_timing
 from saelab.text import read_texts
 from saelab.tokens import tokenize_texts, write_rows
 
@@ -16,12 +17,13 @@ def main() -> None:
     p.add_argument("--lm", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--timing", type=Path, required=True)
     args = p.parse_args()
     with run_stage("tokens", args) as params:
         n_ctx = params.tokens.n_ctx
         lm_cfg = read_json(args.lm / "config.json")
         if n_ctx > lm_cfg["tl_config"]["n_ctx"]:
-            raise ValueError(f"tokens.n_ctx: {n_ctx} exceeds the LM's context {lm_cfg['tl_config']['n_ctx']}")
+            raise InputError(f"tokens.n_ctx: {n_ctx} exceeds the LM's context {lm_cfg['tl_config']['n_ctx']}")
         tokenizer = Tokenizer.from_file(str(args.lm / "tokenizer.json"))
         bos = lm_cfg["bos_token_id"]
         counts = {}
@@ -32,7 +34,8 @@ def main() -> None:
                 counts[f"{split}_rows"] = len(rows)
                 log.info("%s: %d rows x %d tokens", split, len(rows), n_ctx)
             write_json(tmp / "manifest.json", {"n_ctx": n_ctx, "bos_token_id": bos, **counts})
-        write_json(args.metrics, counts | peak_memory())
+        write_json(args.metrics, counts)
+        write_timing(args.timing, {})
         log.info("tokens -> %s", args.out)
 
 

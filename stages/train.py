@@ -15,7 +15,7 @@ from saelab.checkpoint import Checkpointer
 from saelab.interchange import export_saelens
 from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.sae import SAE
-from saelab.stage import log, parser, peak_memory, run_stage
+from saelab.stage import log, parser, run_stage, write_timing
 from saelab.stream import open_data
 from saelab.train import Trainer
 
@@ -41,6 +41,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--live", type=Path, required=True, help="DVCLive directory for the training curves")
     p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--timing", type=Path, required=True, help="wall time, throughput and peak memory (timings/)")
     p.add_argument("--checkpoints", type=Path, required=True, help="resume directory; must not be a DVC output")
     p.add_argument("--model-name", default="saelab-embedded", help="LM name recorded in the SAELens export")
     args = p.parse_args()
@@ -48,7 +49,8 @@ def main() -> None:
         cfg = params.sae.model_copy(update={"seed": args.seed})
         device = _device(cfg.device)
         data = open_data(cfg, params.activations, device, args.activations, args.lm, args.tokens)
-        trainer = Trainer(SAE(data.d, cfg.width(data.d), seed=cfg.seed).to(device), cfg, device)
+        trainer = Trainer(SAE(data.d, cfg.width(data.d), seed=cfg.seed).to(device), cfg, device,
+                          ultra_low_threshold=params.evaluate.ultra_low_threshold)
         ckpt = Checkpointer(args.checkpoints, data.fingerprint, cfg.checkpoint_every)
         if (saved := ckpt.load()) is not None:
             trainer.restore(*saved)
@@ -79,11 +81,10 @@ def main() -> None:
         ckpt.clear()
         tokens = state.step * cfg.batch_size
         write_json(args.metrics, {
-            "train_tokens": tokens, "train_steps": state.step, "train_seconds": state.seconds,
-            "train_tokens_per_s": tokens / state.seconds, "epochs": tokens / data.n_tokens, "source": cfg.source,
-            "n_resampled": state.n_resampled, "n_resample_events": len(state.resample_events),
-            **peak_memory(), "world_size": trainer.world,
+            "train_tokens": tokens, "train_steps": state.step, "epochs": tokens / data.n_tokens, "source": cfg.source,
+            "n_resampled": state.n_resampled, "n_resample_events": len(state.resample_events), "world_size": trainer.world,
         })
+        write_timing(args.timing, {"train_seconds": state.seconds, "train_tokens_per_s": tokens / state.seconds})
         if trainer.world > 1:
             dist.barrier()
         log.info("SAE -> %s, curves -> %s, metrics -> %s", args.out, args.live, args.metrics)

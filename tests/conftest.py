@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from saelab import activations as acts
+from saelab import cache as acts
 from saelab import lm
 from saelab.config import LMConfig
 from saelab.tokens import tokenize_texts
@@ -62,5 +62,5 @@ def make_cache(path, n_tokens=3000, d=8, dtype="fp32", seed=0, n_ctx=10, shard_t
     spec = acts.CacheSpec("blocks.0.mlp.hook_post", 0, d, dtype, n_tokens, seed, 7, shard_tokens, row_group_tokens)
     path.mkdir(parents=True, exist_ok=True)
     manifest = acts.write_cache(FakeLM(d, poison), rows, np.arange(n_rows), spec, path, "cpu")
-    write_json(path / acts.MANIFEST, manifest)
+    write_json(path / acts.MANIFEST, manifest | {"bos": "include"})  # FakeLM rows hold no BOS
     return rows, manifest

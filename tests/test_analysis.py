@@ -6,6 +6,7 @@ import torch
 
 from saelab.analysis import weights as W
 from saelab.analysis.passes import merge_topk, topk_mask
+from saelab.evaluate import frequency_fractions
 from saelab.sae import SAE
 
 
@@ -64,11 +65,11 @@ def test_null_space_share():
 
 
 def test_enc_dec_cosine_and_de_projection():
-    """Tied unit vectors: cosine 1, projection 1; a decoder at 60 degrees: 0.5 both."""
+    """D/E is the un-normalised W_enc[:, i]·W_dec[i]: an encoder of norm 2 along its unit decoder gives 2, cosine 1."""
     W_enc = torch.tensor([[2.0, 1.0], [0.0, 0.0]])  # columns (2, 0) and (1, 0)
     W_dec = torch.tensor([[1.0, 0.0], [0.5, 3**0.5 / 2]])
     assert torch.allclose(W.enc_dec_cosine(W_enc, W_dec), torch.tensor([1.0, 0.5]))
-    assert torch.allclose(W.de_projection(W_enc, W_dec), torch.tensor([1.0, 0.5]))
+    assert torch.allclose(W.de_projection(W_enc, W_dec), torch.tensor([2.0, 0.5]))
 
 
 def test_pairwise_cosines():
@@ -95,7 +96,7 @@ def test_logit_lens_moments():
 
 def test_frequency_fractions():
     """Dead = never fired, ultra-low = below 1e-4 (dead included), dense = above 1e-2."""
-    f = W.frequency_fractions(np.array([0.0, 5e-5, 1e-3, 0.5]))
+    f = frequency_fractions(np.array([0.0, 5e-5, 1e-3, 0.5]), 1e-4, 1e-2)
     assert f == {"frac_dead": 0.25, "frac_ultra_low": 0.5, "frac_dense": 0.25}
 
 

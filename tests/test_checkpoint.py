@@ -27,14 +27,14 @@ SAE_PARAMS = dict(expansion=8, l1_coeff=0.1, batch_size=256, n_tokens=256 * 1200
 def _train_cmd(tmp, name):
     return [sys.executable, "-m", "stages.train", "--seed", "0", "--params", str(tmp / "params.yaml"), "--activations",
             str(tmp / "cache"), "--out", str(tmp / f"sae-{name}"), "--live", str(tmp / f"live-{name}"),
-            "--metrics", str(tmp / f"m-{name}.json"), "--checkpoints", str(tmp / f"ck-{name}")]
+            "--metrics", str(tmp / f"m-{name}.json"), "--timing", str(tmp / f"t-{name}.json"), "--checkpoints", str(tmp / f"ck-{name}")]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
     make_cache(tmp / "cache", n_tokens=20000, d=128, n_ctx=20, shard_tokens=5000, row_group_tokens=1000)
-    (tmp / "params.yaml").write_text(yaml.safe_dump({"sae": SAE_PARAMS}))
+    (tmp / "params.yaml").write_text(yaml.safe_dump({"sae": SAE_PARAMS, "activations": {"bos": "include"}}))
     return tmp
 
 

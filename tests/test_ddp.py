@@ -21,7 +21,7 @@ SAE = dict(expansion=4, l1_coeff=0.1, lr=3e-3, batch_size=256, n_tokens=256 * 60
 
 def _cmd(tmp, name):
     return ["-m", "stages.train", "--seed", "3", "--params", str(tmp / "params.yaml"), "--activations", str(tmp / "cache"),
-            "--out", str(tmp / f"sae-{name}"), "--live", str(tmp / f"live-{name}"), "--metrics", str(tmp / f"m-{name}.json"),
+            "--out", str(tmp / f"sae-{name}"), "--live", str(tmp / f"live-{name}"), "--metrics", str(tmp / f"m-{name}.json"), "--timing", str(tmp / f"t-{name}.json"),
             "--checkpoints", str(tmp / f"ck-{name}")]
 
 
@@ -29,7 +29,7 @@ def _cmd(tmp, name):
 def test_two_gloo_processes_match_one_process(tmp_path):
     """Final weights of a 2-process DDP run equal a 1-process run within float tolerance, resampling included."""
     make_cache(tmp_path / "cache", n_tokens=8000, d=32, n_ctx=20, shard_tokens=2000, row_group_tokens=500)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sae": SAE}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sae": SAE, "activations": {"bos": "include"}}))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, *_cmd(tmp_path, "one")], cwd=REPO, env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-2000:]

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from saelab.activations import hook_activations
+from saelab.hooks import hook_activations
 from saelab.config import EvaluateConfig
 from saelab.evaluate import ce_recovered, evaluate, explained_variance, l2_ratios, token_ce
 from saelab.lm import load_lm
@@ -58,7 +58,7 @@ def test_perfect_sae_recovers_all_loss(tiny_lm):
     lm = load_lm(path)
     tokens = torch.from_numpy(rows[:8].astype(np.int64))
     mean = hook_activations(lm.model, tokens, "blocks.0.mlp.hook_post", 0).reshape(-1, 64).mean(0)
-    m, per_feature = evaluate(lm.model, _identity_sae(64), rows, "blocks.0.mlp.hook_post", 0, mean,
+    m, per_feature = evaluate(lm.model, _identity_sae(64), rows, "blocks.0.mlp.hook_post", mean,
                               EvaluateConfig(ce_max_tokens=64, batch_rows=4), "cpu")
     assert m["ce_sae"] == pytest.approx(m["ce_clean"], abs=1e-5)
     assert m["ce_recovered_zero"] == pytest.approx(1.0, abs=1e-4)
@@ -74,7 +74,7 @@ def test_zero_sae_recovers_nothing(tiny_lm):
     sae = SAE(64, 128, seed=0)
     with torch.no_grad():
         sae.b_enc.fill_(-1e6)
-    m, per_feature = evaluate(lm.model, sae, rows, "blocks.0.mlp.hook_post", 0, torch.zeros(64),
+    m, per_feature = evaluate(lm.model, sae, rows, "blocks.0.mlp.hook_post", torch.zeros(64),
                               EvaluateConfig(ce_max_tokens=64, batch_rows=4), "cpu")
     assert m["ce_recovered_zero"] == pytest.approx(0.0, abs=1e-6)
     assert m["l0"] == 0 and m["frac_dead"] == 1.0 and (per_feature["fired"] == 0).all()

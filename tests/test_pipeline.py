@@ -75,9 +75,10 @@ def test_repro_produces_every_output(repo):
     """A full `dvc repro` writes models, cache, metrics and plots, and leaves nothing to rerun."""
     for p in ("models/lm/model.safetensors", "models/lm/tokenizer.json", "data/tokens/train.parquet",
               "data/activations/manifest.json", "models/saes/seed-0/sae.safetensors", "models/saes/seed-1/config.json",
-              "plots/report/density.png", "plots/report/training_curves.png", "plots/train/seed-0/plots/metrics/l0.tsv", "metrics/compare.json", "plots/compare/best_match_cosine.png",
+              "reports/figures/report/density.png", "reports/figures/report/training_curves.png", "plots/report/density.csv",
+              "plots/train/seed-0/plots/metrics/l0.tsv", "metrics/compare.json", "reports/figures/compare/best_match_cosine.png",
               "models/saes/seed-0/saelens/cfg.json", "models/saes/seed-0/saelens/sae_weights.safetensors", "metrics/analysis.json",
-              "data/analysis/examples.parquet", "plots/analysis/topk.png", "plots/analysis/topk.csv", "reports/index.html"):
+              "data/analysis/examples.parquet", "reports/figures/analysis/topk.png", "plots/analysis/topk.csv", "reports/index.html"):
         assert (repo / p).exists(), p
     c = json.loads((repo / "metrics/compare.json").read_text())
     for key in ("best_cos_median", "share_matched_above_0.9", "share_matched_above_0.7", "matching_exact"):
@@ -85,9 +86,9 @@ def test_repro_produces_every_output(repo):
     m = json.loads((repo / "metrics/evaluate.json").read_text())
     for key in ("ce_recovered_zero", "ce_recovered_mean", "explained_variance", "l0", "l2_ratio", "frac_dead", "mse"):
         assert isinstance(m[key], float)
-    for stage in ("text", "tokens", "lm", "activations", "train/seed-0", "train/seed-1", "compare", "evaluate", "analysis",
+    for stage in ("text", "tokens", "lm", "activations", "train/seed-0", "train/seed-1", "compare", "evaluate", "analyze",
                   "report", "browser"):
-        assert json.loads((repo / f"metrics/{stage}.json").read_text())["peak_rss_mb"] > 50, stage
+        assert json.loads((repo / f"timings/{stage}.json").read_text())["peak_rss_mb"] > 50, stage
     assert "up to date" in _run(["dvc", "status"], repo).stdout
     assert not list(repo.rglob(".*.tmp"))
 
@@ -112,7 +113,7 @@ def test_stream_mode_trains_from_the_lm_without_the_cache(repo, tmp_path):
     out = tmp_path / "sae"
     res = _run([sys.executable, "-m", "stages.train", "--params", str(tmp_path / "params.yaml"), "--seed", "0",
                 "--activations", str(tmp_path / "no-cache-here"), "--lm", "models/lm", "--tokens", "data/tokens",
-                "--out", str(out), "--live", str(tmp_path / "live"), "--metrics", str(tmp_path / "m.json"),
+                "--out", str(out), "--live", str(tmp_path / "live"), "--metrics", str(tmp_path / "m.json"), "--timing", str(tmp_path / "t.json"),
                 "--checkpoints", str(tmp_path / "ck")], repo)
     assert "stream tokens" in res.stderr
     m = json.loads((tmp_path / "m.json").read_text())
@@ -137,7 +138,7 @@ def test_bad_params_fail_before_work(tmp_path):
     start = time.time()
     res = _run([sys.executable, "-m", "stages.train", "--seed", "0", "--params", str(tmp_path / "params.yaml"), "--activations",
                 str(tmp_path / "none"), "--out", str(tmp_path / "sae"), "--live", str(tmp_path / "live"),
-                "--metrics", str(tmp_path / "m.json"), "--checkpoints", str(tmp_path / "ck")], REPO, check=False)
+                "--metrics", str(tmp_path / "m.json"), "--timing", str(tmp_path / "t.json"), "--checkpoints", str(tmp_path / "ck")], REPO, check=False)
     assert res.returncode == 2 and time.time() - start < 30
     assert "sae.l1_coeff: -1 must be greater than 0" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "sae").exists()
@@ -149,7 +150,7 @@ def test_missing_text_source_fails_clearly(tmp_path):
     p["text"]["source"] = f"dir:{tmp_path / 'nowhere'}"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     res = _run([sys.executable, "-m", "stages.text", "--params", str(tmp_path / "params.yaml"),
-                "--out", str(tmp_path / "text"), "--metrics", str(tmp_path / "m.json")], REPO, check=False)
+                "--out", str(tmp_path / "text"), "--metrics", str(tmp_path / "m.json"), "--timing", str(tmp_path / "t.json")], REPO, check=False)
     assert res.returncode == 2 and "nowhere: no such directory" in res.stderr
     assert not (tmp_path / "text").exists()
 

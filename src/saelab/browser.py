@@ -47,9 +47,26 @@ window.addEventListener('load',()=>{const imgs=[...document.images];
 e = html.escape
 
 
+def _visible_char(c: str) -> str:
+    """Newline and tab as arrows, other C0 controls as their Unicode control pictures (NUL -> ␀,
+    ESC -> ␛), DEL as ␡ and C1 controls as ``\\x..``: corpus text never reaches the page raw."""
+    o = ord(c)
+    if c == "\n":
+        return "⏎"
+    if c == "\t":
+        return "→"
+    if o < 0x20:
+        return chr(0x2400 + o)
+    if o == 0x7F:
+        return "␡"
+    if 0x80 <= o < 0xA0:
+        return f"\\x{o:02x}"
+    return c
+
+
 def _visible(s: str) -> str:
-    """Escape, and show newlines and tabs so a context stays on one readable line."""
-    return e(s.replace("\n", "⏎").replace("\t", "→"))
+    """Escape, and render line breaks, tabs and control characters visibly, one readable line per context."""
+    return e("".join(_visible_char(c) for c in s))
 
 
 def _img(path: Path) -> str:
@@ -127,7 +144,7 @@ def build(analysis_dir: Path, figure_dirs: list[Path], metrics: dict[str, dict],
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{CSS}</style>"
         f"<script>{JS}</script></head><body><h1>{e(title)}</h1>"
-        f"<h2>Metrics</h2><details><summary>all metrics (definitions: DESIGN.md)</summary>"
+        f"<h2>Metrics</h2><details><summary>all metrics (definitions: docs/metrics.md)</summary>"
         f"{''.join(_metrics_table(k, v) for k, v in metrics.items())}</details>"
         f"<h2>Figures</h2><div id='figures'>{figures}</div>"
         f"<h2>Features</h2>{feature_table(feats)}"

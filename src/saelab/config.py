@@ -15,8 +15,10 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from saelab.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A params value is invalid; the message says which key and what is allowed."""
 
 
@@ -56,7 +58,7 @@ class LMConfig(_Section):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     batch_size: int = Field(32, gt=0)
-    n_steps: int = Field(900, gt=0)
+    n_steps: int = Field(800, gt=0)
     warmup_steps: int = Field(50, ge=0)
     eval_rows: int = Field(256, gt=0)
     """Rows of the eval split used for the LM's own eval CE."""
@@ -85,15 +87,19 @@ class ActivationsConfig(_Section):
     seed: int = 0
     allow_nonfinite: bool = False
     device: str = "auto"
+    bos: Literal["exclude", "include"] = "exclude"
+    """BOS policy (docs/metrics.md, "BOS policy"): ``exclude`` leaves every BOS token out of the cache,
+    training, statistics and the mean, and keeps it clean in every CE splice; ``include`` treats it
+    like any other token."""
 
 
 class SAEConfig(_Section):
-    expansion: Optional[int] = Field(8, gt=0)
+    expansion: Optional[int] = Field(4, gt=0)
     """d_sae = expansion * d_in, unless ``d_sae`` is given."""
     d_sae: Optional[int] = Field(None, gt=0)
-    l1_coeff: float = Field(1.5, gt=0)
+    l1_coeff: float = Field(1.0, gt=0)
     """Multiplies mean over the batch of sum over features of |f| (batch-size independent)."""
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.99, ge=0, lt=1)
     batch_size: int = Field(2048, gt=0)
@@ -150,17 +156,21 @@ class EvaluateConfig(_Section):
     max_tokens: Optional[int] = Field(None, gt=0)
     """Eval tokens for feature statistics (frequency, L0, MSE, ...); ``None`` = the whole eval split."""
     ce_max_tokens: Optional[int] = Field(262_144, gt=0)
-    """Eval tokens for the CE metrics (4 LM passes each); ``None`` = same as max_tokens."""
+    """Eval tokens for every CE metric (evaluate's 4 passes, analysis's top-k and per-token CE);
+    ``None`` = same as max_tokens."""
+    seed: int = 0
+    """Seed of the eval sample: one permutation of the eval rows shared by evaluate, analyze and compare."""
     batch_rows: int = Field(64, gt=0)
     ultra_low_threshold: float = Field(1e-4, gt=0, lt=1)
+    """Frequency below which a feature is ultra-low (dead included); the one threshold every stage uses."""
+    dense_threshold: float = Field(1e-2, gt=0, lt=1)
+    """Frequency above which a feature is dense."""
     device: str = "auto"
 
 
 class AnalysisConfig(_Section):
     max_tokens: Optional[int] = Field(None, gt=0)
     """Eval tokens for max-activating examples and ultra-low co-firing; ``None`` = whole eval split."""
-    ce_max_tokens: int = Field(65_536, gt=0)
-    """Eval tokens for top-k ablation and per-token CE differences (k + 2 LM passes each)."""
     topk: tuple[int, ...] = (1, 2, 5, 10, 20)
     """k values for top-k ablation; "all" (plain reconstruction) is always added."""
     n_examples: int = Field(10, gt=0)
@@ -168,8 +178,6 @@ class AnalysisConfig(_Section):
     context_right: int = Field(4, ge=0)
     n_logit_tokens: int = Field(10, gt=0)
     n_worst: int = Field(20, gt=0)
-    ultra_low_threshold: float = Field(1e-4, gt=0, lt=1)
-    dense_threshold: float = Field(1e-2, gt=0, lt=1)
     cluster_cos: float = Field(0.95, gt=-1, lt=1)
     batch_rows: int = Field(64, gt=0)
     seed: int = 0
@@ -188,7 +196,8 @@ class CompareConfig(_Section):
     """Eval tokens on which each seed's feature frequencies are measured."""
     hungarian_max: int = Field(8192, gt=0)
     """Largest d_sae matched exactly (Hungarian); wider SAEs get a greedy one-to-one matching."""
-    ultra_low_threshold: float = Field(1e-4, gt=0, lt=1)
+    n_components: int = Field(5, gt=0)
+    """Principal components of the activations compared with the ultra-low direction (baseline)."""
     batch_rows: int = Field(64, gt=0)
     device: str = "auto"
 
@@ -198,7 +207,7 @@ class ReportConfig(_Section):
 
 
 class Params(_Section):
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0, 1)
     """One SAE per seed (the dvc.yaml matrix); the first is evaluated and analysed."""
     text: TextConfig = TextConfig()
     lm: LMConfig = LMConfig()

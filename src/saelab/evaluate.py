@@ -1,22 +1,26 @@
-"""Reconstruction and CE-loss metrics on held-out tokens (definitions: DESIGN.md, "Definitions").
+"""Reconstruction and CE-loss metrics on held-out tokens (definitions: docs/metrics.md).
 
 Every metric is a small pure function of tensors or of streamed sums, so it can be
-checked by hand; :func:`evaluate` streams the eval split through the LM and SAE
-and accumulates those sums.
+checked by hand; :func:`evaluate` streams a seeded sample of the eval split through the
+LM and SAE and accumulates those sums. Every CE number of the pipeline (here, top-k
+ablation and per-token CE in the analysis) goes through :func:`clean_pass` and
+:func:`spliced_ce` on the rows of one :class:`EvalSample`.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from saelab.activations import hook_activations
+from saelab.hooks import capture, covered_positions, splice
 from saelab.sae import SAE
+from saelab.tokens import sample_rows
 
 # ---------------------------------------------------------------- pure metrics
 
@@ -83,61 +87,89 @@ class Sums:
         self.act_sum = acts if self.act_sum is None else self.act_sum + acts
 
 
-def _splice(value_fn):
-    def hook(x, hook):  # noqa: ARG001
-        return value_fn(x)
+@dataclass(frozen=True)
+class EvalSample:
+    """Rows of the eval split in play: ``ce`` get the LM passes of the CE metrics, ``rest`` only
+    activation statistics. Both come from one seeded permutation, so ``ce`` is the same rows for
+    every stage that uses the same ``evaluate.seed`` and ``evaluate.ce_max_tokens``."""
 
-    return hook
+    ce: np.ndarray
+    rest: np.ndarray
+
+    @classmethod
+    def draw(cls, n_rows: int, n_ctx: int, max_tokens: int | None, ce_max_tokens: int | None, seed: int) -> "EvalSample":
+        stats = sample_rows(n_rows, n_ctx, max_tokens, seed)
+        caps = [t for t in (max_tokens, ce_max_tokens) if t is not None]
+        ce = sample_rows(n_rows, n_ctx, min(caps) if caps else None, seed)  # a prefix of the same permutation
+        return cls(ce, np.setdiff1d(stats, ce))
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.ce) + len(self.rest)
+
+    def batches(self, rows: np.ndarray, batch_rows: int, device) -> Iterator[tuple[torch.Tensor, np.ndarray, bool]]:
+        """(tokens (B, n_ctx), their row indices, whether they are CE rows): the CE rows first."""
+        for idx, in_ce in ((self.ce, True), (self.rest, False)):
+            for i in range(0, len(idx), batch_rows):
+                ids = idx[i : i + batch_rows]
+                yield torch.from_numpy(rows[ids].astype(np.int64)).to(device), ids, in_ce
 
 
 @torch.no_grad()
-def evaluate(model, sae: SAE, rows: np.ndarray, hook: str, layer: int, mean: torch.Tensor, cfg, device) -> tuple[dict, dict]:
-    """Stream eval ``rows`` (n, n_ctx): reconstruction stats on all rows, CE on the first ``ce_max_tokens``.
+def clean_pass(model, tokens: torch.Tensor, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean model: per-token CE (B, T-1) and the activation at ``hook`` (B, T, d)."""
+    logits, x = capture(model, tokens, hook)
+    return token_ce(logits, tokens), x
 
-    Returns (metrics, per-feature arrays). CE positions are every predicted token
-    (BOS is input only); the splice replaces the hook's output at every position.
+
+@torch.no_grad()
+def spliced_ce(model, tokens: torch.Tensor, hook: str, values: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+    """Per-token CE (B, T-1) with the activation at ``hook`` replaced by ``values`` at ``covered`` positions."""
+    return token_ce(model.run_with_hooks(tokens, fwd_hooks=[(hook, splice(values, keep=~covered))]), tokens)
+
+
+@torch.no_grad()
+def evaluate(model, sae: SAE, rows: np.ndarray, hook: str, mean: torch.Tensor, cfg, device,
+             exclude_token: int | None = None, progress: bool = True) -> tuple[dict, dict]:
+    """Stream a seeded sample of eval ``rows`` (n, n_ctx): reconstruction stats on every sampled row,
+    CE (clean, SAE splice, zero and mean ablation) on the first ``ce_max_tokens`` of the sample.
+
+    Returns (metrics, per-feature arrays). Statistics count the covered positions only (all but
+    ``exclude_token``, the BOS id under ``activations.bos: exclude``); CE counts every predicted
+    token, with uncovered positions left clean in every splice (docs/metrics.md, "BOS policy").
     """
     n_ctx = rows.shape[1]
-    max_rows = len(rows) if cfg.max_tokens is None else min(len(rows), -(-cfg.max_tokens // n_ctx))
-    ce_tokens = cfg.ce_max_tokens if cfg.ce_max_tokens is not None else max_rows * n_ctx
-    ce_rows = min(max_rows, -(-ce_tokens // n_ctx))
+    sample = EvalSample.draw(len(rows), n_ctx, cfg.max_tokens, cfg.ce_max_tokens, cfg.seed)
     s = Sums()
     mean = mean.to(device)
     start = time.perf_counter()
-    bar = tqdm(total=max_rows * n_ctx, desc="evaluate", unit="tok", unit_scale=True)
-    for i in range(0, max_rows, cfg.batch_rows):
-        tokens = torch.from_numpy(rows[i : min(i + cfg.batch_rows, max_rows)].astype(np.int64)).to(device)
-        shape = (*tokens.shape, -1)
-        if i < ce_rows:
-            grabbed = {}
-
-            def grab(x, hook):  # noqa: ARG001
-                grabbed["x"] = x
-                return x
-
-            logits = model.run_with_hooks(tokens, fwd_hooks=[(hook, grab)])
-            x = grabbed["x"].reshape(-1, grabbed["x"].shape[-1]).float()
-            x_hat, f = sae(x)
-            spliced = {
-                "clean": logits,
-                "sae": model.run_with_hooks(tokens, fwd_hooks=[(hook, _splice(lambda a: x_hat.reshape(shape).to(a.dtype)))]),
-                "zero": model.run_with_hooks(tokens, fwd_hooks=[(hook, _splice(torch.zeros_like))]),
-                "mean": model.run_with_hooks(tokens, fwd_hooks=[(hook, _splice(lambda a: mean.to(a.dtype).expand_as(a)))]),
-            }
-            for k, lg in spliced.items():
-                s.ce[k] += token_ce(lg, tokens).double().sum().item()
-            s.ce_n += tokens.shape[0] * (n_ctx - 1)
+    bar = tqdm(total=sample.n_rows * n_ctx, desc="evaluate", unit="tok", unit_scale=True, disable=not progress)
+    for tokens, _, in_ce in sample.batches(rows, cfg.batch_rows, device):
+        covered = covered_positions(tokens, exclude_token)  # (B, T)
+        if in_ce:
+            clean, x = clean_pass(model, tokens, hook)
         else:
-            x = hook_activations(model, tokens, hook, layer).reshape(-1, mean.shape[0]).float()
-            x_hat, f = sae(x)
-        s.add_recon(x, x_hat, f)
+            x = capture(model, tokens, hook)[1]
+        x = x.float()
+        x_hat, f = sae(x.reshape(-1, x.shape[-1]))
+        if in_ce:
+            for name, values in (("clean", None), ("sae", x_hat), ("zero", torch.zeros_like(x)),
+                                 ("mean", mean.expand_as(x))):
+                ce = clean if values is None else spliced_ce(model, tokens, hook, values, covered)
+                s.ce[name] += ce.double().sum().item()
+            s.ce_n += clean.numel()
+        keep = covered.reshape(-1)
+        s.add_recon(x.reshape(-1, x.shape[-1])[keep], x_hat[keep], f[keep])
         bar.update(tokens.numel())
     bar.close()
     seconds = time.perf_counter() - start
-    return summarize(s, seconds, cfg.ultra_low_threshold), {"fired": s.fired.numpy(), "act_sum": s.act_sum.numpy()}
+    metrics = summarize(s, cfg.ultra_low_threshold, cfg.dense_threshold)
+    timing = {"eval_seconds": seconds, "eval_tokens_per_s": sample.n_rows * n_ctx / seconds}
+    return metrics | {"eval_rows": sample.n_rows, "ce_eval_rows": len(sample.ce)}, {
+        "fired": s.fired.numpy(), "act_sum": s.act_sum.numpy(), "timing": timing}
 
 
-def summarize(s: Sums, seconds: float, ultra_low: float = 1e-4) -> dict:
+def summarize(s: Sums, ultra_low: float, dense: float) -> dict:
     ce = {k: v / s.ce_n for k, v in s.ce.items()}
     freq = s.fired.numpy() / s.n
     return {
@@ -153,10 +185,15 @@ def summarize(s: Sums, seconds: float, ultra_low: float = 1e-4) -> dict:
         "explained_variance": explained_variance(s.sse, s.sum_sq, s.sum_x, s.n),
         "l0": s.l0 / s.n,
         "l2_ratio": s.l2_ratio / max(1, s.l2_n),
+        **frequency_fractions(freq, ultra_low, dense),
+        "eval_tokens": s.n,
+    }
+
+
+def frequency_fractions(freq: np.ndarray, ultra_low: float, dense: float) -> dict:
+    """Fractions of features dead (never fired), ultra-low (freq < ultra_low, dead included) and dense (> dense)."""
+    return {
         "frac_dead": float((freq == 0).mean()),
         "frac_ultra_low": float((freq < ultra_low).mean()),
-        "frac_dense": float((freq > 1e-2).mean()),
-        "eval_tokens": s.n,
-        "eval_seconds": seconds,
-        "eval_tokens_per_s": s.n / seconds,
+        "frac_dense": float((freq > dense).mean()),
     }

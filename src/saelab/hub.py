@@ -6,8 +6,10 @@ import os
 import urllib.error
 import urllib.request
 
+from saelab.errors import SaelabError
 
-class HubUnavailable(RuntimeError):
+
+class HubUnavailable(SaelabError, RuntimeError):
     """The Hugging Face Hub is unreachable and the params ask for something on it."""
 
 

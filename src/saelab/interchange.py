@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from saelab.errors import InputError
 from saelab.io import atomic_dir, save_weights, write_json
 from saelab.sae import SAE
 
@@ -64,15 +65,15 @@ def load_seed(weights: Path, config: Path) -> tuple[SAE, dict]:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise ValueError(f"{weights}: not a loadable tensor-only state dict ({err})") from None
+        raise InputError(f"{weights}: not a loadable tensor-only state dict ({err})") from None
     missing = [k for k in KEYS if k not in state]
     if missing:
-        raise ValueError(f"{weights}: missing {missing}; the seed's format has {list(KEYS)}")
+        raise InputError(f"{weights}: missing {missing}; the seed's format has {list(KEYS)}")
     d_in, d_sae = state["W_enc"].shape
     expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
     for k, shape in expected.items():
         if tuple(state[k].shape) != shape:
-            raise ValueError(f"{weights}: {k} has shape {tuple(state[k].shape)}, expected {shape}")
+            raise InputError(f"{weights}: {k} has shape {tuple(state[k].shape)}, expected {shape}")
     cfg = json.loads(Path(config).read_text())
     sae = SAE(d_in, d_sae, seed=None)
     sae.load_state_dict({k: state[k].float() for k in KEYS})

@@ -12,6 +12,7 @@ from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
+from saelab.errors import InputError, MissingInput
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -61,9 +62,9 @@ def read_json(path: str | Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing (run the stage that produces it, e.g. `dvc repro`)") from None
+        raise MissingInput(f"{path}: missing (run the stage that produces it, e.g. `dvc repro`)") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); delete it and rerun its stage") from None
+        raise InputError(f"{path}: not valid JSON ({err}); delete it and rerun its stage") from None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -92,11 +93,11 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[s
     """Read safetensors only: weights are never unpickled."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: weights file missing (rerun the stage that writes it)")
+        raise MissingInput(f"{path}: weights file missing (rerun the stage that writes it)")
     try:
         return load_file(str(path), device=str(device))
     except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path}: not a readable safetensors file ({err}); delete it and rerun its stage") from None
+        raise InputError(f"{path}: not a readable safetensors file ({err}); delete it and rerun its stage") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,5 +105,5 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; set device: auto or cpu")
+        raise InputError(f"device {name!r} requested but CUDA is not available; set device: auto or cpu")
     return torch.device(name)

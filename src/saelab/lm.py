@@ -19,6 +19,7 @@ from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge.bridge import TransformerBridge
 from transformer_lens.model_bridge.sources.native import boot as boot_native
 
+from saelab.errors import InputError, MissingInput
 from saelab.config import LMConfig
 from saelab.hub import require_hub
 from saelab.io import load_weights, read_json, save_weights, write_json
@@ -173,11 +174,11 @@ def load_lm(path: str | Path, device: str | torch.device = "cpu") -> LoadedLM:
     config = read_json(path / "config.json")
     tok_path = path / "tokenizer.json"
     if not tok_path.exists():
-        raise FileNotFoundError(f"{tok_path}: tokenizer missing (rerun `dvc repro lm`)")
+        raise MissingInput(f"{tok_path}: tokenizer missing (rerun `dvc repro lm`)")
     tokenizer = Tokenizer.from_file(str(tok_path))
     d_vocab = config["tl_config"]["d_vocab"]
     if tokenizer.get_vocab_size() > d_vocab:
-        raise ValueError(
+        raise InputError(
             f"{tok_path}: tokenizer has {tokenizer.get_vocab_size()} tokens but the LM's d_vocab is {d_vocab}; "
             "the tokenizer and model come from different runs (rerun `dvc repro lm`)"
         )
@@ -186,6 +187,11 @@ def load_lm(path: str | Path, device: str | torch.device = "cpu") -> LoadedLM:
     model.load_state_dict(weights, strict=True)
     model.to(device).eval()
     return LoadedLM(model, tokenizer, int(config["bos_token_id"]), config)
+
+
+def excluded_token(lm: LoadedLM, bos_policy: str) -> int | None:
+    """The token id left out of the SAE's domain: BOS under ``activations.bos: exclude``, else none."""
+    return lm.bos_token_id if bos_policy == "exclude" else None
 
 
 def load_pretrained(name: str) -> tuple[TransformerBridge, Tokenizer, dict]:
@@ -204,7 +210,7 @@ def load_pretrained(name: str) -> tuple[TransformerBridge, Tokenizer, dict]:
     from transformer_lens.model_bridge.sources import tl_legacy
 
     if not repo.startswith(tl_legacy.TL_LEGACY_PREFIXES):
-        raise ValueError(
+        raise InputError(
             f"lm.name={name}: only TransformerLens-native checkpoints {tl_legacy.TL_LEGACY_PREFIXES} "
             f"or aliases {sorted(TL_ALIASES)} can be saved locally"
         )

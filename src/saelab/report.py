@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from saelab.errors import MissingInput
 
 CURVES = ("loss", "mse", "l1", "l0", "frac_dead_window", "frac_ultra_low_window", "lr")
 
@@ -29,7 +30,7 @@ def density_histogram(freq: np.ndarray, n_tokens: int, bins: int) -> tuple[np.nd
     return edges, counts, int((freq == 0).sum())
 
 
-def plot_density(out_png: Path, out_csv: Path, freq: np.ndarray, n_tokens: int, bins: int, ultra_low: float = 1e-4) -> None:
+def plot_density(out_png: Path, out_csv: Path, freq: np.ndarray, n_tokens: int, bins: int, ultra_low: float) -> None:
     edges, counts, n_dead = density_histogram(freq, n_tokens, bins)
     centres = (edges[:-1] + edges[1:]) / 2
     with open(out_csv, "w", newline="") as fh:
@@ -59,7 +60,7 @@ def plot_curves(out_png: Path, live_dir: Path, batch_size: int) -> None:
     metric_dir = live_dir / "plots" / "metrics"
     names = [n for n in CURVES if (metric_dir / f"{n}.tsv").exists()]
     if not names:
-        raise FileNotFoundError(f"{metric_dir}: no DVCLive curves found (rerun `dvc repro train`)")
+        raise MissingInput(f"{metric_dir}: no DVCLive curves found (rerun `dvc repro train`)")
     fig, axes = plt.subplots(len(names), 1, figsize=(7, 2.0 * len(names)), sharex=True)
     for ax, name in zip(np.atleast_1d(axes), names):
         steps, values = read_dvclive_tsv(metric_dir / f"{name}.tsv")

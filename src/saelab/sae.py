@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from saelab.errors import InputError
 from saelab.io import load_weights, read_json, save_weights, write_json
 
 WEIGHTS = "sae.safetensors"
@@ -84,7 +85,7 @@ class SAE(nn.Module):
         for key, shape in expected.items():
             if key not in weights or tuple(weights[key].shape) != shape:
                 got = tuple(weights[key].shape) if key in weights else "absent"
-                raise ValueError(f"{path / WEIGHTS}: {key} is {got}, config says {shape}; rerun `dvc repro train`")
+                raise InputError(f"{path / WEIGHTS}: {key} is {got}, config says {shape}; rerun `dvc repro train`")
         sae.load_state_dict(weights)
         return sae.to(device), meta
 

@@ -8,13 +8,14 @@ import sys
 import time
 from contextlib import contextmanager
 
-from saelab.config import ConfigError, Params, load_params
+from saelab.config import Params, load_params
+from saelab.errors import SaelabError
+from saelab.io import write_json
 from saelab.memory import peak_rss_mb
-from saelab.hub import HubUnavailable
 
-# Faults a user can cause and fix (bad params, missing or corrupt inputs, no network, NaNs):
-# one clear line, exit code 2. Anything else is a bug and keeps its traceback.
-EXPECTED = (ConfigError, FileNotFoundError, ValueError, OSError, HubUnavailable, FloatingPointError)
+# Faults a user can cause and fix (bad params, missing or corrupt inputs, no network, NaNs) raise
+# SaelabError: one clear line, exit code 2. Anything else is a bug and keeps its traceback.
+EXPECTED = (SaelabError,)
 
 log = logging.getLogger("saelab")
 
@@ -23,6 +24,15 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     return p
+
+
+def write_timing(path, timing: dict) -> None:
+    """Write a stage's wall times and throughputs with its peak memory to ``path`` (timings/*.json).
+
+    Kept out of metrics/, so `dvc exp show` and `dvc metrics diff` lead with the science and
+    never list timing noise as a change; the README and benchmarks read these files.
+    """
+    write_json(path, timing | peak_memory())
 
 
 def peak_memory() -> dict:

@@ -1,6 +1,6 @@
 """Streaming activations: train straight from the LM through an on-device shuffle buffer.
 
-The seed's design (DESIGN.md): a buffer of many prompts' activations is shuffled, the
+The seed's design (docs/metrics.md, "Training algorithm"): a buffer of many prompts' activations is shuffled, the
 first half is handed out as training batches, the unused half is kept and the buffer is
 topped up with fresh prompts and reshuffled. A batch therefore rarely holds two tokens
 of one prompt, and a run of any length needs no disk for activations.
@@ -20,23 +20,27 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from saelab.activations import DTYPES, MANIFEST, ActivationCache, check_hook, hook_activations
+from saelab.errors import InputError
+from saelab.cache import DTYPES, MANIFEST, ActivationCache, check_bos_policy
 from saelab.checkpoint import fingerprint
 from saelab.config import ActivationsConfig, SAEConfig
+from saelab.hooks import check_hook, hook_activations
 
 
 class ActivationStream:
     """Endless (batch_size, d) batches of ``hook`` activations of ``model`` over ``rows`` (n_rows, n_ctx)."""
 
     def __init__(self, model, rows: np.ndarray, hook: str, layer: int, d: int, *, buffer_tokens: int,
-                 batch_rows: int, dtype: str, seed: int, device: torch.device):
+                 batch_rows: int, dtype: str, seed: int, device: torch.device, exclude_token: int | None = None):
         n_ctx = rows.shape[1]
         if buffer_tokens < 2 * n_ctx:
-            raise ValueError(f"sae.stream_buffer_tokens: {buffer_tokens} must hold at least two prompts of {n_ctx} tokens")
+            raise InputError(f"sae.stream_buffer_tokens: {buffer_tokens} must hold at least two prompts of {n_ctx} tokens")
         self.model, self.rows, self.hook, self.layer, self.d = model, rows, hook, layer, d
         self.buffer_tokens, self.batch_rows, self.seed, self.device = buffer_tokens, batch_rows, seed, device
         self.dtype = DTYPES[dtype]
-        self.n_tokens = len(rows) * n_ctx  # one pass over the prompts
+        self.exclude_token = exclude_token
+        kept = rows != exclude_token if exclude_token is not None else np.ones(rows.shape, dtype=bool)
+        self.n_tokens = int(kept.sum())  # one pass over the prompts, BOS left out under activations.bos: exclude
 
     def _prompts(self) -> Iterator[torch.Tensor]:
         """Activations of ``batch_rows`` prompts at a time, (batch_rows * n_ctx, d), passes in fresh seeded orders."""
@@ -45,14 +49,16 @@ class ActivationStream:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
             for i in range(0, len(order), self.batch_rows):
                 batch = torch.from_numpy(self.rows[np.sort(order[i : i + self.batch_rows])].astype(np.int64))
-                acts = hook_activations(self.model, batch.to(self.device), self.hook, self.layer)
-                yield acts.reshape(-1, self.d).to(self.dtype)
+                acts = hook_activations(self.model, batch.to(self.device), self.hook, self.layer).reshape(-1, self.d)
+                if self.exclude_token is not None:
+                    acts = acts[(batch != self.exclude_token).reshape(-1).to(acts.device)]
+                yield acts.to(self.dtype)
             epoch += 1
 
     def batches(self, batch_size: int, skip_tokens: int = 0) -> Iterator[torch.Tensor]:
         """Batches of the stream from token ``skip_tokens`` on (a multiple of ``batch_size`` when resuming)."""
         if self.buffer_tokens < 2 * batch_size:
-            raise ValueError(f"sae.stream_buffer_tokens: {self.buffer_tokens} must be at least 2 x sae.batch_size ({batch_size})")
+            raise InputError(f"sae.stream_buffer_tokens: {self.buffer_tokens} must be at least 2 x sae.batch_size ({batch_size})")
         prompts = self._prompts()
         gen = torch.Generator(device=self.device).manual_seed(self.seed)
         buf = torch.empty(0, self.d, dtype=self.dtype, device=self.device)
@@ -90,19 +96,22 @@ def open_data(cfg: SAEConfig, acts_cfg: ActivationsConfig, device: torch.device,
     """The Parquet cache, or (``sae.source: stream``) the LM through a shuffle buffer; checked before training."""
     if cfg.source == "cache":
         cache = ActivationCache(activations)
+        check_bos_policy(cache, acts_cfg.bos)
         pin = device.type == "cuda"  # page-locked batches: the host-to-device copy overlaps compute
-        return TrainData(lambda b, skip: cache.batches(b, skip, pin=pin), cache.d, cache.manifest["hook"], cache.dtype, cache.manifest["n_ctx"], cache.n_tokens,
-                         fingerprint(cfg.model_dump(), Path(activations) / MANIFEST))
+        # Each SAE seed reads the cache in its own order (docs/metrics.md, "Data order").
+        return TrainData(lambda b, skip: cache.batches(b, skip, pin=pin, seed=cfg.seed), cache.d, cache.manifest["hook"],
+                         cache.dtype, cache.manifest["n_ctx"], cache.n_tokens, fingerprint(cfg.model_dump(), Path(activations) / MANIFEST))
     if lm_dir is None or tokens is None:
-        raise ValueError("sae.source: stream needs --lm and --tokens (dvc.yaml passes models/lm and data/tokens)")
-    from saelab.lm import load_lm  # TransformerLens: imported only when streaming
+        raise InputError("sae.source: stream needs --lm and --tokens (dvc.yaml passes models/lm and data/tokens)")
+    from saelab.lm import excluded_token, load_lm  # TransformerLens: imported only when streaming
     from saelab.tokens import read_rows
 
     rows = read_rows(Path(tokens) / "train.parquet")
     lm = load_lm(lm_dir, device)
     layer, d = check_hook(acts_cfg.hook, lm.config["tl_config"])
     stream = ActivationStream(lm.model, rows, acts_cfg.hook, layer, d, buffer_tokens=cfg.stream_buffer_tokens,
-                              batch_rows=cfg.stream_batch_rows, dtype=acts_cfg.dtype, seed=cfg.seed, device=device)
-    run = {**cfg.model_dump(), "hook": acts_cfg.hook, "dtype": acts_cfg.dtype}
+                              batch_rows=cfg.stream_batch_rows, dtype=acts_cfg.dtype, seed=cfg.seed, device=device,
+                              exclude_token=excluded_token(lm, acts_cfg.bos))
+    run = {**cfg.model_dump(), "hook": acts_cfg.hook, "dtype": acts_cfg.dtype, "bos": acts_cfg.bos}
     return TrainData(stream.batches, d, acts_cfg.hook, acts_cfg.dtype, rows.shape[1], stream.n_tokens,
                      fingerprint(run, Path(lm_dir) / "model.safetensors", Path(tokens) / "train.parquet"))

@@ -18,6 +18,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from saelab.errors import InputError, MissingInput
 from saelab.config import TextConfig
 from saelab.hub import require_hub
 
@@ -49,12 +50,12 @@ def _file_docs(path: Path, rel: str, text_column: str) -> Iterator[Doc]:
                 if line.strip():
                     row = json.loads(line)
                     if text_column not in row:
-                        raise ValueError(f"{path}:{i + 1}: no {text_column!r} field (set text.text_column)")
+                        raise InputError(f"{path}:{i + 1}: no {text_column!r} field (set text.text_column)")
                     yield Doc(f"{rel}#{i}", "dir", str(row[text_column]))
     elif path.suffix == ".parquet":
         table = pq.read_table(path)
         if text_column not in table.column_names:
-            raise ValueError(f"{path}: no column {text_column!r} (has {table.column_names}; set text.text_column)")
+            raise InputError(f"{path}: no column {text_column!r} (has {table.column_names}; set text.text_column)")
         for i, text in enumerate(table.column(text_column).to_pylist()):
             yield Doc(f"{rel}#{i}", "dir", text or "")
     else:
@@ -64,10 +65,10 @@ def _file_docs(path: Path, rel: str, text_column: str) -> Iterator[Doc]:
 def dir_docs(root: Path, text_column: str = "text") -> Iterator[Doc]:
     """Local ``.txt .md .py .jsonl .parquet`` files under ``root``, sorted by path."""
     if not root.is_dir():
-        raise FileNotFoundError(f"text.source dir:{root}: no such directory (point text.source at an existing folder)")
+        raise MissingInput(f"text.source dir:{root}: no such directory (point text.source at an existing folder)")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in DIR_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"text.source dir:{root}: holds no {', '.join(DIR_SUFFIXES)} files")
+        raise MissingInput(f"text.source dir:{root}: holds no {', '.join(DIR_SUFFIXES)} files")
     for path in files:
         yield from _file_docs(path, path.relative_to(root).as_posix(), text_column)
 
@@ -93,7 +94,7 @@ def open_source(cfg: TextConfig) -> Iterator[Doc]:
     if kind == "dir":
         root = Path(arg).expanduser()
         if not root.is_dir():
-            raise FileNotFoundError(f"text.source dir:{arg}: no such directory (point text.source at an existing folder)")
+            raise MissingInput(f"text.source dir:{arg}: no such directory (point text.source at an existing folder)")
         return dir_docs(root, cfg.text_column)
     return hf_docs(arg, cfg)
 
@@ -108,12 +109,12 @@ def split_docs(docs: Iterator[Doc], eval_fraction: float) -> tuple[list[Doc], li
     seen: set[str] = set()
     for doc in docs:
         if doc.doc_id in seen:
-            raise ValueError(f"duplicate doc_id {doc.doc_id!r}")
+            raise InputError(f"duplicate doc_id {doc.doc_id!r}")
         seen.add(doc.doc_id)
         if doc.text.strip():
             (held if is_eval(doc.doc_id, eval_fraction) else train).append(doc)
     if not train or not held:
-        raise ValueError(
+        raise InputError(
             f"text split is empty (train {len(train)}, eval {len(held)} documents); "
             "add documents or change text.eval_fraction"
         )

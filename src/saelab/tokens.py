@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
+from saelab.errors import MissingInput
 
 
 def encode_stream(tokenizer: Tokenizer, texts: list[str], bos_id: int, chunk: int = 256) -> np.ndarray:
@@ -41,6 +42,18 @@ def tokenize_texts(tokenizer: Tokenizer, texts: list[str], n_ctx: int, bos_id: i
     return pack_rows(encode_stream(tokenizer, texts, bos_id), n_ctx, bos_id)
 
 
+def sample_rows(n_rows_available: int, n_ctx: int, n_tokens: int | None, seed: int) -> np.ndarray:
+    """Indices of a seeded random subset of rows holding about ``n_tokens`` tokens, sorted for locality.
+
+    ``None`` (or more tokens than there are) takes every row. The subset is a prefix of one
+    seeded permutation, so with the same seed a smaller sample is contained in a larger one:
+    every eval metric that samples rows (CE, top-k, compare) sees the same tokens
+    (docs/metrics.md, "Eval samples").
+    """
+    n_rows = n_rows_available if n_tokens is None else min(n_rows_available, -(-n_tokens // n_ctx))
+    return np.sort(np.random.default_rng(seed).permutation(n_rows_available)[:n_rows])
+
+
 def write_rows(path: str | Path, rows: np.ndarray) -> None:
     n_ctx = rows.shape[1]
     flat = pa.array(rows.ravel(), type=pa.int32())
@@ -51,7 +64,7 @@ def write_rows(path: str | Path, rows: np.ndarray) -> None:
 def read_rows(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: token file missing (run `dvc repro tokens`)")
+        raise MissingInput(f"{path}: token file missing (run `dvc repro tokens`)")
     col = pq.read_table(path, columns=["tokens"]).column("tokens").combine_chunks()
     n_ctx = col.type.list_size
     return col.flatten().to_numpy().reshape(-1, n_ctx)

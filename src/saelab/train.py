@@ -1,4 +1,4 @@
-"""SAE training loop: the seed's algorithm with its bug fixed (DESIGN.md).
+"""SAE training loop: the seed's algorithm with its bug fixed (docs/metrics.md, "Training algorithm").
 
 Per step: Adam on  loss = mse_loss + l1_coeff * l1_loss  (both means over the batch,
 so l1_coeff does not depend on batch size); before the step the component of
@@ -17,8 +17,9 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from saelab.errors import InputError, NonFinite
 from saelab.checkpoint import generator_state, set_generator_state
-from saelab.config import SAEConfig
+from saelab.config import EvaluateConfig, SAEConfig
 from saelab.sae import SAE, l1_loss, mse_loss
 
 
@@ -124,7 +125,7 @@ def train_step(sae: SAE, opt: torch.optim.Adam, x: torch.Tensor, l1_coeff: float
         loss, mse, l1, f = losses(forward or sae, x, l1_coeff)
     bad = ~torch.isfinite(loss)
     if check and bad:
-        raise FloatingPointError(
+        raise NonFinite(
             f"non-finite SAE loss at step {step} (mse={mse.item()}, l1={l1.item()}); training stopped before "
             "updating the weights, the last checkpoint is kept. Lower sae.lr or check the activation cache"
         )
@@ -146,12 +147,13 @@ class Trainer:
     rank applies the same re-initialisation.
     """
 
-    def __init__(self, sae: SAE, cfg: SAEConfig, device: torch.device):
+    def __init__(self, sae: SAE, cfg: SAEConfig, device: torch.device, ultra_low_threshold: float = EvaluateConfig().ultra_low_threshold):
         self.sae, self.cfg, self.device = sae, cfg, device
+        self.ultra_low = ultra_low_threshold  # evaluate.ultra_low_threshold, for the training curve only
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         if cfg.batch_size % self.world:
-            raise ValueError(f"sae.batch_size: {cfg.batch_size} must be divisible by the {self.world} processes")
+            raise InputError(f"sae.batch_size: {cfg.batch_size} must be divisible by the {self.world} processes")
         self.forward = torch.nn.parallel.DistributedDataParallel(sae) if self.world > 1 else None
         self.sched = Schedule.from_config(cfg)
         # Fused Adam (one kernel for all parameters) where the device has it; same maths as the loop version.
@@ -221,7 +223,7 @@ class Trainer:
             x = next(batches)
             if self.check_each_step and not torch.isfinite(x).all():
                 lo = step * cfg.batch_size
-                raise FloatingPointError(f"non-finite activations in cache tokens [{lo}, {lo + len(x)}) at step {step}")
+                raise NonFinite(f"non-finite activations in cache tokens [{lo}, {lo + len(x)}) at step {step}")
             x = x[self.rank * local : (self.rank + 1) * local].to(self.device, non_blocking=True).float()
             if not self.check_each_step:
                 self.bad |= ~torch.isfinite(x).all()
@@ -265,7 +267,7 @@ class Trainer:
         """Read the device-side NaN/inf flag (one host sync every ``log_every`` steps)."""
         if self._sum(self.bad.int()).item():
             lo, hi = self.checked * self.cfg.batch_size, done * self.cfg.batch_size
-            raise FloatingPointError(
+            raise NonFinite(
                 f"non-finite activations or SAE loss between steps {self.checked} and {done} (cache tokens [{lo}, {hi})); "
                 "training stopped before writing a checkpoint or the SAE, the last checkpoint is kept. "
                 "Lower sae.lr or check the activation cache"
@@ -285,7 +287,7 @@ class Trainer:
             "l0": l0_m,
             "lr": self.opt.param_groups[0]["lr"],
             "frac_dead_window": (fired == 0).float().mean().item(),
-            "frac_ultra_low_window": (freq < 1e-4).float().mean().item(),
+            "frac_ultra_low_window": (freq < self.ultra_low).float().mean().item(),
             "window_tokens": self.state.window_tokens,
         }
 

@@ -18,10 +18,19 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def bin_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    """Histogram edges that never fail: a single value, identical values or no values get a unit-wide
+    range around them (numpy raises "Too many bins for data range" on a range near zero)."""
+    lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
+    if hi - lo < 1e-9 * max(1.0, abs(lo), abs(hi)):
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, bins + 1)
+
+
 def hist(path: Path, series: dict[str, np.ndarray], xlabel: str, title: str, bins: int = 60, log_y: bool = False) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    finite = [v[np.isfinite(v)] for v in series.values()]
-    edges = np.histogram_bin_edges(np.concatenate(finite) if finite else [0, 1], bins=bins)
+    finite = [np.asarray(v, dtype=np.float64)[np.isfinite(v)] for v in series.values()]
+    edges = bin_edges(np.concatenate(finite) if finite else np.zeros(0), bins)
     for (name, _), v in zip(series.items(), finite):
         ax.hist(v, bins=edges, alpha=0.6, label=f"{name} (n={len(v):,})")
     ax.set_xlabel(xlabel)

@@ -1,4 +1,4 @@
-"""All twelve replication analyses of one SAE, as flat metrics, per-feature tables and figures."""
+"""All twelve replication analyses of one SAE, as flat metrics, per-feature tables and figures (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from saelab.analysis import plots
 from saelab.analysis import weights as W
 from saelab.analysis.contexts import context, token_pieces
 from saelab.analysis.passes import run_pass
-from saelab.evaluate import ce_recovered
+from saelab.evaluate import EvalSample, ce_recovered, frequency_fractions
+from saelab.hooks import is_mlp_post
 from saelab.io import save_weights
 
 
@@ -28,6 +29,10 @@ class Inputs:
     freq: np.ndarray  # (d_sae,) feature frequency on the evaluate stage's eval tokens
     freq_tokens: int
     rows: np.ndarray  # eval token rows
+    ln_final_weight: torch.Tensor | None  # (d_model,) final LayerNorm scale, folded into W_U for the logit lens
+    ultra_low_threshold: float  # evaluate.ultra_low_threshold
+    dense_threshold: float  # evaluate.dense_threshold
+    exclude_token: int | None  # BOS id under activations.bos: exclude
 
 
 def _median(a) -> float:
@@ -40,12 +45,12 @@ def weight_analyses(inp: Inputs, cfg) -> tuple[dict, dict, dict]:
     """Items 1-9 of the issue: returns (metrics, per-feature columns, extra arrays for figures)."""
     sae, m = inp.sae, {}
     W_enc, W_dec, b_enc = sae.W_enc.detach().cpu(), sae.W_dec.detach().cpu(), sae.b_enc.detach().cpu()
-    ultra = inp.freq < cfg.ultra_low_threshold
+    ultra = inp.freq < inp.ultra_low_threshold
     normal = ~ultra
     cols: dict = {"frequency": inp.freq, "ultra_low": ultra, "b_enc": b_enc.numpy()}
     extra: dict = {}
     # 1. frequency
-    m |= W.frequency_fractions(inp.freq, cfg.ultra_low_threshold, cfg.dense_threshold)
+    m |= frequency_fractions(inp.freq, inp.ultra_low_threshold, inp.dense_threshold)
     m["n_ultra_low"] = int(ultra.sum())
     m["freq_eval_tokens"] = inp.freq_tokens
     # 2. ultra-low cluster: encoder sameness vs decoder sameness
@@ -58,7 +63,7 @@ def weight_analyses(inp: Inputs, cfg) -> tuple[dict, dict, dict]:
     cols["enc_dec_cos"] = W.enc_dec_cosine(W_enc, W_dec).numpy()
     m["enc_dec_cos_median"] = _median(cols["enc_dec_cos"][normal])
     # The same over dense features only: a cluster centred near the 1e-4 threshold spills into "non-ultra-low".
-    dense = inp.freq > cfg.dense_threshold
+    dense = inp.freq > inp.dense_threshold
     m["enc_dec_cos_median_dense"] = _median(cols["enc_dec_cos"][dense])
     # 4. neuron sparsity, 5. kurtosis (over non-ultra-low features)
     top1, next9 = W.neuron_sparsity(W_dec)
@@ -72,7 +77,7 @@ def weight_analyses(inp: Inputs, cfg) -> tuple[dict, dict, dict]:
     m["kurtosis_gaussian_median"] = _median(extra["gauss_kurtosis"])
     m["kurtosis_median_dense"] = _median(cols["kurtosis"][dense])
     # 6. W_out null space (MLP-post hooks only: the SAE lives in the neuron basis W_out reads)
-    W_out = inp.model.W_out[inp.layer].detach().cpu().float() if inp.hook.endswith("mlp.hook_post") else None
+    W_out = inp.model.W_out[inp.layer].detach().cpu().float() if is_mlp_post(inp.hook) else None
     if W_out is not None:
         cols["null_share_enc"] = W.null_space_share(W_enc.T, W_out).numpy()
         cols["null_share_dec"] = W.null_space_share(W_dec, W_out).numpy()
@@ -84,12 +89,13 @@ def weight_analyses(inp: Inputs, cfg) -> tuple[dict, dict, dict]:
     m["de_projection_median_non_ultra_low"] = _median(cols["de_projection"][normal])
     m["de_projection_median_ultra_low"] = _median(cols["de_projection"][ultra])
     # 8. pairwise cosines of frequent features
-    frequent = torch.from_numpy(inp.freq > cfg.ultra_low_threshold)
+    frequent = torch.from_numpy(inp.freq > inp.ultra_low_threshold)
     m["frequent_cos_mean"], m["frequent_cos_var"], m["n_frequent"] = W.pairwise_cosine_stats(W_dec[frequent])
     m["frequent_cos_baseline_var"] = 1 / W_dec.shape[1]
     # 9. logit lens (not through a nonlinearity: skipped for mlp.hook_pre)
     if not inp.hook.endswith("mlp.hook_pre"):
-        eff = W.logit_effects(W_dec, inp.model.W_U.detach().cpu().float(), W_out)
+        ln_w = inp.ln_final_weight.cpu().float() if inp.ln_final_weight is not None else None
+        eff = W.logit_effects(W_dec, inp.model.W_U.detach().cpu().float(), W_out, ln_w)
         mom = W.moments(eff)
         cols |= mom
         m["logit_skew_median"], m["logit_kurtosis_median"] = _median(mom["logit_skew"]), _median(mom["logit_kurtosis"])
@@ -98,10 +104,10 @@ def weight_analyses(inp: Inputs, cfg) -> tuple[dict, dict, dict]:
     return m, cols, extra
 
 
-def pass_analyses(inp: Inputs, cfg, device, progress=None) -> tuple[dict, object]:
+def pass_analyses(inp: Inputs, cfg, sample: EvalSample, device, progress=None) -> tuple[dict, object]:
     """Items 2 (co-firing), 10 (top-k), 11 (per-token CE) and 12 (max-activating examples)."""
-    ultra = torch.from_numpy(inp.freq < cfg.ultra_low_threshold)
-    res = run_pass(inp.model, inp.sae, inp.rows, inp.hook, inp.layer, ultra, cfg, device, progress)
+    ultra = torch.from_numpy(inp.freq < inp.ultra_low_threshold)
+    res = run_pass(inp.model, inp.sae, inp.rows, inp.hook, ultra, cfg, sample, device, inp.exclude_token, progress)
     m = {"ultra_low_cofire_max_share": res.cofire_max_share, "pass_eval_tokens": res.n_tokens, "ce_eval_tokens": res.ce_tokens}
     for k, v in res.topk.items():
         m[f"topk_{k}_ce_recovered_zero"] = ce_recovered(res.ce_clean, v["ce"], res.ce_zero)
@@ -147,7 +153,8 @@ def write_tables(out: Path, inp: Inputs, cfg, cols: dict, extra: dict, res) -> N
     save_weights(out / "ultra_low_directions.safetensors", {"encoder_mean": extra["enc_mean"], "decoder_mean": extra["dec_mean"]})
 
 
-def write_figures(out: Path, cols: dict, extra: dict, res, metrics: dict, cfg) -> None:
+def write_figures(out: Path, csv_dir: Path, cols: dict, extra: dict, res, metrics: dict, cfg) -> None:
+    """PNGs into ``out`` (DVC-cached), the plot data DVC renders (topk.csv) into ``csv_dir`` (git)."""
     normal = ~cols["ultra_low"]
     plots.hist(out / "cluster_cosines.png", {"encoder": extra["cluster_enc_cos"], "decoder": extra["cluster_dec_cos"]},
                "cosine with the ultra-low cluster's mean vector", "Ultra-low cluster: one encoder direction?")
@@ -162,14 +169,14 @@ def write_figures(out: Path, cols: dict, extra: dict, res, metrics: dict, cfg) -
                    f"share of norm² in W_out's null space (random: {metrics['null_share_baseline']:.2f})", "W_out null space")
     logf = np.log10(np.maximum(cols["frequency"], 1e-8))
     plots.scatter(out / "de_projection.png", logf, cols["de_projection"], "log10 frequency (dead at -8)",
-                  "W_dec[i]·W_enc[:, i]/|W_enc[:, i]|", "D/E projection", c=cols["b_enc"], clabel="b_enc")
+                  "W_enc[:, i] · W_dec[i] (un-normalised)", "D/E projection", c=cols["b_enc"], clabel="b_enc")
     if "logit_skew" in cols:
         plots.scatter(out / "logit_lens.png", cols["logit_skew"], cols["logit_kurtosis"], "skewness over vocabulary",
                       "excess kurtosis over vocabulary", "Logit-lens statistics per feature")
     if res.topk:
         table = [{"k": str(k), "ce_recovered_zero": metrics[f"topk_{k}_ce_recovered_zero"], "mse": metrics[f"topk_{k}_mse"]}
                  for k in [*cfg.topk, "all"]]
-        plots.topk_curve(out / "topk.png", out / "topk.csv", table)
+        plots.topk_curve(out / "topk.png", csv_dir / "topk.csv", table)
     if res.ce_diff is not None:
         plots.hist(out / "ce_diff.png", {"tokens": res.ce_diff}, "CE(reconstruction) - CE(clean), nats",
                    "Per-token CE difference", bins=80, log_y=True)

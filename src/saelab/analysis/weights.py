@@ -15,15 +15,6 @@ def _unit(v: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return v / v.norm(dim=dim, keepdim=True).clamp_min(1e-12)
 
 
-def frequency_fractions(freq: np.ndarray, ultra_low: float = 1e-4, dense: float = 1e-2) -> dict:
-    """Fractions of features dead (never fired), ultra-low (freq < ultra_low, dead included) and dense."""
-    return {
-        "frac_dead": float((freq == 0).mean()),
-        "frac_ultra_low": float((freq < ultra_low).mean()),
-        "frac_dense": float((freq > dense).mean()),
-    }
-
-
 def cluster_sameness(vectors: torch.Tensor, threshold: float = 0.95) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Cosine of each row of ``vectors`` (n, d) with the rows' mean; share above ``threshold``.
 
@@ -77,8 +68,12 @@ def null_space_share(vectors: torch.Tensor, W_out: torch.Tensor) -> torch.Tensor
 
 
 def de_projection(W_enc: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
-    """W_dec[i] · W_enc[:, i] / ‖W_enc[:, i]‖ for every feature."""
-    return (W_dec * _unit(W_enc.T)).sum(-1)
+    """W_enc[:, i] · W_dec[i] for every feature, un-normalised (docs/metrics.md, "D/E projection").
+
+    The encoder's gain along the feature's own decoder direction: about 1 for a feature that
+    autoencodes its direction. Not the encoder/decoder cosine (:func:`enc_dec_cosine`).
+    """
+    return (W_enc.T * W_dec).sum(-1)
 
 
 def pairwise_cosine_stats(W_dec: torch.Tensor) -> tuple[float, float, int]:
@@ -92,13 +87,21 @@ def pairwise_cosine_stats(W_dec: torch.Tensor) -> tuple[float, float, int]:
     return float(off.mean()), float(off.var(unbiased=False)), n
 
 
-def logit_effects(W_dec: torch.Tensor, W_U: torch.Tensor, W_out: torch.Tensor | None = None) -> torch.Tensor:
-    """Direct logit effect of each feature: W_dec · W_out · W_U for neuron-space hooks, else W_dec · W_U.
+def logit_effects(W_dec: torch.Tensor, W_U: torch.Tensor, W_out: torch.Tensor | None = None,
+                  ln_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Direct logit effect of each feature through the final LayerNorm: (d_sae, d_vocab).
 
-    (d_sae, d_vocab). Like the seed's logit lens this ignores the final LayerNorm's scale.
+    u = centre(W_dec · W_out) · diag(ln_weight) · W_U for neuron-space hooks (no W_out for
+    residual ones). As TransformerLens's ``fold_ln``: the LN's learned scale is folded into
+    W_U, and its centring (subtracting the mean over d_model) is applied to the written
+    direction; the per-token 1/RMS factor is a positive scalar, which changes no skewness
+    or kurtosis. ``ln_weight`` None skips both (an LN-free model).
     """
     resid = W_dec @ W_out if W_out is not None else W_dec  # (d_sae, d_model)
-    return resid @ W_U
+    if ln_weight is None:
+        return resid @ W_U
+    resid = resid - resid.mean(-1, keepdim=True)
+    return resid @ (ln_weight[:, None] * W_U)
 
 
 def moments(u: torch.Tensor) -> dict[str, np.ndarray]:

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from saelab import activations as acts
-from saelab.activations import ActivationCache, CacheError
+from saelab import cache as acts
+from saelab import hooks
+from saelab.background import background
+from saelab.cache import ActivationCache, CacheError
 from tests.conftest import FakeLM, make_cache
 
 
@@ -76,8 +78,8 @@ def test_batches_stream_in_order_and_wrap(tmp_path):
 def test_unknown_hook_lists_valid_ones():
     """An unknown hook name raises listing the valid hooks."""
     with pytest.raises(ValueError, match="blocks.0.mlp.hook_post.*blocks.0.hook_resid_post|blocks.0.hook_resid_post.*blocks.0.mlp.hook_post"):
-        acts.check_hook("blocks.0.mlp.hook_psot", {"n_layers": 1, "d_mlp": 64, "d_model": 32})
-    assert acts.check_hook("blocks.0.hook_resid_post", {"n_layers": 1, "d_mlp": 64, "d_model": 32}) == (0, 32)
+        hooks.check_hook("blocks.0.mlp.hook_psot", {"n_layers": 1, "d_mlp": 64, "d_model": 32})
+    assert hooks.check_hook("blocks.0.hook_resid_post", {"n_layers": 1, "d_mlp": 64, "d_model": 32}) == (0, 32)
 
 
 def test_truncated_shard_names_the_file(tmp_path):
@@ -134,9 +136,9 @@ def test_disk_space_checked_before_writing(tmp_path, monkeypatch):
 def test_sae_width_must_match_hook():
     """An SAE whose d_in differs from the hook's width is refused, naming the file and both widths."""
     tl = {"n_layers": 1, "d_mlp": 64, "d_model": 32}
-    assert acts.check_sae_width(64, "blocks.0.mlp.hook_post", tl, "models/sae") == 0
+    assert hooks.check_sae_width(64, "blocks.0.mlp.hook_post", tl, "models/sae") == 0
     with pytest.raises(ValueError, match="models/sae: SAE d_in is 32 but blocks.0.mlp.hook_post has width 64"):
-        acts.check_sae_width(32, "blocks.0.mlp.hook_post", tl, "models/sae")
+        hooks.check_sae_width(32, "blocks.0.mlp.hook_post", tl, "models/sae")
 
 
 def _slow_items(log: list):
@@ -148,18 +150,18 @@ def _slow_items(log: list):
 
 def test_background_reraises_and_stops_its_thread_on_close():
     """Items arrive in order, errors re-raise in the consumer, and close() returns only once the thread is gone."""
-    assert list(acts.background(iter(range(10)), depth=2)) == list(range(10))
+    assert list(background(iter(range(10)), depth=2)) == list(range(10))
 
     def broken():
         yield 1
         raise ValueError("bad row group")
 
     with pytest.raises(ValueError, match="bad row group"):
-        list(acts.background(broken(), depth=2))
+        list(background(broken(), depth=2))
 
     before = threading.active_count()
     log: list = []
-    it = acts.background(_slow_items(log), depth=4)
+    it = background(_slow_items(log), depth=4)
     assert next(it) == 0 and threading.active_count() == before + 1
     it.close()
     # A thread left running into interpreter exit, inside pyarrow or torch, aborts the process.

@@ -2,7 +2,7 @@
 
 Layout (``data/activations/``)::
 
-    manifest.json            hook, d, dtype, n_tokens, shards, input hashes, mean, mean_norm
+    manifest.json            hook, d, dtype, n_tokens, bos policy, shards, input hashes, mean, mean_norm
     shard-00000.parquet ...  one row per token, already shuffled across the whole cache
 
 Shard schema (no compression, no dictionary, no statistics, so a read is a memcpy):
@@ -12,6 +12,10 @@ Shard schema (no compression, no dictionary, no statistics, so a read is a memcp
     pos    int16   position in that row (0 = BOS)
     token  int32   token id at that position
 
+With ``activations.bos: exclude`` (the default) BOS tokens are not cached at all, so the
+cache *is* the SAE's training distribution and its ``mean`` is the mean over that domain
+(docs/metrics.md, "BOS policy"); ``mean_excluded`` is the mean over the dropped BOS tokens.
+
 Read it with pyarrow + numpy::
 
     t = pq.read_table("shard-00000.parquet", columns=["x"])
@@ -19,14 +23,13 @@ Read it with pyarrow + numpy::
 
 or polars: ``pl.read_parquet(p)["x"]`` is a Binary column; ``np.frombuffer(b"".join(...))``.
 bf16 has no numpy dtype: view the bytes as ``uint16`` and use ``torch.frombuffer(...).view(torch.bfloat16)``.
-FixedSizeBinary of raw bytes reads at ~2 GB/s per core (DESIGN.md); fp16 FixedSizeList reads at 0.07–0.26.
+FixedSizeBinary of raw bytes reads at ~2 GB/s per core (README, "The activation cache");
+fp16 FixedSizeList reads at 0.07-0.26.
 """
 
 from __future__ import annotations
 
-import queue
 import shutil
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -38,64 +41,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
+from saelab.background import background
+from saelab.errors import InputError, NonFinite, ResourceError
+from saelab.hooks import hook_activations
+from saelab.io import read_json
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 MANIFEST = "manifest.json"
-HOOK_SUFFIXES = (
-    "hook_resid_pre",
-    "hook_resid_mid",
-    "hook_resid_post",
-    "hook_mlp_out",
-    "hook_attn_out",
-    "mlp.hook_pre",
-    "mlp.hook_post",
-)
 
 
-class CacheError(ValueError):
+class CacheError(InputError):
     """The activation cache on disk is missing, corrupt or inconsistent with its manifest."""
-
-
-# ---------------------------------------------------------------- hooks
-
-
-def valid_hooks(n_layers: int) -> list[str]:
-    return [f"blocks.{layer}.{s}" for layer in range(n_layers) for s in HOOK_SUFFIXES]
-
-
-def check_hook(hook: str, tl_config: dict) -> tuple[int, int]:
-    """Return (layer, width) of ``hook``, or raise listing the valid names."""
-    allowed = valid_hooks(tl_config["n_layers"])
-    if hook not in allowed:
-        raise ValueError(f"activations.hook: {hook!r} is not a supported hook; valid hooks are: {', '.join(allowed)}")
-    layer = int(hook.split(".")[1])
-    width = tl_config["d_mlp"] if ".mlp.hook_" in hook else tl_config["d_model"]
-    return layer, width
-
-
-def check_sae_width(d_in: int, hook: str, tl_config: dict, where) -> int:
-    """Raise unless an SAE of input width ``d_in`` fits ``hook`` of this LM; return the hook's layer."""
-    layer, width = check_hook(hook, tl_config)
-    if d_in != width:
-        raise ValueError(f"{where}: SAE d_in is {d_in} but {hook} has width {width}; train the SAE on this LM's activations")
-    return layer
-
-
-def is_mlp_post(hook: str) -> bool:
-    return hook.endswith("mlp.hook_post")
-
-
-@torch.no_grad()
-def hook_activations(model, tokens: torch.Tensor, hook: str, layer: int) -> torch.Tensor:
-    """Activations at ``hook`` for ``tokens`` (B, n_ctx) -> (B, n_ctx, d); stops after ``layer``."""
-    grabbed = {}
-
-    def grab(x, hook):  # noqa: ARG001 - TL passes the HookPoint by keyword
-        grabbed["x"] = x
-        return x
-
-    model.run_with_hooks(tokens, fwd_hooks=[(hook, grab)], stop_at_layer=layer + 1)
-    return grabbed["x"]
 
 
 # ---------------------------------------------------------------- writer
@@ -115,7 +71,7 @@ def _fixed_binary(raw: np.ndarray) -> pa.Array:
 def check_disk(out: Path, need: int) -> None:
     free = shutil.disk_usage(out if out.exists() else out.parent).free
     if free < need:
-        raise OSError(
+        raise ResourceError(
             f"{out}: activation cache needs {need / 1e9:.2f} GB (shards + scratch) but only {free / 1e9:.2f} GB "
             "is free; lower activations.n_tokens, use dtype fp16, or free disk space"
         )
@@ -133,20 +89,16 @@ class CacheSpec:
     shard_tokens: int
     row_group_tokens: int
     allow_nonfinite: bool = False
-
-
-def select_rows(n_rows_available: int, n_ctx: int, n_tokens: int, seed: int) -> np.ndarray:
-    """A seeded random subset of token rows, enough for ``n_tokens`` (sorted for locality)."""
-    n_rows = min(n_rows_available, -(-n_tokens // n_ctx))
-    perm = np.random.default_rng(seed).permutation(n_rows_available)[:n_rows]
-    return np.sort(perm)
+    exclude_token: int | None = None
+    """Token id left out of the cache (BOS under ``activations.bos: exclude``); None keeps every token."""
 
 
 def write_cache(model, rows: np.ndarray, row_ids: np.ndarray, spec: CacheSpec, out: Path, device) -> dict:
     """Run the LM over ``rows`` and write a token-shuffled Parquet cache into ``out``.
 
-    1. Activations for every selected row go, in row order, to a scratch memmap.
-    2. A seeded permutation of all N tokens orders the shards, so consecutive
+    1. Activations of every kept token (all but ``spec.exclude_token``) go, in row order,
+       to a scratch memmap.
+    2. A seeded permutation of all N kept tokens orders the shards, so consecutive
        cache rows come from unrelated prompts.
     3. Shards are written from the memmap in permuted order; the scratch is deleted.
     Returns the manifest (without input hashes, which the stage adds).
@@ -154,19 +106,23 @@ def write_cache(model, rows: np.ndarray, row_ids: np.ndarray, spec: CacheSpec, o
     torch_dtype = DTYPES[spec.dtype]
     itemsize = torch.tensor([], dtype=torch_dtype).element_size()
     n_ctx = rows.shape[1]
-    n = len(rows) * n_ctx
+    keep = rows != spec.exclude_token if spec.exclude_token is not None else np.ones(rows.shape, dtype=bool)
+    n = int(keep.sum())
     check_disk(out, 2 * n * spec.d * itemsize)
     scratch = np.lib.format.open_memmap(out / ".scratch.npy", mode="w+", dtype=np.uint8, shape=(n, spec.d * itemsize))
-    total = torch.zeros(spec.d, dtype=torch.float64)
-    norm_sum, nonfinite = 0.0, 0
+    total, dropped = torch.zeros(spec.d, dtype=torch.float64), torch.zeros(spec.d, dtype=torch.float64)
+    norm_sum, nonfinite, at = 0.0, 0, 0
     start = time.perf_counter()
     bar = tqdm(total=n, desc="activations", unit="tok", unit_scale=True)
     for i in range(0, len(rows), spec.batch_rows):
         batch = torch.from_numpy(rows[i : i + spec.batch_rows].astype(np.int64)).to(device)
         acts = hook_activations(model, batch, spec.hook, spec.layer).reshape(-1, spec.d).to(torch_dtype)
+        mask = torch.from_numpy(keep[i : i + spec.batch_rows].reshape(-1)).to(acts.device)
+        dropped += acts[~mask].float().sum(0).double().cpu()
+        acts = acts[mask]  # (n_kept, d)
         bad = (~torch.isfinite(acts)).sum().item()
         if bad and not spec.allow_nonfinite:
-            raise FloatingPointError(
+            raise NonFinite(
                 f"{bad} non-finite activations at {spec.hook} in token rows {i}..{i + len(batch) - 1}; "
                 "the cache was not written (check the LM, or set activations.allow_nonfinite: true)"
             )
@@ -174,15 +130,17 @@ def write_cache(model, rows: np.ndarray, row_ids: np.ndarray, spec: CacheSpec, o
         a32 = acts.float()
         total += a32.sum(0).double().cpu()
         norm_sum += a32.norm(dim=-1).double().sum().item()
-        scratch[i * n_ctx : i * n_ctx + acts.shape[0]] = _bytes_rows(acts)
-        bar.update(acts.shape[0])
+        scratch[at : at + len(acts)] = _bytes_rows(acts)
+        at += len(acts)
+        bar.update(len(acts))
     bar.close()
     compute_s = time.perf_counter() - start
 
     perm = np.random.default_rng(spec.seed + 1).permutation(n)
-    src_row = np.repeat(row_ids.astype(np.int32), n_ctx)
-    src_pos = np.tile(np.arange(n_ctx, dtype=np.int16), len(rows))
-    src_tok = rows.reshape(-1).astype(np.int32)
+    flat_keep = keep.reshape(-1)
+    src_row = np.repeat(row_ids.astype(np.int32), n_ctx)[flat_keep]
+    src_pos = np.tile(np.arange(n_ctx, dtype=np.int16), len(rows))[flat_keep]
+    src_tok = rows.reshape(-1).astype(np.int32)[flat_keep]
     shards = []
     for s, lo in enumerate(tqdm(range(0, n, spec.shard_tokens), desc="shards", unit="shard")):
         idx = perm[lo : lo + spec.shard_tokens]
@@ -206,9 +164,9 @@ def write_cache(model, rows: np.ndarray, row_ids: np.ndarray, spec: CacheSpec, o
         shards.append({"file": name, "n_tokens": len(idx)})
     del scratch
     (out / ".scratch.npy").unlink()
-    mean = (total / n).float()
+    n_dropped = rows.size - n
     return {
-        "format": "saelab-activations/1",
+        "format": "saelab-activations/2",
         "hook": spec.hook,
         "layer": spec.layer,
         "d": spec.d,
@@ -217,10 +175,13 @@ def write_cache(model, rows: np.ndarray, row_ids: np.ndarray, spec: CacheSpec, o
         "n_ctx": n_ctx,
         "n_rows": len(rows),
         "seed": spec.seed,
+        "excluded_token": spec.exclude_token,
+        "n_excluded": int(n_dropped),
         "shards": shards,
         "nonfinite": nonfinite,
-        "mean": mean.tolist(),
-        "mean_norm": norm_sum / n,
+        "mean": (total / max(1, n)).float().tolist(),
+        "mean_excluded": (dropped / n_dropped).float().tolist() if n_dropped else None,
+        "mean_norm": norm_sum / max(1, n),
         "compute_seconds": compute_s,
         "tokens_per_s": n / compute_s,
     }
@@ -229,55 +190,12 @@ def write_cache(model, rows: np.ndarray, row_ids: np.ndarray, spec: CacheSpec, o
 # ---------------------------------------------------------------- reader
 
 
-def background(items: Iterator, depth: int) -> Iterator:
-    """Run the iterator ``items`` in a daemon thread, ``depth`` items ahead; its errors re-raise here.
-
-    Closing the returned generator (or dropping it) stops the thread at its next item and
-    waits for it.
-    """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work():
-        try:
-            for item in items:
-                if not put(item):
-                    if hasattr(items, "close"):
-                        items.close()  # lets a generator run its own clean-up (its inner threads stop too)
-                    return
-            put(_END)
-        except BaseException as err:  # handed to the consumer and re-raised there
-            put(err)
-
-    def consume():
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        try:
-            while (item := q.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            # Wait for the thread to finish its current item: a daemon thread still inside
-            # pyarrow or torch when the interpreter exits aborts the process
-            # ("terminate called without an active exception").
-            stop.set()
-            thread.join(timeout=JOIN_TIMEOUT_S)
-
-    return consume()
-
-
-_END = object()
-JOIN_TIMEOUT_S = 60.0
+def check_bos_policy(cache: "ActivationCache", bos: str) -> None:
+    """Raise unless the cache was built under the BOS policy the params ask for now."""
+    built = cache.manifest.get("bos")
+    if built != bos:
+        raise CacheError(f"{cache.path}: built with activations.bos={built!r} but params say {bos!r}; "
+                         "rerun `dvc repro activations` (the cache's mean and tokens depend on the policy)")
 
 
 class ActivationCache:
@@ -288,8 +206,6 @@ class ActivationCache:
         mpath = self.path / MANIFEST
         if not mpath.exists():
             raise CacheError(f"{mpath}: missing; the cache is incomplete (run `dvc repro activations`)")
-        from saelab.io import read_json
-
         self.manifest = read_json(mpath)
         self.d: int = self.manifest["d"]
         self.dtype: str = self.manifest["dtype"]
@@ -349,30 +265,50 @@ class ActivationCache:
             raise CacheError(f"{f}: row group {g} unreadable ({err}); delete {self.path} and rerun `dvc repro activations`") from None
         return {c: self._decode(table[c]) if c == "x" else table[c].to_numpy() for c in columns}
 
-    def row_groups(self, start: int = 0, prefetch: int = 4) -> Iterator[torch.Tensor]:
-        """Yield the ``x`` of each row group from ``start`` on, read ahead by a background thread."""
-        return background((self.read_row_group(i)["x"] for i in range(start, len(self._row_groups))), prefetch)
+    def _groups_ahead(self, groups: list[int], prefetch: int) -> Iterator[torch.Tensor]:
+        """The ``x`` of row groups ``groups`` in that order, read ahead by a background thread."""
+        return background((self.read_row_group(g)["x"] for g in groups), prefetch)
 
-    def _stream(self, pos: int) -> Iterator[torch.Tensor]:
-        """Row groups forever, starting at token ``pos`` and wrapping at the end of the cache."""
-        first, offset = self._locate(pos % self.n_tokens)
+    def group_order(self, seed: int | None, epoch: int) -> np.ndarray:
+        """Row-group visiting order of one epoch: cache order without a seed, else a seeded permutation."""
+        n = len(self._row_groups)
+        return np.arange(n) if seed is None else np.random.default_rng([seed, epoch]).permutation(n)
+
+    def _stream(self, pos: int, seed: int | None, prefetch: int) -> Iterator[torch.Tensor]:
+        """Row groups forever from token ``pos`` of the (seeded) epoch sequence.
+
+        With a seed, each epoch visits the row groups in its own order and shuffles the
+        tokens inside each group, so two seeds see different batches (docs/metrics.md,
+        "Data order"); without one, the cache is read in its stored order.
+        """
+        epoch, pos = divmod(pos, self.n_tokens)
         while True:
-            for x in self.row_groups(first):
+            order = self.group_order(seed, epoch)
+            first, offset = 0, pos
+            while offset >= self._row_groups[order[first]][2]:
+                offset -= self._row_groups[order[first]][2]
+                first += 1
+            groups = order[first:].tolist()
+            for g, x in zip(groups, self._groups_ahead(groups, prefetch)):
+                if seed is not None:
+                    x = x[torch.from_numpy(np.random.default_rng([seed, epoch, g]).permutation(len(x)))]
                 yield x[offset:]
                 offset = 0
-            first = 0
+            epoch, pos = epoch + 1, 0
 
-    def batches(self, batch_size: int, skip_tokens: int = 0, pin: bool = False, prefetch: int = 4) -> Iterator[torch.Tensor]:
-        """Endless (batch_size, d) batches in cache order, looping over epochs, assembled ahead by a thread.
+    def batches(self, batch_size: int, skip_tokens: int = 0, pin: bool = False, prefetch: int = 4,
+                seed: int | None = None) -> Iterator[torch.Tensor]:
+        """Endless (batch_size, d) batches, looping over epochs, assembled ahead by a thread.
 
-        Batch k holds cache tokens [s + kB, s + (k+1)B) mod N with s = ``skip_tokens``,
-        so a resumed run sees exactly the data an uninterrupted one would. With ``pin`` the
-        batches are in page-locked memory, so ``.to("cuda", non_blocking=True)`` overlaps compute.
+        Batch k holds tokens [s + kB, s + (k+1)B) of the epoch sequence (cache order, or the
+        order of ``seed``) with s = ``skip_tokens``, so a resumed run sees exactly the data
+        an uninterrupted one would. With ``pin`` the batches are in page-locked memory, so
+        ``.to("cuda", non_blocking=True)`` overlaps compute.
         """
 
         def assemble():
             buf, at = torch.empty(0, self.d, dtype=self.torch_dtype), 0
-            for x in self._stream(skip_tokens):
+            for x in self._stream(skip_tokens, seed, prefetch):
                 buf, at = torch.cat([buf[at:], x]), 0
                 while len(buf) - at >= batch_size:
                     batch = buf[at : at + batch_size]
@@ -380,13 +316,6 @@ class ActivationCache:
                     at += batch_size
 
         return background(assemble(), prefetch)
-
-    def _locate(self, pos: int) -> tuple[int, int]:
-        for i, (_, _, n) in enumerate(self._row_groups):
-            if pos < n:
-                return i, pos
-            pos -= n
-        return 0, 0
 
     def iter_tokens(self, columns=("x", "row", "pos", "token")) -> Iterator[dict]:
         for i in range(len(self._row_groups)):

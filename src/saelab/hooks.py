@@ -1,0 +1,88 @@
+"""Hook names, width checks, and the two hook functions every LM pass goes through.
+
+* :func:`capture` runs the LM and returns its output plus the activation at one hook;
+* :func:`splice` builds a hook that replaces that activation (reconstruction, zero, mean),
+  leaving positions outside the SAE's domain clean (BOS under ``activations.bos: exclude``;
+  definitions: docs/metrics.md, "BOS policy").
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saelab.errors import InputError
+
+HOOK_SUFFIXES = (
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+    "hook_mlp_out",
+    "hook_attn_out",
+    "mlp.hook_pre",
+    "mlp.hook_post",
+)
+
+
+def valid_hooks(n_layers: int) -> list[str]:
+    return [f"blocks.{layer}.{s}" for layer in range(n_layers) for s in HOOK_SUFFIXES]
+
+
+def check_hook(hook: str, tl_config: dict) -> tuple[int, int]:
+    """Return (layer, width) of ``hook``, or raise listing the valid names."""
+    allowed = valid_hooks(tl_config["n_layers"])
+    if hook not in allowed:
+        raise InputError(f"activations.hook: {hook!r} is not a supported hook; valid hooks are: {', '.join(allowed)}")
+    layer = int(hook.split(".")[1])
+    width = tl_config["d_mlp"] if ".mlp.hook_" in hook else tl_config["d_model"]
+    return layer, width
+
+
+def check_sae_width(d_in: int, hook: str, tl_config: dict, where) -> int:
+    """Raise unless an SAE of input width ``d_in`` fits ``hook`` of this LM; return the hook's layer."""
+    layer, width = check_hook(hook, tl_config)
+    if d_in != width:
+        raise InputError(f"{where}: SAE d_in is {d_in} but {hook} has width {width}; train the SAE on this LM's activations")
+    return layer
+
+
+def is_mlp_post(hook: str) -> bool:
+    return hook.endswith("mlp.hook_post")
+
+
+def capture(model, tokens: torch.Tensor, hook: str, stop_at_layer: int | None = None) -> tuple:
+    """Run ``model`` on ``tokens`` (B, T); return (its output, the activation at ``hook`` (B, T, d)).
+
+    The output is the logits, or nothing useful when ``stop_at_layer`` cuts the pass short.
+    """
+    grabbed = {}
+
+    def grab(x, hook):  # noqa: ARG001 - TL passes the HookPoint by keyword
+        grabbed["x"] = x
+        return x
+
+    out = model.run_with_hooks(tokens, fwd_hooks=[(hook, grab)], stop_at_layer=stop_at_layer)
+    return out, grabbed["x"]
+
+
+@torch.no_grad()
+def hook_activations(model, tokens: torch.Tensor, hook: str, layer: int) -> torch.Tensor:
+    """Activations at ``hook`` for ``tokens`` (B, T) -> (B, T, d); the pass stops after ``layer``."""
+    return capture(model, tokens, hook, stop_at_layer=layer + 1)[1]
+
+
+def splice(values: torch.Tensor, keep: torch.Tensor | None = None):
+    """A hook replacing the activation (B, T, d) by ``values`` (any shape of the same size),
+    except at positions where ``keep`` (B, T) is True, which stay clean."""
+
+    def hook(x, hook):  # noqa: ARG001
+        v = values.reshape(x.shape).to(x.dtype)
+        return v if keep is None else torch.where(keep[..., None], x, v)
+
+    return hook
+
+
+def covered_positions(tokens: torch.Tensor, exclude_token: int | None) -> torch.Tensor:
+    """(B, T) bool: positions inside the SAE's domain (all, or all but ``exclude_token``, the BOS id)."""
+    if exclude_token is None:
+        return torch.ones_like(tokens, dtype=torch.bool)
+    return tokens != exclude_token
