@@ -117,3 +117,65 @@ def test_merge_topk_keeps_the_best_across_batches():
     best_v, best_i = merge_topk(torch.zeros(1, 2), torch.full((1, 2), -1), v1, torch.tensor([[10, 11]]), 2)
     best_v, best_i = merge_topk(best_v, best_i, v2, torch.tensor([[20, 21, 22]]), 2)
     assert best_v.tolist() == [[5.0, 4.0]] and best_i.tolist() == [[11, 21]]
+
+
+def test_logit_lens_folds_the_final_layernorm_scale():
+    """A final-LN weight that is not all ones changes which token a feature promotes; ones change nothing
+    but the centring, which removes a direction's mean over d_model."""
+    W_U = torch.eye(4, 6)  # token t reads residual dim t (t < 4)
+    W_dec = torch.tensor([[1.0, 0.8, 0.0, 0.0]])
+    assert W.logit_effects(W_dec, W_U)[0].argmax() == 0
+    ln_w = torch.tensor([1.0, 10.0, 1.0, 1.0])
+    assert W.logit_effects(W_dec, W_U, ln_weight=ln_w)[0].argmax() == 1
+    centred = W.logit_effects(torch.ones(1, 4), W_U, ln_weight=torch.ones(4))
+    assert torch.allclose(centred, torch.zeros(1, 6))
+
+
+def _inputs(tiny_lm, freq, W_enc=None):
+    from saelab.analysis.run import Inputs
+    from saelab.lm import load_lm
+
+    path, rows = tiny_lm
+    lm = load_lm(path)
+    sae = SAE(64, len(freq), seed=0)
+    if W_enc is not None:
+        with torch.no_grad():
+            sae.W_enc.copy_(W_enc)
+    return Inputs(lm.model, lm.tokenizer, sae, "blocks.0.mlp.hook_post", 0, np.asarray(freq, dtype=np.float64), 1000, rows,
+                  lm.model.state_dict()["ln_final.weight"], 1e-4, 1e-2, lm.bos_token_id)
+
+
+@pytest.mark.parametrize("case", ["cluster of one", "no ultra-low", "every feature dense", "cluster of identical vectors"])
+def test_analysis_survives_degenerate_saes(tiny_lm, tmp_path, case):
+    """Weight analyses, the pass and every figure run on a one-member cluster, no cluster, all-dense
+    features and a cluster whose encoder vectors are identical (zero-width histograms)."""
+    from saelab.analysis.run import pass_analyses, weight_analyses, write_figures, write_tables
+    from saelab.config import AnalysisConfig
+    from saelab.evaluate import EvalSample
+
+    n, W_enc = 16, None
+    freq = {"cluster of one": [0.0] + [0.05] * (n - 1), "no ultra-low": [0.001] * n,
+            "every feature dense": [0.5] * n, "cluster of identical vectors": [0.0] * 4 + [0.05] * (n - 4)}[case]
+    if case == "cluster of identical vectors":
+        W_enc = torch.randn(64, n)
+        W_enc[:, :4] = W_enc[:, :1]
+    inp = _inputs(tiny_lm, freq, W_enc)
+    cfg = AnalysisConfig(topk=(1, 2), batch_rows=4, max_tokens=64)
+    m, cols, extra = weight_analyses(inp, cfg)
+    sample = EvalSample.draw(len(inp.rows), inp.rows.shape[1], 64, 32, 0)
+    pm, res = pass_analyses(inp, cfg, sample, "cpu")
+    (tmp_path / "png").mkdir()
+    (tmp_path / "csv").mkdir()
+    write_tables(tmp_path, inp, cfg, cols, extra, res)
+    write_figures(tmp_path / "png", tmp_path / "csv", cols, extra, res, m | pm, cfg)
+    assert (tmp_path / "png/cluster_cosines.png").exists() and (tmp_path / "csv/topk.csv").exists()
+    assert m["frac_ultra_low"] == float(np.mean(np.asarray(freq) < 1e-4))
+
+
+def test_bin_edges_never_fail():
+    """Identical values, one value or none get finite increasing edges (numpy: "Too many bins")."""
+    from saelab.analysis.plots import bin_edges
+
+    for v in (np.array([1.0, 1.0 + 1e-15]), np.array([0.3]), np.zeros(0), np.array([-2.0, 5.0])):
+        e = bin_edges(v, 60)
+        assert len(e) == 61 and np.all(np.diff(e) > 0)

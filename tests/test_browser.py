@@ -103,3 +103,12 @@ def test_page_renders_in_headless_chromium(analysis, chromium, tmp_path):
     keep = os.environ.get("SAELAB_SCREENSHOT_DIR")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_control_characters_are_rendered_visibly():
+    """NUL, ESC, DEL and C1 controls from the corpus never reach the HTML raw; newline and tab show as arrows."""
+    from saelab.browser import _ctx
+
+    html = _ctx("a\x00b\x1b[31m", "\x7f", "\x85\n\t<")
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in html)
+    assert "␀" in html and "␛" in html and "␡" in html and "\\x85" in html and "⏎→&lt;" in html

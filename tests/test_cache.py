@@ -169,3 +169,42 @@ def test_background_reraises_and_stops_its_thread_on_close():
     produced = len(log)
     time.sleep(0.2)
     assert len(log) == produced, "the worker kept producing after close()"
+
+
+def test_each_seed_reads_its_own_order_and_resumes_exactly(tmp_path):
+    """Two seeds draw different batches (not shifted copies); one seed is reproducible, covers every token
+    once per epoch, and skipping k batches equals dropping the first k."""
+    make_cache(tmp_path / "c", n_tokens=3000, d=8)
+    cache = ActivationCache(tmp_path / "c")
+
+    def take(seed, n, skip=0):
+        it = cache.batches(100, skip_tokens=skip, seed=seed)
+        out = [next(it) for _ in range(n)]
+        it.close()
+        return out
+
+    a, b = take(0, 30), take(1, 30)
+    rows_a = {tuple(r.tolist()) for r in a[0]}
+    assert not any(rows_a == {tuple(r.tolist()) for r in x} for x in b)  # no batch of seed 1 equals seed 0's first
+    assert all(torch.equal(x, y) for x, y in zip(a, take(0, 30)))
+    assert len({tuple(r.tolist()) for x in a for r in x}) == 3000  # one epoch: every token exactly once
+    assert all(torch.equal(x, y) for x, y in zip(a[7:12], take(0, 5, skip=700)))
+    assert all(torch.equal(x, y) for x, y in zip(take(None, 3), [next(cache.batches(100))]))  # no seed: stored order
+
+
+def test_bos_tokens_are_left_out_of_the_cache(tmp_path):
+    """With an excluded token id, the cache holds every other token and none of that id; its mean covers the rest."""
+    n_ctx, d = 10, 8
+    rows = np.arange(300, dtype=np.int32).reshape(30, n_ctx)
+    rows[:, 0] = 7_000  # a BOS id at every row start
+    spec = acts.CacheSpec("blocks.0.mlp.hook_post", 0, d, "fp32", 300, 0, 7, 1000, 50, exclude_token=7_000)
+    (tmp_path / "c").mkdir()
+    man = acts.write_cache(FakeLM(d), rows, np.arange(30), spec, tmp_path / "c", "cpu")
+    json.dump(man | {"bos": "exclude"}, open(tmp_path / "c" / acts.MANIFEST, "w"))
+    cache = ActivationCache(tmp_path / "c")
+    tokens = np.concatenate([g["token"] for g in cache.iter_tokens(("token",))])
+    assert man["n_tokens"] == 270 and man["n_excluded"] == 30 and 7_000 not in tokens
+    expected = FakeLM.expected(torch.from_numpy(rows.astype(np.int64)), d)[:, 1:].reshape(-1, d).mean(0)  # BOS column dropped
+    assert torch.allclose(cache.mean, expected, atol=1e-5)
+    with pytest.raises(CacheError, match="activations.bos"):
+        acts.check_bos_policy(cache, "include")

@@ -48,6 +48,32 @@ def test_greedy_is_one_to_one_and_used_above_the_limit():
     """Greedy matching pairs each row with a distinct column; above hungarian_max it replaces Hungarian."""
     cos = np.array([[0.9, 0.8], [0.85, 0.1]])
     r, c = greedy_matching(cos)
-    assert sorted(r.tolist()) == [0, 1] and sorted(c.tolist()) == [0, 1] and (r, c) != ()
+    assert sorted(r.tolist()) == [0, 1] and sorted(c.tolist()) == [0, 1]
+    assert list(zip(r.tolist(), c.tolist())) == [(0, 0), (1, 1)]  # the largest cosine (0.9) first
     assert match(cos, 1)[2] == "greedy" and match(cos, 2)[2] == "hungarian"
     assert cos[match(cos, 2)[0], match(cos, 2)[1]].sum() >= cos[r, c].sum()
+
+
+def test_matched_share_splits_by_ultra_low():
+    """A copy whose ultra-low features are replaced by random rows: ultra-low matched share 0, others 1."""
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(40, 32, generator=g)
+    freq = np.r_[np.zeros(10), np.full(30, 0.01)]
+    other = W.clone()
+    other[:10] = torch.randn(10, 32, generator=g)
+    m, _ = compare_pair(_sae(W, freq=freq), _sae(other, freq=freq), 4096, 1e-4)
+    assert m["share_matched_above_0.9_ultra_low"] == 0.0 and m["share_matched_above_0.9_non_ultra_low"] == 1.0
+
+
+def test_direction_baselines_by_hand():
+    """An ultra-low direction equal to the mean activation scores cosine 1 with it; one along b_dec scores 1
+    with b_dec; one along the second principal component scores |cos| 1 with the top components."""
+    from saelab.compare import direction_baselines
+
+    mean, b_dec = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 1.0, 0, 0])
+    pcs = torch.tensor([[0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    acts = {"mean": mean, "pcs": pcs}
+    assert direction_baselines(mean * 3, b_dec, acts)["ultra_low_dir_cos_mean_activation"] == pytest.approx(1.0)
+    assert direction_baselines(b_dec, b_dec, acts)["ultra_low_dir_cos_b_dec"] == pytest.approx(1.0)
+    b = direction_baselines(torch.tensor([0, 0, 0, -2.0]), b_dec, acts)
+    assert b["ultra_low_dir_max_abs_cos_top_pcs"] == pytest.approx(1.0) and b["ultra_low_dir_cos_mean_activation"] == 0.0

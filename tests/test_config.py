@@ -42,3 +42,33 @@ def test_sections_are_frozen():
     p = parse_params({})
     with pytest.raises(Exception):
         p.sae.l1_coeff = 3.0
+
+
+def test_code_defaults_are_params_yaml():
+    """Each config default equals params.yaml's value, so the code and the file never disagree."""
+    from pathlib import Path
+
+    from saelab.config import Params, load_params
+
+    committed = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert committed.model_dump() == Params().model_dump()
+
+
+def test_stage_prints_one_line_for_expected_faults_and_a_traceback_for_bugs(tmp_path, capsys):
+    """run_stage turns a SaelabError into one line and exit 2; any other exception keeps its traceback."""
+    import argparse
+
+    import pytest
+
+    from saelab.errors import InputError
+    from saelab.stage import run_stage
+
+    (tmp_path / "params.yaml").write_text("{}\n")
+    args = argparse.Namespace(params=str(tmp_path / "params.yaml"))
+    with pytest.raises(SystemExit) as exit_info:
+        with run_stage("t", args):
+            raise InputError("bad thing; fix it")
+    assert exit_info.value.code == 2
+    with pytest.raises(ValueError, match="numpy-style bug"):
+        with run_stage("t", args):
+            raise ValueError("numpy-style bug")

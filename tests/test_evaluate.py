@@ -78,3 +78,74 @@ def test_zero_sae_recovers_nothing(tiny_lm):
                               EvaluateConfig(ce_max_tokens=64, batch_rows=4), "cpu")
     assert m["ce_recovered_zero"] == pytest.approx(0.0, abs=1e-6)
     assert m["l0"] == 0 and m["frac_dead"] == 1.0 and (per_feature["fired"] == 0).all()
+
+
+def test_topk_all_equals_ce_recovered_zero_on_the_same_sample(tiny_lm):
+    """Analysis top-k "all" and evaluate's ce_recovered_zero go through one CE path on one seeded
+    sample: equal to 1e-9, and the analysis MSE equals evaluate's on those rows, for an imperfect SAE."""
+    from saelab.analysis.passes import run_pass
+    from saelab.config import AnalysisConfig
+    from saelab.evaluate import EvalSample
+
+    path, rows = tiny_lm
+    lm = load_lm(path)
+    sae = SAE(64, 128, seed=3)
+    cfg = EvaluateConfig(max_tokens=96, ce_max_tokens=96, batch_rows=4, seed=5)
+    m, _ = evaluate(lm.model, sae, rows, "blocks.0.mlp.hook_post", torch.zeros(64), cfg, "cpu", lm.bos_token_id)
+    sample = EvalSample.draw(len(rows), rows.shape[1], None, cfg.ce_max_tokens, cfg.seed)
+    res = run_pass(lm.model, sae, rows, "blocks.0.mlp.hook_post", torch.zeros(128, dtype=torch.bool),
+                   AnalysisConfig(topk=(1, 3), batch_rows=4), sample, "cpu", lm.bos_token_id)
+    assert abs(m["ce_recovered_zero"] - 1) > 1e-3  # an imperfect SAE: the equality below is not 1 == 1
+    assert ce_recovered(res.ce_clean, res.topk["all"]["ce"], res.ce_zero) == pytest.approx(m["ce_recovered_zero"], abs=1e-9)
+    assert res.topk["all"]["mse"] == pytest.approx(m["mse"], rel=1e-6)
+    assert res.topk[1]["mse"] != pytest.approx(res.topk["all"]["mse"])  # k = 1 really drops features
+
+
+def test_eval_sample_is_seeded_spread_and_nested():
+    """The eval sample is a seeded random draw over the whole split (not its first rows); CE rows are a
+    subset of the statistics rows; another seed draws other rows."""
+    from saelab.evaluate import EvalSample
+
+    a = EvalSample.draw(1000, 10, 2000, 500, seed=0)
+    assert len(a.ce) == 50 and a.n_rows == 200 and set(a.ce) <= set(a.ce) | set(a.rest)
+    assert a.ce.max() > 500 and a.ce.min() < 500  # spread over the split, not a prefix
+    assert not set(a.ce) & set(a.rest)
+    assert set(EvalSample.draw(1000, 10, None, 500, seed=1).ce) != set(a.ce)
+    assert set(EvalSample.draw(1000, 10, None, 500, seed=0).ce) == set(a.ce)
+
+
+def test_scaled_reconstruction_gives_hand_ev_and_l2_ratio(tiny_lm):
+    """An SAE whose output is exactly x/2: L2 ratio 0.5, and EV = 1 - 0.25 Σ‖x‖² / Σ‖x - mean‖² by hand."""
+    path, rows = tiny_lm
+    lm = load_lm(path)
+    sae = _identity_sae(64)
+    with torch.no_grad():
+        sae.W_dec.mul_(0.5)
+    cfg = EvaluateConfig(max_tokens=64, ce_max_tokens=32, batch_rows=4)
+    m, _ = evaluate(lm.model, sae, rows, "blocks.0.mlp.hook_post", torch.zeros(64), cfg, "cpu", lm.bos_token_id)
+    from saelab.evaluate import EvalSample
+
+    s = EvalSample.draw(len(rows), rows.shape[1], 64, 32, 0)
+    tokens = torch.from_numpy(rows[np.sort(np.r_[s.ce, s.rest])].astype(np.int64))
+    x = hook_activations(lm.model, tokens, "blocks.0.mlp.hook_post", 0)[tokens != lm.bos_token_id].double()
+    ev = 1 - 0.25 * x.pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert m["l2_ratio"] == pytest.approx(0.5, abs=1e-5)
+    assert m["explained_variance"] == pytest.approx(ev.item(), abs=1e-5)
+    assert m["eval_tokens"] == len(x)  # BOS positions are outside the SAE's domain
+
+
+def test_bos_positions_stay_clean_in_every_splice(tiny_lm):
+    """Under the exclude policy a splice leaves BOS positions untouched: zero ablation of every other
+    position changes CE, and ablating only covered positions of an all-BOS row changes nothing."""
+    from saelab.evaluate import clean_pass, spliced_ce
+    from saelab.hooks import covered_positions
+
+    path, rows = tiny_lm
+    lm = load_lm(path)
+    tokens = torch.full((2, 8), lm.bos_token_id, dtype=torch.long)
+    clean, x = clean_pass(lm.model, tokens, "blocks.0.mlp.hook_post")
+    cov = covered_positions(tokens, lm.bos_token_id)
+    assert not cov.any()
+    assert torch.equal(spliced_ce(lm.model, tokens, "blocks.0.mlp.hook_post", torch.zeros_like(x), cov), clean)
+    everywhere = torch.ones_like(cov)
+    assert not torch.equal(spliced_ce(lm.model, tokens, "blocks.0.mlp.hook_post", torch.zeros_like(x), everywhere), clean)

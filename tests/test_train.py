@@ -1,4 +1,5 @@
 
+import pytest
 import torch
 
 from saelab.config import SAEConfig
@@ -110,3 +111,61 @@ def test_compiled_step_matches_eager():
     train_sae(compiled, _batches(), _cfg(n_tokens=64 * 20, compile=True), torch.device("cpu"))
     for a, b in zip(eager.parameters(), compiled.parameters()):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def _one_step(sae, x, project: bool):
+    """Reference step: Adam on mse + l1, the decoder gradient projected (or not), rows renormalised."""
+    from saelab.train import sae_losses
+
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2, betas=(0.9, 0.99))
+    loss = sae_losses(sae, x, 0.05)[0]
+    loss.backward()
+    if project:
+        sae.remove_parallel_grad_()
+    opt.step()
+    sae.normalize_decoder_()
+    return sae.W_dec.detach().clone()
+
+
+def test_train_step_projects_the_decoder_gradient():
+    """train_step equals the reference step with the W_dec gradient projection, and not the one without it."""
+    from saelab.train import train_step
+
+    x = next(_batches())
+    with_proj, without = _one_step(SAE(16, 64, seed=0), x, True), _one_step(SAE(16, 64, seed=0), x, False)
+    assert not torch.allclose(with_proj, without, atol=1e-6)  # the projection changes the step
+    sae = SAE(16, 64, seed=0)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2, betas=(0.9, 0.99))
+    train_step(sae, opt, x, 0.05, autocast=False)
+    assert torch.allclose(sae.W_dec, with_proj, atol=1e-6)
+
+
+def test_resample_scales_encoder_zeroes_moments_and_weights_by_loss_squared():
+    """Resampling: decoder row = unit(x - b_dec) of a high-loss input, encoder = that x 0.2 x mean alive
+    encoder norm, bias 0, Adam moments zeroed for the dead slices only."""
+    sae = SAE(8, 6, seed=0)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    sae(torch.randn(4, 8)).x_hat.pow(2).sum().backward()
+    opt.step()  # non-empty Adam state
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.arange(8.0) / 10)
+    x = sae.b_dec.detach().expand(50, 8).clone()  # reconstructed almost exactly...
+    x[17, 2] += 5.0  # ...except two inputs with a large loss
+    x[33, 5] -= 3.0
+    with torch.no_grad():
+        sae.b_enc.fill_(-100.0)  # nothing fires: loss = ||x - b_dec||^2, zero for every input but #17
+    dead = torch.tensor([False, True, False, False, True, False])
+    alive_norm = sae.W_enc[:, ~dead].norm(dim=0).mean().item()
+    before = {k: v.clone() for k, v in opt.state[sae.W_enc].items()}
+    n = resample_(sae, opt, dead, x, torch.Generator().manual_seed(0))
+    assert n == 2
+    # loss^2 weighting: the two dead features take the two high-loss inputs (sampled without replacement)
+    picked = {int(sae.W_dec[i].abs().argmax()): float(sae.W_dec[i].abs().max()) for i in (1, 4)}
+    assert picked == {2: pytest.approx(1.0), 5: pytest.approx(1.0)}
+    for i in (1, 4):
+        assert sae.W_enc[:, i].norm().item() == pytest.approx(0.2 * alive_norm, rel=1e-5)
+        assert sae.b_enc[i] == 0
+    for key in ("exp_avg", "exp_avg_sq"):
+        st = opt.state[sae.W_enc][key]
+        assert (st[:, dead] == 0).all() and torch.equal(st[:, ~dead], before[key][:, ~dead])
+        assert (opt.state[sae.W_dec][key][dead] == 0).all() and (opt.state[sae.b_enc][key][dead] == 0).all()

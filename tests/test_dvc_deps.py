@@ -1,0 +1,48 @@
+"""dvc.yaml cannot go stale: each stage depends on exactly its import closure and the params it reads."""
+
+from pathlib import Path
+
+import yaml
+
+from saelab.checkpoint import CADENCE_KEYS
+from saelab.config import SAEConfig
+from saelab.deps import closure
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def _library_deps(stage: dict) -> set[Path]:
+    out = set()
+    for d in stage["deps"]:
+        path = str(d).split("#")[0].strip().replace("${lib}", "src/saelab")
+        p = REPO / path
+        if path.startswith("src/"):
+            out |= {f for f in p.rglob("*.py")} if p.is_dir() else {p}
+    return out
+
+
+def test_every_stage_lists_exactly_its_import_closure():
+    """For every stage, the library files in its deps equal the saelab modules its script imports
+    (transitively, lazy imports included): an unlisted import or a stale entry fails."""
+    for name, stage in STAGES.items():
+        script = REPO / "stages" / f"{name}.py"
+        assert f"stages/{name}.py" in stage["deps"], name
+        want, have = closure(script), _library_deps(stage)
+        assert have == want, f"{name}: missing {sorted(map(str, want - have))}, stale {sorted(map(str, have - want))}"
+
+
+def test_closure_sees_lazy_imports(tmp_path):
+    """An import inside a function body is part of the closure (stream.py imports lm lazily)."""
+    script = tmp_path / "s.py"
+    script.write_text("def f():\n    from saelab.lm import load_lm\n")
+    assert REPO / "src/saelab/lm.py" in closure(script)
+
+
+def test_training_params_are_per_key_without_cadence():
+    """train depends on every sae key that changes the SAE and on none of the logging/checkpoint cadence."""
+    params = set(STAGES["train"]["params"])
+    training = {f"sae.{k}" for k in SAEConfig.model_fields if k not in ("seed", "log_every", "checkpoint_every")}
+    assert training <= params
+    assert not {"sae", "sae.log_every", "sae.checkpoint_every"} & params
+    assert {"log_every", "checkpoint_every"} <= set(CADENCE_KEYS)
