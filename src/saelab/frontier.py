@@ -36,12 +36,17 @@ def _walk(node, found: list) -> None:
             _walk(v, found)
 
 
-def points(exp_show: list | dict) -> list[dict]:
-    """One row per experiment (and baseline) that has evaluate metrics, sorted by l1_coeff."""
+def runs(exp_show: list | dict) -> list[tuple[str, dict]]:
+    """(name, data) of every run (baseline and experiments) in ``dvc exp show --json`` output."""
     found: list = []
     _walk(exp_show, found)
+    return found
+
+
+def points(exp_show: list | dict) -> list[dict]:
+    """One row per experiment (and baseline) that has evaluate metrics, sorted by l1_coeff."""
     rows, seen = [], set()
-    for name, data in found:
+    for name, data in runs(exp_show):
         try:
             params = data["params"]["params.yaml"]["data"]
             metrics = data["metrics"][METRICS]["data"]
