@@ -71,10 +71,10 @@ QUANTITIES = [
              lambda v, r: v > 0.5),
     Quantity("cross-seed ultra-low direction cosine", COMPARE, _pair("ultra_low_direction_cos"), "0.96", "> 0.9",
              lambda v, r: v > 0.9),
-    Quantity("  baseline: |cos| with the mean activation", COMPARE, "seed0_ultra_low_dir_cos_mean_activation", "not it",
+    Quantity("  baseline: abs cos with the mean activation", COMPARE, "seed0_ultra_low_dir_cos_mean_activation", "not it",
              "< 0.5", lambda v, r: abs(v) < 0.5),
-    Quantity("  baseline: |cos| with b_dec", COMPARE, "seed0_ultra_low_dir_cos_b_dec", "-", "< 0.5", lambda v, r: abs(v) < 0.5),
-    Quantity("  baseline: max |cos| with top 5 PCs", COMPARE, "seed0_ultra_low_dir_max_abs_cos_top_pcs", "not it", "< 0.5",
+    Quantity("  baseline: abs cos with b_dec", COMPARE, "seed0_ultra_low_dir_cos_b_dec", "-", "< 0.5", lambda v, r: abs(v) < 0.5),
+    Quantity("  baseline: max abs cos with top 5 PCs", COMPARE, "seed0_ultra_low_dir_max_abs_cos_top_pcs", "not it", "< 0.5",
              lambda v, r: v < 0.5),
     Quantity("cross-seed matched > 0.9, ultra-low", COMPARE, _pair("share_matched_above_0.9_ultra_low"), "-", "-", None),
     Quantity("cross-seed matched > 0.9, non-ultra-low", COMPARE, _pair("share_matched_above_0.9_non_ultra_low"), "-", "-", None),
@@ -87,7 +87,7 @@ QUANTITIES = [
              "-", None),
     Quantity("D/E projection median, non-ultra-low", ANALYSIS, "de_projection_median_non_ultra_low", "~1", "0.5-1.5",
              lambda v, r: 0.5 <= v <= 1.5),
-    Quantity("D/E projection median, ultra-low", ANALYSIS, "de_projection_median_ultra_low", "~0", "|x| < 0.5",
+    Quantity("D/E projection median, ultra-low", ANALYSIS, "de_projection_median_ultra_low", "~0", "abs < 0.5",
              lambda v, r: abs(v) < 0.5),
     Quantity("frequent-feature cosine variance (random 1/d_in in criterion)", ANALYSIS, "frequent_cos_var", "0.002 vs 0.0005",
              "> random", lambda v, r: v > (_m(r, ANALYSIS, "frequent_cos_baseline_var") or 0)),
@@ -133,6 +133,8 @@ def verdict(results: list[bool | None]) -> str:
     tested = [r for r in results if r is not None]
     if not tested:
         return "not measured"
+    if len(tested) == 1:  # one regime cannot say whether a finding holds beyond it
+        return "holds in the one regime measured" if tested[0] else "fails in the one regime measured"
     if all(tested):
         return "holds in every regime" if len(tested) == len(results) else "holds in every measured regime"
     return "does not replicate" if not any(tested) else "holds in some"

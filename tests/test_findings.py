@@ -1,0 +1,34 @@
+"""The findings gatherer: regimes recognised by their one changed param, verdicts by hand."""
+
+from saelab.findings import QUANTITIES, gather, regime_of, table, verdict
+
+DEFAULTS = {"seeds": [0, 1], "sae": {"lr": 0.003, "l1_coeff": 1.0, "n_tokens": 2_000_000}}
+
+
+def _run(sae, ce):
+    return {"rev": "x", "name": "n", "data": {"params": {"params.yaml": {"data": {"seeds": [0], "sae": sae}}},
+                                             "metrics": {"metrics/evaluate.json": {"data": {"ce_recovered_zero": ce}}}}}
+
+
+def test_regime_is_the_one_changed_param():
+    """A run that changes only sae.lr is the lr regime (seeds ignored); two changes match no regime."""
+    assert regime_of({"seeds": [0], "sae": {**DEFAULTS["sae"], "lr": 0.001}}, DEFAULTS) == "lr 1e-3"
+    assert regime_of(DEFAULTS, DEFAULTS) == "default"
+    assert regime_of({"sae": {**DEFAULTS["sae"], "lr": 0.001, "l1_coeff": 2.0}}, DEFAULTS) is None
+
+
+def test_verdicts_by_hand():
+    """All pass -> every regime; none -> does not replicate; mixed -> some; one regime says so."""
+    assert verdict([True, True]) == "holds in every regime"
+    assert verdict([False, False]) == "does not replicate"
+    assert verdict([True, False]) == "holds in some"
+    assert verdict([True]) == "holds in the one regime measured"
+    assert verdict([None, None]) == "not measured"
+
+
+def test_table_applies_each_criterion_per_regime():
+    """CE recovered 0.95 (default) and 0.7 (l1 2.0) against ">= 0.90": holds in some, naming the default."""
+    found = gather([_run(DEFAULTS["sae"], 0.95), _run({**DEFAULTS["sae"], "l1_coeff": 2.0}, 0.7)], DEFAULTS)
+    row = next(r for r in table(found) if r["quantity"] == QUANTITIES[0].name)
+    assert row["default"] == 0.95 and row["l1_coeff 2.0"] == 0.7
+    assert row["verdict"] == "holds in some (default)"
