@@ -34,11 +34,11 @@ def main() -> None:
                      rows, lm.model.state_dict().get("ln_final.weight"), ev.ultra_low_threshold, ev.dense_threshold,
                      excluded_token(lm, params.activations.bos))
         start = time.perf_counter()
-        metrics, cols, extra = weight_analyses(inp, cfg)
+        weights, cols, extra = weight_analyses(inp, cfg)
         sample = EvalSample.draw(len(rows), rows.shape[1], cfg.max_tokens, ev.ce_max_tokens, ev.seed)
         with tqdm(total=sample.n_rows * rows.shape[1], desc="analysis pass", unit="tok", unit_scale=True) as bar:
-            pass_metrics, res = pass_analyses(inp, cfg, sample, device, bar.update)
-        metrics |= pass_metrics
+            passed, res = pass_analyses(inp, cfg, sample, device, bar.update)
+        metrics = weights.as_dict() | passed.as_dict()
         with atomic_dir(args.out) as tmp:
             write_tables(tmp, inp, cfg, cols, extra, res)
         with atomic_dir(args.plots) as csv_dir, atomic_dir(args.figures) as png_dir:

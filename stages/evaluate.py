@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from saelab.cache import ActivationCache, check_bos_policy
-from saelab.evaluate import evaluate
+from saelab.evaluate import HEADLINE, evaluate
 from saelab.hooks import check_sae_width
 from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.lm import excluded_token, load_lm
@@ -20,7 +20,7 @@ DEFINITIONS = ("docs/metrics.md; eval rows: a seeded sample (evaluate.seed), CE 
 
 def main() -> None:
     p = parser(__doc__)
-    for name in ("lm", "tokens", "activations", "sae", "out", "metrics", "timing"):
+    for name in ("lm", "tokens", "activations", "sae", "out", "metrics", "details", "timing"):
         p.add_argument(f"--{name}", type=Path, required=True)
     args = p.parse_args()
     with run_stage("evaluate", args) as params:
@@ -42,7 +42,9 @@ def main() -> None:
                 "frequency": pa.array(per_feature["fired"] / n),
                 "mean_activation": pa.array(per_feature["act_sum"] / n),
             }), tmp / "features.parquet")
-        write_json(args.metrics, metrics | {"n_features": sae.d_sae, "bos": params.activations.bos, "definitions": DEFINITIONS})
+        write_json(args.metrics, {k: metrics[k] for k in HEADLINE}, sort_keys=False)  # headline, fixed order
+        write_json(args.details, {k: v for k, v in metrics.items() if k not in HEADLINE}
+                   | {"n_features": sae.d_sae, "bos": params.activations.bos, "definitions": DEFINITIONS})
         write_timing(args.timing, per_feature["timing"])
         log.info("CE recovered (zero) %.3f, L0 %.1f, EV %.3f -> %s",
                  metrics["ce_recovered_zero"], metrics["l0"], metrics["explained_variance"], args.metrics)

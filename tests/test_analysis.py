@@ -161,9 +161,10 @@ def test_analysis_survives_degenerate_saes(tiny_lm, tmp_path, case):
         W_enc[:, :4] = W_enc[:, :1]
     inp = _inputs(tiny_lm, freq, W_enc)
     cfg = AnalysisConfig(topk=(1, 2), batch_rows=4, max_tokens=64)
-    m, cols, extra = weight_analyses(inp, cfg)
+    weights, cols, extra = weight_analyses(inp, cfg)
     sample = EvalSample.draw(len(inp.rows), inp.rows.shape[1], 64, 32, 0)
-    pm, res = pass_analyses(inp, cfg, sample, "cpu")
+    passed, res = pass_analyses(inp, cfg, sample, "cpu")
+    m, pm = weights.as_dict(), passed.as_dict()
     (tmp_path / "png").mkdir()
     (tmp_path / "csv").mkdir()
     write_tables(tmp_path, inp, cfg, cols, extra, res)

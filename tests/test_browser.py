@@ -14,6 +14,7 @@ import torch
 from saelab.analysis.run import Inputs, pass_analyses, weight_analyses, write_figures, write_tables
 from saelab.browser import build
 from saelab.config import AnalysisConfig
+from saelab.evaluate import EvalSample
 from saelab.lm import load_lm
 from saelab.sae import SAE
 
@@ -31,13 +32,15 @@ def analysis(tiny_lm, tmp_path_factory):
     with torch.no_grad():
         sae.b_enc[:128] = -100.0  # half the features never fire: an ultra-low cluster
     freq = np.r_[np.zeros(128), np.full(128, 0.05)]
-    cfg = AnalysisConfig(ce_max_tokens=128, topk=(1, 5), n_examples=3, batch_rows=8)
-    inp = Inputs(lm.model, lm.tokenizer, sae, "blocks.0.mlp.hook_post", 0, freq, rows.size, rows)
-    m, cols, extra = weight_analyses(inp, cfg)
-    pm, res = pass_analyses(inp, cfg, "cpu")
-    out, figs = tmp_path_factory.mktemp("analysis"), tmp_path_factory.mktemp("figs")
+    cfg = AnalysisConfig(topk=(1, 5), n_examples=3, batch_rows=8)
+    inp = Inputs(lm.model, lm.tokenizer, sae, "blocks.0.mlp.hook_post", 0, freq, rows.size, rows,
+                 lm.model.state_dict()["ln_final.weight"], 1e-4, 1e-2, lm.bos_token_id)
+    weights, cols, extra = weight_analyses(inp, cfg)
+    passed, res = pass_analyses(inp, cfg, EvalSample.draw(len(rows), rows.shape[1], None, 128, 0), "cpu")
+    m, pm = weights.as_dict(), passed.as_dict()
+    out, figs, csvs = tmp_path_factory.mktemp("analysis"), tmp_path_factory.mktemp("figs"), tmp_path_factory.mktemp("csv")
     write_tables(out, inp, cfg, cols, extra, res)
-    write_figures(figs, cols, extra, res, m | pm, cfg)
+    write_figures(figs, csvs, cols, extra, res, m | pm, cfg)
     return out, figs, m | pm
 
 

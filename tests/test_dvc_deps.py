@@ -46,3 +46,16 @@ def test_training_params_are_per_key_without_cadence():
     assert training <= params
     assert not {"sae", "sae.log_every", "sae.checkpoint_every"} & params
     assert {"log_every", "checkpoint_every"} <= set(CADENCE_KEYS)
+
+
+def test_exp_show_opens_with_the_sae_headline_then_l1_coeff():
+    """`dvc exp show` lists metrics (dvc.yaml order, file key order) before params (params.yaml order):
+    one declared metrics file whose first keys are CE recovered, L0 and EV, and sae.l1_coeff as the
+    first param, so a 200-column terminal shows all four without flags."""
+    from saelab.evaluate import HEADLINE
+
+    declared = [next(iter(m)) if isinstance(m, dict) else m for s in STAGES.values() for m in s.get("metrics", [])]
+    assert declared == ["metrics/evaluate.json"]
+    assert HEADLINE[:3] == ("ce_recovered_zero", "l0", "explained_variance") and len(HEADLINE) <= 10
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert next(iter(params)) == "sae" and next(iter(params["sae"])) == "l1_coeff"

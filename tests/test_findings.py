@@ -6,8 +6,13 @@ DEFAULTS = {"seeds": [0, 1], "sae": {"lr": 0.003, "l1_coeff": 1.0, "n_tokens": 2
 
 
 def _run(sae, ce):
-    return {"rev": "x", "name": "n", "data": {"params": {"params.yaml": {"data": {"seeds": [0], "sae": sae}}},
-                                             "metrics": {"metrics/evaluate.json": {"data": {"ce_recovered_zero": ce}}}}}
+    return {"rev": str(ce), "name": "n", "data": {"rev": str(ce), "params": {"params.yaml": {"data": {"seeds": [0], "sae": sae}}},
+                                                 "metrics": {"metrics/evaluate.json": {"data": {}}}}}
+
+
+def _read(rev):
+    """Stands in for `git show <rev>:metrics/...`: the run's CE recovered is its rev."""
+    return {"metrics/evaluate.json": {"ce_recovered_zero": float(rev)}}
 
 
 def test_regime_is_the_one_changed_param():
@@ -28,7 +33,7 @@ def test_verdicts_by_hand():
 
 def test_table_applies_each_criterion_per_regime():
     """CE recovered 0.95 (default) and 0.7 (l1 2.0) against ">= 0.90": holds in some, naming the default."""
-    found = gather([_run(DEFAULTS["sae"], 0.95), _run({**DEFAULTS["sae"], "l1_coeff": 2.0}, 0.7)], DEFAULTS)
+    found = gather([_run(DEFAULTS["sae"], 0.95), _run({**DEFAULTS["sae"], "l1_coeff": 2.0}, 0.7)], DEFAULTS, _read)
     row = next(r for r in table(found) if r["quantity"] == QUANTITIES[0].name)
     assert row["default"] == 0.95 and row["l1_coeff 2.0"] == 0.7
     assert row["verdict"] == "holds in some (default)"

@@ -169,6 +169,13 @@ def evaluate(model, sae: SAE, rows: np.ndarray, hook: str, mean: torch.Tensor, c
         "fired": s.fired.numpy(), "act_sum": s.act_sum.numpy(), "timing": timing}
 
 
+# The SAE's headline numbers, in the order `dvc exp show` and `dvc metrics diff` list them
+# (metrics/evaluate.json, the one file declared as DVC metrics); everything else evaluate measures
+# goes to metrics/evaluate_detail.json.
+HEADLINE = ("ce_recovered_zero", "l0", "explained_variance", "mse", "frac_dead", "frac_ultra_low", "l2_ratio",
+            "ce_recovered_mean", "frac_dense")
+
+
 def summarize(s: Sums, ultra_low: float, dense: float) -> dict:
     ce = {k: v / s.ce_n for k, v in s.ce.items()}
     freq = s.fired.numpy() / s.n

@@ -9,8 +9,8 @@ replicating the seed's claim, and a verdict: **holds in every regime**, **holds 
     dvc exp run -n regime-lr1e-3 -S sae.lr=0.001
     dvc exp run -n regime-l1-2 -S sae.l1_coeff=2.0
     dvc exp run -n regime-tokens-5x -S sae.n_tokens=10000000 -S 'seeds=[0]'
-    python -m saelab.findings --out findings          # runs `dvc exp show --json`, keeps it in findings/
-    python -m saelab.findings --json findings/exp_show.json --out findings   # from the committed copy
+    python -m saelab.findings --out findings          # reads `dvc exp show --json` and each run's metrics files
+    python -m saelab.findings --json findings/runs.json --out findings       # from the committed copy
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ from typing import Callable
 import yaml
 
 from saelab.frontier import runs
+from saelab.io import write_json
 
 EVAL, ANALYSIS, COMPARE = "metrics/evaluate.json", "metrics/analysis.json", "metrics/compare.json"
+DETAIL = "metrics/evaluate_detail.json"
+FILES = (EVAL, DETAIL, ANALYSIS, COMPARE)
 # One changed param per regime (seeds aside: the long regime may train fewer seeds).
 REGIMES = {
     "default": {},
@@ -57,7 +60,7 @@ def _pair(key: str) -> str:
 
 QUANTITIES = [
     Quantity("CE loss recovered (zero ablation)", EVAL, "ce_recovered_zero", "0.92", ">= 0.90", lambda v, r: v >= 0.90),
-    Quantity("mean ablation recovers (vs zero)", EVAL, "mean_ablation_recovered_zero", "0.25", "> 0", lambda v, r: v > 0),
+    Quantity("mean ablation recovers (vs zero)", DETAIL, "mean_ablation_recovered_zero", "0.25", "> 0", lambda v, r: v > 0),
     Quantity("L0", EVAL, "l0", "aim < 10-20", "<= 20", lambda v, r: v <= 20),
     Quantity("dead features", EVAL, "frac_dead", "0", "< 0.01", lambda v, r: v < 0.01),
     Quantity("ultra-low cluster share", EVAL, "frac_ultra_low", "~0.60", "> 0.5", lambda v, r: v > 0.5),
@@ -112,8 +115,27 @@ def regime_of(params: dict, defaults: dict) -> str | None:
     return None
 
 
-def gather(exp_show, defaults: dict) -> dict[str, dict]:
-    """{regime: {metrics file: metrics}} for the newest run of each regime found in ``dvc exp show --json``."""
+def read_metrics(rev: str, root: Path = Path(".")) -> dict:
+    """The metrics files of one run: from the workspace, or from the experiment's git commit.
+
+    Only metrics/evaluate.json is a declared DVC metric (so `dvc exp show` stays readable); the
+    others are committed outputs of every experiment commit, read with `git show`.
+    """
+    out = {}
+    for f in FILES:
+        if rev == "workspace":
+            path = root / f
+            text = path.read_text() if path.exists() else None
+        else:
+            res = subprocess.run(["git", "show", f"{rev}:{f}"], capture_output=True, text=True, cwd=root)
+            text = res.stdout if res.returncode == 0 else None
+        if text:
+            out[f] = json.loads(text)
+    return out
+
+
+def gather(exp_show, defaults: dict, read=read_metrics) -> dict[str, dict]:
+    """{regime: {"rev", "seeds", metrics file: metrics}} for the newest run of each regime in ``dvc exp show --json``."""
     found: dict[str, dict] = {}
     for _, data in runs(exp_show):
         try:
@@ -123,9 +145,9 @@ def gather(exp_show, defaults: dict) -> dict[str, dict]:
         regime = regime_of(params, defaults)
         if regime is None or regime in found:
             continue
-        metrics = {f: (v or {}).get("data", {}) for f, v in (data.get("metrics") or {}).items()}
-        if EVAL in metrics and metrics[EVAL]:
-            found[regime] = metrics | {"seeds": params.get("seeds")}
+        metrics = read(str(data.get("rev", "workspace")))
+        if metrics.get(EVAL):
+            found[regime] = metrics | {"rev": data.get("rev"), "seeds": params.get("seeds")}
     return found
 
 
@@ -181,19 +203,18 @@ def write(rows: list[dict], found: dict[str, dict], out: Path) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("findings"))
-    p.add_argument("--json", type=Path, help="a saved `dvc exp show --json` (default: run it and save it to OUT)")
+    p.add_argument("--json", type=Path, help="a saved runs.json (default: gather from `dvc exp show` and save it to OUT)")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = p.parse_args(argv)
     if args.json:
-        raw = json.loads(args.json.read_text())
+        found = json.loads(args.json.read_text())
     else:
         raw = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=True).stdout)
-    found = gather(raw, yaml.safe_load(args.params.read_text()))
+        found = gather(raw, yaml.safe_load(args.params.read_text()))
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(args.out / "runs.json", found)
     if not found:
         raise SystemExit("no regime found in `dvc exp show`; run the experiments first (see --help)")
-    if not args.json:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "exp_show.json").write_text(json.dumps(raw, indent=1, sort_keys=True) + "\n")
     write(table(found), found, args.out)
     print((args.out / "regimes.md").read_text())
 

@@ -52,9 +52,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Write JSON atomically with sorted keys, so equal objects give equal bytes."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def write_json(path: str | Path, obj, sort_keys: bool = True) -> None:
+    """Write JSON atomically; sorted keys (or the caller's fixed order), so equal objects give equal bytes."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode())
 
 
 def read_json(path: str | Path) -> dict:
