@@ -93,6 +93,19 @@ def test_repro_produces_every_output(repo):
     assert not list(repo.rglob(".*.tmp"))
 
 
+def test_changing_cadence_retrains_nothing(repo):
+    """sae.log_every and sae.checkpoint_every are cadence, not training: changing them leaves every stage up to date."""
+    path = repo / "params.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    params["sae"] |= {"log_every": params["sae"]["log_every"] + 1, "checkpoint_every": 7}
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        assert "up to date" in _run(["dvc", "status"], repo).stdout
+    finally:
+        path.write_text(original)
+
+
 def test_changing_l1_reruns_only_train_onwards(repo):
     """Changing sae.l1_coeff reruns train, evaluate and report, and skips the upstream stages."""
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -26,20 +26,12 @@ import torch
 
 from saelab.cache import ActivationCache
 from saelab.evaluate import token_ce
-from saelab.hooks import covered_positions, splice
+from saelab.hooks import covered_positions, grab_into, splice
 from saelab.io import read_json, write_json
 from saelab.lm import load_lm
 from saelab.tokens import read_rows, sample_rows
 
 LN_SCALE, LN_IN = "ln_final.hook_scale", "ln_final.hook_in"
-
-
-def _grab(store: dict, key: str):
-    def hook(x, hook):  # noqa: ARG001
-        store[key] = x
-        return x
-
-    return hook
 
 
 def _fixed(value: torch.Tensor):
@@ -61,7 +53,7 @@ def mean_ablation_study(model, rows: np.ndarray, hook: str, mean_covered: torch.
         tokens = torch.from_numpy(rows[i : i + batch_rows].astype(np.int64))
         cov, everywhere = covered_positions(tokens, exclude_token), torch.ones(tokens.shape, dtype=torch.bool)
         st: dict = {}
-        logits = model.run_with_hooks(tokens, fwd_hooks=[(h, _grab(st, h)) for h in (hook, LN_SCALE, LN_IN, mlp_out)])
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(h, grab_into(st, h)) for h in (hook, LN_SCALE, LN_IN, mlp_out)])
         x, scale = st[hook], st[LN_SCALE]
         zeros, mu, mu_all = torch.zeros_like(x), mean_covered.expand_as(x), mean_all.expand_as(x)
         variants = {
@@ -74,7 +66,7 @@ def mean_ablation_study(model, rows: np.ndarray, hook: str, mean_covered: torch.
         ce = {"clean": token_ce(logits, tokens)}
         for name, hooks in variants.items():
             if name == "mean":
-                hooks = hooks + [(mlp_out, _grab(st, "ablated")), (LN_SCALE, _grab(st, "ablated_scale"))]
+                hooks = hooks + [(mlp_out, grab_into(st, "ablated")), (LN_SCALE, grab_into(st, "ablated_scale"))]
             ce[name] = token_ce(model.run_with_hooks(tokens, fwd_hooks=hooks), tokens)
         for name, c in ce.items():
             sums[name] = sums.get(name, 0.0) + c.double().sum().item()

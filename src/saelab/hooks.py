@@ -54,14 +54,19 @@ def capture(model, tokens: torch.Tensor, hook: str, stop_at_layer: int | None = 
 
     The output is the logits, or nothing useful when ``stop_at_layer`` cuts the pass short.
     """
-    grabbed = {}
+    grabbed: dict = {}
+    out = model.run_with_hooks(tokens, fwd_hooks=[(hook, grab_into(grabbed, "x"))], stop_at_layer=stop_at_layer)
+    return out, grabbed["x"]
+
+
+def grab_into(store: dict, key: str):
+    """A hook that records the activation it sees as ``store[key]`` and passes it on unchanged."""
 
     def grab(x, hook):  # noqa: ARG001 - TL passes the HookPoint by keyword
-        grabbed["x"] = x
+        store[key] = x
         return x
 
-    out = model.run_with_hooks(tokens, fwd_hooks=[(hook, grab)], stop_at_layer=stop_at_layer)
-    return out, grabbed["x"]
+    return grab
 
 
 @torch.no_grad()
