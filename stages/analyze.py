@@ -11,7 +11,7 @@ from saelab.analysis.run import Inputs, pass_analyses, weight_analyses, write_fi
 from saelab.evaluate import EvalSample
 from saelab.hooks import check_sae_width
 from saelab.io import atomic_dir, read_json, resolve_device, write_json
-from saelab.lm import excluded_token, load_lm
+from saelab.lm import excluded_token, ln_final_weight, load_lm
 from saelab.sae import SAE
 from saelab.stage import log, parser, run_stage, write_timing
 from saelab.tokens import read_rows
@@ -31,11 +31,11 @@ def main() -> None:
         freq = pq.read_table(args.features / "features.parquet", columns=["frequency"])["frequency"].to_numpy()
         rows = read_rows(args.tokens / "eval.parquet")
         inp = Inputs(lm.model, lm.tokenizer, sae, meta["hook"], layer, freq, read_json(args.evaluate_metrics)["eval_tokens"],
-                     rows, lm.model.state_dict().get("ln_final.weight"), ev.ultra_low_threshold, ev.dense_threshold,
+                     rows, ln_final_weight(lm), ev.ultra_low_threshold, ev.dense_threshold,
                      excluded_token(lm, params.activations.bos))
         start = time.perf_counter()
         weights, cols, extra = weight_analyses(inp, cfg)
-        sample = EvalSample.draw(len(rows), rows.shape[1], cfg.max_tokens, ev.ce_max_tokens, ev.seed)
+        sample = EvalSample.draw(len(rows), rows.shape[1], cfg.max_tokens, ev)  # CE rows: exactly evaluate's
         with tqdm(total=sample.n_rows * rows.shape[1], desc="analysis pass", unit="tok", unit_scale=True) as bar:
             passed, res = pass_analyses(inp, cfg, sample, device, bar.update)
         metrics = weights.as_dict() | passed.as_dict()
@@ -46,7 +46,7 @@ def main() -> None:
         undefined = sorted(k for k, v in metrics.items() if v != v)  # NaN: e.g. no ultra-low features
         if undefined:
             log.info("undefined on this SAE, left out of the metrics: %s", ", ".join(undefined))
-        write_json(args.metrics, {k: v for k, v in metrics.items() if k not in undefined})
+        write_json(args.metrics, {k: v for k, v in metrics.items() if k not in undefined} | {"definitions": "docs/metrics.md"})
         write_timing(args.timing, {"analysis_seconds": time.perf_counter() - start})
         log.info("tables -> %s, figures -> %s, metrics -> %s", args.out, args.figures, args.metrics)
 

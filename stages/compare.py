@@ -39,7 +39,7 @@ def main() -> None:
             if best:
                 hist(tmp / "best_match_cosine.png", {f"seed {a} -> seed {b}": v for (a, b), v in best.items()},
                      "best-match decoder cosine in the other seed's SAE", "Cross-seed feature matching")
-        write_json(args.metrics, metrics | {"n_seeds": len(saes), "freq_eval_rows": len(rows)})
+        write_json(args.metrics, metrics | {"n_seeds": len(saes), "freq_eval_rows": len(rows), "definitions": "docs/metrics.md"})
         write_timing(args.timing, {})
         log.info("%d seeds compared -> %s", len(saes), args.metrics)
 

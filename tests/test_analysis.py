@@ -150,7 +150,7 @@ def test_analysis_survives_degenerate_saes(tiny_lm, tmp_path, case):
     """Weight analyses, the pass and every figure run on a one-member cluster, no cluster, all-dense
     features and a cluster whose encoder vectors are identical (zero-width histograms)."""
     from saelab.analysis.run import pass_analyses, weight_analyses, write_figures, write_tables
-    from saelab.config import AnalysisConfig
+    from saelab.config import AnalysisConfig, EvaluateConfig
     from saelab.evaluate import EvalSample
 
     n, W_enc = 16, None
@@ -162,7 +162,7 @@ def test_analysis_survives_degenerate_saes(tiny_lm, tmp_path, case):
     inp = _inputs(tiny_lm, freq, W_enc)
     cfg = AnalysisConfig(topk=(1, 2), batch_rows=4, max_tokens=64)
     weights, cols, extra = weight_analyses(inp, cfg)
-    sample = EvalSample.draw(len(inp.rows), inp.rows.shape[1], 64, 32, 0)
+    sample = EvalSample.draw(len(inp.rows), inp.rows.shape[1], 64, EvaluateConfig(ce_max_tokens=32))
     passed, res = pass_analyses(inp, cfg, sample, "cpu")
     m, pm = weights.as_dict(), passed.as_dict()
     (tmp_path / "png").mkdir()

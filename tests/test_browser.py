@@ -15,6 +15,7 @@ from saelab.analysis.run import Inputs, pass_analyses, weight_analyses, write_fi
 from saelab.browser import build
 from saelab.config import AnalysisConfig
 from saelab.evaluate import EvalSample
+from saelab.config import EvaluateConfig
 from saelab.lm import load_lm
 from saelab.sae import SAE
 
@@ -36,7 +37,7 @@ def analysis(tiny_lm, tmp_path_factory):
     inp = Inputs(lm.model, lm.tokenizer, sae, "blocks.0.mlp.hook_post", 0, freq, rows.size, rows,
                  lm.model.state_dict()["ln_final.weight"], 1e-4, 1e-2, lm.bos_token_id)
     weights, cols, extra = weight_analyses(inp, cfg)
-    passed, res = pass_analyses(inp, cfg, EvalSample.draw(len(rows), rows.shape[1], None, 128, 0), "cpu")
+    passed, res = pass_analyses(inp, cfg, EvalSample.draw(len(rows), rows.shape[1], None, EvaluateConfig(ce_max_tokens=128)), "cpu")
     m, pm = weights.as_dict(), passed.as_dict()
     out, figs, csvs = tmp_path_factory.mktemp("analysis"), tmp_path_factory.mktemp("figs"), tmp_path_factory.mktemp("csv")
     write_tables(out, inp, cfg, cols, extra, res)

@@ -77,3 +77,19 @@ def test_direction_baselines_by_hand():
     assert direction_baselines(b_dec, b_dec, acts)["ultra_low_dir_cos_b_dec"] == pytest.approx(1.0)
     b = direction_baselines(torch.tensor([0, 0, 0, -2.0]), b_dec, acts)
     assert b["ultra_low_dir_max_abs_cos_top_pcs"] == pytest.approx(1.0) and b["ultra_low_dir_cos_mean_activation"] == 0.0
+
+
+def test_agreement_without_the_mean_activation():
+    """Two ultra-low directions that share only the mean activation direction agree raw but not once it is
+    removed: (5, 1, 0) and (5, -1, 0) around mean (1, 0, 0) give raw cos 0.92 and residual cos -1."""
+    from saelab.compare import compare_all
+
+    W_dec = torch.eye(3)
+    freq = np.array([0.0, 0.01, 0.01])
+    enc_a, enc_b = torch.eye(3), torch.eye(3)
+    enc_a[:, 0], enc_b[:, 0] = torch.tensor([5.0, 1, 0]), torch.tensor([5.0, -1, 0])
+    acts = {"mean": torch.tensor([1.0, 0, 0]), "pcs": torch.eye(3)[:2]}
+    saes = {s: {"W_dec": W_dec, "W_enc": e, "b_dec": torch.zeros(3), "freq": freq} for s, e in ((0, enc_a), (1, enc_b))}
+    m, _ = compare_all(saes, 4096, 1e-4, acts)
+    assert m["seed0_vs_seed1_ultra_low_direction_cos"] == pytest.approx(24 / 26)
+    assert m["seed0_vs_seed1_ultra_low_direction_cos_without_mean_activation"] == pytest.approx(-1.0)

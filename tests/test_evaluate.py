@@ -92,7 +92,7 @@ def test_topk_all_equals_ce_recovered_zero_on_the_same_sample(tiny_lm):
     sae = SAE(64, 128, seed=3)
     cfg = EvaluateConfig(max_tokens=96, ce_max_tokens=96, batch_rows=4, seed=5)
     m, _ = evaluate(lm.model, sae, rows, "blocks.0.mlp.hook_post", torch.zeros(64), cfg, "cpu", lm.bos_token_id)
-    sample = EvalSample.draw(len(rows), rows.shape[1], None, cfg.ce_max_tokens, cfg.seed)
+    sample = EvalSample.draw(len(rows), rows.shape[1], None, cfg)
     res = run_pass(lm.model, sae, rows, "blocks.0.mlp.hook_post", torch.zeros(128, dtype=torch.bool),
                    AnalysisConfig(topk=(1, 3), batch_rows=4), sample, "cpu", lm.bos_token_id)
     assert abs(m["ce_recovered_zero"] - 1) > 1e-3  # an imperfect SAE: the equality below is not 1 == 1
@@ -106,12 +106,15 @@ def test_eval_sample_is_seeded_spread_and_nested():
     subset of the statistics rows; another seed draws other rows."""
     from saelab.evaluate import EvalSample
 
-    a = EvalSample.draw(1000, 10, 2000, 500, seed=0)
-    assert len(a.ce) == 50 and a.n_rows == 200 and set(a.ce) <= set(a.ce) | set(a.rest)
+    ev = EvaluateConfig(max_tokens=2000, ce_max_tokens=500, seed=0)
+    a = EvalSample.draw(1000, 10, 2000, ev)
+    stats = EvalSample.draw(1000, 10, 2000, ev.model_copy(update={"ce_max_tokens": 1}))  # the statistics rows alone
+    assert len(a.ce) == 50 and a.n_rows == 200 and set(a.ce) < set(stats.ce) | set(stats.rest)
     assert a.ce.max() > 500 and a.ce.min() < 500  # spread over the split, not a prefix
     assert not set(a.ce) & set(a.rest)
-    assert set(EvalSample.draw(1000, 10, None, 500, seed=1).ce) != set(a.ce)
-    assert set(EvalSample.draw(1000, 10, None, 500, seed=0).ce) == set(a.ce)
+    assert set(EvalSample.draw(1000, 10, None, ev, seed=1).ce) != set(a.ce)
+    small = EvalSample.draw(1000, 10, 100, ev)  # an analysis with fewer tokens than the CE sample: CE rows unchanged
+    assert set(small.ce) == set(a.ce) and len(small.rest) == 0
 
 
 def test_scaled_reconstruction_gives_hand_ev_and_l2_ratio(tiny_lm):
@@ -125,7 +128,7 @@ def test_scaled_reconstruction_gives_hand_ev_and_l2_ratio(tiny_lm):
     m, _ = evaluate(lm.model, sae, rows, "blocks.0.mlp.hook_post", torch.zeros(64), cfg, "cpu", lm.bos_token_id)
     from saelab.evaluate import EvalSample
 
-    s = EvalSample.draw(len(rows), rows.shape[1], 64, 32, 0)
+    s = EvalSample.draw(len(rows), rows.shape[1], 64, cfg)
     tokens = torch.from_numpy(rows[np.sort(np.r_[s.ce, s.rest])].astype(np.int64))
     x = hook_activations(lm.model, tokens, "blocks.0.mlp.hook_post", 0)[tokens != lm.bos_token_id].double()
     ev = 1 - 0.25 * x.pow(2).sum() / (x - x.mean(0)).pow(2).sum()

@@ -169,3 +169,21 @@ def test_resample_scales_encoder_zeroes_moments_and_weights_by_loss_squared():
         st = opt.state[sae.W_enc][key]
         assert (st[:, dead] == 0).all() and torch.equal(st[:, ~dead], before[key][:, ~dead])
         assert (opt.state[sae.W_dec][key][dead] == 0).all() and (opt.state[sae.b_enc][key][dead] == 0).all()
+
+
+def test_resample_probabilities_are_loss_squared():
+    """Inputs are drawn with weight proportional to their loss (squared error) squared: losses 1 and 3 weigh 1 : 9, not 1 : 3."""
+    from saelab.train import resample_probabilities
+
+    w = resample_probabilities(torch.tensor([1.0, 3.0, 0.0]))
+    assert w[1] / w[0] == pytest.approx(9.0) and 0 < w[2] < 1e-9
+
+
+def test_log_rows_average_the_steps_they_saw_after_a_cadence_change():
+    """A resumed run logging at a new cadence divides its first row by the steps actually summed, not by log_every."""
+    from saelab.train import Trainer
+
+    trainer = Trainer(SAE(16, 64, seed=0), _cfg(log_every=7), torch.device("cpu"))
+    trainer.sums += torch.tensor([3.0, 3.0, 3.0, 3.0])  # three steps of loss 1 were summed under the old cadence
+    trainer.state.steps_in_sums = 3
+    assert trainer._log_row(10)["loss"] == pytest.approx(1.0)

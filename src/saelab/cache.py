@@ -215,6 +215,9 @@ class ActivationCache:
         self.n_tokens: int = self.manifest["n_tokens"]
         self.files = [self.path / s["file"] for s in self.manifest["shards"]]
         self._row_groups = self._validate()
+        if self.n_tokens == 0:
+            raise CacheError(f"{self.path}: the cache holds no tokens (every token excluded?); check activations.n_tokens "
+                             "and activations.bos, then rerun `dvc repro activations`")
 
     def _validate(self) -> list[tuple[Path, int, int]]:
         width = self.d * torch.tensor([], dtype=self.torch_dtype).element_size()

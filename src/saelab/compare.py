@@ -7,7 +7,7 @@ seeds is not an artefact of shared batches. For each pair of seeds (a, b):
     ``hungarian_max`` features) and the share of features matched above 0.9 and 0.7,
     also within a's ultra-low and non-ultra-low features;
   * the cosine between the two ultra-low clusters' mean encoder directions (the seed
-    found 0.96 on gelu-1l);
+    found 0.96 on gelu-1l), and the same after removing the mean activation direction from both;
   * whether matched features (cos > 0.7) also match on firing frequency: Spearman
     correlation of their frequencies and the median |log10 ratio|.
 For each seed, baselines for its ultra-low direction: its cosine with the mean activation,
@@ -23,16 +23,13 @@ import torch
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
 
+from saelab.analysis.weights import cluster_sameness, unit
 from saelab.hooks import capture, covered_positions
-
-
-def unit_rows(w: torch.Tensor) -> torch.Tensor:
-    return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def decoder_cosines(W_dec_a: torch.Tensor, W_dec_b: torch.Tensor) -> torch.Tensor:
     """(d_sae_a, d_sae_b) cosines between decoder rows."""
-    return unit_rows(W_dec_a.double()) @ unit_rows(W_dec_b.double()).T
+    return unit(W_dec_a.double()) @ unit(W_dec_b.double()).T
 
 
 def greedy_matching(cos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +57,9 @@ def match(cos: np.ndarray, hungarian_max: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 def ultra_low_direction(W_enc: torch.Tensor, freq: np.ndarray, threshold: float) -> torch.Tensor | None:
+    """Mean encoder vector of the ultra-low features (the analysis's cluster mean), or None without any."""
     ultra = torch.from_numpy(freq < threshold)
-    return W_enc.T[ultra].double().mean(0) if ultra.any() else None
+    return cluster_sameness(W_enc.T[ultra].double())[0] if ultra.any() else None
 
 
 def compare_pair(a: dict, b: dict, hungarian_max: int, threshold: float) -> tuple[dict, np.ndarray]:
@@ -95,8 +93,13 @@ def compare_pair(a: dict, b: dict, hungarian_max: int, threshold: float) -> tupl
 
 
 def cosine(u: torch.Tensor, v: torch.Tensor) -> float:
-    u, v = u.double(), v.double()
-    return float(torch.dot(u, v) / (u.norm() * v.norm()).clamp_min(1e-12))
+    return float(unit(u.double()) @ unit(v.double()))
+
+
+def without(v: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """``v`` with its component along ``direction`` removed."""
+    d = unit(direction.double())
+    return v.double() - (v.double() @ d) * d
 
 
 @torch.no_grad()
@@ -141,6 +144,11 @@ def compare_all(saes: dict[int, dict], hungarian_max: int, threshold: float, act
             metrics |= {f"seed{seed}_{k}": v for k, v in direction_baselines(direction, sae["b_dec"], acts).items()}
     for sa, sb in itertools.combinations(sorted(saes), 2):
         m, b = compare_pair(saes[sa], saes[sb], hungarian_max, threshold)
+        da = ultra_low_direction(saes[sa]["W_enc"], saes[sa]["freq"], threshold)
+        db = ultra_low_direction(saes[sb]["W_enc"], saes[sb]["freq"], threshold)
+        if acts is not None and da is not None and db is not None:
+            # Agreement left once the mean activation direction is taken out of both: what the mean cannot explain.
+            m["ultra_low_direction_cos_without_mean_activation"] = cosine(without(da, acts["mean"]), without(db, acts["mean"]))
         metrics |= {f"seed{sa}_vs_seed{sb}_{k}": v for k, v in m.items()}
         best[(sa, sb)] = b
     return metrics, best

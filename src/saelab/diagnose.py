@@ -27,18 +27,11 @@ import torch
 from saelab.cache import ActivationCache
 from saelab.evaluate import token_ce
 from saelab.hooks import covered_positions, grab_into, splice
-from saelab.io import read_json, write_json
-from saelab.lm import load_lm
+from saelab.io import write_json
+from saelab.lm import excluded_token, load_lm
 from saelab.tokens import read_rows, sample_rows
 
 LN_SCALE, LN_IN = "ln_final.hook_scale", "ln_final.hook_in"
-
-
-def _fixed(value: torch.Tensor):
-    def hook(x, hook):  # noqa: ARG001
-        return value
-
-    return hook
 
 
 @torch.no_grad()
@@ -60,8 +53,8 @@ def mean_ablation_study(model, rows: np.ndarray, hook: str, mean_covered: torch.
             "zero": [(hook, splice(zeros, ~cov))],
             "mean": [(hook, splice(mu, ~cov))],
             "mean_all_tokens_everywhere": [(hook, splice(mu_all, ~everywhere))],
-            "zero_frozen_ln_scale": [(hook, splice(zeros, ~cov)), (LN_SCALE, _fixed(scale))],
-            "mean_frozen_ln_scale": [(hook, splice(mu, ~cov)), (LN_SCALE, _fixed(scale))],
+            "zero_frozen_ln_scale": [(hook, splice(zeros, ~cov)), (LN_SCALE, splice(scale))],
+            "mean_frozen_ln_scale": [(hook, splice(mu, ~cov)), (LN_SCALE, splice(scale))],
         }
         ce = {"clean": token_ce(logits, tokens)}
         for name, hooks in variants.items():
@@ -96,11 +89,9 @@ def main(argv=None) -> None:
     mean_all = mean_cov if not n_ex else (mean_cov * man["n_tokens"] + torch.tensor(man["mean_excluded"]) * n_ex) / (man["n_tokens"] + n_ex)
     rows = read_rows(args.tokens / "eval.parquet")
     rows = rows[sample_rows(len(rows), rows.shape[1], args.max_tokens, args.seed)]
-    exclude = lm.bos_token_id if man.get("bos") == "exclude" else None
-    res = mean_ablation_study(lm.model, rows, man["hook"], mean_cov, mean_all, exclude)
-    lm_metrics = read_json(Path("metrics/lm.json")) if Path("metrics/lm.json").exists() else {}
-    res |= {"bos": man.get("bos"), "hook": man["hook"], "unigram_ce": lm_metrics.get("unigram_ce"),
-            "mean_norm_covered": float(mean_cov.norm()), "mean_norm_all_tokens": float(mean_all.norm())}
+    res = mean_ablation_study(lm.model, rows, man["hook"], mean_cov, mean_all, excluded_token(lm, man["bos"]))
+    res |= {"bos": man["bos"], "hook": man["hook"], "mean_norm_covered": float(mean_cov.norm()),
+            "mean_norm_all_tokens": float(mean_all.norm()), "definitions": "docs/metrics.md#mean-ablation"}
     write_json(args.out, res)
     for k, v in sorted(res.items()):
         print(f"{k:45s} {v}")

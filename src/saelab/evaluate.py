@@ -97,11 +97,13 @@ class EvalSample:
     rest: np.ndarray
 
     @classmethod
-    def draw(cls, n_rows: int, n_ctx: int, max_tokens: int | None, ce_max_tokens: int | None, seed: int) -> "EvalSample":
-        stats = sample_rows(n_rows, n_ctx, max_tokens, seed)
-        caps = [t for t in (max_tokens, ce_max_tokens) if t is not None]
+    def draw(cls, n_rows: int, n_ctx: int, max_tokens: int | None, ev, seed: int | None = None) -> "EvalSample":
+        """Statistics on ``max_tokens`` of the permutation of ``evaluate.seed``; CE on evaluate's CE rows,
+        min(evaluate.max_tokens, evaluate.ce_max_tokens) of it, whatever ``max_tokens`` the caller uses."""
+        seed = ev.seed if seed is None else seed
+        caps = [t for t in (ev.max_tokens, ev.ce_max_tokens) if t is not None]
         ce = sample_rows(n_rows, n_ctx, min(caps) if caps else None, seed)  # a prefix of the same permutation
-        return cls(ce, np.setdiff1d(stats, ce))
+        return cls(ce, np.setdiff1d(sample_rows(n_rows, n_ctx, max_tokens, seed), ce))
 
     @property
     def n_rows(self) -> int:
@@ -139,7 +141,7 @@ def evaluate(model, sae: SAE, rows: np.ndarray, hook: str, mean: torch.Tensor, c
     token, with uncovered positions left clean in every splice (docs/metrics.md, "BOS policy").
     """
     n_ctx = rows.shape[1]
-    sample = EvalSample.draw(len(rows), n_ctx, cfg.max_tokens, cfg.ce_max_tokens, cfg.seed)
+    sample = EvalSample.draw(len(rows), n_ctx, cfg.max_tokens, cfg)
     s = Sums()
     mean = mean.to(device)
     start = time.perf_counter()

@@ -54,6 +54,11 @@ def _m(run: dict, file: str, key: str):
     return run.get(file, {}).get(key)
 
 
+def _above(v: float, baseline: float | None, margin: float = 0.0) -> bool | None:
+    """v > baseline + margin; None (untested) when the run has no baseline."""
+    return None if baseline is None else v > baseline + margin
+
+
 def _pair(key: str) -> str:
     return f"seed0_vs_seed1_{key}"
 
@@ -70,10 +75,12 @@ QUANTITIES = [
              lambda v, r: v > 0.9),
     Quantity("cluster decoder sameness (share cos > 0.95)", ANALYSIS, "ultra_low_dec_share_cos_above", "low", "< 0.1",
              lambda v, r: v < 0.1),
-    Quantity("cluster co-firing (largest share on one token)", ANALYSIS, "ultra_low_cofire_max_share", "0.95", "> 0.5",
-             lambda v, r: v > 0.5),
+    Quantity("cluster co-firing (largest share on one token)", ANALYSIS, "ultra_low_cofire_max_share", "0.95", ">= 0.9",
+             lambda v, r: v >= 0.9),
     Quantity("cross-seed ultra-low direction cosine", COMPARE, _pair("ultra_low_direction_cos"), "0.96", "> 0.9",
              lambda v, r: v > 0.9),
+    Quantity("  the same with the mean activation direction removed", COMPARE,
+             _pair("ultra_low_direction_cos_without_mean_activation"), "-", "> 0.9", lambda v, r: v > 0.9),
     Quantity("  baseline: abs cos with the mean activation", COMPARE, "seed0_ultra_low_dir_cos_mean_activation", "not it",
              "< 0.5", lambda v, r: abs(v) < 0.5),
     Quantity("  baseline: abs cos with b_dec", COMPARE, "seed0_ultra_low_dir_cos_b_dec", "-", "< 0.5", lambda v, r: abs(v) < 0.5),
@@ -85,7 +92,7 @@ QUANTITIES = [
              lambda v, r: 0.3 <= v <= 0.7),
     Quantity("neuron basis: share of dense decoder rows", ANALYSIS, "neuron_frac_dense", "0.921", "> 0.5", lambda v, r: v > 0.5),
     Quantity("neuron kurtosis median (Gaussian baseline in criterion)", ANALYSIS, "kurtosis_median", "privileged",
-             "> Gaussian median + 1", lambda v, r: v > (_m(r, ANALYSIS, "kurtosis_gaussian_median") or 0) + 1),
+             "> Gaussian median + 1", lambda v, r: _above(v, _m(r, ANALYSIS, "kurtosis_gaussian_median"), 1)),
     Quantity("W_out null-space share, encoder (random 1 - d_model/d_mlp)", ANALYSIS, "null_share_enc_mean", "baseline 0.75",
              "-", None),
     Quantity("D/E projection median, non-ultra-low", ANALYSIS, "de_projection_median_non_ultra_low", "~1", "0.5-1.5",
@@ -93,7 +100,7 @@ QUANTITIES = [
     Quantity("D/E projection median, ultra-low", ANALYSIS, "de_projection_median_ultra_low", "~0", "abs < 0.5",
              lambda v, r: abs(v) < 0.5),
     Quantity("frequent-feature cosine variance (random 1/d_in in criterion)", ANALYSIS, "frequent_cos_var", "0.002 vs 0.0005",
-             "> random", lambda v, r: v > (_m(r, ANALYSIS, "frequent_cos_baseline_var") or 0)),
+             "> random", lambda v, r: _above(v, _m(r, ANALYSIS, "frequent_cos_baseline_var"))),
     Quantity("top-10 ablation CE recovered", ANALYSIS, "topk_10_ce_recovered_zero", "-", "-", None),
 ]
 
@@ -171,7 +178,8 @@ def table(found: dict[str, dict]) -> list[dict]:
         for r in names:
             v = _m(found[r], q.file, q.key)
             row[r] = v
-            results.append(None if v is None or q.holds is None else bool(q.holds(v, found[r])))
+            ok = None if v is None or q.holds is None else q.holds(v, found[r])
+            results.append(None if ok is None else bool(ok))
         if q.holds is None:
             row["verdict"] = "reported, no claim tested"
         else:
@@ -201,7 +209,7 @@ def write(rows: list[dict], found: dict[str, dict], out: Path) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("findings"))
     p.add_argument("--json", type=Path, help="a saved runs.json (default: gather from `dvc exp show` and save it to OUT)")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))

@@ -189,6 +189,13 @@ def load_lm(path: str | Path, device: str | torch.device = "cpu") -> LoadedLM:
     return LoadedLM(model, tokenizer, int(config["bos_token_id"]), config)
 
 
+def ln_final_weight(lm: LoadedLM) -> torch.Tensor | None:
+    """The final LayerNorm's learned scale (d_model,), or None for a model without one (logit lens, docs/metrics.md)."""
+    if lm.config["tl_config"].get("normalization_type") in (None, "LNPre", "RMSPre"):
+        return None
+    return lm.model.state_dict()["ln_final.weight"]
+
+
 def excluded_token(lm: LoadedLM, bos_policy: str) -> int | None:
     """The token id left out of the SAE's domain: BOS under ``activations.bos: exclude``, else none."""
     return lm.bos_token_id if bos_policy == "exclude" else None

@@ -62,6 +62,12 @@ class Schedule:
         return step % self.every == 0 and step <= self.stop
 
 
+def resample_probabilities(sq_err: torch.Tensor) -> torch.Tensor:
+    """Sampling weights of inputs for resampling from their squared reconstruction errors (B,):
+    proportional to the loss squared (Anthropic), plus a tiny floor so a perfect batch can still be drawn."""
+    return sq_err.pow(2) + 1e-12
+
+
 @torch.no_grad()
 def resample_(sae: SAE, opt: torch.optim.Adam, dead: torch.Tensor, x: torch.Tensor, gen: torch.Generator) -> int:
     """Re-initialise ``dead`` features from badly reconstructed inputs (Anthropic, Towards Monosemanticity).
@@ -75,8 +81,7 @@ def resample_(sae: SAE, opt: torch.optim.Adam, dead: torch.Tensor, x: torch.Tens
     idx = dead.nonzero().squeeze(-1)
     if idx.numel() == 0:
         return 0
-    loss = (sae(x).x_hat - x).pow(2).sum(-1)  # (B,)
-    weights = loss.pow(2).float().cpu() + 1e-12
+    weights = resample_probabilities((sae(x).x_hat - x).pow(2).sum(-1)).float().cpu()
     picks = torch.multinomial(weights, idx.numel(), replacement=idx.numel() > len(x), generator=gen)
     dirs = x[picks.to(x.device)].float() - sae.b_dec
     dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (n_dead, d_in)
@@ -102,6 +107,7 @@ class TrainState:
     n_resampled: int = 0
     resample_events: list = field(default_factory=list)
     log_rows: list = field(default_factory=list)  # [(step, row)], replayed into DVCLive on resume
+    steps_in_sums: int = 0  # steps accumulated in the logged sums since the last log row
     seconds: float = 0.0
 
 
@@ -236,6 +242,7 @@ class Trainer:
             self.fired += fires.sum(0)
             st.window_tokens += cfg.batch_size
             self.sums += torch.stack([loss, mse, l1, fires.float().sum(-1).mean()])
+            st.steps_in_sums += 1
             done = st.step = step + 1
             if not self.check_each_step and (done % cfg.log_every == 0 or done == sched.n_steps
                                              or (checkpointer is not None and checkpointer.due(done))):
@@ -275,9 +282,10 @@ class Trainer:
         self.checked = done
 
     def _log_row(self, done: int) -> dict:
-        n_logged = (done - 1) % self.cfg.log_every + 1
+        n_logged = max(1, self.state.steps_in_sums)  # not derived from log_every: a resumed run may log at another cadence
         loss_m, mse_m, l1_m, l0_m = (self._sum(self.sums) / (n_logged * self.world)).tolist()
         self.sums.zero_()
+        self.state.steps_in_sums = 0
         fired = self._sum(self.fired)
         freq = fired / max(1, self.state.window_tokens)
         return {

@@ -11,7 +11,8 @@ import torch
 from scipy import stats
 
 
-def _unit(v: torch.Tensor, dim: int = -1) -> torch.Tensor:
+def unit(v: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``v`` scaled to unit norm along ``dim`` (zero vectors stay zero)."""
     return v / v.norm(dim=dim, keepdim=True).clamp_min(1e-12)
 
 
@@ -21,13 +22,13 @@ def cluster_sameness(vectors: torch.Tensor, threshold: float = 0.95) -> tuple[to
     Returns (mean direction (d,), cosines (n,), share).
     """
     mean = vectors.mean(0)
-    cos = _unit(vectors) @ _unit(mean)
+    cos = unit(vectors) @ unit(mean)
     return mean, cos, float((cos > threshold).float().mean()) if len(cos) else float("nan")
 
 
 def enc_dec_cosine(W_enc: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     """cos(W_enc[:, i], W_dec[i]) for every feature: (d_sae,)."""
-    return (_unit(W_enc.T) * _unit(W_dec)).sum(-1)
+    return (unit(W_enc.T) * unit(W_dec)).sum(-1)
 
 
 def neuron_sparsity(W_dec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +82,7 @@ def pairwise_cosine_stats(W_dec: torch.Tensor) -> tuple[float, float, int]:
     n = len(W_dec)
     if n < 2:
         return float("nan"), float("nan"), n
-    u = _unit(W_dec.double())
+    u = unit(W_dec.double())
     c = u @ u.T
     off = c[torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)]
     return float(off.mean()), float(off.var(unbiased=False)), n
