@@ -1,4 +1,4 @@
-"""dvc.yaml cannot go stale: each stage depends on exactly its import closure and the params it reads."""
+"""dvc.yaml cannot go stale: each stage depends on exactly its import closure; train's params are per key, cadence left out."""
 
 from pathlib import Path
 

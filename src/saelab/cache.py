@@ -9,7 +9,7 @@ Shard schema (no compression, no dictionary, no statistics, so a read is a memcp
 
     x      fixed_size_binary[d * itemsize]  raw little-endian activations (fp16 / bf16 / fp32)
     row    int32   row of data/tokens/train.parquet the token came from
-    pos    int16   position in that row (0 = BOS)
+    pos    int16   position in that row (position 0 holds BOS: absent under bos: exclude)
     token  int32   token id at that position
 
 With ``activations.bos: exclude`` (the default) BOS tokens are not cached at all, so the
