@@ -155,7 +155,7 @@ class SAEConfig(_Section):
 class EvaluateConfig(_Section):
     max_tokens: Optional[int] = Field(None, gt=0)
     """Eval tokens for feature statistics (frequency, L0, MSE, ...); ``None`` = the whole eval split."""
-    ce_max_tokens: Optional[int] = Field(262_144, gt=0)
+    ce_max_tokens: Optional[int] = Field(131_072, gt=0)
     """Eval tokens for every CE metric (evaluate's 4 passes, analysis's top-k and per-token CE);
     ``None`` = same as max_tokens."""
     seed: int = 0
