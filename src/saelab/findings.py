@@ -142,19 +142,30 @@ def read_metrics(rev: str, root: Path = Path(".")) -> dict:
 
 
 def gather(exp_show, defaults: dict, read=read_metrics) -> dict[str, dict]:
-    """{regime: {"rev", "seeds", metrics file: metrics}} for the newest run of each regime in ``dvc exp show --json``."""
-    found: dict[str, dict] = {}
-    for _, data in runs(exp_show):
+    """{regime: {"rev", "seeds", metrics file: metrics}} from ``dvc exp show --json --all-commits``.
+
+    The default regime is the workspace (the committed run); every other regime is its newest
+    finished experiment. A queued or running experiment (rev "workspace" under another name) is skipped.
+    """
+    best: dict[str, tuple] = {}
+    for name, data in runs(exp_show):
+        rev = str(data.get("rev", ""))
         try:
             params = data["params"]["params.yaml"]["data"]
         except (KeyError, TypeError):
             continue
         regime = regime_of(params, defaults)
-        if regime is None or regime in found:
+        is_workspace = rev == "workspace" and name == "workspace"
+        if regime is None or (regime == "default") != is_workspace or (rev == "workspace" and not is_workspace):
             continue
-        metrics = read(str(data.get("rev", "workspace")))
+        stamp = str(data.get("timestamp") or "")
+        if regime not in best or stamp > best[regime][0]:
+            best[regime] = (stamp, rev, params)
+    found = {}
+    for regime, (_, rev, params) in best.items():
+        metrics = read(rev)
         if metrics.get(EVAL):
-            found[regime] = metrics | {"rev": data.get("rev"), "seeds": params.get("seeds")}
+            found[regime] = metrics | {"rev": rev, "seeds": params.get("seeds")}
     return found
 
 
@@ -204,7 +215,7 @@ def write(rows: list[dict], found: dict[str, dict], out: Path) -> None:
     lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
     lines += ["", "Runs: " + "; ".join(f"{n}: seeds {found[n].get('seeds')}, L0 {_fmt(_m(found[n], EVAL, 'l0'))}, "
-                                       f"{_fmt(_m(found[n], EVAL, 'ce_eval_tokens'))} CE tokens" for n in names)]
+                                       f"{_fmt(_m(found[n], DETAIL, 'ce_eval_tokens'))} CE tokens, {_fmt(found[n].get('rev'))[:10]}" for n in names)]
     (out / "regimes.md").write_text("\n".join(lines) + "\n")
 
 
@@ -217,7 +228,8 @@ def main(argv=None) -> None:
     if args.json:
         found = json.loads(args.json.read_text())
     else:
-        raw = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=True).stdout)
+        cmd = ["dvc", "exp", "show", "--json", "--all-commits"]
+        raw = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         found = gather(raw, yaml.safe_load(args.params.read_text()))
         args.out.mkdir(parents=True, exist_ok=True)
         write_json(args.out / "runs.json", found)
