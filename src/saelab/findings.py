@@ -3,12 +3,13 @@
 Each regime is a `dvc exp run` of the default pipeline with one param changed; every run trains
 its own seeds with their own data orders (docs/metrics.md, "Data order"). The table gives, per
 quantity, its value in each regime, the seed's value, the criterion a value must meet to count as
-replicating the seed's claim, and a verdict: **holds in every regime**, **holds in some**, or
-**does not replicate** (definitions and criteria: docs/metrics.md, "Findings")::
+replicating the seed's claim, and a verdict (**holds in every regime**, **holds in some**,
+**does not replicate**, **holds in every measured regime**, **holds / fails in the one regime
+measured**, **not measured**, or **reported, no claim tested**; docs/metrics.md, "Findings criteria")::
 
     dvc exp run -n regime-lr1e-3 -S sae.lr=0.001
     dvc exp run -n regime-l1-2 -S sae.l1_coeff=2.0
-    dvc exp run -n regime-tokens-5x -S sae.n_tokens=10000000 -S 'seeds=[0]'
+    dvc exp run -n regime-tokens-5x -S sae.n_tokens=10000000 -S 'seeds=[0]'   # one seed: time
     python -m saelab.findings --out findings          # reads `dvc exp show --json` and each run's metrics files
     python -m saelab.findings --json findings/runs.json --out findings       # from the committed copy
 """
