@@ -78,13 +78,10 @@ def _ctx(left: str, token: str, right: str) -> str:
     return f'<span class="ctx">{_visible(left)}<mark>{_visible(token)}</mark>{_visible(right)}</span>'
 
 
-TIMING = ("seconds", "per_s", "peak_rss")
-
-
 def _metrics_table(title: str, metrics: dict) -> str:
-    """Science metrics only: timings stay in metrics/*.json so the page is identical across reruns."""
+    """One metrics file as a table (science only: timings live in timings/, so the page is identical across reruns)."""
     rows = "".join(f"<tr><td>{e(k)}</td><td>{e(f'{v:.4g}' if isinstance(v, float) else str(v))}</td></tr>"
-                   for k, v in sorted(metrics.items()) if not any(t in k for t in TIMING))
+                   for k, v in sorted(metrics.items()))
     return f"<h3>{e(title)}</h3><table>{rows}</table>"
 
 
