@@ -13,7 +13,7 @@ TORCH_INDEX ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || \
 	 echo --extra-index-url https://download.pytorch.org/whl/cpu))
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test benchmark clean-venv
+.PHONY: setup repro test benchmark frontier topk-speed saelens-venv clean-venv
 
 setup: $(STAMP)
 
@@ -28,18 +28,40 @@ repro: $(STAMP)
 	test -d .git || git init -q
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
+# The SAELens interchange test runs the real SAELens in its own venv (it pins transformer-lens < 4);
+# where it cannot be installed (no network) that test is skipped with the reason, the rest still runs.
 test: $(STAMP)
+	-$(MAKE) --no-print-directory saelens-venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 # Trainer benchmark: saelab vs SAELens (own venv: it pins transformer-lens < 4) vs the seed's loop,
 # on the first tokens of data/activations (run `make repro` first). BENCH_ARGS adds flags.
 SAELENS := sae-lens==6.54.12
 BENCH_VENV := .venv-saelens
+saelens-venv: $(BENCH_VENV)/.installed
 $(BENCH_VENV)/.installed:
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q $(TORCH) $(TORCH_INDEX)
 	$(BENCH_VENV)/bin/python -m pip install -q $(SAELENS)
 	touch $@
+
+# EleutherAI's sparsify for the TopK speed benchmark, in a venv of its own (its deps pull transformers)
+SPARSIFY := eai-sparsify==1.3.3
+SPARSIFY_VENV := .venv-sparsify
+$(SPARSIFY_VENV)/.installed:
+	test -x $(SPARSIFY_VENV)/bin/python || $(PYTHON) -m venv $(SPARSIFY_VENV)
+	$(SPARSIFY_VENV)/bin/python -m pip install -q $(TORCH) $(TORCH_INDEX)
+	$(SPARSIFY_VENV)/bin/python -m pip install -q $(SPARSIFY)
+	touch $@
+
+# Every architecture of saelab and SAELens on one L0 frontier (benchmarks/results/frontier_cpu/)
+frontier: $(STAMP) $(BENCH_VENV)/.installed
+	$(BIN)/python benchmarks/frontier.py --saelens-python $(BENCH_VENV)/bin/python $(BENCH_ARGS)
+
+# TopK training speed at 512 -> 16384, k 32, batch 4096: saelab vs SAELens vs sparsify
+topk-speed: $(STAMP) $(BENCH_VENV)/.installed $(SPARSIFY_VENV)/.installed
+	$(BIN)/python benchmarks/topk_speed.py --saelens-python $(BENCH_VENV)/bin/python \
+		--sparsify-python $(SPARSIFY_VENV)/bin/python $(BENCH_ARGS)
 
 benchmark: $(STAMP) $(BENCH_VENV)/.installed
 	$(BIN)/python benchmarks/trainers.py --saelens-python $(BENCH_VENV)/bin/python \

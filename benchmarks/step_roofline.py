@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from saelab.architectures import build
 from saelab.config import SAEConfig
-from saelab.sae import SAE
 from saelab.train import Trainer, train_step
 
 SHAPES = {"default": (512, 2048, 2048), "seed": (2048, 16384, 4096)}  # d_in, d_sae, batch
@@ -71,11 +71,11 @@ def main() -> None:
     timed = {"matmul_ceiling": five_matmuls}
     for name, compiled in [("eager", False)] + ([("compiled", True)] if args.compile else []):
         # The pipeline's own Trainer: its Adam (fused), its losses (compiled or not), its NaN-check policy.
-        t = Trainer(SAE(d_in, d_sae, seed=0).to(device), SAEConfig(d_sae=d_sae, batch_size=batch, compile=compiled),
-                    device)
+        cfg = SAEConfig(d_sae=d_sae, batch_size=batch, compile=compiled)
+        t = Trainer(build(cfg, d_in, seed=0).to(device), cfg, device)
         data = torch.randn(batch, d_in, device=device)
-        timed[name] = (lambda t=t, data=data: train_step(t.sae, t.opt, data, t.cfg.l1_coeff, args.dtype == "bf16",
-                                                         losses=t.losses, check=t.check_each_step))
+        timed[name] = (lambda t=t, data=data: train_step(t.sae, t.opt, data, args.dtype == "bf16", forward=t.call,
+                                                         check=t.check_each_step))
     # Interleaved rounds, best of each: a shared machine's noise hits every variant alike.
     best = dict.fromkeys(timed, float("inf"))
     for _ in range(args.rounds):

@@ -52,9 +52,9 @@ def hardware(device: str) -> str:
 
 
 def run_saelab(spec: dict) -> None:
+    from saelab.architectures import build
     from saelab.cache import ActivationCache
     from saelab.config import SAEConfig
-    from saelab.sae import SAE
     from saelab.train import Trainer
 
     device = torch.device(spec["device"])
@@ -64,7 +64,7 @@ def run_saelab(spec: dict) -> None:
                     device=spec["device"], compile=spec["compile"], checkpoint_every=0)
     source = ActivationCache(spec["cache"]).batches(spec["batch_size"]) if spec["source"] == "parquet" else None
     batches = TimedBatches(Path(spec["data"]), spec["batch_size"], spec["n_steps"], spec["warmup"], source)
-    trainer = Trainer(SAE(spec["d_in"], spec["d_sae"], seed=spec["seed"]).to(device), cfg, device)
+    trainer = Trainer(build(cfg, spec["d_in"]).to(device), cfg, device)
     trainer.run(lambda skip: batches)
     finish(Path(spec["out"]), batches, dict(trainer.sae.named_parameters()), spec["device"])
 
@@ -93,13 +93,8 @@ def materialise(cache_dir: Path, n_tokens: int, out: Path) -> tuple[np.ndarray, 
         raise SystemExit(f"--n-tokens + --eval-tokens = {n_tokens} but {cache_dir} holds {cache.n_tokens} tokens")
     dtype = np.float16 if cache.dtype == "fp16" else np.float32
     arr = np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=(n_tokens, cache.d))
-    at = 0
-    for x in cache.row_groups():
-        take = min(len(x), n_tokens - at)
-        arr[at : at + take] = x[:take].float().numpy() if dtype == np.float32 else x[:take].numpy()
-        at += take
-        if at == n_tokens:
-            break
+    x = next(cache.batches(n_tokens))  # the first n_tokens in stored order
+    arr[:] = x.float().numpy() if dtype == np.float32 else x.numpy()
     arr.flush()
     return arr, cache.d
 

@@ -83,7 +83,7 @@ def _poisoned_at_step_7(skip):
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     """Non-finite activations stop training with the step and token range; the last checkpoint survives."""
     cfg = SAEConfig(**(SAE_PARAMS | {"checkpoint_every": 5, "n_tokens": 256 * 20}))
-    trainer = Trainer(SAE(8, 64, seed=0), cfg, torch.device("cpu"))
+    trainer = Trainer(SAE(8, 64, seed=0, l1_coeff=cfg.l1_coeff), cfg, torch.device("cpu"))
     ckpt = Checkpointer(tmp_path, "fp", cfg.checkpoint_every)
 
     with pytest.raises(FloatingPointError, match=r"non-finite activations in cache tokens \[1792, 2048\) at step 7"):
@@ -95,7 +95,7 @@ def test_device_side_nan_check_stops_before_the_next_checkpoint(tmp_path):
     """The accelerator path (no host sync per step), run on CPU: NaN at step 7 is caught at the step-10
     check, named by its step range, and the step-5 checkpoint is the one kept."""
     cfg = SAEConfig(**(SAE_PARAMS | {"checkpoint_every": 5, "log_every": 5, "n_tokens": 256 * 20}))
-    trainer = Trainer(SAE(8, 64, seed=0), cfg, torch.device("cpu"))
+    trainer = Trainer(SAE(8, 64, seed=0, l1_coeff=cfg.l1_coeff), cfg, torch.device("cpu"))
     trainer.check_each_step = False
     ckpt = Checkpointer(tmp_path, "fp", cfg.checkpoint_every)
 

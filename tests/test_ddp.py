@@ -26,10 +26,14 @@ def _cmd(tmp, name):
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun not installed")
-def test_two_gloo_processes_match_one_process(tmp_path):
-    """Final weights of a 2-process DDP run equal a 1-process run within float tolerance, resampling included."""
+@pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu"])
+def test_two_gloo_processes_match_one_process(tmp_path, architecture):
+    """Final weights of a 2-process DDP run equal a 1-process run within float tolerance, resampling included
+    (TopK: its AuxK dead set too, from fire counts summed over ranks every step)."""
     make_cache(tmp_path / "cache", n_tokens=8000, d=32, n_ctx=20, shard_tokens=2000, row_group_tokens=500)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sae": SAE, "activations": {"bos": "include"}}))
+    sae = SAE | {"architecture": architecture, "resample": "anthropic", "topk": {"k": 8, "dead_tokens": 256 * 4},
+                 "jumprelu": {"l0_coeff": 0.1, "bandwidth": 0.05, "threshold_init": 0.05}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sae": sae, "activations": {"bos": "include"}}))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, *_cmd(tmp_path, "one")], cwd=REPO, env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-2000:]
@@ -40,8 +44,13 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert "x 2 (from step 0)" in two.stderr
     a = load_weights(tmp_path / "sae-one/sae.safetensors")
     b = load_weights(tmp_path / "sae-two/sae.safetensors")
+    # JumpReLU's step is discontinuous: float rounding in DDP's gradient all-reduce can flip a pre-activation
+    # sitting on its threshold, so its weights agree to 1e-3 (seen: 2e-4), the continuous ones to 1e-4
+    tol = 1e-3 if architecture == "jumprelu" else 1e-4
     for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+        assert torch.allclose(a[k], b[k], atol=tol, rtol=tol), (k, (a[k] - b[k]).abs().max())
     m1 = yaml.safe_load((tmp_path / "m-one.json").read_text())
     m2 = yaml.safe_load((tmp_path / "m-two.json").read_text())
-    assert m1["n_resampled"] == m2["n_resampled"] > 0 and m2["world_size"] == 2
+    assert m1["n_resampled"] == m2["n_resampled"] and m2["world_size"] == 2
+    if architecture != "jumprelu":  # its tied init leaves no feature below the 5% bar here
+        assert m1["n_resampled"] > 0

@@ -58,4 +58,4 @@ def test_exp_show_opens_with_the_sae_headline_then_l1_coeff():
     assert declared == ["metrics/evaluate.json"]
     assert HEADLINE[:3] == ("ce_recovered_zero", "l0", "explained_variance") and len(HEADLINE) <= 10
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert next(iter(params)) == "sae" and next(iter(params["sae"])) == "l1_coeff"
+    assert next(iter(params)) == "sae" and list(params["sae"])[:2] == ["architecture", "l1_coeff"]

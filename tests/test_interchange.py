@@ -1,11 +1,14 @@
 """SAELens export and seed-checkpoint import, against the formats' documented key names and shapes."""
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from saelab.config import ARCHITECTURES
 from saelab.interchange import export_saelens, load_seed, main
 from saelab.sae import SAE
 
@@ -71,3 +74,52 @@ def test_export_cli_from_our_format(tmp_path):
     SAE(8, 16, seed=0).save(tmp_path / "sae", {"hook": "blocks.0.hook_resid_post"})
     main(["export-saelens", str(tmp_path / "sae"), str(tmp_path / "sl")])
     assert sorted(p.name for p in (tmp_path / "sl").iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+
+
+# ---------------------------------------------------------------- the real SAELens
+
+SAELENS_PY = Path(__file__).resolve().parents[1] / ".venv-saelens" / "bin" / "python"
+
+
+def _saelens_ready() -> str | None:
+    """Why the real-SAELens test cannot run here, or None when it can."""
+    if not SAELENS_PY.exists():
+        return f"{SAELENS_PY} not found: `make test` creates it (pip install sae-lens==6.54.12); it could not here"
+    res = subprocess.run([str(SAELENS_PY), "-c", "import sae_lens"], capture_output=True, text=True)
+    return None if res.returncode == 0 else f"sae_lens does not import in {SAELENS_PY}: {res.stderr[-300:]}"
+
+
+@pytest.mark.skipif(_saelens_ready() is not None, reason=str(_saelens_ready()))
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_real_saelens_loads_every_export_with_its_metadata(tmp_path, arch):
+    """SAELens 6.54's SAE.load_from_disk reads our export of each architecture: hook_name, model_name and
+    context_size survive in cfg.metadata, and its encode/decode equal ours within 1e-5 on cached activations."""
+    from saelab.architectures import build
+    from saelab.cache import ActivationCache
+    from saelab.config import SAEConfig
+    from saelab.train import train_sae
+    from tests.conftest import make_cache
+
+    make_cache(tmp_path / "cache", n_tokens=4000, d=16)
+    cache = ActivationCache(tmp_path / "cache")
+    cfg = SAEConfig(architecture=arch, expansion=4, l1_coeff=0.05, batch_size=128, n_tokens=128 * 30, lr_warmup_tokens=0,
+                    checkpoint_every=0, topk={"k": 6}, batchtopk={"k": 6, "threshold_frac": 0.5},
+                    jumprelu={"l0_coeff": 0.05, "threshold_init": 0.05})
+    sae = build(cfg, cache.d, seed=0)
+    train_sae(sae, cache.batches(128, seed=0), cfg, torch.device("cpu"))  # trained: thresholds and norms not at init
+    x = next(cache.batches(512, seed=1)).float()
+    export_saelens(sae, tmp_path / "export", "blocks.0.mlp.hook_post", "gelu-1l", 128)
+    save_file({"x": x.contiguous()}, str(tmp_path / "x.safetensors"))
+    res = subprocess.run([str(SAELENS_PY), str(Path(__file__).parent / "saelens_roundtrip.py"), str(tmp_path / "export"),
+                          str(tmp_path / "x.safetensors"), str(tmp_path / "out.safetensors"), str(tmp_path / "meta.json")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["hook_name"] == "blocks.0.mlp.hook_post" and meta["model_name"] == "gelu-1l" and meta["context_size"] == 128
+    assert meta["architecture"] == {"standard_april": "standard", "batchtopk": "jumprelu"}.get(arch, arch)
+    theirs = load_file(str(tmp_path / "out.safetensors"))
+    with torch.no_grad():
+        x_hat, f = sae(x)
+    assert (f > 0).float().sum(-1).mean() > 0
+    torch.testing.assert_close(theirs["f"], f, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(theirs["x_hat"], x_hat, atol=1e-5, rtol=1e-5)

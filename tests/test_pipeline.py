@@ -278,3 +278,26 @@ def test_queued_sweep_gathers_a_frontier(repo, tmp_path):
     l0 = [float(r["l0"]) for r in rows]
     assert l0[0] > l0[-1], "more L1 penalty, fewer active features"
     assert (tmp_path / "frontier" / "frontier.png").exists()
+
+
+@pytest.mark.parametrize("arch", ["standard_april", "topk", "batchtopk", "jumprelu"])
+def test_every_architecture_runs_the_whole_pipeline(repo, tmp_path, arch):
+    """`dvc exp run -S sae.architecture=<arch>` (in a copy of the tiny repo) retrains from train on, and every
+    downstream stage (evaluate, analyze, compare, report, browser, the SAELens export) works on that SAE."""
+    clone = tmp_path / "repo"
+    shutil.copytree(repo, clone, symlinks=True)
+    _git(clone, "add", "-A")
+    _git(clone, "commit", "-qm", "baseline", "--allow-empty")
+    out = _run(["dvc", "exp", "run", "-S", f"sae.architecture={arch}"], clone).stdout
+    assert "Running stage 'train@0'" in out and "Running stage 'lm'" not in out and "Running stage 'activations'" not in out
+    for seed in (0, 1):
+        cfg = json.loads((clone / f"models/saes/seed-{seed}/config.json").read_text())
+        assert cfg["architecture"] == arch
+        exported = json.loads((clone / f"models/saes/seed-{seed}/saelens/cfg.json").read_text())
+        assert exported["architecture"] == {"standard_april": "standard", "topk": "topk"}.get(arch, "jumprelu")
+    m = json.loads((clone / "metrics/evaluate.json").read_text())
+    assert all(isinstance(v, float) and v == v for v in m.values()), m
+    assert json.loads((clone / "metrics/train/seed-0.json").read_text())["architecture"] == arch
+    for p in ("metrics/analysis.json", "metrics/compare.json", "reports/index.html", "reports/figures/analysis/topk.png"):
+        assert (clone / p).exists(), p
+    assert "up to date" in _run(["dvc", "status"], clone).stdout

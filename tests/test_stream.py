@@ -89,6 +89,6 @@ def test_sae_trains_from_the_stream_of_a_real_lm(tiny_lm):
     cfg = SAEConfig(expansion=2, l1_coeff=1e-3, lr=3e-3, batch_size=64, n_tokens=64 * 60, resample_stop=0.0,
                     lr_warmup_tokens=0, log_every=10, source="stream", stream_buffer_tokens=512)
     rows_logged = []
-    Trainer(SAE(d, 2 * d), cfg, torch.device("cpu")).run(lambda skip: stream.batches(64, skip),
+    Trainer(SAE(d, 2 * d, l1_coeff=cfg.l1_coeff), cfg, torch.device("cpu")).run(lambda skip: stream.batches(64, skip),
                                                          lambda step, row: rows_logged.append(row))
     assert rows_logged[-1]["mse"] < 0.5 * rows_logged[0]["mse"]

@@ -24,7 +24,7 @@ def _cfg(**kw):
 
 def test_decoder_rows_stay_unit_norm_after_many_steps():
     """After 300 Adam steps every decoder row has norm 1 to float precision."""
-    sae = SAE(16, 64, seed=0)
+    sae = SAE(16, 64, seed=0, l1_coeff=0.05)
     train_sae(sae, _batches(), _cfg(), torch.device("cpu"))
     assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(64), atol=1e-5)
 
@@ -41,14 +41,14 @@ def test_parallel_gradient_is_removed():
 def test_training_reduces_loss():
     """Training on sparse synthetic data cuts the MSE by over 5x."""
     rows = []
-    sae = SAE(16, 64, seed=0)
+    sae = SAE(16, 64, seed=0, l1_coeff=0.05)
     train_sae(sae, _batches(), _cfg(), torch.device("cpu"), log=lambda s, r: rows.append(r))
     assert rows[-1]["mse"] < rows[0]["mse"] / 5
 
 
 def test_resampling_revives_a_dead_feature():
     """A feature with a hugely negative bias never fires; resampling makes it fire again."""
-    sae = SAE(16, 64, seed=0)
+    sae = SAE(16, 64, seed=0, l1_coeff=0.05)
     with torch.no_grad():
         sae.b_enc[7] = -1e6
     opt = torch.optim.Adam(sae.parameters())
@@ -63,7 +63,7 @@ def test_resampling_revives_a_dead_feature():
 
 def test_training_loop_resamples_dead_features():
     """Inside train_sae, a killed feature is detected at the check and revived."""
-    sae = SAE(16, 64, seed=0)
+    sae = SAE(16, 64, seed=0, l1_coeff=0.05)
     with torch.no_grad():
         sae.b_enc[3] = -1e6
     state = train_sae(sae, _batches(), _cfg(n_tokens=64 * 100, resample_stop=1.0), torch.device("cpu"))
@@ -81,7 +81,7 @@ def test_training_is_deterministic():
     """Two CPU runs with the same seed give bitwise identical parameters."""
     outs = []
     for _ in range(2):
-        sae = SAE(16, 64, seed=0)
+        sae = SAE(16, 64, seed=0, l1_coeff=0.05)
         train_sae(sae, _batches(), _cfg(n_tokens=64 * 50), torch.device("cpu"))
         outs.append(sae.state_dict())
     assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
@@ -90,14 +90,14 @@ def test_training_is_deterministic():
 def test_logged_rows_see_a_full_window():
     """A log that coincides with a window reset reports the window that just closed, not an empty one."""
     rows = []
-    train_sae(SAE(16, 64, seed=0), _batches(), _cfg(), torch.device("cpu"), log=lambda s, r: rows.append((s, r)))
+    train_sae(SAE(16, 64, seed=0, l1_coeff=0.05), _batches(), _cfg(), torch.device("cpu"), log=lambda s, r: rows.append((s, r)))
     step, last = rows[-1]
     assert step == 300 and last["window_tokens"] == 64 * 100 and last["frac_dead_window"] < 0.5
 
 
 def test_bf16_autocast_keeps_fp32_master_weights_and_learns():
     """sae.dtype bf16 (the GPU path's mixed precision, here on CPU): weights stay fp32, loss falls."""
-    sae = SAE(16, 64, seed=0)
+    sae = SAE(16, 64, seed=0, l1_coeff=0.05)
     rows = []
     train_sae(sae, _batches(), _cfg(dtype="bf16", n_tokens=64 * 100), torch.device("cpu"), lambda s, r: rows.append(r))
     assert all(p.dtype == torch.float32 for p in sae.parameters())
@@ -106,7 +106,7 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_learns():
 
 def test_compiled_step_matches_eager():
     """sae.compile: torch.compile of forward + losses gives the eager run's weights (to float tolerance)."""
-    eager, compiled = SAE(16, 64, seed=0), SAE(16, 64, seed=0)
+    eager, compiled = SAE(16, 64, seed=0, l1_coeff=0.05), SAE(16, 64, seed=0, l1_coeff=0.05)
     train_sae(eager, _batches(), _cfg(n_tokens=64 * 20), torch.device("cpu"))
     train_sae(compiled, _batches(), _cfg(n_tokens=64 * 20, compile=True), torch.device("cpu"))
     for a, b in zip(eager.parameters(), compiled.parameters()):
@@ -115,10 +115,11 @@ def test_compiled_step_matches_eager():
 
 def _one_step(sae, x, project: bool):
     """Reference step: Adam on mse + l1, the decoder gradient projected (or not), rows renormalised."""
-    from saelab.train import sae_losses
+    from saelab.sae import l1_loss, mse_loss
 
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2, betas=(0.9, 0.99))
-    loss = sae_losses(sae, x, 0.05)[0]
+    x_hat, f = sae(x)
+    loss = mse_loss(x_hat, x) + 0.05 * l1_loss(f)
     loss.backward()
     if project:
         sae.remove_parallel_grad_()
@@ -132,11 +133,11 @@ def test_train_step_projects_the_decoder_gradient():
     from saelab.train import train_step
 
     x = next(_batches())
-    with_proj, without = _one_step(SAE(16, 64, seed=0), x, True), _one_step(SAE(16, 64, seed=0), x, False)
+    with_proj, without = _one_step(SAE(16, 64, seed=0, l1_coeff=0.05), x, True), _one_step(SAE(16, 64, seed=0, l1_coeff=0.05), x, False)
     assert not torch.allclose(with_proj, without, atol=1e-6)  # the projection changes the step
-    sae = SAE(16, 64, seed=0)
+    sae = SAE(16, 64, seed=0, l1_coeff=0.05)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2, betas=(0.9, 0.99))
-    train_step(sae, opt, x, 0.05, autocast=False)
+    train_step(sae, opt, x, autocast=False)
     assert torch.allclose(sae.W_dec, with_proj, atol=1e-6)
 
 
@@ -183,7 +184,7 @@ def test_log_rows_average_the_steps_they_saw_after_a_cadence_change():
     """A resumed run logging at a new cadence divides its first row by the steps actually summed, not by log_every."""
     from saelab.train import Trainer
 
-    trainer = Trainer(SAE(16, 64, seed=0), _cfg(log_every=7), torch.device("cpu"))
-    trainer.sums += torch.tensor([3.0, 3.0, 3.0, 3.0])  # three steps of loss 1 were summed under the old cadence
+    trainer = Trainer(SAE(16, 64, seed=0, l1_coeff=0.05), _cfg(log_every=7), torch.device("cpu"))
+    trainer.sums += torch.tensor([3.0, 3.0, 3.0, 3.0])  # loss, mse, l0, l1  # three steps of loss 1 were summed under the old cadence
     trainer.state.steps_in_sums = 3
     assert trainer._log_row(10)["loss"] == pytest.approx(1.0)

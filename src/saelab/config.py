@@ -93,7 +93,53 @@ class ActivationsConfig(_Section):
     like any other token."""
 
 
+class AprilParams(_Section):
+    """``sae.standard_april``: Anthropic's April 2024 recipe (docs/metrics.md, "Architectures")."""
+    dec_init_norm: float = Field(0.1, gt=0)
+    """Norm of every decoder row at initialisation (random directions; W_enc = W_dec^T)."""
+    l1_warmup_frac: float = Field(0.05, ge=0, le=1)
+    """The L1 coefficient rises linearly from 0 over this first fraction of training."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Gradient-norm clipping before each step (0 = off)."""
+
+
+class TopKParams(_Section):
+    """``sae.topk``: TopK with the AuxK dead-latent loss (Gao et al. 2024)."""
+    k: int = Field(32, gt=0)
+    """Active latents per token."""
+    k_aux: Optional[int] = Field(None, ge=0)
+    """Dead latents the AuxK loss reconstructs the residual with (null = d_in / 2)."""
+    aux_coeff: float = Field(1 / 32, ge=0)
+    """Weight of the AuxK loss (0 = off)."""
+    dead_tokens: int = Field(200_000, gt=0)
+    """A latent that has not fired for this many training tokens is dead (for AuxK)."""
+
+
+class BatchTopKParams(TopKParams):
+    """``sae.batchtopk``: k x batch latents per batch (Bussmann et al. 2024), JumpReLU at inference."""
+    threshold_frac: float = Field(0.1, gt=0, le=1)
+    """The inference threshold is the mean smallest selected activation over this last fraction of training."""
+
+
+class JumpReLUParams(_Section):
+    """``sae.jumprelu``: learned per-feature thresholds, straight-through estimators (Rajamanoharan et al. 2024)."""
+    l0_coeff: float = Field(1.0, gt=0)
+    """Weight of the sparsity penalty."""
+    bandwidth: float = Field(0.05, gt=0)
+    """Width ε of the straight-through estimators' rectangle kernel (SAELens's default)."""
+    threshold_init: float = Field(0.01, gt=0)
+    sparsity: Literal["step", "tanh"] = "tanh"
+    """``tanh``: Σ tanh(tanh_scale · f · ‖W_dec[i]‖) (Anthropic, January 2025); ``step``: L0 = Σ H(pre − θ)
+    (the paper's; in runs of a few hundred steps its L0 hardly responds to l0_coeff: benchmarks/results/frontier_cpu)."""
+    tanh_scale: float = Field(4.0, gt=0)
+
+
+ARCHITECTURES = ("standard", "standard_april", "topk", "batchtopk", "jumprelu")
+
+
 class SAEConfig(_Section):
+    architecture: Literal[ARCHITECTURES] = "standard"
+    """Registered SAE architecture (src/saelab/architectures.py); ``standard`` is the seed's recipe."""
     expansion: Optional[int] = Field(4, gt=0)
     """d_sae = expansion * d_in, unless ``d_sae`` is given."""
     d_sae: Optional[int] = Field(None, gt=0)
@@ -132,6 +178,15 @@ class SAEConfig(_Section):
     """Steps between reading metrics off the device and logging them."""
     checkpoint_every: int = Field(200, ge=0)
     """Steps between resumable checkpoints (0 = never)."""
+    resample: Literal["auto", "anthropic", "reinit", "none"] = "auto"
+    """Dead-feature resampling: ``anthropic`` (Towards Monosemanticity), ``reinit`` (a fresh draw of the
+    initialisation, what the seed did), ``none``; ``auto`` = anthropic for standard, none for the others."""
+    normalize_activations: Literal["none", "mean_norm"] = "none"
+    """``mean_norm``: train on x · s with E‖s·x‖² = d_in (s from the first batch), folded into the saved weights."""
+    standard_april: AprilParams = AprilParams()
+    topk: TopKParams = TopKParams()
+    batchtopk: BatchTopKParams = BatchTopKParams()
+    jumprelu: JumpReLUParams = JumpReLUParams()
 
     @model_validator(mode="after")
     def _width(self) -> "SAEConfig":
@@ -150,6 +205,19 @@ class SAEConfig(_Section):
 
     def width(self, d_in: int) -> int:
         return self.d_sae if self.d_sae is not None else self.expansion * d_in
+
+    def arch_params(self) -> dict:
+        """Constructor arguments of the chosen architecture (its section; l1_coeff for the L1 ones)."""
+        if self.architecture == "standard":
+            return {"l1_coeff": self.l1_coeff}
+        if self.architecture == "standard_april":
+            return {"l1_coeff": self.l1_coeff, **self.standard_april.model_dump()}
+        return getattr(self, self.architecture).model_dump()
+
+    def resample_mode(self) -> str:
+        if self.resample != "auto":
+            return self.resample
+        return "anthropic" if self.architecture == "standard" else "none"
 
 
 class EvaluateConfig(_Section):

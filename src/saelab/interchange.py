@@ -1,9 +1,16 @@
 """Interchange with other SAE tools.
 
-* **SAELens** (standard architecture): a folder with ``cfg.json`` and
+* **SAELens** (6.x on-disk format, every architecture): a folder with ``cfg.json`` and
   ``sae_weights.safetensors`` holding ``W_enc`` [d_in, d_sae], ``W_dec`` [d_sae, d_in],
-  ``b_enc`` [d_sae], ``b_dec`` [d_in]; ``sae_lens.SAE.load_from_disk(folder)`` loads it.
-  Our forward pass is SAELens's "standard" one with ``apply_b_dec_to_input: true``.
+  ``b_enc`` [d_sae], ``b_dec`` [d_in] (+ ``threshold`` [d_sae] for JumpReLU);
+  ``sae_lens.SAE.load_from_disk(folder)`` loads it. Every architecture subtracts b_dec before
+  encoding (``apply_b_dec_to_input: true``). standard and standard_april export as SAELens's
+  ``standard``, topk as ``topk`` (with ``k``), batchtopk as ``jumprelu`` with its global
+  threshold in every entry, jumprelu as ``jumprelu`` with θ = exp(log_threshold).
+  ``metadata.sae_lens_version`` must be present: without it SAELens 6 treats the file as a
+  pre-6.0 config and rebuilds ``metadata`` from top-level keys only, dropping hook_name,
+  model_name and context_size (sae_lens/loading/pretrained_sae_loaders.py,
+  handle_config_defaulting -> handle_pre_6_0_config).
 * **The seed's checkpoints** (Neel Nanda's gelu-1l replication): a torch state dict with
   ``W_enc``, ``W_dec``, ``b_enc``, ``b_dec`` plus a JSON config (``d_mlp``, ``dict_mult``,
   ``l1_coeff``, ...). Read with ``torch.load(weights_only=True)``: never unpickled.
@@ -31,9 +38,13 @@ SAELENS_CFG = "cfg.json"
 KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
 
 
+SAELENS_FORMAT_VERSION = "6.54.12"  # the SAELens release whose format we write and test against
+
+
 def saelens_config(sae: SAE, hook: str, model_name: str, context_size: int) -> dict:
+    arch_fields, _ = sae.saelens()
     return {
-        "architecture": "standard",
+        **arch_fields,
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "dtype": "float32",
@@ -48,7 +59,10 @@ def saelens_config(sae: SAE, hook: str, model_name: str, context_size: int) -> d
             "context_size": context_size,
             "prepend_bos": True,
             "dataset_path": None,
+            "sae_lens_version": SAELENS_FORMAT_VERSION,
             "exported_by": "saelab",
+            "saelab_architecture": sae.architecture,
+            "saelab_arch_params": sae.arch_params(),
         },
     }
 
@@ -56,7 +70,7 @@ def saelens_config(sae: SAE, hook: str, model_name: str, context_size: int) -> d
 def export_saelens(sae: SAE, out: Path, hook: str, model_name: str, context_size: int) -> None:
     """Write ``sae`` into ``out`` (created) in SAELens's on-disk format."""
     out.mkdir(parents=True, exist_ok=True)
-    save_weights(out / SAELENS_WEIGHTS, {k: getattr(sae, k).float() for k in KEYS})
+    save_weights(out / SAELENS_WEIGHTS, {k: v.contiguous() for k, v in sae.saelens()[1].items()})
     write_json(out / SAELENS_CFG, saelens_config(sae, hook, model_name, context_size))
 
 

@@ -1,11 +1,11 @@
-"""SAE training loop: the seed's algorithm with its bug fixed (docs/metrics.md, "Training algorithm").
+"""SAE training loop, for every architecture (docs/metrics.md, "Training algorithm", "Architectures").
 
-Per step: Adam on  loss = mse_loss + l1_coeff * l1_loss  (both means over the batch,
-so l1_coeff does not depend on batch size); before the step the component of
-W_dec.grad along each row is removed, after it the rows are renormalised to exactly
-unit norm (the seed forgot this). Every ``resample_every`` tokens, features that
-fired on less than ``resample_threshold`` of the last ``resample_window`` tokens
-are re-initialised the Anthropic way (see :func:`resample_`).
+Per step: Adam on the architecture's loss (for the standard one, the seed's algorithm with
+its bug fixed: mse_loss + l1_coeff * l1_loss, both means over the batch; before the step the
+component of W_dec.grad along each row is removed, after it the rows are renormalised to
+exactly unit norm, which the seed forgot). Every ``resample_every`` tokens, features that
+fired on less than ``resample_threshold`` of the last ``resample_window`` tokens are
+re-initialised (``sae.resample``; see :func:`resample_`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from saelab.errors import InputError, NonFinite
 from saelab.checkpoint import generator_state, set_generator_state
 from saelab.config import EvaluateConfig, SAEConfig
-from saelab.sae import SAE, l1_loss, mse_loss
+from saelab.sae import SAE
 
 
 @dataclass
@@ -69,28 +69,31 @@ def resample_probabilities(sq_err: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def resample_(sae: SAE, opt: torch.optim.Adam, dead: torch.Tensor, x: torch.Tensor, gen: torch.Generator) -> int:
-    """Re-initialise ``dead`` features from badly reconstructed inputs (Anthropic, Towards Monosemanticity).
+def resample_(sae: SAE, opt: torch.optim.Adam, dead: torch.Tensor, x: torch.Tensor, gen: torch.Generator,
+              mode: str = "anthropic") -> int:
+    """Re-initialise ``dead`` features; zero Adam's moments for the touched slices so stale momentum
+    does not undo it. ``mode``:
 
-    1. Score each input of ``x`` (B, d_in) by its squared reconstruction loss, squared.
-    2. Sample one input per dead feature with probability proportional to that score.
-    3. Decoder row = unit vector of (input - b_dec); encoder column = that vector
-       times 0.2 x the mean norm of the alive encoder columns; encoder bias = 0.
-    4. Zero Adam's moments for the touched slices so stale momentum does not undo it.
+    * ``anthropic`` (Towards Monosemanticity): score each input of ``x`` (B, d_in) by its squared
+      reconstruction loss, squared; sample one input per dead feature with probability proportional
+      to that score; decoder row = unit vector of (input - b_dec), encoder column = that vector times
+      0.2 x the mean norm of the alive encoder columns, encoder bias = 0 (``sae.resample_rows_``);
+    * ``reinit`` (the seed's code): a fresh draw of the architecture's initialisation for those features.
     """
     idx = dead.nonzero().squeeze(-1)
     if idx.numel() == 0:
         return 0
-    weights = resample_probabilities((sae(x).x_hat - x).pow(2).sum(-1)).float().cpu()
-    picks = torch.multinomial(weights, idx.numel(), replacement=idx.numel() > len(x), generator=gen)
-    dirs = x[picks.to(x.device)].float() - sae.b_dec
-    dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (n_dead, d_in)
-    alive = ~dead
-    enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
-    sae.W_dec[idx] = dirs
-    sae.W_enc[:, idx] = dirs.T * 0.2 * enc_norm
-    sae.b_enc[idx] = 0.0
-    for p, sl in ((sae.W_dec, (idx,)), (sae.W_enc, (slice(None), idx)), (sae.b_enc, (idx,))):
+    if mode == "reinit":
+        touched = sae.reinit_rows_(idx, gen)
+    else:
+        weights = resample_probabilities((sae(x).x_hat - x).pow(2).sum(-1)).float().cpu()
+        picks = torch.multinomial(weights, idx.numel(), replacement=idx.numel() > len(x), generator=gen)
+        dirs = x[picks.to(x.device)].float() - sae.b_dec
+        dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (n_dead, d_in)
+        alive = ~dead
+        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+        touched = sae.resample_rows_(idx, dirs, enc_norm)
+    for p, sl in touched:
         state = opt.state.get(p, {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in state:
@@ -109,38 +112,34 @@ class TrainState:
     log_rows: list = field(default_factory=list)  # [(step, row)], replayed into DVCLive on resume
     steps_in_sums: int = 0  # steps accumulated in the logged sums since the last log row
     seconds: float = 0.0
+    input_scale: float = 1.0  # sae.normalize_activations: x is multiplied by this while training
 
 
-def sae_losses(model, x: torch.Tensor, l1_coeff: float) -> tuple:
-    """Forward pass and losses: (loss, mse, l1, f). Compiled as one graph when ``sae.compile`` is on."""
-    x_hat, f = model(x)
-    mse = mse_loss(x_hat.float(), x)
-    l1 = l1_loss(f.float())
-    return mse + l1_coeff * l1, mse, l1, f
-
-
-def train_step(sae: SAE, opt: torch.optim.Adam, x: torch.Tensor, l1_coeff: float, autocast: bool, step: int = 0,
-               forward=None, losses=sae_losses, check: bool = True) -> tuple:
-    """One Adam step; ``forward`` is the DDP wrapper of ``sae`` when training on several processes.
+def train_step(sae: SAE, opt: torch.optim.Adam, x: torch.Tensor, autocast: bool = False, step: int = 0,
+               forward=None, check: bool = True, progress: float = 0.0) -> tuple:
+    """One optimiser step: (loss, mse, terms, fired, l0, bad). ``forward`` is the DDP wrapper of ``sae``
+    (or its compiled form); the architecture supplies the loss and the gradient surgery around the step.
 
     With ``check`` the loss is tested for NaN/inf before the weights move (a host sync: free on
     CPU). Without it the caller accumulates the returned ``bad`` flag on the device and reads it
     every ``log_every`` steps, so an accelerator never waits on the host in the hot loop.
     """
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        loss, mse, l1, f = losses(forward or sae, x, l1_coeff)
-    bad = ~torch.isfinite(loss)
+        out = (sae if forward is None else forward)(x, train=True, progress=progress)
+    bad = ~torch.isfinite(out.loss)
     if check and bad:
         raise NonFinite(
-            f"non-finite SAE loss at step {step} (mse={mse.item()}, l1={l1.item()}); training stopped before "
-            "updating the weights, the last checkpoint is kept. Lower sae.lr or check the activation cache"
+            f"non-finite SAE loss at step {step} (mse={out.mse.item()}, "
+            + ", ".join(f"{n}={t.item()}" for n, t in zip(sae.TERMS, out.terms))
+            + "); training stopped before updating the weights, the last checkpoint is kept. "
+            "Lower sae.lr or check the activation cache"
         )
-    loss.backward()
-    sae.remove_parallel_grad_()
+    out.loss.backward()
+    sae.before_step()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    sae.normalize_decoder_()
-    return loss.detach(), mse.detach(), l1.detach(), f.detach(), bad
+    sae.after_step()
+    return out.loss.detach(), out.mse.detach(), [t.detach() for t in out.terms], out.fired.detach(), out.l0.detach(), bad
 
 
 class Trainer:
@@ -154,7 +153,11 @@ class Trainer:
     """
 
     def __init__(self, sae: SAE, cfg: SAEConfig, device: torch.device, ultra_low_threshold: float = EvaluateConfig().ultra_low_threshold):
+        if sae.architecture != cfg.architecture or sae.arch_params() != cfg.arch_params():
+            raise InputError(f"the SAE ({sae.architecture}, {sae.arch_params()}) is not the one sae params describe "
+                             f"({cfg.architecture}, {cfg.arch_params()}); build it with saelab.architectures.build(cfg, d_in)")
         self.sae, self.cfg, self.device = sae, cfg, device
+        self.resample_mode = cfg.resample_mode()
         self.ultra_low = ultra_low_threshold  # evaluate.ultra_low_threshold, for the training curve only
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.rank = dist.get_rank() if dist.is_initialized() else 0
@@ -165,14 +168,15 @@ class Trainer:
         # Fused Adam (one kernel for all parameters) where the device has it; same maths as the loop version.
         self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                     fused=device.type in ("cuda", "cpu"))
-        self.losses = torch.compile(sae_losses) if cfg.compile else sae_losses
+        model = sae if self.forward is None else self.forward
+        self.call = torch.compile(model) if cfg.compile else model
         self.check_each_step = device.type == "cpu"  # a host sync costs nothing on CPU
         self.bad = torch.zeros((), dtype=torch.bool, device=device)  # NaN/inf seen since the last check
         self.checked = 0  # steps done at the last check
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.state = TrainState()
         self.fired = torch.zeros(sae.d_sae, device=device)  # fires since the window opened
-        self.sums = torch.zeros(4, device=device)  # loss, mse, l1, l0 since the last log
+        self.sums = torch.zeros(3 + len(sae.TERMS), device=device)  # loss, mse, l0, *TERMS since the last log
 
     # ------------------------------------------------------------ across ranks
 
@@ -196,6 +200,9 @@ class Trainer:
         """Tensors and state of the whole run (fire counts summed, log sums averaged over ranks)."""
         tensors = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
         tensors |= {"fired": self._sum(self.fired), "sums": self._sum(self.sums) / self.world}
+        for name in self.sae.TRAIN_BUFFERS:  # identical on every rank, or per-rank sums kept as their mean
+            t = getattr(self.sae, name)
+            tensors[f"train.{name}"] = self._sum(t) / self.world if t.is_floating_point() else t
         names = {id(p): n for n, p in self.sae.named_parameters()}
         for p, st in self.opt.state.items():
             for k, v in st.items():
@@ -207,6 +214,8 @@ class Trainer:
         self.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
         self.fired.copy_(tensors["fired"] if self.rank == 0 else torch.zeros_like(self.fired))  # summed over ranks later
         self.sums.copy_(tensors["sums"])
+        for name in self.sae.TRAIN_BUFFERS:
+            getattr(self.sae, name).copy_(tensors[f"train.{name}"])
         for name, p in self.sae.named_parameters():
             keys = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"adam.{name}.")}
             if keys:
@@ -230,26 +239,33 @@ class Trainer:
             if self.check_each_step and not torch.isfinite(x).all():
                 lo = step * cfg.batch_size
                 raise NonFinite(f"non-finite activations in cache tokens [{lo}, {lo + len(x)}) at step {step}")
+            if cfg.normalize_activations == "mean_norm" and step == 0:  # global batch: every rank gets the same s
+                st.input_scale = float((x.shape[-1] / x.float().pow(2).sum(-1).mean()).sqrt())
+            if step == 0:  # the global batch, so every rank initialises alike
+                self.sae.init_from_data_(x.to(self.device).float() * st.input_scale)
             x = x[self.rank * local : (self.rank + 1) * local].to(self.device, non_blocking=True).float()
+            if st.input_scale != 1.0:
+                x = x * st.input_scale
             if not self.check_each_step:
                 self.bad |= ~torch.isfinite(x).all()
             for group in self.opt.param_groups:
                 group["lr"] = cfg.lr * sched.lr_scale(step)
-            loss, mse, l1, f, bad = train_step(self.sae, self.opt, x, cfg.l1_coeff, cfg.dtype == "bf16", step,
-                                               self.forward, self.losses, self.check_each_step)
+            loss, mse, terms, fired, l0, bad = train_step(self.sae, self.opt, x, cfg.dtype == "bf16", step, self.call,
+                                                          self.check_each_step, step / sched.n_steps)
             self.bad |= bad
-            fires = f > 0
-            self.fired += fires.sum(0)
+            fired = self._sum(fired)
+            self.sae.observe_(fired, cfg.batch_size)
+            self.fired += fired if self.rank == 0 else 0  # summed over ranks when read
             st.window_tokens += cfg.batch_size
-            self.sums += torch.stack([loss, mse, l1, fires.float().sum(-1).mean()])
+            self.sums += torch.stack([loss, mse, l0, *terms])
             st.steps_in_sums += 1
             done = st.step = step + 1
             if not self.check_each_step and (done % cfg.log_every == 0 or done == sched.n_steps
                                              or (checkpointer is not None and checkpointer.due(done))):
                 self._raise_if_bad(done)
-            if sched.resamples(done):
+            if self.resample_mode != "none" and sched.resamples(done):
                 dead = self._sum(self.fired) / st.window_tokens < cfg.resample_threshold
-                n = resample_(self.sae, self.opt, dead, self._gather(x), self.gen)
+                n = resample_(self.sae, self.opt, dead, self._gather(x), self.gen, self.resample_mode)
                 st.n_resampled += n
                 st.resample_events.append({"step": done, "n": n})
             if done % cfg.log_every == 0 or done == sched.n_steps:  # before a window reset, so it sees a full window
@@ -268,6 +284,9 @@ class Trainer:
                 if self.rank == 0:
                     checkpointer.save(*snap)
         bar.close()
+        self.sae.finish_training_(lambda t: self._sum(t) / self.world)
+        if st.input_scale != 1.0:
+            self.sae.fold_input_scale_(st.input_scale)  # the saved SAE reads raw activations
         return st
 
     def _raise_if_bad(self, done: int) -> None:
@@ -283,7 +302,7 @@ class Trainer:
 
     def _log_row(self, done: int) -> dict:
         n_logged = max(1, self.state.steps_in_sums)  # not derived from log_every: a resumed run may log at another cadence
-        loss_m, mse_m, l1_m, l0_m = (self._sum(self.sums) / (n_logged * self.world)).tolist()
+        loss_m, mse_m, l0_m, *terms = (self._sum(self.sums) / (n_logged * self.world)).tolist()
         self.sums.zero_()
         self.state.steps_in_sums = 0
         fired = self._sum(self.fired)
@@ -291,7 +310,7 @@ class Trainer:
         return {
             "loss": loss_m,
             "mse": mse_m,
-            "l1": l1_m,
+            **dict(zip(self.sae.TERMS, terms)),
             "l0": l0_m,
             "lr": self.opt.param_groups[0]["lr"],
             "frac_dead_window": (fired == 0).float().mean().item(),

@@ -1,0 +1,304 @@
+"""The L0 frontier of every architecture, saelab's and SAELens's, trained on the same cached tokens.
+
+    make frontier           # creates .venv-saelens and runs this with the CPU budget below
+    python benchmarks/frontier.py --saelens-python .venv-saelens/bin/python \
+        [--n-tokens 307200] [--d-sae 2048] [--batch-size 2048] [--lr 3e-3] [--ce-tokens 32768] \
+        [--out benchmarks/results/frontier_cpu]
+    # GPU budget (if you have one): --n-tokens 20000000 --d-sae 16384 --batch-size 4096 --ce-tokens 131072
+
+Every trainer reads the same first ``--n-tokens`` of the activation cache in the same order
+(benchmarks/harness.py), with the same width, batch, Adam betas and constant lr; everything
+else is each recipe's own (SAELens: decoder init norm 0.1, gradient clipping, its AuxK; saelab:
+params.yaml's defaults of each architecture). Sparsity settings per architecture: ``GRID``.
+
+Each trained SAE is then scored by saelab's evaluate code (src/saelab/evaluate.py; definitions
+in docs/metrics.md) on held-out tokens: the seeded eval sample of the eval split, which no
+trainer saw; CE loss recovered on its first ``--ce-tokens`` tokens. SAELens's SAEs are scored
+through the same saelab classes, built from SAELens's inference weights (TopK with its k;
+BatchTopK and JumpReLU as JumpReLU with SAELens's ``threshold``).
+
+Output: ``frontier.json`` (every run: settings, tokens/s, metrics), ``frontier.md`` (table and
+goals), ``frontier_mse.png`` and ``frontier_ce.png`` (L0 vs MSE and vs CE loss recovered).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from harness import TimedBatches, finish  # noqa: E402
+from reader import cpu_model  # noqa: E402
+
+# (trainer, family) -> (architecture, sparsity knob, its values, fixed settings). SAELens's "standard" is
+# the April 2024 recipe (L1 x decoder norm), so saelab's standard_april is its counterpart. JumpReLU
+# runs in both penalty forms, in both tools: "tanh" (Anthropic, January 2025) and "step" (the paper's L0).
+JUMPRELU = {"bandwidth": 0.05, "threshold_init": 0.01}  # both tools alike (SAELens's defaults)
+GRID = {
+    ("saelab", "standard"): ("standard", "l1_coeff", [0.5, 1.0, 2.0], {}),
+    ("saelab", "standard_april"): ("standard_april", "l1_coeff", [1.0, 2.0, 4.0], {}),
+    ("saelab", "topk"): ("topk", "k", [16, 32, 64], {}),
+    ("saelab", "batchtopk"): ("batchtopk", "k", [16, 32, 64], {}),
+    ("saelab", "jumprelu"): ("jumprelu", "l0_coeff", [0.1, 0.3, 1.0], {**JUMPRELU, "sparsity": "tanh"}),
+    ("saelab", "jumprelu-step"): ("jumprelu", "l0_coeff", [0.3, 1.0, 3.0], {**JUMPRELU, "sparsity": "step"}),
+    ("sae-lens", "standard"): ("standard", "l1_coeff", [0.5, 1.0, 2.0], {}),
+    ("sae-lens", "topk"): ("topk", "k", [16, 32, 64], {}),
+    ("sae-lens", "batchtopk"): ("batchtopk", "k", [16, 32, 64], {}),
+    ("sae-lens", "jumprelu"): ("jumprelu", "l0_coeff", [0.1, 0.3, 1.0], {**JUMPRELU, "sparsity": "tanh"}),
+    ("sae-lens", "jumprelu-step"): ("jumprelu", "l0_coeff", [0.3, 1.0, 3.0], {**JUMPRELU, "sparsity": "step"}),
+}
+COUNTERPART = {"standard": "standard_april", "topk": "topk", "batchtopk": "batchtopk", "jumprelu": "jumprelu",
+               "jumprelu-step": "jumprelu-step"}
+
+
+# ---------------------------------------------------------------- saelab worker (own process)
+
+
+def run_saelab(spec: dict) -> None:
+    from saelab.architectures import build
+    from saelab.config import SAEConfig
+    from saelab.train import Trainer
+
+    arch, knob, value = spec["arch"], spec["knob"], spec["value"]
+    sections = {"topk": {"k": value}, "batchtopk": {"k": value}, "jumprelu": {"l0_coeff": value, **spec["fixed"]}}
+    cfg = SAEConfig(architecture=arch, d_sae=spec["d_sae"], lr=spec["lr"], beta1=spec["betas"][0], beta2=spec["betas"][1],
+                    batch_size=spec["batch_size"], n_tokens=spec["n_steps"] * spec["batch_size"], seed=0,
+                    lr_warmup_tokens=0, lr_decay_frac=0.0, checkpoint_every=0, device=spec["device"],
+                    **({"l1_coeff": value} if knob == "l1_coeff" else {arch: sections[arch]}))
+    device = torch.device(spec["device"])
+    batches = TimedBatches(Path(spec["data"]), spec["batch_size"], spec["n_steps"], spec["warmup"])
+    trainer = Trainer(build(cfg, spec["d_in"]).to(device), cfg, device)
+    trainer.run(lambda skip: batches)
+    finish(Path(spec["out"]), batches, {}, spec["device"], {"resample": trainer.resample_mode})
+    trainer.sae.cpu().save(Path(spec["out"]) / "saelab", {"hook": spec["hook"]})
+
+
+# ---------------------------------------------------------------- scoring (main process)
+
+
+def load_trained(out: Path, trainer: str, value) -> "torch.nn.Module":
+    """The trained SAE as a saelab module: ours from its folder, SAELens's from its inference weights."""
+    from safetensors.torch import load_file
+
+    from saelab.architectures import JumpReLU, TopK
+    from saelab.sae import SAE
+
+    if trainer == "saelab":
+        return SAE.load(out / "saelab")[0]
+    w = load_file(str(out / "sae.safetensors"))
+    d_in, d_sae = w["W_enc"].shape
+    inference = json.loads((out / "result.json").read_text())["inference_architecture"]
+    if inference == "standard":
+        sae = SAE(d_in, d_sae, seed=None)
+    elif inference == "topk":
+        sae = TopK(d_in, d_sae, seed=None, k=int(value))
+    else:
+        sae = JumpReLU(d_in, d_sae, seed=None)
+    sae.load_state_dict({k: v.float() for k, v in w.items()})
+    return sae
+
+
+def score(sae, ctx: dict) -> dict:
+    from saelab.evaluate import evaluate
+
+    metrics, _ = evaluate(ctx["model"], sae, ctx["rows"], ctx["hook"], ctx["mean"], ctx["ev"], torch.device("cpu"),
+                          ctx["exclude"], progress=False)
+    keys = ("mse", "explained_variance", "ce_recovered_zero", "ce_recovered_mean", "l0", "frac_dead", "frac_ultra_low",
+            "frac_dense", "eval_tokens", "ce_eval_tokens")
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def eval_context(args) -> dict:
+    from saelab.cache import ActivationCache
+    from saelab.config import load_params
+    from saelab.lm import excluded_token, load_lm
+    from saelab.tokens import read_rows
+
+    params = load_params(args.params)
+    lm = load_lm(args.lm, torch.device("cpu"))
+    cache = ActivationCache(args.cache)
+    ev = params.evaluate.model_copy(update={"max_tokens": args.eval_tokens, "ce_max_tokens": args.ce_tokens})
+    return {"model": lm.model, "rows": read_rows(args.tokens / "eval.parquet"), "hook": params.activations.hook,
+            "mean": cache.mean, "ev": ev, "exclude": excluded_token(lm, params.activations.bos)}
+
+
+# ---------------------------------------------------------------- comparisons
+
+
+def at_l0(runs: list[dict], l0: float, key: str = "mse") -> float | None:
+    """``key`` of a family of runs at ``l0``, linear in log L0 between its points; None outside their range."""
+    pts = sorted((r["l0"], r[key]) for r in runs if r["l0"] > 0)
+    if len(pts) < 2 or not pts[0][0] <= l0 <= pts[-1][0]:
+        return None
+    return float(np.interp(math.log(l0), [math.log(p[0]) for p in pts], [p[1] for p in pts]))
+
+
+def goals(results: list[dict]) -> dict:
+    """Each goal of issue 11 with the measured figure next to its target."""
+    fam = {}
+    for r in results:
+        fam.setdefault((r["trainer"], r["arch"]), []).append(r)
+    out = {"same_architecture": [], "best_vs_saelens_standard": [], "topk_dead": []}
+    for (trainer, arch), runs in fam.items():
+        if trainer != "sae-lens":
+            continue
+        ours = fam.get(("saelab", COUNTERPART[arch]), [])
+        for r in runs:
+            m = at_l0(ours, r["l0"])
+            out["same_architecture"].append({
+                "saelens": arch, "saelab": COUNTERPART[arch], "l0": r["l0"], "saelens_mse": r["mse"], "saelab_mse": m,
+                "ratio": m / r["mse"] if m is not None else None, "target": "<= 1.02",
+                "met": (m / r["mse"] <= 1.02) if m is not None else None})
+            if arch == "standard":
+                best = {a: at_l0(fam.get(("saelab", a), []), r["l0"]) for a in {a for t, a in fam if t == "saelab"}}
+                best = {a: v for a, v in best.items() if v is not None}
+                if best:
+                    a = min(best, key=best.get)
+                    out["best_vs_saelens_standard"].append({
+                        "l0": r["l0"], "saelens_mse": r["mse"], "best_saelab": a, "saelab_mse": best[a],
+                        "reduction": 1 - best[a] / r["mse"], "target": ">= 0.20", "met": 1 - best[a] / r["mse"] >= 0.20})
+    for (trainer, arch), runs in fam.items():
+        if trainer == "saelab" and arch in ("topk", "batchtopk"):  # arch: the family
+            for r in runs:
+                out["topk_dead"].append({"arch": arch, "value": r["value"], "frac_dead": r["frac_dead"],
+                                         "frac_ultra_low": r["frac_ultra_low"], "target": "dead < 0.05, ultra-low < 0.10",
+                                         "met": r["frac_dead"] < 0.05 and r["frac_ultra_low"] < 0.10})
+    return out
+
+
+def write_outputs(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontier.json").write_text(json.dumps(report, indent=2) + "\n")
+    res = report["results"]
+    cols = ("trainer", "arch", "knob", "value", "l0", "mse", "explained_variance", "ce_recovered_zero", "frac_dead",
+            "frac_ultra_low", "tokens_per_s")
+    lines = [f"Hardware: {report['hardware']}. {report['train_tokens']:,} training tokens per run, d_sae {report['d_sae']}, "
+             f"batch {report['batch_size']}, lr {report['lr']} constant; scored on {res[0]['eval_tokens']:,} held-out "
+             f"tokens (CE on {res[0]['ce_eval_tokens']:,}). Regenerate: `{report['command']}`.", "",
+             "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+    for r in sorted(res, key=lambda r: (r["trainer"], r["arch"], r["l0"])):
+        lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    g = report["goals"]
+    lines += ["", "Goal 1, same architecture at equal L0 (saelab MSE / SAELens MSE, target <= 1.02):", ""]
+    lines += [f"- SAELens {x['saelens']} vs saelab {x['saelab']} at L0 {x['l0']:.1f}: "
+              + (f"{x['saelab_mse']:.2f} / {x['saelens_mse']:.2f} = {x['ratio']:.3f} ({'met' if x['met'] else 'missed'})"
+                 if x["ratio"] is not None else "outside saelab's L0 range") for x in g["same_architecture"]]
+    lines += ["", "Goal 2, best saelab recipe vs SAELens standard at equal L0 (MSE reduction, target >= 20%):", ""]
+    lines += [f"- L0 {x['l0']:.1f}: saelab {x['best_saelab']} {x['saelab_mse']:.2f} vs {x['saelens_mse']:.2f}: "
+              f"{100 * x['reduction']:.1f}% ({'met' if x['met'] else 'missed'})" for x in g["best_vs_saelens_standard"]]
+    lines += ["", "Goal 3, TopK / BatchTopK with AuxK (dead < 5%, ultra-low < 10%):", ""]
+    lines += [f"- {x['arch']} k={x['value']}: dead {100 * x['frac_dead']:.1f}%, ultra-low {100 * x['frac_ultra_low']:.1f}% "
+              f"({'met' if x['met'] else 'missed'})" for x in g["topk_dead"]]
+    (out / "frontier.md").write_text("\n".join(lines) + "\n")
+    for key, name, label in (("mse", "frontier_mse.png", "MSE (sum over dims, mean over tokens)"),
+                             ("ce_recovered_zero", "frontier_ce.png", "CE loss recovered (zero ablation)")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fams = sorted({(r["trainer"], r["arch"]) for r in res})
+        for trainer, arch in fams:
+            rs = sorted((r for r in res if (r["trainer"], r["arch"]) == (trainer, arch)), key=lambda r: r["l0"])
+            ax.plot([r["l0"] for r in rs], [r[key] for r in rs], "o-" if trainer == "saelab" else "s--",
+                    label=f"{trainer} {arch}")
+        ax.set_xscale("log")
+        if key == "mse":
+            ax.set_yscale("log")
+        ax.set_xlabel("L0 (active features per token)")
+        ax.set_ylabel(label)
+        ax.set_title(f"L0 frontier, {report['train_tokens'] // 1000}k tokens, d_sae {report['d_sae']}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cache", type=Path, default=Path("data/activations"))
+    p.add_argument("--lm", type=Path, default=Path("models/lm"))
+    p.add_argument("--tokens", type=Path, default=Path("data/tokens"))
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--saelens-python", type=Path, default=Path(".venv-saelens/bin/python"))
+    p.add_argument("--n-tokens", type=int, default=307_200)
+    p.add_argument("--d-sae", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.99))
+    p.add_argument("--eval-tokens", type=int, default=65_536, help="held-out tokens for MSE, L0, frequencies")
+    p.add_argument("--ce-tokens", type=int, default=32_768, help="held-out tokens for CE loss recovered")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--only", nargs="*", help="trainer:arch pairs to run (default: all of GRID)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/frontier_cpu"))
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        run_saelab(json.loads(args.spec.read_text()))
+        return
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    n_steps = args.n_tokens // args.batch_size
+    ctx = eval_context(args)
+    from saelab.cache import ActivationCache
+
+    cache = ActivationCache(args.cache)
+    grid = [(t, a) for t, a in GRID if not args.only or f"{t}:{a}" in args.only]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="saelab-frontier-") as tmp:
+        tmp = Path(tmp)
+        data = tmp / "train.npy"
+        np.save(data, next(cache.batches(n_steps * args.batch_size)).numpy())  # the cache's first tokens, stored order
+        for trainer, family in grid:
+            arch, knob, values, fixed = GRID[(trainer, family)]
+            for value in values:
+                out = tmp / f"{trainer}-{family}-{value}"
+                out.mkdir()
+                spec = {"data": str(data), "d_in": cache.d, "d_sae": args.d_sae, "batch_size": args.batch_size,
+                        "n_steps": n_steps, "warmup": args.warmup, "lr": args.lr, "betas": list(args.betas), "seed": 0,
+                        "device": device, "dtype": "fp32", "arch": arch, "knob": knob, "value": value, knob: value,
+                        "out": str(out), "hook": ctx["hook"], "dead_window_steps": max(1, 200_000 // args.batch_size),
+                        "fixed": fixed, **fixed}
+                (out / "spec.json").write_text(json.dumps(spec))
+                if trainer == "sae-lens":
+                    if not args.saelens_python.exists():
+                        print(f"skipping sae-lens: {args.saelens_python} not found (make frontier creates it)")
+                        break
+                    cmd = [str(args.saelens_python), str(HERE / "saelens_worker.py"), str(out / "spec.json")]
+                else:
+                    cmd = [sys.executable, __file__, "--worker", trainer, "--spec", str(out / "spec.json")]
+                print(f"== {trainer} {family} {knob}={value}: {n_steps} steps of {args.batch_size}", flush=True)
+                subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent / 'src'}"})
+                timing = json.loads((out / "result.json").read_text())
+                metrics = score(load_trained(out, trainer, value), ctx)
+                results.append({"trainer": trainer, "arch": family, "architecture": arch, "knob": knob, "value": value,
+                                "tokens_per_s": timing["tokens_per_s"], "peak_rss_mb": timing["peak_rss_mb"], **metrics})
+                print(json.dumps(results[-1]), flush=True)
+    report = {"hardware": f"{cpu_model()}, {os.cpu_count()} cores" if device == "cpu" else torch.cuda.get_device_name(),
+              "device": device, "train_tokens": n_steps * args.batch_size, "d_sae": args.d_sae, "batch_size": args.batch_size,
+              "lr": args.lr, "betas": list(args.betas), "grid": {f"{t}:{a}": list(v) for (t, a), v in GRID.items()},
+              "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:]),
+              "results": results, "goals": goals(results)}
+    write_outputs(report, args.out)
+    print((args.out / "frontier.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

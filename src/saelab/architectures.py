@@ -1,0 +1,408 @@
+"""The SAE architectures besides the seed's standard one, each a small class registered by name.
+
+Definitions, losses and what each analysis means per architecture: docs/metrics.md,
+"Architectures". Adding one (Matryoshka, Gated, ...) is a class here with ``@register``,
+its params model in config.py, and its tests.
+
+* ``standard_april``: Anthropic's April 2024 update. L1 weighted by decoder row norms
+  (warmed up over the first steps), no unit-norm constraint, encoder initialised as the
+  decoder transpose with small decoder rows, gradient-norm clipping.
+* ``topk``: the k largest pre-activations per token, ReLU (Gao et al. 2024), with the AuxK
+  loss on latents dead for ``dead_tokens`` tokens. Trained through a sparse encoder/decoder
+  (:class:`TopKEncode`, ``embedding_bag``): only the k active latents of each token enter
+  the decoder and the encoder's gradient.
+* ``batchtopk``: the k x B largest pre-activations over the batch (Bussmann et al. 2024);
+  at the end of training one global threshold is estimated so inference runs as JumpReLU.
+* ``jumprelu``: f = pre * H(pre - θ) with a learned per-feature θ >= 0, trained through
+  straight-through estimators of bandwidth ε (Rajamanoharan et al. 2024) with an L0 penalty
+  in the "step" form (the paper's) or the "tanh" form (Anthropic, January 2025).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from saelab.errors import InputError
+from saelab.sae import SAE, TrainOutput, l0, mse_loss, register
+
+
+@torch.no_grad()
+def _tied_init_(sae: SAE, gen: torch.Generator, norm: float = 1.0) -> None:
+    """Decoder rows: random directions of norm ``norm``; encoder = decoder transpose; biases 0
+    (Gao et al. 2024 for TopK, Gemma Scope for JumpReLU, Anthropic's April update with norm < 1)."""
+    w = torch.randn(sae.d_sae, sae.d_in, generator=gen)
+    sae.W_dec.copy_(w / w.norm(dim=-1, keepdim=True) * norm)
+    sae.W_enc.copy_(sae.W_dec.T)
+    sae.b_enc.zero_()
+    sae.b_dec.zero_()
+
+
+def _fires(f: torch.Tensor) -> torch.Tensor:
+    """Per-feature fire counts of a batch: (B, d_sae) -> (d_sae,) float."""
+    return (f > 0).sum(0).float()
+
+
+# ---------------------------------------------------------------- standard_april
+
+
+@register
+class StandardApril(SAE):
+    """ReLU SAE, loss = mse + λ(t) Σ_i f_i ‖W_dec[i]‖, decoder rows free (Anthropic, April 2024)."""
+
+    architecture = "standard_april"
+    TERMS = ("l1_weighted",)
+    unit_norm_decoder = False
+
+    def __init__(self, d_in: int, d_sae: int, seed: int | None = 0, l1_coeff: float = 1.0,
+                 dec_init_norm: float = 0.1, l1_warmup_frac: float = 0.05, grad_clip: float = 1.0):
+        self.dec_init_norm, self.l1_warmup_frac, self.grad_clip = dec_init_norm, l1_warmup_frac, grad_clip
+        super().__init__(d_in, d_sae, seed, l1_coeff)
+
+    def arch_params(self) -> dict:
+        return {**super().arch_params(), "dec_init_norm": self.dec_init_norm, "l1_warmup_frac": self.l1_warmup_frac, "grad_clip": self.grad_clip}
+
+    @torch.no_grad()
+    def init_weights_(self, gen: torch.Generator) -> None:
+        _tied_init_(self, gen, self.dec_init_norm)
+
+    def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
+        f = self.encode(x)
+        mse = mse_loss(self.decode(f).float(), x)
+        l1w = (f.float() * self.W_dec.norm(dim=-1)).sum(-1).mean()
+        warm = min(1.0, progress / self.l1_warmup_frac) if self.l1_warmup_frac > 0 else 1.0
+        return TrainOutput(mse + self.l1_coeff * warm * l1w, mse, (l1w,), _fires(f), l0(f))
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip)
+
+    @torch.no_grad()
+    def fold_input_scale_(self, s: float) -> None:
+        """Keep f, fold the scale into the maps: W_enc·s, W_dec/s, b_dec/s."""
+        self.W_enc *= s
+        self.W_dec /= s
+        self.b_dec /= s
+
+    @torch.no_grad()
+    def resample_rows_(self, idx, dirs, enc_norm):
+        alive = torch.ones(self.d_sae, dtype=torch.bool, device=idx.device)
+        alive[idx] = False
+        norm = self.W_dec[alive].norm(dim=-1).mean() if alive.any() else torch.tensor(self.dec_init_norm)
+        touched = super().resample_rows_(idx, dirs, enc_norm)
+        self.W_dec[idx] = dirs * norm
+        return touched
+
+
+# ---------------------------------------------------------------- topk
+
+
+class TopKEncode(torch.autograd.Function):
+    """Sparse TopK encoder: forward keeps the k largest pre-activations per token (and the k_aux
+    largest among ``dead`` latents); backward builds the encoder's gradients from those alone.
+
+    Dense autograd would turn the (B, k) gradient into a (B, d_sae) one and spend a second
+    B x d_in x d_sae matmul on W_enc's gradient; here it costs B x (k + k_aux) x d_in.
+    """
+
+    @staticmethod
+    def forward(ctx, x, b_dec, W_enc, b_enc, k: int, dead, k_aux: int):
+        xc = x - b_dec
+        pre = torch.addmm(b_enc, xc, W_enc)  # (B, d_sae)
+        vals, idx = pre.topk(k, dim=-1, sorted=False)
+        vals = vals.relu()
+        aux_vals = aux_idx = None
+        if dead is not None:
+            dead_idx = dead.nonzero().squeeze(-1)
+            aux_vals, pos = pre[:, dead_idx].topk(min(k_aux, len(dead_idx)), dim=-1, sorted=False)
+            aux_vals, aux_idx = aux_vals.relu(), dead_idx[pos]
+        del pre
+        ctx.save_for_backward(xc, W_enc, idx, vals, aux_idx, aux_vals)
+        ctx.mark_non_differentiable(idx)
+        if aux_idx is not None:
+            ctx.mark_non_differentiable(aux_idx)
+        return vals, idx, aux_vals, aux_idx
+
+    @staticmethod
+    def backward(ctx, g_vals, g_idx, g_aux, g_aux_idx):
+        xc, W_enc, idx, vals, aux_idx, aux_vals = ctx.saved_tensors
+        g, flat = g_vals * (vals > 0), idx
+        if aux_idx is not None and g_aux is not None:
+            g, flat = torch.cat([g, g_aux * (aux_vals > 0)], 1), torch.cat([idx, aux_idx], 1)
+        B, kk = flat.shape
+        d_sae = W_enc.shape[1]
+        rows = torch.arange(B, device=flat.device).repeat_interleave(kk)
+        # G: (d_sae, B) sparse gradient w.r.t. the pre-activations, transposed; CSR after coalescing
+        G_t = torch.sparse_coo_tensor(torch.stack([flat.reshape(-1), rows]), g.reshape(-1), (d_sae, B),
+                                      check_invariants=False)
+        grad_W_enc = torch.sparse.mm(G_t, xc).T  # (d_in, d_sae)
+        grad_b_enc = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat.reshape(-1), g.reshape(-1))
+        grad_b_dec = -(W_enc @ grad_b_enc)  # xc = x - b_dec: d/db_dec = -Σ_b G[b] W_enc^T
+        return None, grad_b_dec, grad_W_enc, grad_b_enc, None, None, None
+
+
+@register
+class TopK(SAE):
+    """f = ReLU(TopK_k(pre)); loss = mse + aux_coeff · AuxK; unit-norm decoder rows (Gao et al. 2024)."""
+
+    architecture = "topk"
+    TERMS = ("auxk",)
+    TRAIN_BUFFERS = ("since_fired",)
+
+    def __init__(self, d_in: int, d_sae: int, seed: int | None = 0, k: int = 32, k_aux: int | None = None,
+                 aux_coeff: float = 1 / 32, dead_tokens: int = 200_000):
+        if k > d_sae:
+            raise InputError(f"sae.{self.architecture}.k: {k} must be <= d_sae ({d_sae})")
+        self.k, self.k_aux_param = k, k_aux
+        self.k_aux = k_aux if k_aux is not None else d_in // 2
+        self.aux_coeff, self.dead_tokens = aux_coeff, dead_tokens
+        self.sparse_path: bool | None = None  # None: sparse on CPU, dense on GPU (uses_sparse_path)
+        super().__init__(d_in, d_sae, seed)
+        self.register_buffer("since_fired", torch.zeros(d_sae, dtype=torch.long), persistent=False)
+
+    @torch.no_grad()
+    def init_weights_(self, gen: torch.Generator) -> None:
+        _tied_init_(self, gen)
+
+    @torch.no_grad()
+    def init_from_data_(self, x: torch.Tensor) -> None:
+        self.b_dec.copy_(x.float().mean(0))  # as sparsify (Gao et al.: the geometric median)
+
+    def arch_params(self) -> dict:
+        return {"k": self.k, "k_aux": self.k_aux_param, "aux_coeff": self.aux_coeff, "dead_tokens": self.dead_tokens}
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        vals, idx = pre.topk(self.k, dim=-1)
+        return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
+
+    def dead(self) -> torch.Tensor:
+        """Latents that have not fired for ``dead_tokens`` training tokens (the AuxK set)."""
+        return self.since_fired >= self.dead_tokens
+
+    def uses_sparse_path(self, device: torch.device) -> bool:
+        """The sparse step on CPU (measured faster: benchmarks/topk_speed.py); dense matmuls on a GPU,
+        where they are what the hardware does best, unless ``sparse_path`` says otherwise."""
+        return self.sparse_path if self.sparse_path is not None else device.type == "cpu"
+
+    def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
+        dead = self.dead()
+        dead = dead if self.aux_coeff > 0 and self.k_aux > 0 and bool(dead.any()) else None
+        if self.uses_sparse_path(x.device):
+            vals, idx, aux_vals, aux_idx = TopKEncode.apply(x, self.b_dec, self.W_enc, self.b_enc, self.k, dead, self.k_aux)
+            x_hat = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
+            decode_aux = (lambda: F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_vals, mode="sum"))
+        else:  # dense autograd: (B, d_sae) activations, matmul decoder
+            pre = self.pre_acts(x)
+            vals, idx = pre.topk(self.k, dim=-1, sorted=False)
+            vals = vals.relu()
+            x_hat = self.decode(torch.zeros_like(pre).scatter(-1, idx, vals))
+            aux_idx = None
+            if dead is not None:
+                aux_vals, aux_idx = pre.masked_fill(~dead, float("-inf")).topk(min(self.k_aux, int(dead.sum())), dim=-1)
+                aux_f = torch.zeros_like(pre).scatter(-1, aux_idx, aux_vals.relu())
+                decode_aux = (lambda: aux_f @ self.W_dec)
+        mse = mse_loss(x_hat.float(), x)
+        if aux_idx is not None:
+            auxk = mse_loss(decode_aux().float(), (x - x_hat).detach().float())
+        else:
+            auxk = torch.zeros((), device=x.device)
+        live = vals > 0
+        fired = torch.zeros(self.d_sae, device=x.device).index_add_(0, idx[live], torch.ones(int(live.sum()), device=x.device))
+        return TrainOutput(mse + self.aux_coeff * auxk, mse, (auxk,), fired, live.sum(-1).float().mean())
+
+    @torch.no_grad()
+    def observe_(self, fired: torch.Tensor, n_tokens: int) -> None:
+        self.since_fired += n_tokens
+        self.since_fired[fired > 0] = 0
+
+    def saelens(self):
+        cfg, w = super().saelens()
+        return {**cfg, "architecture": "topk", "k": self.k}, w
+
+
+@register
+class BatchTopK(TopK):
+    """Training: the k·B largest pre-activations of the batch (ReLU). Inference: JumpReLU with one
+    global threshold θ, the mean over the last ``threshold_frac`` of training of each batch's
+    smallest selected activation (Bussmann et al. 2024)."""
+
+    architecture = "batchtopk"
+    TRAIN_BUFFERS = ("since_fired", "theta_sum", "theta_n")
+
+    def __init__(self, d_in: int, d_sae: int, seed: int | None = 0, k: int = 32, k_aux: int | None = None,
+                 aux_coeff: float = 1 / 32, dead_tokens: int = 200_000, threshold_frac: float = 0.1):
+        self.threshold_frac = threshold_frac
+        super().__init__(d_in, d_sae, seed, k, k_aux, aux_coeff, dead_tokens)
+        self.register_buffer("threshold", torch.zeros(d_sae))  # saved: inference reads it
+        self.register_buffer("theta_sum", torch.zeros((), dtype=torch.float64), persistent=False)
+        self.register_buffer("theta_n", torch.zeros((), dtype=torch.float64), persistent=False)
+
+    def arch_params(self) -> dict:
+        return {**super().arch_params(), "threshold_frac": self.threshold_frac}
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        return pre * (pre > self.threshold)
+
+    def batch_topk(self, pre: torch.Tensor) -> torch.Tensor:
+        flat = pre.relu().flatten()
+        vals, idx = flat.topk(min(self.k * len(pre), flat.numel()), sorted=False)
+        return torch.zeros_like(flat).scatter_(0, idx, vals).view_as(pre)
+
+    def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
+        pre = self.pre_acts(x)
+        f = self.batch_topk(pre)
+        x_hat = self.decode(f)
+        mse = mse_loss(x_hat.float(), x)
+        dead = self.dead()
+        if self.aux_coeff > 0 and self.k_aux > 0 and bool(dead.any()):
+            masked = pre.detach().masked_fill(~dead, float("-inf"))
+            _, idx = masked.topk(min(self.k_aux, int(dead.sum())), dim=-1)
+            aux = torch.zeros_like(pre).scatter(-1, idx, pre.gather(-1, idx).relu())
+            auxk = mse_loss((aux @ self.W_dec).float(), (x - x_hat).detach().float())
+        else:
+            auxk = torch.zeros((), device=x.device)
+        if progress >= 1 - self.threshold_frac:
+            with torch.no_grad():
+                live = f[f > 0]
+                if live.numel():
+                    self.theta_sum += live.min().double()
+                    self.theta_n += 1
+        return TrainOutput(mse + self.aux_coeff * auxk, mse, (auxk,), _fires(f), l0(f))
+
+    @torch.no_grad()
+    def finish_training_(self, average=lambda t: t) -> None:
+        n = average(self.theta_n.clone())
+        theta = average(self.theta_sum.clone()) / n if n > 0 else torch.zeros((), dtype=torch.float64)
+        self.threshold.fill_(float(theta))
+
+    @torch.no_grad()
+    def fold_input_scale_(self, s: float) -> None:
+        super().fold_input_scale_(s)
+        self.threshold /= s
+
+    def saelens(self):
+        cfg, w = SAE.saelens(self)
+        return {**cfg, "architecture": "jumprelu"}, {**w, "threshold": self.threshold.detach().float().clone()}
+
+
+# ---------------------------------------------------------------- jumprelu
+
+
+def _rect(u: torch.Tensor) -> torch.Tensor:
+    """Rectangle kernel: 1 on (-1/2, 1/2)."""
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class JumpReLUFn(torch.autograd.Function):
+    """pre · H(pre − θ); ∂/∂pre = H(pre − θ), ∂/∂θ = −(θ/ε)·K((pre − θ)/ε) (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, pre, theta, bandwidth: float):
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx, g):
+        pre, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        g_theta = -(theta / eps) * _rect((pre - theta) / eps) * g
+        return g * (pre > theta), g_theta.sum(0), None
+
+
+class StepFn(torch.autograd.Function):
+    """H(pre − θ); ∂/∂pre = 0, ∂/∂θ = −(1/ε)·K((pre − θ)/ε) (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, pre, theta, bandwidth: float):
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        pre, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        return None, (-(1 / eps) * _rect((pre - theta) / eps) * g).sum(0), None
+
+
+@register
+class JumpReLU(SAE):
+    """f = pre · H(pre − θ) with a learned per-feature θ >= 0; loss = mse + l0_coeff · sparsity, with
+    sparsity = Σ_i H(pre_i − θ_i) ("step") or Σ_i tanh(c · f_i · ‖W_dec[i]‖) ("tanh"); unit-norm decoder.
+
+    θ is a parameter of its own, clamped at 0 after every step (as SAELens trains it), not exp of a
+    log-threshold: with Adam a log-threshold moves by a relative ~lr per step, far too slowly for a
+    run of a few thousand steps."""
+
+    architecture = "jumprelu"
+    TERMS = ("l0_penalty",)
+    FEATURE_AXIS = {**SAE.FEATURE_AXIS, "threshold": 0}
+
+    def __init__(self, d_in: int, d_sae: int, seed: int | None = 0, l0_coeff: float = 1.0, bandwidth: float = 0.05,
+                 threshold_init: float = 0.01, sparsity: str = "tanh", tanh_scale: float = 4.0):
+        self.l0_coeff, self.bandwidth, self.threshold_init = l0_coeff, bandwidth, threshold_init
+        self.sparsity, self.tanh_scale = sparsity, tanh_scale
+        SAE.__init__(self, d_in, d_sae, seed=None)
+        self.threshold = nn.Parameter(torch.full((d_sae,), float(threshold_init)))
+        if seed is not None:
+            self.init_weights_(torch.Generator().manual_seed(seed))
+
+    def arch_params(self) -> dict:
+        return {"l0_coeff": self.l0_coeff, "bandwidth": self.bandwidth, "threshold_init": self.threshold_init,
+                "sparsity": self.sparsity, "tanh_scale": self.tanh_scale}
+
+    @torch.no_grad()
+    def init_weights_(self, gen: torch.Generator) -> None:
+        _tied_init_(self, gen)
+        if hasattr(self, "threshold"):
+            self.threshold.fill_(self.threshold_init)
+
+    @torch.no_grad()
+    def init_from_data_(self, x: torch.Tensor) -> None:
+        self.b_dec.copy_(x.float().mean(0))
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        return pre * (pre > self.threshold)
+
+    def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
+        pre = self.pre_acts(x)
+        f = JumpReLUFn.apply(pre, self.threshold, self.bandwidth)
+        mse = mse_loss(self.decode(f).float(), x)
+        if self.sparsity == "step":
+            penalty = StepFn.apply(pre, self.threshold, self.bandwidth).sum(-1).mean()
+        else:
+            penalty = torch.tanh(self.tanh_scale * f * self.W_dec.norm(dim=-1)).sum(-1).mean()
+        return TrainOutput(mse + self.l0_coeff * penalty, mse, (penalty,), _fires(f), l0(f))
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        super().after_step()
+        self.threshold.clamp_(min=0.0)
+
+    @torch.no_grad()
+    def fold_input_scale_(self, s: float) -> None:
+        super().fold_input_scale_(s)
+        self.threshold /= s
+
+    @torch.no_grad()
+    def resample_rows_(self, idx, dirs, enc_norm):
+        touched = super().resample_rows_(idx, dirs, enc_norm)
+        self.threshold[idx] = self.threshold_init
+        return [*touched, (self.threshold, (idx,))]
+
+    def saelens(self):
+        cfg, w = super().saelens()
+        return {**cfg, "architecture": "jumprelu"}, {**w, "threshold": self.threshold.detach().float().clone()}
+
+
+def build(cfg, d_in: int, seed: int | None = None):
+    """The SAE ``cfg`` (an SAEConfig) describes: its architecture, width and params; seeded by ``seed``
+    (default: ``cfg.seed``)."""
+    from saelab.sae import REGISTRY
+
+    return REGISTRY[cfg.architecture](d_in, cfg.width(d_in), seed=cfg.seed if seed is None else seed, **cfg.arch_params())

@@ -1,0 +1,296 @@
+"""Every registered architecture: its maths, its sparse TopK path, resampling, folding, resume."""
+
+import math
+
+import pytest
+import torch
+
+from saelab.architectures import BatchTopK, JumpReLU, JumpReLUFn, StandardApril, StepFn, TopK, build
+from saelab.config import ARCHITECTURES, SAEConfig
+from saelab.errors import InputError
+from saelab.sae import REGISTRY, SAE, l1_loss, mse_loss
+from saelab.train import Trainer, resample_, train_sae
+
+D, W = 16, 64
+
+
+def _batches(d=D, b=64, seed=0):
+    """Sparse synthetic data: each token is a sum of a few of 32 fixed directions, plus an offset."""
+    g = torch.Generator().manual_seed(seed)
+    dirs, offset = torch.randn(32, d, generator=g), torch.randn(d, generator=g)
+    while True:
+        codes = (torch.rand(b, 32, generator=g) < 0.1).float() * torch.rand(b, 32, generator=g) * 3
+        yield codes @ dirs + offset
+
+
+ARCH_PARAMS = {"topk": {"k": 4, "dead_tokens": 64 * 10}, "batchtopk": {"k": 4, "dead_tokens": 64 * 10},
+               "jumprelu": {"l0_coeff": 0.05, "bandwidth": 0.05, "threshold_init": 0.05}}
+
+
+def _cfg(arch="standard", **kw):
+    base = dict(architecture=arch, expansion=4, l1_coeff=0.05, lr=3e-3, batch_size=64, n_tokens=64 * 200,
+                resample_every=64 * 50, resample_window=64 * 50, lr_warmup_tokens=0, log_every=10, checkpoint_every=0)
+    if arch in ARCH_PARAMS:
+        base[arch] = ARCH_PARAMS[arch]
+    return SAEConfig(**(base | kw))
+
+
+def test_registry_holds_every_configurable_architecture():
+    """params' sae.architecture choices and the registry name the same architectures."""
+    import saelab.architectures  # noqa: F401
+
+    assert set(REGISTRY) == set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_architecture_learns_and_round_trips(arch, tmp_path):
+    """Training lowers the MSE; save/load rebuilds the same architecture with the same outputs."""
+    cfg = _cfg(arch)
+    sae = build(cfg, D, seed=0)
+    rows = []
+    train_sae(sae, _batches(), cfg, torch.device("cpu"), lambda s, r: rows.append(r))
+    assert rows[-1]["mse"] < 0.5 * rows[0]["mse"], (rows[0], rows[-1])
+    assert set(sae.TERMS) <= set(rows[-1])
+    sae.save(tmp_path, {"hook": "h"})
+    back, meta = SAE.load(tmp_path)
+    assert type(back) is type(sae) and meta["architecture"] == arch and back.arch_params() == sae.arch_params()
+    x = next(_batches(seed=5))
+    torch.testing.assert_close(back(x).x_hat, sae(x).x_hat)
+    f = sae.encode(x)
+    assert (f >= 0).all() and torch.equal(sae(x).f, f)
+
+
+def test_trainer_refuses_an_sae_other_than_its_params():
+    with pytest.raises(InputError, match="architectures.build"):
+        Trainer(SAE(D, W, l1_coeff=1.0), _cfg("standard", l1_coeff=0.5), torch.device("cpu"))
+    with pytest.raises(InputError, match="is not the one sae params describe"):
+        Trainer(build(_cfg("topk"), D), _cfg("batchtopk"), torch.device("cpu"))
+
+
+def test_topk_k_larger_than_width_fails_clearly():
+    with pytest.raises(InputError, match=r"sae.topk.k: 100 must be <= d_sae \(64\)"):
+        build(_cfg("topk", topk={"k": 100}), D)
+
+
+# ---------------------------------------------------------------- topk
+
+
+def _dense_topk_reference(sae: TopK, x: torch.Tensor, dead: torch.Tensor | None):
+    """The same loss with dense autograd: scatter the top-k into (B, d_sae), decode by matmul."""
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    v, i = pre.topk(sae.k, dim=-1)
+    f = torch.zeros_like(pre).scatter(-1, i, v.relu())
+    x_hat = f @ sae.W_dec + sae.b_dec
+    loss = mse_loss(x_hat, x)
+    if dead is not None:
+        masked = pre.masked_fill(~dead, float("-inf"))
+        va, ia = masked.topk(min(sae.k_aux, int(dead.sum())), dim=-1)
+        aux = torch.zeros_like(pre).scatter(-1, ia, va.relu())
+        loss = loss + sae.aux_coeff * mse_loss(aux @ sae.W_dec, (x - x_hat).detach())
+    return loss
+
+
+@pytest.mark.parametrize("with_dead", [False, True])
+@pytest.mark.parametrize("sparse_path", [True, False])
+def test_sparse_topk_gradients_equal_dense_autograd(with_dead, sparse_path):
+    """Both training paths (TopKEncode + embedding_bag; dense) give the loss and every gradient of the
+    dense reference formulation, AuxK included."""
+    sae = TopK(D, W, seed=0, k=5, k_aux=6, aux_coeff=0.5, dead_tokens=100)
+    sae.sparse_path = sparse_path
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(0, 0.1)
+        if with_dead:
+            sae.since_fired[::3] = 1000  # every third latent dead
+    x = next(_batches(seed=1))
+    dead = sae.dead() if with_dead else None
+    out = sae(x, train=True)
+    out.loss.backward()
+    sparse = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad()
+    ref = _dense_topk_reference(sae, x, dead)
+    ref.backward()
+    torch.testing.assert_close(out.loss, ref)
+    for n, p in sae.named_parameters():
+        torch.testing.assert_close(sparse[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+    assert (out.terms[0] > 0) == with_dead
+
+
+def test_topk_inference_keeps_exactly_k_and_counts_dead_windows():
+    sae = TopK(D, W, seed=0, k=3, dead_tokens=128)
+    f = sae.encode(torch.randn(10, D) * 5)
+    assert ((f > 0).sum(-1) <= 3).all() and (f > 0).sum() > 0
+    fired = torch.zeros(W)
+    fired[:5] = 1
+    sae.observe_(fired, 64)
+    sae.observe_(fired, 64)
+    assert not sae.dead()[:5].any() and sae.dead()[5:].all()
+
+
+def test_batchtopk_selects_k_times_batch_and_estimates_a_threshold():
+    """Training keeps exactly k·B activations per batch; at the end the JumpReLU threshold is the mean
+    smallest selected activation of the last batches, and inference uses it."""
+    cfg = _cfg("batchtopk", batchtopk={"k": 4, "threshold_frac": 0.5})
+    sae = build(cfg, D, seed=0)
+    x = next(_batches())
+    pre = sae.pre_acts(x)
+    assert int((sae.batch_topk(pre) > 0).sum()) == 4 * len(x)
+    assert float(sae.threshold.max()) == 0.0
+    train_sae(sae, _batches(), cfg, torch.device("cpu"))
+    theta = float(sae.threshold[0])
+    assert theta > 0 and torch.all(sae.threshold == theta)
+    assert theta == pytest.approx(float(sae.theta_sum / sae.theta_n))
+    xs = next(_batches(seed=3))
+    pre = sae.pre_acts(xs)
+    torch.testing.assert_close(sae.encode(xs), pre * (pre > theta))
+    assert 1 < float((sae.encode(xs) > 0).sum(-1).float().mean()) < 4 * 3  # near k: one global threshold
+
+
+# ---------------------------------------------------------------- jumprelu
+
+
+def test_jumprelu_straight_through_gradients_by_hand():
+    """∂/∂θ of JumpReLU is -(θ/ε)·K((pre-θ)/ε), of the step -(1/ε)·K(...); ∂/∂pre passes H(pre-θ)."""
+    pre = torch.tensor([[0.5, 1.02, 2.0], [0.99, 0.0, 3.0]], requires_grad=True)
+    theta = torch.tensor([1.0, 1.0, 1.0], requires_grad=True)
+    eps = 0.1
+    out = JumpReLUFn.apply(pre, theta, eps)
+    assert torch.equal(out.detach(), torch.tensor([[0.0, 1.02, 2.0], [0.0, 0.0, 3.0]]))
+    out.sum().backward()
+    # inside the window |pre - θ| < ε/2: (0,1) 1.02 and (1,0) 0.99 -> column 1 and column 0 each once
+    assert torch.allclose(theta.grad, torch.tensor([-10.0, -10.0, 0.0]))
+    assert torch.equal(pre.grad, torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]]))
+    theta.grad = None
+    StepFn.apply(pre, theta, eps).sum().backward()
+    assert torch.allclose(theta.grad, torch.tensor([-10.0, -10.0, 0.0]))
+
+
+@pytest.mark.parametrize("sparsity", ["step", "tanh"])
+def test_jumprelu_penalty_forms(sparsity):
+    sae = JumpReLU(D, W, seed=0, l0_coeff=0.3, bandwidth=0.05, threshold_init=0.05, sparsity=sparsity, tanh_scale=2.0)
+    x = next(_batches())
+    out = sae(x, train=True)
+    f = sae.encode(x)
+    want = (f > 0).float().sum(-1).mean() if sparsity == "step" else torch.tanh(2.0 * f * sae.W_dec.norm(dim=-1)).sum(-1).mean()
+    torch.testing.assert_close(out.terms[0], want)
+    torch.testing.assert_close(out.loss, out.mse + 0.3 * want)
+
+
+# ---------------------------------------------------------------- standard_april
+
+
+def test_april_initialisation_and_weighted_l1_with_warmup():
+    sae = StandardApril(D, W, seed=0, l1_coeff=2.0, dec_init_norm=0.1, l1_warmup_frac=0.5)
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.full((W,), 0.1))
+    assert torch.equal(sae.W_enc, sae.W_dec.T)
+    x = next(_batches())
+    f = sae.encode(x)
+    l1w = (f * sae.W_dec.norm(dim=-1)).sum(-1).mean()
+    out_half, out_full = sae(x, train=True, progress=0.25), sae(x, train=True, progress=0.9)
+    torch.testing.assert_close(out_half.loss, out_half.mse + 2.0 * 0.5 * l1w)
+    torch.testing.assert_close(out_full.loss, out_full.mse + 2.0 * l1w)
+    assert not torch.allclose(l1w, l1_loss(f))
+
+
+def test_april_leaves_decoder_norms_free():
+    cfg = _cfg("standard_april", l1_coeff=0.5)
+    sae = build(cfg, D, seed=0)
+    train_sae(sae, _batches(), cfg, torch.device("cpu"))
+    norms = sae.W_dec.norm(dim=-1)
+    assert norms.std() > 1e-3 and not torch.allclose(norms, torch.ones(W))
+
+
+# ---------------------------------------------------------------- shared machinery
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_folding_an_input_scale_reads_raw_activations(arch):
+    """An SAE trained on s·x, folded with s, maps raw x to the scaled SAE's output / s."""
+    sae = build(_cfg(arch), D, seed=0)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(0, 0.1)
+        if isinstance(sae, BatchTopK):
+            sae.threshold.fill_(0.3)
+    x, s = next(_batches()), 2.5
+    want_hat, want_f = sae(s * x)
+    sae.fold_input_scale_(s)
+    x_hat, f = sae(x)
+    torch.testing.assert_close(x_hat, want_hat / s, atol=1e-4, rtol=1e-4)
+    assert torch.equal(f > 0, want_f > 0)
+
+
+def test_mean_norm_training_saves_a_raw_space_sae():
+    """normalize_activations: mean_norm trains on s·x with E‖s·x‖² = d_in and folds s back."""
+    cfg = _cfg("standard", normalize_activations="mean_norm")
+    sae = build(cfg, D, seed=0)
+    data = (x * 10 for x in _batches())
+    st = Trainer(sae, cfg, torch.device("cpu")).run(lambda skip: data)
+    first = next(_batches()) * 10
+    assert st.input_scale == pytest.approx(math.sqrt(D / float(first.pow(2).sum(-1).mean())), rel=1e-5)
+    x = next(_batches(seed=9)) * 10
+    ev = 1 - (sae(x).x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert ev > 0.5  # it reconstructs raw activations, not scaled ones
+
+
+@pytest.mark.parametrize("arch", ["standard", "jumprelu", "standard_april"])
+def test_reinit_resampling_redraws_dead_features_only(arch):
+    """resample: reinit gives dead features a fresh draw of the initialisation and zeroes their moments."""
+    sae = build(_cfg(arch), D, seed=0)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    sae(next(_batches()), train=True).loss.backward()
+    opt.step()
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.01)  # move away from any initial value
+    before = {n: p.detach().clone() for n, p in sae.named_parameters()}
+    dead = torch.zeros(W, dtype=torch.bool)
+    dead[[3, 7]] = True
+    assert resample_(sae, opt, dead, next(_batches()), torch.Generator().manual_seed(1), mode="reinit") == 2
+    fresh = build(_cfg(arch), D, seed=None)
+    fresh.init_weights_(torch.Generator().manual_seed(1))
+    for name, axis in sae.FEATURE_AXIS.items():
+        p, b, fr = getattr(sae, name), before[name], getattr(fresh, name)
+        torch.testing.assert_close(p.index_select(axis, torch.tensor([3, 7])), fr.index_select(axis, torch.tensor([3, 7])))
+        keep = torch.tensor([i for i in range(W) if i not in (3, 7)])
+        assert torch.equal(p.index_select(axis, keep), b.index_select(axis, keep))
+        assert (opt.state[p]["exp_avg"].index_select(axis, torch.tensor([3, 7])) == 0).all()
+
+
+def test_auto_resampling_is_the_seed_recipe_for_standard_only():
+    assert _cfg("standard").resample_mode() == "anthropic"
+    assert {_cfg(a).resample_mode() for a in ARCHITECTURES if a != "standard"} == {"none"}
+    assert _cfg("topk", resample="reinit").resample_mode() == "reinit"
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu"])
+def test_resume_from_a_snapshot_is_exact(arch):
+    """Checkpoint mid-run (training-only buffers included: TopK's dead counters, BatchTopK's threshold
+    sums), restore into a fresh trainer, finish: identical weights to the uninterrupted run."""
+    cfg = _cfg(arch, resample="anthropic", resample_threshold=0.05)
+
+    def make():
+        return Trainer(build(cfg, D, seed=0), cfg, torch.device("cpu"))
+
+    full = make()
+    full.run(lambda skip: _skipping(skip))
+    part = make()
+    with pytest.raises(KeyboardInterrupt):  # interrupted after 130 steps, before finish_training_
+        part.run(lambda skip: _skipping(skip, stop_after=130))
+    snap = part.snapshot()
+    resumed = make()
+    resumed.restore(*snap)
+    resumed.run(lambda skip: _skipping(skip))
+    for (n, a), b in zip(full.sae.state_dict().items(), resumed.sae.state_dict().values()):
+        assert torch.equal(a, b), n
+    assert resumed.state.n_resampled == full.state.n_resampled
+
+
+def _skipping(skip_tokens: int, b: int = 64, stop_after: int | None = None):
+    it = _batches(b=b)
+    for _ in range(skip_tokens // b):
+        next(it)
+    for i, x in enumerate(it):
+        if i == stop_after:
+            raise KeyboardInterrupt
+        yield x
