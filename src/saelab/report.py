@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from saelab.errors import MissingInput
 
 CURVES = ("loss", "mse", "l1", "l0", "frac_dead_window", "frac_ultra_low_window", "lr")
+NOT_CURVES = ("window_tokens",)  # logged for resumption arithmetic, not a training curve
 
 
 def density_histogram(freq: np.ndarray, n_tokens: int, bins: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -59,6 +60,8 @@ def read_dvclive_tsv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def plot_curves(out_png: Path, live_dir: Path, batch_size: int) -> None:
     metric_dir = live_dir / "plots" / "metrics"
     names = [n for n in CURVES if (metric_dir / f"{n}.tsv").exists()]
+    # each architecture's own loss term (auxk, l0_penalty, l1_weighted, ...) after the shared curves
+    names += sorted(p.stem for p in metric_dir.glob("*.tsv") if p.stem not in CURVES and p.stem not in NOT_CURVES)
     if not names:
         raise MissingInput(f"{metric_dir}: no DVCLive curves found (rerun `dvc repro train`)")
     fig, axes = plt.subplots(len(names), 1, figsize=(7, 2.0 * len(names)), sharex=True)
