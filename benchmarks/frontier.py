@@ -4,7 +4,8 @@
     python benchmarks/frontier.py --saelens-python .venv-saelens/bin/python \
         [--n-tokens 307200] [--d-sae 2048] [--batch-size 2048] [--lr 3e-3] [--ce-tokens 32768] \
         [--out benchmarks/results/frontier_cpu]
-    # GPU budget (if you have one): --n-tokens 20000000 --d-sae 16384 --batch-size 4096 --ce-tokens 131072
+    # GPU budget (if you have one): --n-tokens 1900000 --d-sae 16384 --batch-size 4096 --ce-tokens 131072
+    # (the training tokens are held in memory, so the budget is the cache: cache more with activations.n_tokens)
 
 Every trainer reads the same first ``--n-tokens`` of the activation cache in the same order
 (benchmarks/harness.py), with the same width, batch, Adam betas and constant lr; everything
@@ -105,7 +106,7 @@ def load_trained(out: Path, trainer: str, value) -> "torch.nn.Module":
         sae = TopK(d_in, d_sae, seed=None, k=int(value))
     else:
         sae = JumpReLU(d_in, d_sae, seed=None)
-    sae.load_state_dict({k: v.float() for k, v in w.items()})
+        w["threshold"] = w["threshold"].clamp_min(0)  # SAELens clamps θ before each forward; the last step may dip below    sae.load_state_dict({k: v.float() for k, v in w.items()})
     return sae
 
 

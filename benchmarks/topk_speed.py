@@ -4,7 +4,7 @@
     python benchmarks/topk_speed.py --saelens-python .venv-saelens/bin/python \
         --sparsify-python .venv-sparsify/bin/python [--steps 40] [--lr 1e-3] \
         [--out benchmarks/results/topk_speed_cpu.json]
-    # on a GPU add --device cuda (saelab then takes its dense path unless --trainers saelab-sparse)
+    # on a GPU add --device cuda: saelab-dense is then the path the pipeline takes there by default
 
 Every trainer runs in a process of its own on the same ``--steps`` batches of the activation
 cache (benchmarks/harness.py: the clock starts after ``--warmup`` steps), with the same width, k,
@@ -24,6 +24,11 @@ The roofline part counts the FLOPs a step needs: dense, 5 matmuls of 2·B·d_in�
 the encoder's forward matmul (2·B·d_in·d_sae) and four B·k·d_in products (decoder forward, the
 decoder's and the activations' gradients, the encoder's gradient), and compares the step with
 the encoder matmul alone timed on this machine, the part no TopK trainer can skip.
+
+tokens/s is measured on ``--steps`` steps; recipes differ in how far those steps get (init,
+decoder-norm handling), so ``equal_mse`` also compares wall time at equal MSE: ``saelab-long``
+trains ``--long-factor`` times as many steps, and where its final MSE is at or below a peer's,
+peer seconds / saelab-long seconds is a lower bound on saelab's speed-up at that MSE.
 """
 
 from __future__ import annotations
@@ -80,6 +85,22 @@ def score(weights_file: Path, x_eval: torch.Tensor, k: int) -> dict:
     return {"mse": sse / len(x_eval), "explained_variance": 1 - sse / total}
 
 
+def equal_mse(results: dict) -> dict:
+    """saelab at equal MSE: where saelab-long's final MSE is at or below a peer's, its whole timed run is an
+    upper bound on saelab's time to that MSE, so peer seconds / saelab-long seconds is a lower bound on
+    the speed-up at equal MSE (None where saelab-long does not reach the peer's MSE)."""
+    long = results.get("saelab-long")
+    out = {}
+    for name, r in results.items():
+        if name.startswith("saelab") or long is None:
+            continue
+        ok = long["mse"] <= r["mse"]
+        out[name] = {"peer_mse": r["mse"], "saelab_long_mse": long["mse"], "peer_seconds": r["timed_seconds"],
+                     "saelab_long_seconds": long["timed_seconds"],
+                     "speedup_at_peer_mse_at_least": r["timed_seconds"] / long["timed_seconds"] if ok else None}
+    return out
+
+
 def roofline(d_in: int, d_sae: int, batch: int, k: int, seconds_per_step: dict, device: str, reps: int = 5) -> dict:
     """FLOPs per token of the dense and the sparse step, and the encoder matmul's own time on this machine."""
     x, w, b = torch.randn(batch, d_in, device=device), torch.randn(d_in, d_sae, device=device), torch.zeros(d_sae, device=device)
@@ -98,7 +119,7 @@ def roofline(d_in: int, d_sae: int, batch: int, k: int, seconds_per_step: dict, 
            "encoder_matmul_seconds": enc, "encoder_matmul_gflop_per_s": 2 * batch * d_in * d_sae / enc / 1e9,
            "ceiling_tokens_per_s": batch / enc}
     for name, s in seconds_per_step.items():
-        flop = sparse_flop if name in ("saelab", "sae-lens-sparse", "sparsify") else dense_flop
+        flop = sparse_flop if name in ("saelab", "saelab-long", "sae-lens-sparse", "sparsify") else dense_flop
         out[name] = {"gflop_per_s_needed": flop * batch / s / 1e9, "fraction_of_encoder_ceiling": enc / s}
     return out
 
@@ -116,9 +137,13 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999))
     p.add_argument("--eval-tokens", type=int, default=16_384)
-    p.add_argument("--dead-tokens", type=int, default=10_000_000, help="AuxK dead window (tokens); same for all")
+    p.add_argument("--dead-tokens", type=int, default=81_920,
+                   help="AuxK dead window (tokens; SAELens gets it in steps); short enough that AuxK runs in every trainer")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--trainers", nargs="+", default=["saelab", "saelab-dense", "sae-lens", "sae-lens-sparse", "sparsify"])
+    p.add_argument("--trainers", nargs="+",
+                   default=["saelab", "saelab-long", "saelab-dense", "sae-lens", "sae-lens-sparse", "sparsify"])
+    p.add_argument("--long-factor", type=int, default=3,
+                   help="saelab-long trains this many times --steps (more tokens), to compare at equal MSE")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/topk_speed_cpu.json"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
@@ -131,12 +156,16 @@ def main() -> None:
 
     cache = ActivationCache(args.cache)
     n_train = args.steps * args.batch_size
+    n_long = n_train * args.long_factor
+    if n_long + args.eval_tokens > cache.n_tokens:
+        raise SystemExit(f"{n_long + args.eval_tokens} training + eval tokens but {args.cache} holds {cache.n_tokens}: "
+                         "held-out tokens would repeat training ones; lower --steps or --long-factor")
     results = {}
     with tempfile.TemporaryDirectory(prefix="saelab-topk-") as tmp:
         tmp = Path(tmp)
-        allx = next(cache.batches(n_train + args.eval_tokens)).float().numpy()  # stored order: same for every trainer
-        np.save(tmp / "train.npy", allx[:n_train])
-        x_eval = torch.from_numpy(allx[n_train:].copy())
+        allx = next(cache.batches(n_long + args.eval_tokens)).float().numpy()  # stored order: same for every trainer
+        np.save(tmp / "train.npy", allx[:n_long])  # every trainer reads its first n_train; saelab-long all of it
+        x_eval = torch.from_numpy(allx[n_long:].copy())
         del allx
         base = {"data": str(tmp / "train.npy"), "d_in": cache.d, "d_sae": args.d_sae, "k": args.k,
                 "batch_size": args.batch_size, "n_steps": args.steps, "warmup": args.warmup, "lr": args.lr,
@@ -146,8 +175,9 @@ def main() -> None:
         for name in args.trainers:
             out = tmp / name
             out.mkdir()
-            spec = {**base, "out": str(out), "sparse_path": name == "saelab" if args.device == "cpu" else name != "saelab-dense",
-                    "sparse_activations": name == "sae-lens-sparse"}
+            spec = {**base, "out": str(out), "sparse_path": name != "saelab-dense",
+                    "sparse_activations": name == "sae-lens-sparse",
+                    "n_steps": args.steps * (args.long_factor if name == "saelab-long" else 1)}
             (out / "spec.json").write_text(json.dumps(spec))
             py = {"sae-lens": args.saelens_python, "sae-lens-sparse": args.saelens_python,
                   "sparsify": args.sparsify_python}.get(name)
@@ -158,12 +188,20 @@ def main() -> None:
             cmd = [str(py), str(script), str(out / "spec.json")] if py else [
                 sys.executable, __file__, "--worker", "--spec", str(out / "spec.json")]
             print(f"== {name}: {args.steps} steps of {args.batch_size}, {cache.d} -> {args.d_sae}, k {args.k}", flush=True)
-            subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent / 'src'}"})
+            run = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent / 'src'}"},
+                                 stderr=subprocess.PIPE, text=True)
+            if run.returncode != 0:  # a peer's failure is a result too: recorded, not fatal
+                err = [line for line in run.stderr.splitlines() if "Error" in line][-1:] or run.stderr.splitlines()[-1:]
+                results[name] = {"error": err[0][:500]}
+                print(f"{name} failed: {results[name]['error']}", flush=True)
+                continue
             r = json.loads((out / "result.json").read_text())
             results[name] = {**{k: r[k] for k in ("tokens_per_s", "timed_seconds", "timed_tokens", "peak_rss_mb")},
                              **score(out / "sae.safetensors", x_eval, args.k)}
             print(json.dumps(results[name]), flush=True)
 
+    failed = {n: r for n, r in results.items() if "error" in r}
+    results = {n: r for n, r in results.items() if "error" not in r}
     ref = results.get("saelab")
     for name, r in results.items():
         if ref:
@@ -177,7 +215,8 @@ def main() -> None:
         "steps": args.steps, "warmup_steps": args.warmup, "lr": args.lr, "betas": list(args.betas),
         "eval_tokens": args.eval_tokens, "command": "python benchmarks/topk_speed.py " + " ".join(sys.argv[1:]),
         "goals": {"vs_sae_lens": ">= 1.5x tokens/s", "vs_sparsify": ">= 1.2x tokens/s", "mse": "within 1%"},
-        "results": results, "roofline": roofline(cache.d, args.d_sae, args.batch_size, args.k, sec, args.device),
+        "results": results, "failed": failed,
+        "equal_mse": equal_mse(results), "roofline": roofline(cache.d, args.d_sae, args.batch_size, args.k, sec, args.device),
     }
     print(f"{'trainer':16} {'tok/s':>8} {'saelab x':>9} {'MSE':>8} {'vs saelab':>9} {'peak RSS MB':>11}")
     for name, r in results.items():

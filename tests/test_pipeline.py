@@ -298,6 +298,8 @@ def test_every_architecture_runs_the_whole_pipeline(repo, tmp_path, arch):
     m = json.loads((clone / "metrics/evaluate.json").read_text())
     assert all(isinstance(v, float) and v == v for v in m.values()), m
     assert json.loads((clone / "metrics/train/seed-0.json").read_text())["architecture"] == arch
+    d_sae = cfg["d_sae"]
+    assert m["l0"] < d_sae / 4, "a sparse code at inference (BatchTopK: its threshold was estimated)"
     for p in ("metrics/analysis.json", "metrics/compare.json", "reports/index.html", "reports/figures/analysis/topk.png"):
         assert (clone / p).exists(), p
     assert "up to date" in _run(["dvc", "status"], clone).stdout

@@ -130,9 +130,9 @@ class TopKEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_vals, g_idx, g_aux, g_aux_idx):
         xc, W_enc, idx, vals, aux_idx, aux_vals = ctx.saved_tensors
-        g, flat = g_vals * (vals > 0), idx
+        g, flat = (g_vals * (vals > 0)).to(xc.dtype), idx  # bf16 under autocast: gradients in the weights' dtype
         if aux_idx is not None and g_aux is not None:
-            g, flat = torch.cat([g, g_aux * (aux_vals > 0)], 1), torch.cat([idx, aux_idx], 1)
+            g, flat = torch.cat([g, (g_aux * (aux_vals > 0)).to(xc.dtype)], 1), torch.cat([idx, aux_idx], 1)
         B, kk = flat.shape
         d_sae = W_enc.shape[1]
         rows = torch.arange(B, device=flat.device).repeat_interleave(kk)
@@ -193,8 +193,10 @@ class TopK(SAE):
         dead = dead if self.aux_coeff > 0 and self.k_aux > 0 and bool(dead.any()) else None
         if self.uses_sparse_path(x.device):
             vals, idx, aux_vals, aux_idx = TopKEncode.apply(x, self.b_dec, self.W_enc, self.b_enc, self.k, dead, self.k_aux)
+            vals = vals.to(self.W_dec.dtype)  # under bf16 autocast the encoder's matmul gives bf16
             x_hat = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
-            decode_aux = (lambda: F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_vals, mode="sum"))
+            decode_aux = (lambda: F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_vals.to(self.W_dec.dtype),
+                                                  mode="sum"))
         else:  # dense autograd: (B, d_sae) activations, matmul decoder
             pre = self.pre_acts(x)
             vals, idx = pre.topk(self.k, dim=-1, sorted=False)
@@ -252,6 +254,9 @@ class BatchTopK(TopK):
         vals, idx = flat.topk(min(self.k * len(pre), flat.numel()), sorted=False)
         return torch.zeros_like(flat).scatter_(0, idx, vals).view_as(pre)
 
+    def train_activations(self, x: torch.Tensor) -> torch.Tensor:
+        return self.batch_topk(self.pre_acts(x))
+
     def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
         pre = self.pre_acts(x)
         f = self.batch_topk(pre)
@@ -276,8 +281,10 @@ class BatchTopK(TopK):
     @torch.no_grad()
     def finish_training_(self, average=lambda t: t) -> None:
         n = average(self.theta_n.clone())
-        theta = average(self.theta_sum.clone()) / n if n > 0 else torch.zeros((), dtype=torch.float64)
-        self.threshold.fill_(float(theta))
+        if n <= 0:  # config validation rules this out; kept so a θ of 0 (plain ReLU) can never pass silently
+            raise InputError("batchtopk: no training step estimated the inference threshold; raise "
+                             "sae.batchtopk.threshold_frac or sae.n_tokens")
+        self.threshold.fill_(float(average(self.theta_sum.clone()) / n))
 
     @torch.no_grad()
     def fold_input_scale_(self, s: float) -> None:

@@ -8,6 +8,7 @@ cannot silently fall back to a default.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Literal, Optional
@@ -196,6 +197,12 @@ class SAEConfig(_Section):
             raise ValueError(
                 f"sae.stream_buffer_tokens ({self.stream_buffer_tokens}) must be at least 2 x sae.batch_size "
                 f"({self.batch_size}): half the buffer is handed out per refill"
+            )
+        steps = self.n_tokens // self.batch_size
+        if self.architecture == "batchtopk" and steps - math.ceil(steps * (1 - self.batchtopk.threshold_frac)) < 1:
+            raise ValueError(
+                f"sae.batchtopk.threshold_frac ({self.batchtopk.threshold_frac}) x {steps} training steps leaves no "
+                "step to estimate the inference threshold from; raise it or sae.n_tokens"
             )
         if self.resample_window > self.resample_every:
             raise ValueError(

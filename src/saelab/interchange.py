@@ -6,7 +6,7 @@
   ``sae_lens.SAE.load_from_disk(folder)`` loads it. Every architecture subtracts b_dec before
   encoding (``apply_b_dec_to_input: true``). standard and standard_april export as SAELens's
   ``standard``, topk as ``topk`` (with ``k``), batchtopk as ``jumprelu`` with its global
-  threshold in every entry, jumprelu as ``jumprelu`` with θ = exp(log_threshold).
+  threshold in every entry, jumprelu as ``jumprelu`` with its learned θ.
   ``metadata.sae_lens_version`` must be present: without it SAELens 6 treats the file as a
   pre-6.0 config and rebuilds ``metadata`` from top-level keys only, dropping hook_name,
   model_name and context_size (sae_lens/loading/pretrained_sae_loaders.py,

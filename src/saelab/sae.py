@@ -110,6 +110,10 @@ class SAE(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.activate(self.pre_acts(x))
 
+    def train_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """f as training computes it (differs from ``encode`` only for BatchTopK)."""
+        return self.encode(x)
+
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.W_dec + self.b_dec
 

@@ -86,7 +86,8 @@ def resample_(sae: SAE, opt: torch.optim.Adam, dead: torch.Tensor, x: torch.Tens
     if mode == "reinit":
         touched = sae.reinit_rows_(idx, gen)
     else:
-        weights = resample_probabilities((sae(x).x_hat - x).pow(2).sum(-1)).float().cpu()
+        x_hat = sae.decode(sae.train_activations(x))  # the model being trained (BatchTopK: batch top-k, not θ)
+        weights = resample_probabilities((x_hat - x).pow(2).sum(-1)).float().cpu()
         picks = torch.multinomial(weights, idx.numel(), replacement=idx.numel() > len(x), generator=gen)
         dirs = x[picks.to(x.device)].float() - sae.b_dec
         dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (n_dead, d_in)
@@ -163,7 +164,11 @@ class Trainer:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         if cfg.batch_size % self.world:
             raise InputError(f"sae.batch_size: {cfg.batch_size} must be divisible by the {self.world} processes")
-        self.forward = torch.nn.parallel.DistributedDataParallel(sae) if self.world > 1 else None
+        # broadcast_buffers off: training buffers are either identical on every rank by construction
+        # (TopK's dead counters, from fire counts summed over ranks) or per-rank sums averaged at the end
+        # (BatchTopK's threshold), which rank 0's copy must not overwrite every step
+        self.forward = (torch.nn.parallel.DistributedDataParallel(sae, broadcast_buffers=False)
+                        if self.world > 1 else None)
         self.sched = Schedule.from_config(cfg)
         # Fused Adam (one kernel for all parameters) where the device has it; same maths as the loop version.
         self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
