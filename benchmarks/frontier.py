@@ -39,7 +39,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import TimedBatches, finish  # noqa: E402
+from harness import TimedBatches, finish, worker_env  # noqa: E402
 from reader import cpu_model  # noqa: E402
 
 # (trainer, family) -> (architecture, sparsity knob, its values, fixed settings). SAELens's "standard" is
@@ -286,7 +286,7 @@ def main() -> None:
                 else:
                     cmd = [sys.executable, __file__, "--worker", trainer, "--spec", str(out / "spec.json")]
                 print(f"== {trainer} {family} {knob}={value}: {n_steps} steps of {args.batch_size}", flush=True)
-                subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent / 'src'}"})
+                subprocess.run(cmd, check=True, env=worker_env())
                 timing = json.loads((out / "result.json").read_text())
                 metrics = score(load_trained(out, trainer, value), ctx)
                 results.append({"trainer": trainer, "arch": family, "architecture": arch, "knob": knob, "value": value,

@@ -7,6 +7,7 @@ SAELens environment too (trainers.py puts src/ on its PYTHONPATH).
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -15,6 +16,12 @@ import torch
 from safetensors.torch import save_file
 
 from saelab.memory import peak_rss_mb  # stdlib only: importable from the SAELens environment via PYTHONPATH
+
+
+def worker_env() -> dict:
+    """Environment of a worker process: benchmarks/ and src/ importable, from any venv."""
+    here = Path(__file__).resolve().parent
+    return {**os.environ, "PYTHONPATH": f"{here}{os.pathsep}{here.parent / 'src'}"}
 
 
 class TimedBatches:

@@ -48,7 +48,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import TimedBatches, finish  # noqa: E402
+from harness import TimedBatches, finish, worker_env  # noqa: E402
 from reader import cpu_model  # noqa: E402
 
 
@@ -188,7 +188,7 @@ def main() -> None:
             cmd = [str(py), str(script), str(out / "spec.json")] if py else [
                 sys.executable, __file__, "--worker", "--spec", str(out / "spec.json")]
             print(f"== {name}: {args.steps} steps of {args.batch_size}, {cache.d} -> {args.d_sae}, k {args.k}", flush=True)
-            run = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent / 'src'}"},
+            run = subprocess.run(cmd, env=worker_env(),
                                  stderr=subprocess.PIPE, text=True)
             if run.returncode != 0:  # a peer's failure is a result too: recorded, not fatal
                 err = [line for line in run.stderr.splitlines() if "Error" in line][-1:] or run.stderr.splitlines()[-1:]

@@ -38,7 +38,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import TimedBatches, finish  # noqa: E402
+from harness import TimedBatches, finish, worker_env  # noqa: E402
 from reader import cpu_model  # noqa: E402
 
 
@@ -192,7 +192,7 @@ def main() -> None:
             else:
                 cmd = [sys.executable, __file__, "--worker", name, "--out", str(out / "spec.json")]
             print(f"== {key}: {n_steps} steps of {args.batch_size} on {device}", flush=True)
-            subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent / 'src'}"})
+            subprocess.run(cmd, check=True, env=worker_env())
             results[key] = {"trainer": name, "l1_coeff": l1, **json.loads((out / "result.json").read_text()),
                             **score(out / "sae.safetensors", x_eval)}
 

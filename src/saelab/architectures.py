@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from saelab.errors import InputError
-from saelab.sae import SAE, TrainOutput, l0, mse_loss, register
+from saelab.sae import SAE, TrainOutput, fires, l0, mse_loss, register
 
 
 @torch.no_grad()
@@ -39,11 +39,6 @@ def _tied_init_(sae: SAE, gen: torch.Generator, norm: float = 1.0) -> None:
     sae.W_enc.copy_(sae.W_dec.T)
     sae.b_enc.zero_()
     sae.b_dec.zero_()
-
-
-def _fires(f: torch.Tensor) -> torch.Tensor:
-    """Per-feature fire counts of a batch: (B, d_sae) -> (d_sae,) float."""
-    return (f > 0).sum(0).float()
 
 
 # ---------------------------------------------------------------- standard_april
@@ -74,7 +69,7 @@ class StandardApril(SAE):
         mse = mse_loss(self.decode(f).float(), x)
         l1w = (f.float() * self.W_dec.norm(dim=-1)).sum(-1).mean()
         warm = min(1.0, progress / self.l1_warmup_frac) if self.l1_warmup_frac > 0 else 1.0
-        return TrainOutput(mse + self.l1_coeff * warm * l1w, mse, (l1w,), _fires(f), l0(f))
+        return TrainOutput(mse + self.l1_coeff * warm * l1w, mse, (l1w,), fires(f), l0(f))
 
     @torch.no_grad()
     def before_step(self) -> None:
@@ -183,32 +178,40 @@ class TopK(SAE):
         """Latents that have not fired for ``dead_tokens`` training tokens (the AuxK set)."""
         return self.since_fired >= self.dead_tokens
 
+    def auxk_dead(self) -> torch.Tensor | None:
+        """The dead latents when AuxK is on and there are any, else None (no AuxK this step)."""
+        dead = self.dead()
+        return dead if self.aux_coeff > 0 and self.k_aux > 0 and bool(dead.any()) else None
+
+    def dense_aux_acts(self, pre: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+        """(B, d_sae) AuxK activations: ReLU of the k_aux largest pre-activations among ``dead`` latents."""
+        aux_vals, aux_idx = pre.masked_fill(~dead, float("-inf")).topk(min(self.k_aux, int(dead.sum())), dim=-1)
+        return torch.zeros_like(pre).scatter(-1, aux_idx, aux_vals.relu())
+
     def uses_sparse_path(self, device: torch.device) -> bool:
         """The sparse step on CPU (measured faster: benchmarks/topk_speed.py); dense matmuls on a GPU,
         where they are what the hardware does best, unless ``sparse_path`` says otherwise."""
         return self.sparse_path if self.sparse_path is not None else device.type == "cpu"
 
     def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
-        dead = self.dead()
-        dead = dead if self.aux_coeff > 0 and self.k_aux > 0 and bool(dead.any()) else None
+        dead = self.auxk_dead()
         if self.uses_sparse_path(x.device):
             vals, idx, aux_vals, aux_idx = TopKEncode.apply(x, self.b_dec, self.W_enc, self.b_enc, self.k, dead, self.k_aux)
             vals = vals.to(self.W_dec.dtype)  # under bf16 autocast the encoder's matmul gives bf16
             x_hat = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
-            decode_aux = (lambda: F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_vals.to(self.W_dec.dtype),
-                                                  mode="sum"))
+            decode_aux = None if aux_idx is None else (
+                lambda: F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_vals.to(self.W_dec.dtype), mode="sum"))
         else:  # dense autograd: (B, d_sae) activations, matmul decoder
             pre = self.pre_acts(x)
             vals, idx = pre.topk(self.k, dim=-1, sorted=False)
             vals = vals.relu()
             x_hat = self.decode(torch.zeros_like(pre).scatter(-1, idx, vals))
-            aux_idx = None
+            decode_aux = None
             if dead is not None:
-                aux_vals, aux_idx = pre.masked_fill(~dead, float("-inf")).topk(min(self.k_aux, int(dead.sum())), dim=-1)
-                aux_f = torch.zeros_like(pre).scatter(-1, aux_idx, aux_vals.relu())
+                aux_f = self.dense_aux_acts(pre, dead)
                 decode_aux = (lambda: aux_f @ self.W_dec)
         mse = mse_loss(x_hat.float(), x)
-        if aux_idx is not None:
+        if decode_aux is not None:
             auxk = mse_loss(decode_aux().float(), (x - x_hat).detach().float())
         else:
             auxk = torch.zeros((), device=x.device)
@@ -262,12 +265,9 @@ class BatchTopK(TopK):
         f = self.batch_topk(pre)
         x_hat = self.decode(f)
         mse = mse_loss(x_hat.float(), x)
-        dead = self.dead()
-        if self.aux_coeff > 0 and self.k_aux > 0 and bool(dead.any()):
-            masked = pre.detach().masked_fill(~dead, float("-inf"))
-            _, idx = masked.topk(min(self.k_aux, int(dead.sum())), dim=-1)
-            aux = torch.zeros_like(pre).scatter(-1, idx, pre.gather(-1, idx).relu())
-            auxk = mse_loss((aux @ self.W_dec).float(), (x - x_hat).detach().float())
+        dead = self.auxk_dead()
+        if dead is not None:
+            auxk = mse_loss((self.dense_aux_acts(pre, dead) @ self.W_dec).float(), (x - x_hat).detach().float())
         else:
             auxk = torch.zeros((), device=x.device)
         if progress >= 1 - self.threshold_frac:
@@ -276,7 +276,7 @@ class BatchTopK(TopK):
                 if live.numel():
                     self.theta_sum += live.min().double()
                     self.theta_n += 1
-        return TrainOutput(mse + self.aux_coeff * auxk, mse, (auxk,), _fires(f), l0(f))
+        return TrainOutput(mse + self.aux_coeff * auxk, mse, (auxk,), fires(f), l0(f))
 
     @torch.no_grad()
     def finish_training_(self, average=lambda t: t) -> None:
@@ -384,7 +384,7 @@ class JumpReLU(SAE):
             penalty = StepFn.apply(pre, self.threshold, self.bandwidth).sum(-1).mean()
         else:
             penalty = torch.tanh(self.tanh_scale * f * self.W_dec.norm(dim=-1)).sum(-1).mean()
-        return TrainOutput(mse + self.l0_coeff * penalty, mse, (penalty,), _fires(f), l0(f))
+        return TrainOutput(mse + self.l0_coeff * penalty, mse, (penalty,), fires(f), l0(f))
 
     @torch.no_grad()
     def after_step(self) -> None:

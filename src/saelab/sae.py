@@ -130,7 +130,7 @@ class SAE(nn.Module):
         f = self.encode(x)
         mse = mse_loss(self.decode(f).float(), x)
         l1 = l1_loss(f.float())
-        return TrainOutput(mse + self.l1_coeff * l1, mse, (l1,), (f > 0).sum(0).float(), l0(f))
+        return TrainOutput(mse + self.l1_coeff * l1, mse, (l1,), fires(f), l0(f))
 
     @torch.no_grad()
     def before_step(self) -> None:
@@ -244,6 +244,11 @@ def mse_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def l1_loss(f: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of sum_i |f_i|: (B, d_sae) -> (). Independent of batch size."""
     return f.abs().sum(-1).mean()
+
+
+def fires(f: torch.Tensor) -> torch.Tensor:
+    """Per-feature count of tokens on which each feature is active: (B, d_sae) -> (d_sae,) float."""
+    return (f > 0).sum(0).float()
 
 
 def l0(f: torch.Tensor) -> torch.Tensor:
