@@ -25,6 +25,7 @@ goals), ``frontier_mse.png`` and ``frontier_ce.png`` (L0 vs MSE and vs CE loss r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -49,7 +50,8 @@ JUMPRELU = {"bandwidth": 0.05, "threshold_init": 0.01}  # both tools alike (SAEL
 GRID = {
     ("saelab", "standard"): ("standard", "l1_coeff", [0.5, 1.0, 2.0], {}),
     ("saelab", "standard_april"): ("standard_april", "l1_coeff", [1.0, 2.0, 4.0], {}),
-    ("saelab", "topk"): ("topk", "k", [16, 32, 64], {}),
+    ("saelab", "topk"): ("topk", "k", [4, 8, 16, 32, 64, 128], {}),
+    ("saelab", "topk-unit"): ("topk", "k", [16, 32, 64], {"decoder": "unit", "aux_coeff": 1 / 32}),
     ("saelab", "batchtopk"): ("batchtopk", "k", [16, 32, 64], {}),
     ("saelab", "jumprelu"): ("jumprelu", "l0_coeff", [0.1, 0.3, 1.0], {**JUMPRELU, "sparsity": "tanh"}),
     ("saelab", "jumprelu-step"): ("jumprelu", "l0_coeff", [0.3, 1.0, 3.0], {**JUMPRELU, "sparsity": "step"}),
@@ -72,7 +74,9 @@ def run_saelab(spec: dict) -> None:
     from saelab.train import Trainer
 
     arch, knob, value = spec["arch"], spec["knob"], spec["value"]
-    sections = {"topk": {"k": value}, "batchtopk": {"k": value}, "jumprelu": {"l0_coeff": value, **spec["fixed"]}}
+    dead = {"dead_tokens": spec["dead_tokens"]}
+    sections = {"topk": {"k": value, **dead, **spec["fixed"]}, "batchtopk": {"k": value, **dead, **spec["fixed"]},
+                "jumprelu": {"l0_coeff": value, **spec["fixed"]}}
     cfg = SAEConfig(architecture=arch, d_sae=spec["d_sae"], lr=spec["lr"], beta1=spec["betas"][0], beta2=spec["betas"][1],
                     batch_size=spec["batch_size"], n_tokens=spec["n_steps"] * spec["batch_size"], seed=0,
                     lr_warmup_tokens=0, lr_decay_frac=0.0, checkpoint_every=0, device=spec["device"],
@@ -106,7 +110,7 @@ def load_trained(out: Path, trainer: str, value) -> "torch.nn.Module":
         sae = TopK(d_in, d_sae, seed=None, k=int(value))
     else:
         sae = JumpReLU(d_in, d_sae, seed=None)
-        w["threshold"] = w["threshold"].clamp_min(0)  # SAELens clamps θ before each forward; the last step may dip below    sae.load_state_dict({k: v.float() for k, v in w.items()})
+    sae.load_state_dict({k: v.float() for k, v in w.items()})
     return sae
 
 
@@ -190,7 +194,8 @@ def write_outputs(report: dict, out: Path) -> None:
     cols = ("trainer", "arch", "knob", "value", "l0", "mse", "explained_variance", "ce_recovered_zero", "frac_dead",
             "frac_ultra_low", "tokens_per_s")
     lines = [f"Hardware: {report['hardware']}. {report['train_tokens']:,} training tokens per run, d_sae {report['d_sae']}, "
-             f"batch {report['batch_size']}, lr {report['lr']} constant; scored on {res[0]['eval_tokens']:,} held-out "
+             f"batch {report['batch_size']}, lr {report['lr']} constant, AuxK dead window {report.get('dead_tokens', 204_800):,} "
+             f"tokens (both tools); scored on {res[0]['eval_tokens']:,} held-out "
              f"tokens (CE on {res[0]['ce_eval_tokens']:,}). Regenerate: `{report['command']}`.", "",
              "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for r in sorted(res, key=lambda r: (r["trainer"], r["arch"], r["l0"])):
@@ -230,6 +235,11 @@ def write_outputs(report: dict, out: Path) -> None:
 # ---------------------------------------------------------------- orchestration
 
 
+def _same_run(a: dict, b: dict) -> bool:
+    """Two worker specs train the same SAE: equal in everything but where the files are."""
+    return {k: v for k, v in a.items() if k not in ("out", "data")} == {k: v for k, v in b.items() if k not in ("out", "data")}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cache", type=Path, default=Path("data/activations"))
@@ -245,8 +255,12 @@ def main() -> None:
     p.add_argument("--eval-tokens", type=int, default=65_536, help="held-out tokens for MSE, L0, frequencies")
     p.add_argument("--ce-tokens", type=int, default=32_768, help="held-out tokens for CE loss recovered")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--dead-tokens", type=int, default=51_200,
+                   help="AuxK / SAELens dead window in training tokens, both tools (1/6 of the CPU run)")
     p.add_argument("--only", nargs="*", help="trainer:arch pairs to run (default: all of GRID)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--work", type=Path, help="keep every run here (default: a temporary folder); a run whose folder "
+                   "holds a result for the same spec is scored again without retraining")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/frontier_cpu"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
@@ -263,21 +277,27 @@ def main() -> None:
     cache = ActivationCache(args.cache)
     grid = [(t, a) for t, a in GRID if not args.only or f"{t}:{a}" in args.only]
     results = []
-    with tempfile.TemporaryDirectory(prefix="saelab-frontier-") as tmp:
+    with (contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory(prefix="saelab-frontier-")) as tmp:
         tmp = Path(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
         data = tmp / "train.npy"
-        np.save(data, next(cache.batches(n_steps * args.batch_size)).numpy())  # the cache's first tokens, stored order
+        if not data.exists():
+            np.save(data, next(cache.batches(n_steps * args.batch_size)).numpy())  # the cache's first tokens, stored order
         for trainer, family in grid:
             arch, knob, values, fixed = GRID[(trainer, family)]
             for value in values:
                 out = tmp / f"{trainer}-{family}-{value}"
-                out.mkdir()
+                out.mkdir(exist_ok=True)
                 spec = {"data": str(data), "d_in": cache.d, "d_sae": args.d_sae, "batch_size": args.batch_size,
                         "n_steps": n_steps, "warmup": args.warmup, "lr": args.lr, "betas": list(args.betas), "seed": 0,
                         "device": device, "dtype": "fp32", "arch": arch, "knob": knob, "value": value, knob: value,
-                        "out": str(out), "hook": ctx["hook"], "dead_window_steps": max(1, 200_000 // args.batch_size),
+                        "out": str(out), "hook": ctx["hook"], "dead_tokens": args.dead_tokens,
+                        "dead_window_steps": max(1, args.dead_tokens // args.batch_size),
                         "fixed": fixed, **fixed}
-                (out / "spec.json").write_text(json.dumps(spec))
+                trained = (out / "result.json").exists() and _same_run(json.loads((out / "spec.json").read_text()), spec)
+                if not trained:  # --work: a run trained before with this spec (paths aside) is scored again, not retrained
+                    (out / "result.json").unlink(missing_ok=True)
+                    (out / "spec.json").write_text(json.dumps(spec))
                 if trainer == "sae-lens":
                     if not args.saelens_python.exists():
                         print(f"skipping sae-lens: {args.saelens_python} not found (make frontier creates it)")
@@ -286,7 +306,8 @@ def main() -> None:
                 else:
                     cmd = [sys.executable, __file__, "--worker", trainer, "--spec", str(out / "spec.json")]
                 print(f"== {trainer} {family} {knob}={value}: {n_steps} steps of {args.batch_size}", flush=True)
-                subprocess.run(cmd, check=True, env=worker_env())
+                if not trained:
+                    subprocess.run(cmd, check=True, env=worker_env())
                 timing = json.loads((out / "result.json").read_text())
                 metrics = score(load_trained(out, trainer, value), ctx)
                 results.append({"trainer": trainer, "arch": family, "architecture": arch, "knob": knob, "value": value,
@@ -294,7 +315,7 @@ def main() -> None:
                 print(json.dumps(results[-1]), flush=True)
     report = {"hardware": f"{cpu_model()}, {os.cpu_count()} cores" if device == "cpu" else torch.cuda.get_device_name(),
               "device": device, "train_tokens": n_steps * args.batch_size, "d_sae": args.d_sae, "batch_size": args.batch_size,
-              "lr": args.lr, "betas": list(args.betas), "grid": {f"{t}:{a}": list(v) for (t, a), v in GRID.items()},
+              "lr": args.lr, "betas": list(args.betas), "dead_tokens": args.dead_tokens, "grid": {f"{t}:{a}": list(v) for (t, a), v in GRID.items()},
               "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:]),
               "results": results, "goals": goals(results)}
     write_outputs(report, args.out)

@@ -77,27 +77,32 @@ def test_topk_k_larger_than_width_fails_clearly():
 
 def _dense_topk_reference(sae: TopK, x: torch.Tensor, dead: torch.Tensor | None):
     """The same loss with dense autograd: scatter the top-k into (B, d_sae), decode by matmul."""
-    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    n = sae.W_dec.norm(dim=-1) if sae.decoder == "free" else torch.ones(sae.d_sae)
+    rows = sae.W_dec / n[:, None] if sae.decoder == "free" else sae.W_dec
+    pre = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc) * n
     v, i = pre.topk(sae.k, dim=-1)
     f = torch.zeros_like(pre).scatter(-1, i, v.relu())
-    x_hat = f @ sae.W_dec + sae.b_dec
+    x_hat = f @ rows + sae.b_dec
     loss = mse_loss(x_hat, x)
     if dead is not None:
         masked = pre.masked_fill(~dead, float("-inf"))
         va, ia = masked.topk(min(sae.k_aux, int(dead.sum())), dim=-1)
         aux = torch.zeros_like(pre).scatter(-1, ia, va.relu())
-        loss = loss + sae.aux_coeff * mse_loss(aux @ sae.W_dec, (x - x_hat).detach())
+        loss = loss + sae.aux_coeff * mse_loss(aux @ rows, (x - x_hat).detach())
     return loss
 
 
+@pytest.mark.parametrize("decoder", ["unit", "free"])
 @pytest.mark.parametrize("with_dead", [False, True])
 @pytest.mark.parametrize("sparse_path", [True, False])
-def test_sparse_topk_gradients_equal_dense_autograd(with_dead, sparse_path):
+def test_sparse_topk_gradients_equal_dense_autograd(with_dead, sparse_path, decoder):
     """Both training paths (TopKEncode + embedding_bag; dense) give the loss and every gradient of the
-    dense reference formulation, AuxK included."""
-    sae = TopK(D, W, seed=0, k=5, k_aux=6, aux_coeff=0.5, dead_tokens=100)
+    dense reference formulation, AuxK included; with free decoder rows, through the norms' rescaling."""
+    sae = TopK(D, W, seed=0, k=5, k_aux=6, aux_coeff=0.5, dead_tokens=100, decoder=decoder)
     sae.sparse_path = sparse_path
     with torch.no_grad():
+        if decoder == "free":
+            sae.W_dec.mul_(torch.rand(W, 1, generator=torch.Generator().manual_seed(3)) + 0.5)  # uneven norms
         sae.b_dec.normal_()
         sae.b_enc.normal_(0, 0.1)
         if with_dead:
@@ -202,6 +207,99 @@ def test_april_leaves_decoder_norms_free():
     assert norms.std() > 1e-3 and not torch.allclose(norms, torch.ones(W))
 
 
+# ---------------------------------------------------------------- free decoder rows (SAELens's recipe)
+
+
+FREE = ["topk", "batchtopk", "jumprelu"]
+
+
+@pytest.mark.parametrize("arch", FREE)
+def test_free_decoder_initialises_small_trains_free_and_saves_unit_rows(arch):
+    """decoder: free starts at dec_init_norm with W_enc = W_dec^T, lets the norms move during training,
+    and folds them away at the end: the saved rows are unit and the function is the trained one."""
+    cfg = _cfg(arch, **{arch: {**ARCH_PARAMS[arch], "decoder": "free", "dec_init_norm": 0.2}})
+    sae = build(cfg, D, seed=0)
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.full((W,), 0.2))
+    torch.testing.assert_close(sae.W_enc, sae.W_dec.T)
+    seen = {}
+    st = Trainer(sae, cfg, torch.device("cpu"))
+    orig = sae.finish_training_
+
+    def spy(average=lambda t: t):  # the state just before the fold
+        norms = sae.W_dec.norm(dim=-1).detach().clone()
+        x = next(_batches(seed=4))
+        seen.update(norms=norms, x=x, x_hat=sae(x).x_hat.detach().clone())
+        orig(average)
+
+    sae.finish_training_ = spy
+    st.run(lambda skip: _batches())
+    assert seen["norms"].std() > 1e-3 and not torch.allclose(seen["norms"], torch.full((W,), 0.2))
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(W))
+    if arch != "batchtopk":  # BatchTopK's inference switches to θ at finish: its fold is tested below
+        torch.testing.assert_close(sae(seen["x"]).x_hat, seen["x_hat"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", FREE)
+def test_folding_decoder_norms_keeps_the_function(arch):
+    """fold_decoder_norms_: unit rows, same reconstruction and the same active set (θ scales with f)."""
+    sae = build(_cfg(arch, **{arch: {**ARCH_PARAMS[arch], "decoder": "free"}}), D, seed=0)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(W, 1, generator=torch.Generator().manual_seed(1)) * 3 + 0.1)
+        sae.b_enc.normal_(0, 0.1)
+        if isinstance(sae, BatchTopK):
+            sae.threshold.fill_(0.05)
+        if isinstance(sae, JumpReLU):
+            sae.threshold.uniform_(0.0, 0.2)
+    x = next(_batches(seed=2))
+    want = sae(x)
+    sae.fold_decoder_norms_()
+    got = sae(x)
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(W))
+    torch.testing.assert_close(got.x_hat, want.x_hat, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got.f > 0, want.f > 0)
+
+
+@pytest.mark.parametrize("decoder", ["unit", "free"])
+def test_free_decoder_clips_gradients_and_unit_removes_the_parallel_part(decoder):
+    sae = TopK(D, W, seed=0, k=4, decoder=decoder, grad_clip=0.5)
+    sae(next(_batches()) * 100, train=True).loss.backward()
+    g = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    before = torch.cat([v.flatten() for v in g.values()]).norm()
+    sae.before_step()
+    after = torch.cat([p.grad.flatten() for p in sae.parameters()]).norm()
+    along = (sae.W_dec.grad * sae.W_dec).sum(-1).abs().max()
+    if decoder == "free":
+        assert before > 0.5 and after == pytest.approx(0.5, rel=1e-4)
+    else:
+        assert after > 0.5 and along < 1e-4 * sae.W_dec.grad.abs().max()
+
+
+def test_decoder_choice_is_validated():
+    with pytest.raises(ValueError, match="decoder"):
+        _cfg("topk", topk={"k": 4, "decoder": "tied"})
+    with pytest.raises(InputError, match="sae.jumprelu.decoder: 'tied'"):
+        JumpReLU(D, W, decoder="tied")
+
+
+@pytest.mark.parametrize("arch", FREE)
+def test_anthropic_resampling_with_free_rows_starts_at_a_fifth_of_the_alive_gain(arch):
+    """A resampled feature's decoder row takes the alive rows' mean norm, so its effective encoder gain
+    (W_enc column x row norm where TopK rescales by it, else W_enc column) is 0.2 x the alive mean."""
+    sae = build(_cfg(arch, **{arch: {**ARCH_PARAMS[arch], "decoder": "free"}}), D, seed=0)
+    idx = torch.tensor([1, 5])
+    dirs = torch.nn.functional.normalize(torch.randn(2, D), dim=-1)
+    alive = torch.ones(W, dtype=torch.bool)
+    alive[idx] = False
+    enc_norm = sae.W_enc[:, alive].norm(dim=0).mean()
+    sae.resample_rows_(idx, dirs, enc_norm)
+    n = sae.W_dec.norm(dim=-1)
+    torch.testing.assert_close(n[idx], torch.full((2,), float(n[alive].mean())))
+    torch.testing.assert_close(sae.W_dec[idx] / n[idx, None], dirs)
+    scale = n if sae.rescale else torch.ones(W)
+    gain = sae.W_enc.norm(dim=0) * scale
+    torch.testing.assert_close(gain[idx], torch.full((2,), 0.2 * float(gain[alive].mean())), rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------- shared machinery
 
 
@@ -265,11 +363,12 @@ def test_auto_resampling_is_the_seed_recipe_for_standard_only():
     assert _cfg("topk", resample="reinit").resample_mode() == "reinit"
 
 
+@pytest.mark.parametrize("decoder", ["unit", "free"])
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu"])
-def test_resume_from_a_snapshot_is_exact(arch):
+def test_resume_from_a_snapshot_is_exact(arch, decoder):
     """Checkpoint mid-run (training-only buffers included: TopK's dead counters, BatchTopK's threshold
     sums), restore into a fresh trainer, finish: identical weights to the uninterrupted run."""
-    cfg = _cfg(arch, resample="anthropic", resample_threshold=0.05)
+    cfg = _cfg(arch, resample="anthropic", resample_threshold=0.05, **{arch: {**ARCH_PARAMS[arch], "decoder": decoder}})
 
     def make():
         return Trainer(build(cfg, D, seed=0), cfg, torch.device("cpu"))

@@ -250,7 +250,8 @@ def _swept_l1(repo) -> set[float]:
     """The ``sae.l1_coeff`` values of the experiments that finished with metrics."""
     from saelab.frontier import points
 
-    return {p["l1_coeff"] for p in points(json.loads(_run(["dvc", "exp", "show", "--json"], repo).stdout))}
+    return {p["value"] for p in points(json.loads(_run(["dvc", "exp", "show", "--json"], repo).stdout))
+            if p["knob"] == "l1_coeff"}
 
 
 def test_queued_sweep_gathers_a_frontier(repo, tmp_path):
@@ -273,7 +274,8 @@ def test_queued_sweep_gathers_a_frontier(repo, tmp_path):
     assert wanted <= _swept_l1(repo), status
     res = _run([sys.executable, "-m", "saelab.frontier", "--out", str(tmp_path / "frontier")], repo)
     rows = list(csv.DictReader(open(tmp_path / "frontier" / "frontier.csv")))
-    l1 = [float(r["l1_coeff"]) for r in rows]
+    assert {r["architecture"] for r in rows} == {"standard"} and {r["knob"] for r in rows} == {"l1_coeff"}
+    l1 = [float(r["value"]) for r in rows]
     assert {0.2, 5.0} <= set(l1) and len(rows) >= 3, res.stdout
     l0 = [float(r["l0"]) for r in rows]
     assert l0[0] > l0[-1], "more L1 penalty, fewer active features"

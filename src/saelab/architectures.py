@@ -16,6 +16,9 @@ its params model in config.py, and its tests.
 * ``jumprelu``: f = pre * H(pre - θ) with a learned per-feature θ >= 0, trained through
   straight-through estimators of bandwidth ε (Rajamanoharan et al. 2024) with an L0 penalty
   in the "step" form (the paper's) or the "tanh" form (Anthropic, January 2025).
+
+The last three train with ``decoder: free`` (SAELens's recipe, :class:`FreeDecoderMixin`) or
+``unit`` (the seed's constraint, as Gao et al. and sparsify).
 """
 
 from __future__ import annotations
@@ -39,6 +42,89 @@ def _tied_init_(sae: SAE, gen: torch.Generator, norm: float = 1.0) -> None:
     sae.W_enc.copy_(sae.W_dec.T)
     sae.b_enc.zero_()
     sae.b_dec.zero_()
+
+
+class FreeDecoderMixin:
+    """``decoder: unit | free`` (config.DecoderParams) for TopK, BatchTopK and JumpReLU.
+
+    ``unit``: the seed's constraint (rows renormalised after each step, parallel gradient removed).
+    ``free``: SAELens's recipe: rows initialised at ``dec_init_norm`` (W_enc = W_dec^T), any norm during
+    training, gradient-norm clipping; ``rescale`` classes (TopK, BatchTopK) multiply pre-activations by
+    the row norms and decode with unit rows, so f is measured as if the rows were unit (TopK compares
+    the sizes of the features' contributions) while Adam sees a small parametrisation. At the end the norms are folded into the encoder (the function is
+    unchanged, the saved rows are unit), so evaluation and analysis read every SAE the same way.
+    """
+
+    rescale: ClassVar[bool] = False
+
+    def set_decoder_(self, decoder: str, dec_init_norm: float, grad_clip: float) -> None:
+        if decoder not in ("unit", "free"):
+            raise InputError(f"sae.{self.architecture}.decoder: {decoder!r} is not one of unit, free")
+        self.decoder, self.dec_init_norm, self.grad_clip = decoder, dec_init_norm, grad_clip
+        self.unit_norm_decoder = decoder == "unit"
+
+    def decoder_params(self) -> dict:
+        return {"decoder": self.decoder, "dec_init_norm": self.dec_init_norm, "grad_clip": self.grad_clip}
+
+    def init_norm(self) -> float:
+        return 1.0 if self.unit_norm_decoder else self.dec_init_norm
+
+    def row_norms(self) -> torch.Tensor | None:
+        """(d_sae,) decoder row norms where pre-activations are rescaled by them, else None."""
+        return None if self.unit_norm_decoder or not self.rescale else self.W_dec.norm(dim=-1)
+
+    def dec_rows(self) -> torch.Tensor:
+        """The decoder rows reconstruction uses: W_dec, or its unit rows when rescaling."""
+        n = self.row_norms()
+        return self.W_dec if n is None else self.W_dec / n[:, None]
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        pre = super().pre_acts(x)
+        n = self.row_norms()
+        return pre if n is None else pre * n
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.dec_rows() + self.b_dec
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        super().before_step()
+        if not self.unit_norm_decoder and self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip)
+
+    @torch.no_grad()
+    def finish_training_(self, average=lambda t: t) -> None:
+        super().finish_training_(average)
+        if not self.unit_norm_decoder:
+            self.fold_decoder_norms_()
+
+    @torch.no_grad()
+    def resample_rows_(self, idx, dirs, enc_norm):
+        if self.unit_norm_decoder:
+            return super().resample_rows_(idx, dirs, enc_norm)
+        return _resample_free_rows_(self, super().resample_rows_, idx, dirs, enc_norm)
+
+    @torch.no_grad()
+    def fold_decoder_norms_(self) -> torch.Tensor:
+        """Rows to unit norm, f scaled by the norms: W_enc·n, b_enc·n, W_dec/n (same reconstruction)."""
+        n = self.W_dec.norm(dim=-1).clamp_min(1e-12)
+        self.W_enc *= n
+        self.b_enc *= n
+        self.W_dec /= n[:, None]
+        return n
+
+
+@torch.no_grad()
+def _resample_free_rows_(sae: SAE, base, idx, dirs, enc_norm):
+    """Anthropic resampling where decoder norms are free: the base recipe, then the new decoder rows
+    take the mean norm of the alive rows (not 1), so a resampled feature starts at 0.2 x the alive
+    encoder gain whether the norm scales the activations (TopK, BatchTopK) or the output (the rest)."""
+    alive = torch.ones(sae.d_sae, dtype=torch.bool, device=idx.device)
+    alive[idx] = False
+    norm = sae.W_dec[alive].norm(dim=-1).mean() if alive.any() else torch.tensor(sae.dec_init_norm)
+    touched = base(idx, dirs, enc_norm)
+    sae.W_dec[idx] = dirs * norm
+    return touched
 
 
 # ---------------------------------------------------------------- standard_april
@@ -85,12 +171,7 @@ class StandardApril(SAE):
 
     @torch.no_grad()
     def resample_rows_(self, idx, dirs, enc_norm):
-        alive = torch.ones(self.d_sae, dtype=torch.bool, device=idx.device)
-        alive[idx] = False
-        norm = self.W_dec[alive].norm(dim=-1).mean() if alive.any() else torch.tensor(self.dec_init_norm)
-        touched = super().resample_rows_(idx, dirs, enc_norm)
-        self.W_dec[idx] = dirs * norm
-        return touched
+        return _resample_free_rows_(self, super().resample_rows_, idx, dirs, enc_norm)
 
 
 # ---------------------------------------------------------------- topk
@@ -141,15 +222,19 @@ class TopKEncode(torch.autograd.Function):
 
 
 @register
-class TopK(SAE):
-    """f = ReLU(TopK_k(pre)); loss = mse + aux_coeff · AuxK; unit-norm decoder rows (Gao et al. 2024)."""
+class TopK(FreeDecoderMixin, SAE):
+    """f = ReLU(TopK_k(pre)); loss = mse + aux_coeff · AuxK; unit-norm decoder rows (Gao et al. 2024) or
+    free ones with pre-activations rescaled by their norms (SAELens)."""
 
     architecture = "topk"
     TERMS = ("auxk",)
     TRAIN_BUFFERS = ("since_fired",)
+    rescale = True
 
     def __init__(self, d_in: int, d_sae: int, seed: int | None = 0, k: int = 32, k_aux: int | None = None,
-                 aux_coeff: float = 1 / 32, dead_tokens: int = 200_000):
+                 aux_coeff: float = 1.0, dead_tokens: int = 200_000, decoder: str = "free",
+                 dec_init_norm: float = 0.1, grad_clip: float = 1.0):
+        self.set_decoder_(decoder, dec_init_norm, grad_clip)
         if k > d_sae:
             raise InputError(f"sae.{self.architecture}.k: {k} must be <= d_sae ({d_sae})")
         self.k, self.k_aux_param = k, k_aux
@@ -161,14 +246,15 @@ class TopK(SAE):
 
     @torch.no_grad()
     def init_weights_(self, gen: torch.Generator) -> None:
-        _tied_init_(self, gen)
+        _tied_init_(self, gen, self.init_norm())
 
     @torch.no_grad()
     def init_from_data_(self, x: torch.Tensor) -> None:
         self.b_dec.copy_(x.float().mean(0))  # as sparsify (Gao et al.: the geometric median)
 
     def arch_params(self) -> dict:
-        return {"k": self.k, "k_aux": self.k_aux_param, "aux_coeff": self.aux_coeff, "dead_tokens": self.dead_tokens}
+        return {"k": self.k, "k_aux": self.k_aux_param, "aux_coeff": self.aux_coeff, "dead_tokens": self.dead_tokens,
+                **self.decoder_params()}
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         vals, idx = pre.topk(self.k, dim=-1)
@@ -195,21 +281,24 @@ class TopK(SAE):
 
     def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
         dead = self.auxk_dead()
+        rows = self.dec_rows()
         if self.uses_sparse_path(x.device):
-            vals, idx, aux_vals, aux_idx = TopKEncode.apply(x, self.b_dec, self.W_enc, self.b_enc, self.k, dead, self.k_aux)
-            vals = vals.to(self.W_dec.dtype)  # under bf16 autocast the encoder's matmul gives bf16
-            x_hat = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
+            n = self.row_norms()
+            W_enc, b_enc = (self.W_enc, self.b_enc) if n is None else (self.W_enc * n, self.b_enc * n)
+            vals, idx, aux_vals, aux_idx = TopKEncode.apply(x, self.b_dec, W_enc, b_enc, self.k, dead, self.k_aux)
+            vals = vals.to(rows.dtype)  # under bf16 autocast the encoder's matmul gives bf16
+            x_hat = F.embedding_bag(idx, rows, per_sample_weights=vals, mode="sum") + self.b_dec
             decode_aux = None if aux_idx is None else (
-                lambda: F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_vals.to(self.W_dec.dtype), mode="sum"))
+                lambda: F.embedding_bag(aux_idx, rows, per_sample_weights=aux_vals.to(rows.dtype), mode="sum"))
         else:  # dense autograd: (B, d_sae) activations, matmul decoder
             pre = self.pre_acts(x)
             vals, idx = pre.topk(self.k, dim=-1, sorted=False)
             vals = vals.relu()
-            x_hat = self.decode(torch.zeros_like(pre).scatter(-1, idx, vals))
+            x_hat = torch.zeros_like(pre).scatter(-1, idx, vals) @ rows + self.b_dec
             decode_aux = None
             if dead is not None:
                 aux_f = self.dense_aux_acts(pre, dead)
-                decode_aux = (lambda: aux_f @ self.W_dec)
+                decode_aux = (lambda: aux_f @ rows)
         mse = mse_loss(x_hat.float(), x)
         if decode_aux is not None:
             auxk = mse_loss(decode_aux().float(), (x - x_hat).detach().float())
@@ -239,9 +328,10 @@ class BatchTopK(TopK):
     TRAIN_BUFFERS = ("since_fired", "theta_sum", "theta_n")
 
     def __init__(self, d_in: int, d_sae: int, seed: int | None = 0, k: int = 32, k_aux: int | None = None,
-                 aux_coeff: float = 1 / 32, dead_tokens: int = 200_000, threshold_frac: float = 0.1):
+                 aux_coeff: float = 1.0, dead_tokens: int = 200_000, threshold_frac: float = 0.1,
+                 decoder: str = "free", dec_init_norm: float = 0.1, grad_clip: float = 1.0):
         self.threshold_frac = threshold_frac
-        super().__init__(d_in, d_sae, seed, k, k_aux, aux_coeff, dead_tokens)
+        super().__init__(d_in, d_sae, seed, k, k_aux, aux_coeff, dead_tokens, decoder, dec_init_norm, grad_clip)
         self.register_buffer("threshold", torch.zeros(d_sae))  # saved: inference reads it
         self.register_buffer("theta_sum", torch.zeros((), dtype=torch.float64), persistent=False)
         self.register_buffer("theta_n", torch.zeros((), dtype=torch.float64), persistent=False)
@@ -263,11 +353,12 @@ class BatchTopK(TopK):
     def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
         pre = self.pre_acts(x)
         f = self.batch_topk(pre)
-        x_hat = self.decode(f)
+        rows = self.dec_rows()
+        x_hat = f @ rows + self.b_dec
         mse = mse_loss(x_hat.float(), x)
         dead = self.auxk_dead()
         if dead is not None:
-            auxk = mse_loss((self.dense_aux_acts(pre, dead) @ self.W_dec).float(), (x - x_hat).detach().float())
+            auxk = mse_loss((self.dense_aux_acts(pre, dead) @ rows).float(), (x - x_hat).detach().float())
         else:
             auxk = torch.zeros((), device=x.device)
         if progress >= 1 - self.threshold_frac:
@@ -280,11 +371,13 @@ class BatchTopK(TopK):
 
     @torch.no_grad()
     def finish_training_(self, average=lambda t: t) -> None:
+        """θ in units of the (rescaled) pre-activations, which the norms' fold leaves unchanged."""
         n = average(self.theta_n.clone())
         if n <= 0:  # config validation rules this out; kept so a θ of 0 (plain ReLU) can never pass silently
             raise InputError("batchtopk: no training step estimated the inference threshold; raise "
                              "sae.batchtopk.threshold_frac or sae.n_tokens")
         self.threshold.fill_(float(average(self.theta_sum.clone()) / n))
+        super().finish_training_(average)
 
     @torch.no_grad()
     def fold_input_scale_(self, s: float) -> None:
@@ -338,9 +431,10 @@ class StepFn(torch.autograd.Function):
 
 
 @register
-class JumpReLU(SAE):
+class JumpReLU(FreeDecoderMixin, SAE):
     """f = pre · H(pre − θ) with a learned per-feature θ >= 0; loss = mse + l0_coeff · sparsity, with
-    sparsity = Σ_i H(pre_i − θ_i) ("step") or Σ_i tanh(c · f_i · ‖W_dec[i]‖) ("tanh"); unit-norm decoder.
+    sparsity = Σ_i H(pre_i − θ_i) ("step") or Σ_i tanh(c · f_i · ‖W_dec[i]‖) ("tanh"); unit-norm decoder
+    rows or free ones (SAELens: no rescaling, f carries 1/‖W_dec[i]‖; folded into f and θ at the end).
 
     θ is a parameter of its own, clamped at 0 after every step (as SAELens trains it), not exp of a
     log-threshold: with Adam a log-threshold moves by a relative ~lr per step, far too slowly for a
@@ -351,7 +445,9 @@ class JumpReLU(SAE):
     FEATURE_AXIS = {**SAE.FEATURE_AXIS, "threshold": 0}
 
     def __init__(self, d_in: int, d_sae: int, seed: int | None = 0, l0_coeff: float = 1.0, bandwidth: float = 0.05,
-                 threshold_init: float = 0.01, sparsity: str = "tanh", tanh_scale: float = 4.0):
+                 threshold_init: float = 0.01, sparsity: str = "tanh", tanh_scale: float = 4.0, decoder: str = "free",
+                 dec_init_norm: float = 0.1, grad_clip: float = 1.0):
+        self.set_decoder_(decoder, dec_init_norm, grad_clip)
         self.l0_coeff, self.bandwidth, self.threshold_init = l0_coeff, bandwidth, threshold_init
         self.sparsity, self.tanh_scale = sparsity, tanh_scale
         SAE.__init__(self, d_in, d_sae, seed=None)
@@ -361,11 +457,11 @@ class JumpReLU(SAE):
 
     def arch_params(self) -> dict:
         return {"l0_coeff": self.l0_coeff, "bandwidth": self.bandwidth, "threshold_init": self.threshold_init,
-                "sparsity": self.sparsity, "tanh_scale": self.tanh_scale}
+                "sparsity": self.sparsity, "tanh_scale": self.tanh_scale, **self.decoder_params()}
 
     @torch.no_grad()
     def init_weights_(self, gen: torch.Generator) -> None:
-        _tied_init_(self, gen)
+        _tied_init_(self, gen, self.init_norm())
         if hasattr(self, "threshold"):
             self.threshold.fill_(self.threshold_init)
 
@@ -390,6 +486,12 @@ class JumpReLU(SAE):
     def after_step(self) -> None:
         super().after_step()
         self.threshold.clamp_(min=0.0)
+
+    @torch.no_grad()
+    def fold_decoder_norms_(self) -> torch.Tensor:
+        n = super().fold_decoder_norms_()
+        self.threshold *= n
+        return n
 
     @torch.no_grad()
     def fold_input_scale_(self, s: float) -> None:

@@ -104,14 +104,29 @@ class AprilParams(_Section):
     """Gradient-norm clipping before each step (0 = off)."""
 
 
-class TopKParams(_Section):
+class DecoderParams(_Section):
+    """How the decoder rows are kept (topk, batchtopk, jumprelu; docs/metrics.md, "Architectures")."""
+    decoder: Literal["unit", "free"] = "free"
+    """``unit``: rows renormalised to norm 1 after every step, the gradient along each row removed (Gao et
+    al. 2024, sparsify). ``free``: rows of any norm, initialised at ``dec_init_norm``, gradients clipped at
+    ``grad_clip`` (SAELens's recipe); TopK and BatchTopK then select and decode with pre-activations scaled
+    by the row norms (SAELens's ``rescale_acts_by_decoder_norm``). Either way the saved SAE has unit rows:
+    at the end of training the norms are folded into the encoder (and JumpReLU's thresholds)."""
+    dec_init_norm: float = Field(0.1, gt=0)
+    """``free`` only: norm of every decoder row at initialisation (W_enc = W_dec^T)."""
+    grad_clip: float = Field(1.0, ge=0)
+    """``free`` only: gradient-norm clipping before each step (0 = off)."""
+
+
+class TopKParams(DecoderParams):
     """``sae.topk``: TopK with the AuxK dead-latent loss (Gao et al. 2024)."""
     k: int = Field(32, gt=0)
     """Active latents per token."""
     k_aux: Optional[int] = Field(None, ge=0)
     """Dead latents the AuxK loss reconstructs the residual with (null = d_in / 2)."""
-    aux_coeff: float = Field(1 / 32, ge=0)
-    """Weight of the AuxK loss (0 = off)."""
+    aux_coeff: float = Field(1.0, ge=0)
+    """Weight of the AuxK loss (0 = off); un-normalised like the mse term. 1 is SAELens's coefficient, without
+    its min(n_dead / k_aux, 1) factor (docs/metrics.md, "Architectures")."""
     dead_tokens: int = Field(200_000, gt=0)
     """A latent that has not fired for this many training tokens is dead (for AuxK)."""
 
@@ -122,7 +137,7 @@ class BatchTopKParams(TopKParams):
     """The inference threshold is the mean smallest selected activation over this last fraction of training."""
 
 
-class JumpReLUParams(_Section):
+class JumpReLUParams(DecoderParams):
     """``sae.jumprelu``: learned per-feature thresholds, straight-through estimators (Rajamanoharan et al. 2024)."""
     l0_coeff: float = Field(1.0, gt=0)
     """Weight of the sparsity penalty."""

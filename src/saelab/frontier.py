@@ -1,8 +1,12 @@
 """Gather ``dvc exp show --json`` into the L0 vs CE-recovered frontier of a sweep.
 
     dvc exp run --queue -S 'sae.l1_coeff=0.5,1.0,2.0'
+    dvc exp run --queue -S sae.architecture=topk -S 'sae.topk.k=16,32,64'
     dvc queue start -j 1          # then wait: dvc queue status
     python -m saelab.frontier --out plots/frontier     # table (CSV + Markdown) and PNG
+
+Each run is labelled by its architecture and that architecture's sparsity knob (``KNOB``); the
+plot draws one line per architecture.
 """
 
 from __future__ import annotations
@@ -19,7 +23,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 METRICS = "metrics/evaluate.json"
-COLUMNS = ("l1_coeff", "l0", "ce_recovered_zero", "explained_variance", "frac_dead")
+COLUMNS = ("architecture", "knob", "value", "l0", "ce_recovered_zero", "explained_variance", "frac_dead")
+METRIC_COLUMNS = COLUMNS[3:]
+# the param that sets each architecture's sparsity: (section or None for sae itself, key)
+KNOB = {"standard": (None, "l1_coeff"), "standard_april": (None, "l1_coeff"), "topk": ("topk", "k"),
+        "batchtopk": ("batchtopk", "k"), "jumprelu": ("jumprelu", "l0_coeff")}
+
+
+def knob(sae_params: dict) -> tuple[str, str, float]:
+    """(architecture, knob name, its value) of a run's ``sae`` params (architecture absent = standard)."""
+    arch = sae_params.get("architecture", "standard")
+    section, key = KNOB.get(arch, (None, "l1_coeff"))
+    value = (sae_params.get(section) or {}).get(key) if section else sae_params.get(key)
+    return arch, f"{section}.{key}" if section else key, value
 
 
 def _walk(node, found: list) -> None:
@@ -44,7 +60,7 @@ def runs(exp_show: list | dict) -> list[tuple[str, dict]]:
 
 
 def points(exp_show: list | dict) -> list[dict]:
-    """One row per experiment (and baseline) that has evaluate metrics, sorted by l1_coeff."""
+    """One row per experiment (and baseline) that has evaluate metrics, sorted by architecture and knob."""
     rows, seen = [], set()
     for name, data in runs(exp_show):
         try:
@@ -52,12 +68,14 @@ def points(exp_show: list | dict) -> list[dict]:
             metrics = data["metrics"][METRICS]["data"]
         except (KeyError, TypeError):
             continue
-        row = {"name": name, "l1_coeff": params["sae"]["l1_coeff"], **{k: metrics.get(k) for k in COLUMNS[1:]}}
-        key = (row["l1_coeff"], row["l0"], row["ce_recovered_zero"])
+        arch, name_of_knob, value = knob(params["sae"])
+        row = {"name": name, "architecture": arch, "knob": name_of_knob, "value": value,
+               **{k: metrics.get(k) for k in METRIC_COLUMNS}}
+        key = (arch, value, row["l0"], row["ce_recovered_zero"])
         if None not in key and key not in seen:
             seen.add(key)
             rows.append(row)
-    return sorted(rows, key=lambda r: r["l1_coeff"])
+    return sorted(rows, key=lambda r: (r["architecture"], r["value"]))
 
 
 def write(rows: list[dict], out: Path) -> None:
@@ -67,12 +85,16 @@ def write(rows: list[dict], out: Path) -> None:
         w.writeheader()
         w.writerows(rows)
     lines = ["| experiment | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    lines += [f"| {r['name']} | " + " | ".join(f"{r[c]:.4g}" for c in COLUMNS) + " |" for r in rows]
+    lines += [f"| {r['name']} | " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS)
+              + " |" for r in rows]
     (out / "frontier.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["l0"] for r in rows], [r["ce_recovered_zero"] for r in rows], "o-")
-    for r in rows:
-        ax.annotate(f"l1={r['l1_coeff']:g}", (r["l0"], r["ce_recovered_zero"]), fontsize=8)
+    for arch in sorted({r["architecture"] for r in rows}):
+        rs = sorted((r for r in rows if r["architecture"] == arch), key=lambda r: r["l0"])
+        ax.plot([r["l0"] for r in rs], [r["ce_recovered_zero"] for r in rs], "o-", label=arch)
+        for r in rs:
+            ax.annotate(f"{r['knob'].split('.')[-1]}={r['value']:g}", (r["l0"], r["ce_recovered_zero"]), fontsize=8)
+    ax.legend(fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("L0 (features per token)")
     ax.set_ylabel("CE loss recovered (zero ablation)")
