@@ -13,7 +13,7 @@ TORCH_INDEX ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || \
 	 echo --extra-index-url https://download.pytorch.org/whl/cpu))
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test benchmark frontier topk-speed saelens-venv clean-venv
+.PHONY: setup repro synthetic test benchmark frontier topk-speed saelens-venv clean-venv
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ $(STAMP): requirements.lock pyproject.toml
 repro: $(STAMP)
 	test -d .git || git init -q
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# The synthetic-features pipeline (synthetic/dvc.yaml, its own params; docs/synthetic.md)
+synthetic: $(STAMP)
+	test -d .git || git init -q
+	cd synthetic && PATH="$(CURDIR)/$(BIN):$$PATH" $(CURDIR)/$(BIN)/dvc repro
 
 # The SAELens interchange test runs the real SAELens in its own venv (it pins transformer-lens < 4);
 # where it cannot be installed (no network) that test is skipped with the reason, the rest still runs.

@@ -59,3 +59,16 @@ def test_exp_show_opens_with_the_sae_headline_then_l1_coeff():
     assert HEADLINE[:3] == ("ce_recovered_zero", "l0", "explained_variance") and len(HEADLINE) <= 10
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     assert next(iter(params)) == "sae" and list(params["sae"])[:2] == ["architecture", "l1_coeff"]
+
+
+def test_synthetic_stages_list_exactly_their_import_closure():
+    """synthetic/dvc.yaml too: each stage's library deps are its script's import closure."""
+    synth = yaml.safe_load((REPO / "synthetic/dvc.yaml").read_text())["stages"]
+    for name, stage in synth.items():
+        stage = stage.get("do", stage)
+        deps = [str(d).replace("${lib}", "../src/saelab") for d in stage["deps"]]
+        script = REPO / "stages" / f"synth_{name}.py"
+        assert f"../stages/synth_{name}.py" in deps, name
+        have = {REPO / d.removeprefix("../") for d in deps if d.startswith("../src/")}
+        want = closure(script)
+        assert have == want, f"{name}: missing {sorted(map(str, want - have))}, stale {sorted(map(str, have - want))}"

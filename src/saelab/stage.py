@@ -45,12 +45,12 @@ def peak_memory() -> dict:
 
 
 @contextmanager
-def run_stage(name: str, args) -> Params:
-    """Load + validate params, then run the stage body; expected faults print one clear line."""
+def run_stage(name: str, args, loader=load_params) -> Params:
+    """Load + validate params (with ``loader``), then run the stage body; expected faults print one clear line."""
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s", stream=sys.stderr)
     start = time.perf_counter()
     try:
-        params = load_params(args.params)
+        params = loader(args.params)
         yield params
     except EXPECTED as err:
         log.error("%s: %s", type(err).__name__, err)
