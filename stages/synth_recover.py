@@ -24,8 +24,9 @@ from saelab.stage import log, parser, run_stage  # noqa: E402
 from saelab.synthetic import load_world, load_synth_params  # noqa: E402
 
 COLS = ("run", "world", "architecture", "knob", "value", "d_sae", "n_true", "l0", "true_l0", "mse", "explained_variance",
-        "mcc", "recovered_0.9", "recovered_0.7", "precision", "recall", "shrinkage", "absorption", "task_n_latents",
-        "task_n_eff_per_direction", "task_dir_align", "task_span_align", "task_verdict")
+        "mcc", "mcc_chance", "recovered_0.9", "recovered_0.7", "n_pairs", "precision", "recall", "shrinkage", "absorption",
+        "absorption_control", "absorption_pairs", "task_n_latents", "task_n_eff_per_direction", "task_dir_align",
+        "task_span_align", "task_verdict")
 
 
 def _fmt(v) -> str:
@@ -57,6 +58,11 @@ def write_tables(rows: list[dict], out: Path) -> None:
               "| world | architecture | true L0 | runs | MCC at true L0 | best MCC |", "|---|---|---|---|---|---|"]
     lines += [f"| {m['world']} | {m['architecture']} | {m['true_l0']:.2f} | {m['n_runs']} | "
               f"{_fmt(m['mcc_at_true_l0']) or 'not bracketed'} | {m['best_mcc']:.4f} |" for m in matched_l0(rows)]
+    plain = [r for r in rows if not r.get("task_verdict") and "recovered_0.9_by_decile" in r]
+    if plain:
+        lines += ["", "Share of true features recovered at cos >= 0.9 per firing-frequency decile (rarest first):", "",
+                  "| run | " + " | ".join(f"d{i + 1}" for i in range(10)) + " |", "|---" * 11 + "|"]
+        lines += [f"| {r['run']} | " + " | ".join(_fmt(v) for v in r["recovered_0.9_by_decile"]) + " |" for r in plain]
     comp = [r for r in rows if r.get("task_verdict")]
     if comp:
         lines += ["", "Compositional tasks (per run: latents per task direction, alignment, verdict):", "",

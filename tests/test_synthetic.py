@@ -1,6 +1,7 @@
 """Synthetic worlds: the generator, the recovery metrics on hand-built cases, and the tiny pipeline."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -14,8 +15,8 @@ import yaml
 
 from saelab.cache import ActivationCache
 from saelab.config import ConfigError
-from saelab.recovery import (abs_cos, absorption, at_l0, by_decile, firing_pr, hungarian, mcc, recovered, score,
-                             shrinkage, task_usage, verdict)
+from saelab.recovery import (absorption, at_l0, by_decile, chance_mcc, firing_pr, hungarian, mcc, pos_cos, recovered,
+                             score, shrinkage, task_usage, verdict)
 from saelab.sae import SAE
 from saelab.synthetic import (EVAL, TRAIN, RecoverConfig, SynthParams, World, WorldConfig, firing_probs, load_world,
                               write_world)
@@ -46,6 +47,9 @@ def test_geometry(geometry, kw):
     if geometry == "overlap":  # pairs (0,1), (2,3), ... share a direction: cosine ≈ 0.5, others ≈ 0
         pairs = torch.tensor([g[i, i + 1] for i in range(0, 16, 2)])
         assert pairs.mean() == pytest.approx(0.5, abs=0.1) and off[0, 2:].abs().mean() < 0.25
+    if geometry == "random":  # independent directions: off-diagonal cosines spread around 0 at ~1/sqrt(d)
+        assert off.abs().max() > 0.05 and off.abs().sum() / (16 * 15) == pytest.approx((2 / math.pi / 32) ** 0.5, rel=0.35)
+        assert not torch.equal(w.D, World(WorldConfig(d=32, n_features=16, geometry=geometry, seed=1)).D)
 
 
 def test_hierarchy_tasks_and_correlation_follow_their_laws():
@@ -107,21 +111,32 @@ def _perm_dictionary(D, seed=0):
     return D[torch.randperm(len(D), generator=torch.Generator().manual_seed(seed))]
 
 
-def test_mcc_is_one_for_the_true_dictionary_in_any_order_and_sign():
+def test_mcc_is_one_for_the_true_dictionary_in_any_order_and_scale_but_not_flipped():
     D = World(WorldConfig(d=32, n_features=20)).D
-    assert mcc(abs_cos(D, D)) == pytest.approx(1.0)
-    W = _perm_dictionary(D) * torch.where(torch.rand(20, 1) < 0.5, -1.0, 2.0)  # permuted, flipped, rescaled
-    assert mcc(abs_cos(W, D)) == pytest.approx(1.0)
-    feats, lats = hungarian(abs_cos(W, D))
-    assert torch.allclose(W[lats] / W[lats].norm(dim=-1, keepdim=True), D[feats] * torch.sign((W[lats] * D[feats]).sum(-1, keepdim=True)))
+    assert mcc(pos_cos(D, D)) == pytest.approx(1.0)
+    W = _perm_dictionary(D) * (torch.rand(20, 1, generator=torch.Generator().manual_seed(1)) * 3 + 0.1)  # permuted, rescaled
+    assert mcc(pos_cos(W, D)) == pytest.approx(1.0)
+    feats, lats = hungarian(pos_cos(W, D))
+    assert torch.allclose(W[lats] / W[lats].norm(dim=-1, keepdim=True), D[feats], atol=1e-6)
+    # a row pointing against d_i cannot reconstruct a non-negative feature: it earns nothing
+    flipped = D.clone()
+    flipped[:5] *= -1
+    assert mcc(pos_cos(flipped, D)) == pytest.approx(15 / 20, abs=0.05)
+    assert not recovered(pos_cos(flipped, D), 0.9)[:5].any()
+
+
+def test_chance_mcc_is_the_floor_of_a_random_dictionary_and_rises_with_width():
+    D = World(WorldConfig(d=32, n_features=64)).D
+    lo, hi = chance_mcc(64, D), chance_mcc(1024, D)
+    assert 0.1 < lo < hi < 0.9 and mcc(pos_cos(D, D)) > 0.999
 
 
 def test_mcc_counts_missing_features_as_zero_and_rewards_no_duplicates():
     D = torch.eye(4)
-    assert mcc(abs_cos(D[:2], D)) == pytest.approx(0.5)  # 2 latents for 4 features
+    assert mcc(pos_cos(D[:2], D)) == pytest.approx(0.5)  # 2 latents for 4 features
     dup = torch.stack([D[0], D[0], D[0], D[0]])  # four copies of one feature: one-to-one matching credits it once
-    assert mcc(abs_cos(dup, D)) == pytest.approx(0.25)
-    assert recovered(abs_cos(dup, D), 0.9).tolist() == [True, False, False, False]
+    assert mcc(pos_cos(dup, D)) == pytest.approx(0.25)
+    assert recovered(pos_cos(dup, D), 0.9).tolist() == [True, False, False, False]
 
 
 def test_recovery_by_frequency_decile_is_rarest_first():
@@ -140,11 +155,13 @@ def test_firing_precision_recall_and_shrinkage_on_a_hand_built_latent():
     assert shrinkage(f, c, W, D, np.array([0]), np.array([0]))[0] == pytest.approx(0.5 * 0.6)  # f/c = 0.5 on both
 
 
-def test_absorption_counts_child_latent_on_and_parent_latent_off():
-    c = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])  # parent 0, child 1
-    f = torch.tensor([[0.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # latent 0 = parent's, 1 = child's
-    assert absorption(f, c, [(0, 1)], {0: 0, 1: 1})[0] == pytest.approx(2 / 3)
-    assert np.isnan(absorption(f, c, [(0, 1)], {0: 0})[0])  # child unmatched: not measured
+def test_absorption_counts_child_latent_on_and_parent_latent_off_against_a_control():
+    c = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 0.0]])  # parent 0, child 1
+    f = torch.tensor([[0.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # latent 0 = parent's, 1 = child's
+    absorbed, control = absorption(f, c, [(0, 1)], {0: 0, 1: 1})
+    assert absorbed[0] == pytest.approx(2 / 3)  # 2 of the 3 joint tokens: child latent on, parent latent off
+    assert control[0] == pytest.approx(1 / 2)  # the parent latent misses 1 of its 2 parent-only tokens
+    assert np.isnan(absorption(f, c, [(0, 1)], {0: 0})[0][0])  # child unmatched: not measured
 
 
 def test_task_usage_tells_directions_from_combinations():
@@ -154,17 +171,24 @@ def test_task_usage_tells_directions_from_combinations():
     # directions: one latent per true direction
     u = task_usage(codes, D.clone(), D, on, 0.5)
     assert u["n_eff"] == pytest.approx(3, rel=0.2) and u["dir_align"] == pytest.approx(1.0) and u["span_align"] == pytest.approx(1.0)
-    assert verdict(u["dir_align"], u["span_align"], 0.8) == "directions"
+    assert verdict(u["dir_align"], u["span_align"], u["n_eff_per_direction"], 0.8) == "directions"
     # combinations: one latent per sign pattern of two directions (sums), all inside the span
     combos = torch.stack([D[0] + D[1], D[1] + D[2], D[0] + D[2], D.sum(0)])
     f = torch.rand(6, 4, generator=torch.Generator().manual_seed(1))
     u = task_usage(f, combos, D, on, 0.5)
-    assert u["dir_align"] < 0.8 and u["span_align"] == pytest.approx(1.0)
-    assert verdict(u["dir_align"], u["span_align"], 0.8) == "combinations"
-    # latents outside the task's span do not count
+    assert u["dir_align"] < 0.8 and u["span_align"] == pytest.approx(1.0) and u["n_eff_per_direction"] >= 1
+    assert verdict(u["dir_align"], u["span_align"], u["n_eff_per_direction"], 0.8) == "combinations"
+    # merged: one latent on the task's sum direction, fewer latents than directions
+    u = task_usage(torch.ones(6, 1), D.sum(0, keepdim=True), D, on, 0.5)
+    assert u["n_eff_per_direction"] == pytest.approx(1 / 3) and u["dir_align"] == pytest.approx(3 ** -0.5)
+    assert verdict(u["dir_align"], u["span_align"], u["n_eff_per_direction"], 0.8) == "merged"
+    # latents outside the task's span do not count; mostly-outside latents give "neither"
     out = torch.eye(8)[5:7]
     assert task_usage(torch.ones(6, 2), out, D, on, 0.5)["n_latents"] == 0
-    assert verdict(None, None, 0.8) == "neither"
+    tilted = torch.stack([D[0] + 1.5 * torch.eye(8)[6]])  # 55% of its norm in the span: a task latent, poorly aligned
+    u = task_usage(torch.ones(6, 1), tilted, D, on, 0.5)
+    assert u["span_align"] < 0.8 and verdict(u["dir_align"], u["span_align"], u["n_eff_per_direction"], 0.8) == "neither"
+    assert verdict(None, None, None, 0.8) == "neither"
 
 
 def test_matched_l0_interpolation():
@@ -216,8 +240,11 @@ def test_tiny_synthetic_pipeline_runs_with_dvc_repro(tmp_path):
     runs = {r["run"]: r for r in out["runs"]}
     assert set(runs) == set(yaml.safe_load((REPO / "tests/synthetic_tiny_params.yaml").read_text())["runs"])
     assert runs["ortho-standard"]["mcc"] > 0.9
-    assert runs["mixed-topk"]["architecture"] == "topk" and runs["mixed-topk"]["task_verdict"] in ("directions", "combinations", "neither")
-    assert runs["mixed-standard"]["absorption"] is not None
+    assert runs["mixed-topk"]["architecture"] == "topk" and runs["mixed-topk"]["task_size"] == 3
+    for r in runs.values():  # the mixed world's hierarchy and tasks reach the scores
+        assert (r["absorption_pairs"] is not None) == (r["world"] == "mixed")
+        assert (r.get("task_n_eff") is not None) == (r["world"] == "mixed")
+        assert r["mcc_chance"] < r["mcc"] or r["run"] != "ortho-standard"
     for f in ("recovery.md", "recovery.csv", "compositional.png", "mcc_vs_l0_mixed.png"):
         assert (tmp_path / "synthetic/results" / f).exists(), f
     metrics = json.loads((tmp_path / "synthetic/metrics.json").read_text())

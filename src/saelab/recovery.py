@@ -14,28 +14,36 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 
-def abs_cos(W: torch.Tensor, D: torch.Tensor) -> np.ndarray:
-    """(d_sae, F) |cos| between every decoder row and every true direction."""
+def pos_cos(W: torch.Tensor, D: torch.Tensor) -> np.ndarray:
+    """(d_sae, F) max(cos, 0) between every decoder row and every true direction. Codes and activations
+    are >= 0, so a row pointing against d_i can never reconstruct feature i: it scores 0, not |cos|."""
     Wn = W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     Dn = D / D.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return (Wn.double() @ Dn.double().T).abs().numpy()
+    return (Wn.double() @ Dn.double().T).clamp_min(0).numpy()
 
 
 def hungarian(cos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One-to-one matching maximising Σ |cos|: (true feature indices, their latents), min(d_sae, F) pairs."""
+    """One-to-one matching maximising Σ cos: (true feature indices, their latents), min(d_sae, F) pairs."""
     feats, lats = linear_sum_assignment(-cos.T)
     return feats, lats
 
 
 def mcc(cos: np.ndarray) -> float:
-    """Mean over the F true features of the |cos| of their Hungarian-matched latent (0 for a feature
-    left unmatched because d_sae < F). 1 for a perfect dictionary, whatever its order."""
+    """Mean over the F true features of the (positive) cos of their Hungarian-matched latent (0 for a
+    feature left unmatched because d_sae < F). 1 for a perfect dictionary, whatever its order or scale."""
     feats, lats = hungarian(cos)
     return float(cos[lats, feats].sum() / cos.shape[1])
 
 
+def chance_mcc(d_sae: int, D: torch.Tensor, seed: int = 0) -> float:
+    """MCC of a random dictionary of the same size (Gaussian rows): the floor a trained SAE must clear.
+    It rises with d_sae / F and with F / d."""
+    g = torch.Generator().manual_seed(seed)
+    return mcc(pos_cos(torch.randn(d_sae, D.shape[1], generator=g), D))
+
+
 def recovered(cos: np.ndarray, threshold: float) -> np.ndarray:
-    """(F,) bool: some latent has |cos| >= threshold with the feature (not necessarily one-to-one)."""
+    """(F,) bool: some latent has cos >= threshold with the feature (not necessarily one-to-one)."""
     return cos.max(0) >= threshold
 
 
@@ -70,19 +78,24 @@ def shrinkage(f: torch.Tensor, c: torch.Tensor, W: torch.Tensor, D: torch.Tensor
     return out
 
 
-def absorption(f: torch.Tensor, c: torch.Tensor, pairs: list[tuple[int, int]], latent_of: dict[int, int]) -> np.ndarray:
+def absorption(f: torch.Tensor, c: torch.Tensor, pairs: list[tuple[int, int]],
+               latent_of: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Per (parent, child) pair: on tokens where both true features fire, the share on which the child's
-    matched latent fires and the parent's is silent (the child latent "absorbed" the parent).
-    NaN where a feature has no matched latent or the pair never co-fires."""
-    out = np.full(len(pairs), np.nan)
+    matched latent fires and the parent's is silent (the child latent "absorbed" the parent); and, as the
+    control, the share of tokens where the parent fires *without* the child on which the parent's latent
+    is silent (its ordinary miss rate). NaN where a feature has no matched latent or a case never occurs."""
+    out, control = np.full(len(pairs), np.nan), np.full(len(pairs), np.nan)
     for k, (p, ch) in enumerate(pairs):
         if p not in latent_of or ch not in latent_of:
             continue
         both = (c[:, p] > 0) & (c[:, ch] > 0)
+        alone = (c[:, p] > 0) & ~(c[:, ch] > 0)
         if both.any():
             lp, lc = f[both, latent_of[p]] > 0, f[both, latent_of[ch]] > 0
             out[k] = float((lc & ~lp).double().mean())
-    return out
+        if alone.any():
+            control[k] = float((f[alone, latent_of[p]] <= 0).double().mean())
+    return out, control
 
 
 def task_usage(f: torch.Tensor, W: torch.Tensor, D_task: torch.Tensor, on: torch.Tensor, min_span: float) -> dict:
@@ -92,7 +105,7 @@ def task_usage(f: torch.Tensor, W: torch.Tensor, D_task: torch.Tensor, on: torch
     Task latents: those whose decoder row has at least ``min_span`` of its norm in span(D_task).
     Each gets a share q_j of the task's activation mass Σ_{t on} f_j ‖W_j‖. Reports
     ``n_latents`` (task latents with q_j >= 1%), ``n_eff`` = exp(entropy of q) (m for one latent per
-    direction used evenly), ``dir_align`` = Σ q_j max_i |cos(W_j, d_i)| (1 when each latent is one
+    direction used evenly), ``dir_align`` = Σ q_j max_i max(cos(W_j, d_i), 0) (1 when each latent is one
     true direction), ``span_align`` = Σ q_j ‖P W_j‖/‖W_j‖ (1 when they lie in the task's span,
     directions or combinations alike). A combination code has span_align high and dir_align low."""
     Q, _ = torch.linalg.qr(D_task.double().T)  # (d, m) orthonormal basis of the span
@@ -108,7 +121,7 @@ def task_usage(f: torch.Tensor, W: torch.Tensor, D_task: torch.Tensor, on: torch
     if mass.sum() <= 0:
         return empty
     q = mass / mass.sum()
-    cos = torch.from_numpy(abs_cos(W[cand], D_task)).max(1).values
+    cos = torch.from_numpy(pos_cos(W[cand], D_task)).max(1).values
     nz = q[q > 0]
     n_eff = float(torch.exp(-(nz * nz.log()).sum()))
     return {"n_latents": int((q >= 0.01).sum()), "n_eff": n_eff, "n_eff_per_direction": n_eff / m,
@@ -138,10 +151,10 @@ def score(sae, world, x: torch.Tensor, c: torch.Tensor, cfg) -> dict:
     D = world.D
     f = torch.cat([sae.encode(x[i:i + cfg.batch_tokens]) for i in range(0, len(x), cfg.batch_tokens)])
     x_hat = torch.cat([sae.decode(f[i:i + cfg.batch_tokens]) for i in range(0, len(x), cfg.batch_tokens)])
-    cos = abs_cos(W, D)
+    cos = pos_cos(W, D)
     feats, lats = hungarian(cos)
     pair_cos = cos[lats, feats]
-    good = pair_cos >= 0.7
+    good = pair_cos >= cfg.pair_cos
     freq = (c > 0).double().mean(0).numpy()
     prec, rec = firing_pr(f, c, feats[good], lats[good])
     out = {
@@ -150,7 +163,8 @@ def score(sae, world, x: torch.Tensor, c: torch.Tensor, cfg) -> dict:
         "mse": float((x_hat - x).pow(2).sum(-1).mean()),
         "explained_variance": float(1 - (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()),
         "d_sae": int(W.shape[0]), "n_true": int(D.shape[0]),
-        "mcc": mcc(cos),
+        "mcc": mcc(cos), "mcc_chance": chance_mcc(int(W.shape[0]), D),
+        "n_pairs": int(good.sum()),
         "precision": _nanmean(prec), "recall": _nanmean(rec),
         "shrinkage": _nanmean(shrinkage(f, c, W, D, feats[good], lats[good])),
     }
@@ -162,21 +176,31 @@ def score(sae, world, x: torch.Tensor, c: torch.Tensor, cfg) -> dict:
     pairs = [(p, ch) for p, kids in zip(lay["parents"], lay["children"]) for ch in kids]
     if pairs:
         latent_of = {int(i): int(j) for i, j, ok in zip(feats, lats, good) if ok}
-        out["absorption"] = _nanmean(absorption(f, c, pairs, latent_of))
+        absorbed, control = absorption(f, c, pairs, latent_of)
+        out["absorption"] = _nanmean(absorbed)
+        out["absorption_control"] = _nanmean(control)
+        out["absorption_pairs"] = f"{int((~np.isnan(absorbed)).sum())}/{len(pairs)}"
     if lay["tasks"]:
         use = [task_usage(f, W, D[idx], c[:, idx[0]] > 0, cfg.task_latent_span) for idx in lay["tasks"]]
         for key in ("n_latents", "n_eff", "n_eff_per_direction", "dir_align", "span_align"):
             out[f"task_{key}"] = _nanmean([u[key] if u[key] is not None else np.nan for u in use])
         out["task_size"] = len(lay["tasks"][0])
-        out["task_verdict"] = verdict(out["task_dir_align"], out["task_span_align"], cfg.verdict_align)
+        out["task_verdict"] = verdict(out["task_dir_align"], out["task_span_align"], out["task_n_eff_per_direction"],
+                                      cfg.verdict_align)
     return out
 
 
-def verdict(dir_align: float | None, span_align: float | None, threshold: float) -> str:
-    """``directions`` (task latents are single true directions), ``combinations`` (they lie in the task's
-    span but are not single directions), or ``neither`` (no latent lives in the task's span)."""
+def verdict(dir_align: float | None, span_align: float | None, n_eff_per_direction: float | None,
+            threshold: float) -> str:
+    """``directions``: the task latents are single true directions (dir_align >= threshold). Otherwise, if
+    they lie in the task's span (span_align >= threshold): ``merged`` when there are fewer effective
+    latents than directions (n_eff / m < 1: the task compressed onto shared directions), ``combinations``
+    when there are at least as many (n_eff / m >= 1: the critique's tiling by combinations). ``neither``:
+    no latent lives in the task's span."""
     if dir_align is None or span_align is None:
         return "neither"
     if dir_align >= threshold:
         return "directions"
-    return "combinations" if span_align >= threshold else "neither"
+    if span_align < threshold:
+        return "neither"
+    return "merged" if (n_eff_per_direction or 0) < 1 else "combinations"

@@ -80,7 +80,8 @@ class WorldConfig(_Section):
     eval_tokens: int = Field(65_536, gt=0)
     """Tokens of the held-out sample (drawn from its own stream) the recovery metrics use."""
     chunk_tokens: int = Field(65_536, gt=0)
-    """Tokens generated at once (one cache shard): bounds memory, not results."""
+    """Tokens generated at once (one cache shard; each chunk has its own seed): bounds memory, and is part
+    of the world's definition: another chunk size draws other tokens."""
     seed: int = Field(0, ge=0)
 
     @property
@@ -118,12 +119,14 @@ class RunConfig(_Section):
 
 class RecoverConfig(_Section):
     cos_thresholds: tuple[float, ...] = (0.9, 0.7)
-    """A true feature is recovered at t when some decoder row has |cos| >= t with it."""
+    """A true feature is recovered at t when some decoder row has cos >= t with it."""
+    pair_cos: float = Field(0.7, gt=0, le=1)
+    """Hungarian pairs at or above this cos enter precision, recall, shrinkage and absorption."""
     task_latent_span: float = Field(0.5, gt=0, le=1)
     """A latent counts toward a task when this share of its decoder row's norm lies in the task's span."""
     verdict_align: float = Field(0.8, gt=0, le=1)
-    """Compositional verdict: directions if the task latents' mean best single-direction |cos| >= this;
-    combinations if below it while their span alignment is >= it."""
+    """Compositional verdict: directions if the task latents' mean best single-direction cos >= this;
+    otherwise merged / combinations (n_eff per direction below / at least 1) if their span alignment is >= it."""
     batch_tokens: int = Field(8192, gt=0)
 
 
