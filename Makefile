@@ -13,7 +13,7 @@ TORCH_INDEX ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || \
 	 echo --extra-index-url https://download.pytorch.org/whl/cpu))
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro synthetic test benchmark frontier topk-speed saelens-venv clean-venv
+.PHONY: setup repro synthetic questions test benchmark frontier topk-speed saelens-venv clean-venv
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ repro: $(STAMP)
 synthetic: $(STAMP)
 	test -d .git || git init -q
 	cd synthetic && PATH="$(CURDIR)/$(BIN):$$PATH" $(CURDIR)/$(BIN)/dvc repro
+
+# The seed's open questions (questions/dvc.yaml on top of the default pipeline's outputs; docs/questions.md)
+questions: repro
+	cd questions && PATH="$(CURDIR)/$(BIN):$$PATH" $(CURDIR)/$(BIN)/dvc repro
 
 # The SAELens interchange test runs the real SAELens in its own venv (it pins transformer-lens < 4);
 # where it cannot be installed (no network) that test is skipped with the reason, the rest still runs.

@@ -26,7 +26,7 @@ from saelab.synthetic import load_world, load_synth_params  # noqa: E402
 COLS = ("run", "world", "architecture", "knob", "value", "d_sae", "n_true", "l0", "true_l0", "mse", "explained_variance",
         "mcc", "mcc_chance", "recovered_0.9", "recovered_0.7", "n_pairs", "precision", "recall", "shrinkage", "absorption",
         "absorption_control", "absorption_pairs", "task_n_latents", "task_n_eff_per_direction", "task_dir_align",
-        "task_span_align", "task_verdict")
+        "task_span_align", "task_sum_align", "task_verdict")
 
 
 def _fmt(v) -> str:
@@ -66,11 +66,11 @@ def write_tables(rows: list[dict], out: Path) -> None:
     comp = [r for r in rows if r.get("task_verdict")]
     if comp:
         lines += ["", "Compositional tasks (per run: latents per task direction, alignment, verdict):", "",
-                  "| run | architecture | d_sae / F | competing features | n_eff / m | dir_align | span_align | verdict |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| run | architecture | d_sae / F | competing features | n_eff / m | dir_align | span_align | sum_align | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['run']} | {r['architecture']} | {r['d_sae'] / r['n_true']:.2g} | {r['competing']} | "
                   f"{_fmt(r['task_n_eff_per_direction'])} | {_fmt(r['task_dir_align'])} | {_fmt(r['task_span_align'])} | "
-                  f"{r['task_verdict']} |" for r in comp]
+                  f"{_fmt(r.get('task_sum_align'))} | {r['task_verdict']} |" for r in comp]
     (out / "recovery.md").write_text("\n".join(lines) + "\n")
 
 
@@ -86,26 +86,38 @@ def plot(rows: list[dict], out: Path) -> None:
         ax.axvline(rs[0]["true_l0"], color="grey", ls=":", label="true L0")
         ax.set_xscale("log")
         ax.set_xlabel("SAE L0 (held-out sample)")
-        ax.set_ylabel("MCC (Hungarian mean |cos|)")
+        ax.set_ylabel("MCC (Hungarian mean cos⁺)")
         ax.set_title(f"Recovery vs L0, world {world}")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / f"mcc_vs_l0_{world}.png", dpi=110)
         plt.close(fig)
     comp = [r for r in rows if r.get("task_verdict")]
-    if comp:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for key_, ax, label in (("task_dir_align", axes[0], "task latents' best single-direction |cos|"),
-                                ("task_n_eff_per_direction", axes[1], "effective latents per task direction")):
-            for (arch, comp_n) in sorted({(r["architecture"], r["competing"]) for r in comp}):
-                pts = sorted((r["d_sae"] / r["n_true"], r[key_]) for r in comp
-                             if (r["architecture"], r["competing"]) == (arch, comp_n) and r[key_] is not None)
+    if comp:  # top: dictionary growth within each world; bottom: competing tasks at a fixed dictionary
+        fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+        keys = (("task_dir_align", "task latents' best single-direction cos⁺"),
+                ("task_n_eff_per_direction", "effective latents per task direction"))
+        growth = [r for r in comp if not r["world"].startswith("tasks-")]
+        tasks = [r for r in comp if r["world"].startswith("tasks-")]
+        for col, (key_, label) in enumerate(keys):
+            ax = axes[0, col]
+            for world, arch in sorted({(r["world"], r["architecture"]) for r in growth}):
+                pts = sorted((r["d_sae"] / r["n_true"], r[key_]) for r in growth
+                             if (r["world"], r["architecture"]) == (world, arch) and r[key_] is not None)
                 if pts:
-                    ax.plot(*zip(*pts), "o-", label=f"{arch}, {comp_n} competing")
+                    ax.plot(*zip(*pts), "o-", label=f"{world}, {arch}")
             ax.set_xscale("log", base=2)
-            ax.set_xlabel("dictionary size / true feature count")
-            ax.set_ylabel(label)
-            ax.legend(fontsize=7)
+            ax.set(xlabel="dictionary size / true feature count", ylabel=label)
+            ax.legend(fontsize=6)
+            ax = axes[1, col]
+            for arch in sorted({r["architecture"] for r in tasks}):
+                pts = sorted((r["n_tasks"], r[key_]) for r in tasks if r["architecture"] == arch and r[key_] is not None)
+                if pts:
+                    ax.plot(*zip(*pts), "o-", label=arch)
+            ax.set_xscale("log", base=2)
+            ax.set(xlabel="compositional tasks in the world (fixed d_sae)", ylabel=label)
+            if tasks:
+                ax.legend(fontsize=7)
         fig.suptitle("Compositional tasks: directions or combinations?")
         fig.tight_layout()
         fig.savefig(out / "compositional.png", dpi=110)
@@ -130,7 +142,7 @@ def main() -> None:
             arch, knob_name, value = knob(meta["train_params"])
             m = score(sae, world, x, c, params.recover)
             rows.append({"run": name, "world": run.world, "architecture": arch, "knob": knob_name, "value": value,
-                         "competing": world.cfg.n_features, **m})
+                         "competing": world.cfg.n_features, "n_tasks": world.cfg.n_tasks, **m})
             log.info("%s: L0 %.2f, MCC %.4f, recovered@0.9 %.3f", name, m["l0"], m["mcc"], m["recovered_0.9"])
         with atomic_dir(args.out) as tmp:
             write_json(tmp / "recovery.json", {"runs": rows, "matched_l0": matched_l0(rows)})

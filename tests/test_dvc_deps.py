@@ -72,3 +72,19 @@ def test_synthetic_stages_list_exactly_their_import_closure():
         have = {REPO / d.removeprefix("../") for d in deps if d.startswith("../src/")}
         want = closure(script)
         assert have == want, f"{name}: missing {sorted(map(str, want - have))}, stale {sorted(map(str, have - want))}"
+
+
+def test_question_stages_list_exactly_their_import_closure():
+    """questions/dvc.yaml too: each stage's library deps are its script's import closure."""
+    stages = yaml.safe_load((REPO / "questions/dvc.yaml").read_text())["stages"]
+    script_of = {"activations": "q_activations", "train": "q_train", "train_hook": "q_train",
+                 "train_derived": "q_train", "answer": "q_answer"}
+    assert set(stages) == set(script_of)
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        deps = [str(d).replace("${lib}", "../src/saelab") for d in stage["deps"]]
+        script = REPO / "stages" / f"{script_of[name]}.py"
+        assert f"../stages/{script.name}" in deps and script.name in stage["cmd"], name
+        have = {REPO / d.removeprefix("../") for d in deps if d.startswith("../src/")}
+        want = closure(script)
+        assert have == want, f"{name}: missing {sorted(map(str, want - have))}, stale {sorted(map(str, have - want))}"

@@ -107,14 +107,17 @@ def task_usage(f: torch.Tensor, W: torch.Tensor, D_task: torch.Tensor, on: torch
     ``n_latents`` (task latents with q_j >= 1%), ``n_eff`` = exp(entropy of q) (m for one latent per
     direction used evenly), ``dir_align`` = Σ q_j max_i max(cos(W_j, d_i), 0) (1 when each latent is one
     true direction), ``span_align`` = Σ q_j ‖P W_j‖/‖W_j‖ (1 when they lie in the task's span,
-    directions or combinations alike). A combination code has span_align high and dir_align low."""
+    directions or combinations alike), ``sum_align`` = Σ q_j max(cos(W_j, Σ_i d_i), 0) (1 when every
+    latent is the task's sum direction: the merged code). A combination code has span_align high and
+    dir_align low."""
     Q, _ = torch.linalg.qr(D_task.double().T)  # (d, m) orthonormal basis of the span
     Wd = W.double()
     norms = Wd.norm(dim=-1).clamp_min(1e-12)
     span = (Wd @ Q).norm(dim=-1) / norms
     cand = torch.nonzero(span >= min_span).squeeze(-1)
     m = len(D_task)
-    empty = {"n_latents": 0, "n_eff": 0.0, "n_eff_per_direction": 0.0, "dir_align": None, "span_align": None, "m": m}
+    empty = {"n_latents": 0, "n_eff": 0.0, "n_eff_per_direction": 0.0, "dir_align": None, "span_align": None,
+             "sum_align": None, "m": m}
     if len(cand) == 0 or not on.any():
         return empty
     mass = (f[on][:, cand].double() * norms[cand]).sum(0)
@@ -122,10 +125,12 @@ def task_usage(f: torch.Tensor, W: torch.Tensor, D_task: torch.Tensor, on: torch
         return empty
     q = mass / mass.sum()
     cos = torch.from_numpy(pos_cos(W[cand], D_task)).max(1).values
+    to_sum = torch.from_numpy(pos_cos(W[cand], D_task.sum(0, keepdim=True)))[:, 0]
     nz = q[q > 0]
     n_eff = float(torch.exp(-(nz * nz.log()).sum()))
     return {"n_latents": int((q >= 0.01).sum()), "n_eff": n_eff, "n_eff_per_direction": n_eff / m,
-            "dir_align": float((q * cos).sum()), "span_align": float((q * span[cand]).sum()), "m": m}
+            "dir_align": float((q * cos).sum()), "span_align": float((q * span[cand]).sum()),
+            "sum_align": float((q * to_sum).sum()), "m": m}
 
 
 def at_l0(points: list[tuple[float, float]], l0: float) -> float | None:

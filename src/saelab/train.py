@@ -117,13 +117,14 @@ class TrainState:
 
 
 def train_step(sae: SAE, opt: torch.optim.Adam, x: torch.Tensor, autocast: bool = False, step: int = 0,
-               forward=None, check: bool = True, progress: float = 0.0) -> tuple:
+               forward=None, check: bool = True, progress: float = 0.0, probes: tuple = ()) -> tuple:
     """One optimiser step: (loss, mse, terms, fired, l0, bad). ``forward`` is the DDP wrapper of ``sae``
     (or its compiled form); the architecture supplies the loss and the gradient surgery around the step.
 
     With ``check`` the loss is tested for NaN/inf before the weights move (a host sync: free on
     CPU). Without it the caller accumulates the returned ``bad`` flag on the device and reads it
     every ``log_every`` steps, so an accelerator never waits on the host in the hot loop.
+    ``probes`` (saelab.probes) may add loss terms and act around the step; none by default.
     """
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         out = (sae if forward is None else forward)(x, train=True, progress=progress)
@@ -135,11 +136,19 @@ def train_step(sae: SAE, opt: torch.optim.Adam, x: torch.Tensor, autocast: bool 
             + "); training stopped before updating the weights, the last checkpoint is kept. "
             "Lower sae.lr or check the activation cache"
         )
-    out.loss.backward()
+    loss = out.loss
+    for p in probes:
+        if (extra := p.loss(sae)) is not None:
+            loss = loss + extra
+    loss.backward()
+    for p in probes:
+        p.before_step(sae)
     sae.before_step()
     opt.step()
     opt.zero_grad(set_to_none=True)
     sae.after_step()
+    for p in probes:
+        p.after_step(sae)
     return out.loss.detach(), out.mse.detach(), [t.detach() for t in out.terms], out.fired.detach(), out.l0.detach(), bad
 
 
@@ -153,11 +162,16 @@ class Trainer:
     rank applies the same re-initialisation.
     """
 
-    def __init__(self, sae: SAE, cfg: SAEConfig, device: torch.device, ultra_low_threshold: float = EvaluateConfig().ultra_low_threshold):
+    def __init__(self, sae: SAE, cfg: SAEConfig, device: torch.device, ultra_low_threshold: float = EvaluateConfig().ultra_low_threshold,
+                 probes: tuple = ()):
         if sae.architecture != cfg.architecture or sae.arch_params() != cfg.arch_params():
             raise InputError(f"the SAE ({sae.architecture}, {sae.arch_params()}) is not the one sae params describe "
                              f"({cfg.architecture}, {cfg.arch_params()}); build it with saelab.architectures.build(cfg, d_in)")
         self.sae, self.cfg, self.device = sae, cfg, device
+        self.probes = tuple(probes)  # saelab.probes; their state is not checkpointed (questions/ runs restart)
+        if self.probes and (cfg.checkpoint_every or dist.is_initialized()):
+            raise InputError("training probes (questions/) keep state that checkpoints and DDP do not carry; "
+                             "set sae.checkpoint_every: 0 and train in one process")
         self.resample_mode = cfg.resample_mode()
         self.ultra_low = ultra_low_threshold  # evaluate.ultra_low_threshold, for the training curve only
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -248,6 +262,8 @@ class Trainer:
                 st.input_scale = float((x.shape[-1] / x.float().pow(2).sum(-1).mean()).sqrt())
             if step == 0:  # the global batch, so every rank initialises alike
                 self.sae.init_from_data_(x.to(self.device).float() * st.input_scale)
+                for p in self.probes:
+                    p.start(self.sae)
             x = x[self.rank * local : (self.rank + 1) * local].to(self.device, non_blocking=True).float()
             if st.input_scale != 1.0:
                 x = x * st.input_scale
@@ -256,10 +272,12 @@ class Trainer:
             for group in self.opt.param_groups:
                 group["lr"] = cfg.lr * sched.lr_scale(step)
             loss, mse, terms, fired, l0, bad = train_step(self.sae, self.opt, x, cfg.dtype == "bf16", step, self.call,
-                                                          self.check_each_step, step / sched.n_steps)
+                                                          self.check_each_step, step / sched.n_steps, self.probes)
             self.bad |= bad
             fired = self._sum(fired)
             self.sae.observe_(fired, cfg.batch_size)
+            for p in self.probes:
+                p.observe(fired, cfg.batch_size, (step + 1) * cfg.batch_size)
             self.fired += fired if self.rank == 0 else 0  # summed over ranks when read
             st.window_tokens += cfg.batch_size
             self.sums += torch.stack([loss, mse, l0, *terms])
@@ -270,7 +288,11 @@ class Trainer:
                 self._raise_if_bad(done)
             if self.resample_mode != "none" and sched.resamples(done):
                 dead = self._sum(self.fired) / st.window_tokens < cfg.resample_threshold
+                for p in self.probes:
+                    dead = p.keep(dead)
                 n = resample_(self.sae, self.opt, dead, self._gather(x), self.gen, self.resample_mode)
+                for p in self.probes:
+                    p.after_resample(self.sae, dead.nonzero().squeeze(-1), done * cfg.batch_size)
                 st.n_resampled += n
                 st.resample_events.append({"step": done, "n": n})
             if done % cfg.log_every == 0 or done == sched.n_steps:  # before a window reset, so it sees a full window

@@ -1,0 +1,325 @@
+"""The seed's open questions: training probes, the answer functions on hand-built cases, the
+params checks, and the tiny questions pipeline end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from saelab import answers as A
+from saelab.config import ConfigError, SAEConfig
+from saelab.errors import InputError
+from saelab.probes import DensityHistory, EncoderPenalty, GradientSum, Holdout, Orthogonalize, Tie
+from saelab.questions import QParams, load_question_params, rates_after
+from saelab.sae import SAE
+from saelab.train import Trainer
+from tests.test_pipeline import REPO, _run, make_repo
+from tests.test_train import _batches, _cfg
+
+CPU = torch.device("cpu")
+
+
+def _train(probes=(), sae=None, **kw):
+    sae = sae or SAE(16, 64, seed=0, l1_coeff=0.05)
+    cfg = _cfg(checkpoint_every=0, **kw)
+    Trainer(sae, cfg, CPU, probes=probes).run(lambda skip: _batches())
+    return sae
+
+
+# ------------------------------------------------------------------ probes
+
+
+def test_observing_probes_leave_training_bit_identical():
+    """Density history and gradient sums only watch: the weights equal a run without probes."""
+    plain = _train()
+    watched = _train([DensityHistory(640), GradientSum()])
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, watched.state_dict()[k]), k
+
+
+def test_density_history_counts_every_fire_and_every_resampling(tmp_path):
+    sae = SAE(16, 64, seed=0, l1_coeff=0.05)
+    with torch.no_grad():
+        sae.b_enc[:5] = -1e6  # five features that never fire until resampled
+    dh = DensityHistory(64 * 25)
+    _train([dh], sae=sae, n_tokens=64 * 100, resample_stop=1.0)
+    dh.outputs(tmp_path)
+    t = pq.read_table(tmp_path / "density.parquet")
+    assert sorted(set(t["tokens"].to_pylist())) == [64 * 25 * i for i in (1, 2, 3, 4)]
+    assert set(t["interval_tokens"].to_pylist()) == {64 * 25}
+    ev = pq.read_table(tmp_path / "resamples.parquet")
+    assert {0, 1, 2, 3, 4} <= set(ev["feature"].to_pylist())  # the killed features were resampled
+    first = np.asarray(t.filter(pa.compute.equal(t["tokens"], 64 * 25))["fires"])
+    assert (first[:5] == 0).all() and first[5:].sum() > 0
+
+
+def test_holdout_features_are_never_resampled():
+    h = Holdout(100, 0.25, seed=3)
+    assert h.held.sum() == 25
+    dead = torch.ones(100, dtype=torch.bool)
+    assert torch.equal(h.keep(dead), ~h.held)
+    sae = SAE(16, 64, seed=0, l1_coeff=0.05)
+    held = Holdout(64, 0.5, seed=0)
+    with torch.no_grad():
+        sae.b_enc[:] = -1e6  # everything dead: resampling would touch every feature
+    _train([held], sae=sae, n_tokens=64 * 101, resample_stop=1.0)
+    assert (sae.b_enc[held.held] == -1e6).all() and (sae.b_enc[~held.held] > -1e3).all()
+    with pytest.raises(InputError):
+        Holdout(10, 1.5, 0)
+
+
+def test_gradient_sum_is_the_sum_of_encoder_gradients():
+    sae = SAE(8, 12, seed=0)
+    g = GradientSum()
+    total = torch.zeros(8, 12)
+    for _ in range(3):
+        sae(torch.randn(5, 8)).x_hat.pow(2).sum().backward()
+        g.before_step(sae)
+        total += sae.W_enc.grad
+        sae.zero_grad()
+    assert torch.allclose(g.sum, total) and (g.steps == 3).all()
+    g.after_resample(sae, torch.tensor([2]), 0)
+    assert g.sum[:, 2].abs().sum() == 0 and g.steps[2] == 0 and g.steps[3] == 3
+
+
+def test_orthogonalize_keeps_encoder_columns_orthogonal():
+    u = torch.randn(16)
+    sae = _train([Orthogonalize(u)], resample_stop=1.0)
+    assert (u / u.norm() @ sae.W_enc).abs().max() < 1e-5
+    assert (u / u.norm() @ _train().W_enc).abs().max() > 1e-2  # not so without the probe
+    with pytest.raises(InputError):
+        Orthogonalize(torch.zeros(4))
+
+
+def test_encoder_penalty_adds_its_term_and_shrinks_the_encoder():
+    sae = SAE(8, 12, seed=0)
+    assert torch.isclose(EncoderPenalty("l2", 0.5).loss(sae), 0.5 * sae.W_enc.pow(2).sum())
+    assert torch.isclose(EncoderPenalty("l1", 2.0).loss(sae), 2.0 * sae.W_enc.abs().sum())
+    free, penalised = _train(n_tokens=64 * 100), _train([EncoderPenalty("l2", 1.0)], n_tokens=64 * 100)
+    assert penalised.W_enc.norm() < 0.9 * free.W_enc.norm()
+    with pytest.raises(InputError):
+        EncoderPenalty("l3", 1.0)
+
+
+def test_tied_sae_keeps_w_enc_equal_to_w_dec_transposed_and_learns():
+    rows = []
+    sae = SAE(16, 64, seed=0, l1_coeff=0.05)
+    cfg = _cfg(checkpoint_every=0, resample_stop=1.0)
+    Trainer(sae, cfg, CPU, probes=[Tie(sae)]).run(lambda skip: _batches(), log=lambda s, r: rows.append(r))
+    assert torch.equal(sae.W_enc, sae.W_dec.T)
+    assert rows[-1]["mse"] < 0.95 * rows[0]["mse"]  # learns (slowly: unit-norm tied rows have no gain to spare)
+    from saelab.architectures import build
+
+    with pytest.raises(InputError, match="standard"):
+        Tie(build(SAEConfig(architecture="topk"), 16))
+
+
+def test_tied_gradient_is_the_gradient_of_one_shared_matrix():
+    """The summed gradient Tie puts on W_dec equals autograd's through a single shared matrix."""
+    g = torch.Generator().manual_seed(1)
+    sae = SAE(8, 12, seed=0, l1_coeff=0.3)
+    tie = Tie(sae)
+    tie.start(sae)
+    with torch.no_grad():
+        sae.b_dec.normal_(generator=g)
+        sae.b_enc.normal_(generator=g)
+    x = torch.randn(32, 8, generator=g)
+    sae.train_forward(x, 1.0).loss.backward()
+    tie.before_step(sae)
+    P = sae.W_dec.detach().clone().requires_grad_(True)
+    f = torch.relu((x - sae.b_dec.detach()) @ P.T + sae.b_enc.detach())
+    x_hat = f @ P + sae.b_dec.detach()
+    ((x_hat - x).pow(2).sum(-1).mean() + 0.3 * f.sum(-1).mean()).backward()
+    assert sae.W_enc.grad is None and torch.allclose(sae.W_dec.grad, P.grad, atol=1e-5)
+
+
+def test_probes_refuse_checkpointing():
+    with pytest.raises(InputError, match="checkpoint_every"):
+        Trainer(SAE(16, 64, l1_coeff=0.05), _cfg(checkpoint_every=10), CPU, probes=[GradientSum()])
+
+
+# ------------------------------------------------------------------ answer functions
+
+
+def test_drop_lowest_zeroes_the_k_smallest_active_only():
+    f = torch.tensor([[0.0, 3.0, 1.0, 2.0], [0.5, 0.0, 0.0, 0.0]])
+    assert torch.equal(A.drop_lowest(1)(f), torch.tensor([[0.0, 3.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]]))
+    assert torch.equal(A.drop_lowest(2)(f), torch.tensor([[0.0, 3.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    assert torch.equal(A.drop_lowest(0)(f), f)
+
+
+def test_superset_shares_follow_the_bias_order():
+    sets = [{1, 2, 3, 4}, {1, 2}, {2}, set()]  # nested: a lower threshold fires on a superset
+    higher_bias_fires_more = np.array([3.0, 2.0, 1.0, 0.0])
+    m = A.superset_shares(sets, higher_bias_fires_more)
+    assert m["n_pairs"] == 3 and m["share_higher_bias_superset"] == 1.0 and m["share_lower_bias_superset"] == 0.0
+    m = A.superset_shares(sets, -higher_bias_fires_more)
+    assert m["share_lower_bias_superset"] == 1.0
+    m = A.superset_shares([{1}, {2}], np.array([0.0, 1.0]))
+    assert m["share_lower_bias_superset"] == 0.0 and m["share_higher_bias_superset"] == 0.0
+
+
+def _sae_with_rows(W_dec: torch.Tensor) -> SAE:
+    sae = SAE(W_dec.shape[1], W_dec.shape[0], seed=None)
+    with torch.no_grad():
+        sae.W_dec.copy_(W_dec / W_dec.norm(dim=-1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.T)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_consensus_needs_a_match_in_every_sae():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(20, 16, generator=g)
+    same = [_sae_with_rows(W), _sae_with_rows(W[torch.randperm(20, generator=g)]), _sae_with_rows(W.flip(0))]
+    ok, m = A.consensus(same, 0.9)
+    assert ok.all() and m["n_consensus"] == 20
+    other = W.clone()
+    other[:5] = torch.randn(5, 16, generator=g)  # five features missing from the third SAE
+    ok, m = A.consensus(same[:2] + [_sae_with_rows(other)], 0.9)
+    assert m["n_consensus"] == 15 and not ok[:5].any()
+
+
+class _Ev:
+    """The slice of EvalSet that splitting and firing_sets read."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def activations(self):
+        yield self.x
+
+
+def test_splitting_finds_a_partition():
+    e = torch.eye(4)
+    narrow = _sae_with_rows(torch.stack([e[0] + e[1], e[2]]))  # one feature spans two directions
+    wide = _sae_with_rows(torch.stack([e[0] + 0.3 * e[1], 0.3 * e[0] + e[1], e[2], e[3]]))
+    with torch.no_grad():
+        wide.b_enc.fill_(-0.5)  # each child fires on its own direction only
+    x = torch.cat([e[0].expand(5, 4), e[1].expand(5, 4), e[2].expand(3, 4)])  # children fire apart
+    m, rows = A.splitting(narrow, wide, _Ev(x), 0.7)
+    assert m["n_split"] == 1 and rows[0]["narrow"] == 0 and rows[0]["n_children"] == 2
+    assert m["split_coverage_median"] == 1.0 and m["split_exclusivity_median"] == 1.0
+    assert m["share_split_partitions"] == 1.0
+    both = torch.cat([x, (e[0] + e[1]).expand(10, 4)])  # now mostly both children fire together
+    m, _ = A.splitting(narrow, wide, _Ev(both), 0.7)
+    assert m["split_exclusivity_median"] < 0.6 and m["share_split_partitions"] == 0.0
+
+
+def test_density_curve_and_held_dying_on_a_hand_built_history():
+    # 3 features over 4 intervals of 1000 tokens; feature 0 dying then silent, 1 healthy, 2 dying then reviving
+    fires = {0: [0, 1, 0, 0], 1: [50, 60, 55, 40], 2: [0, 0, 3, 50]}
+    t = pa.table({"tokens": [1000 * (i + 1) for i in range(4) for _ in range(3)],
+                  "feature": [f for _ in range(4) for f in range(3)],
+                  "fires": [fires[f][i] for i in range(4) for f in range(3)],
+                  "interval_tokens": [1000] * 12})
+    curve = A.density_curve(t, 1e-2)
+    assert [c["frac_ultra_low"] for c in curve] == pytest.approx([2 / 3, 2 / 3, 2 / 3, 1 / 3])
+    assert [c["frac_zero_fires"] for c in curve] == pytest.approx([2 / 3, 1 / 3, 1 / 3, 1 / 3])
+    m, _ = A.held_dying(t, np.array([0, 1, 2]), 1000, 1e-2, ultra_low=1e-2)
+    assert m["n_held_dying"] == 2  # features 0 and 2
+    assert m["share_revived_above_ultra_low"] == 0.5  # feature 2 (0.05), not feature 0 (at most 1e-3)
+    assert m["share_fewer_fires_second_half"] == 0.5 and m["share_more_fires_second_half"] == 0.5
+    m, _ = A.held_dying(t, np.array([0, 1]), 1000, 1e-2, ultra_low=1e-2)  # feature 2 not held: not watched
+    assert m["n_held_dying"] == 1 and m["share_revived_above_ultra_low"] == 0.0
+    rates = rates_after(t, 2000)
+    assert rates == pytest.approx([0.0, 0.0475, 0.0265])
+
+
+def test_finetune_keeps_l0_and_cuts_the_error_of_a_shrunk_decoder():
+    sae = _train()
+    with torch.no_grad():
+        sae.W_dec.mul_(0.5)  # a decoder that undershoots
+    x = torch.cat([next(_batches(seed=9)) for _ in range(4)])
+    before = (sae(x).x_hat - x).pow(2).sum(-1).mean()
+    for mode in ("scale", "decoder"):
+        tuned = A.finetune(sae, _batches(seed=5), 64 * 200, 1e-2, mode)
+        assert torch.equal(tuned.encode(x) > 0, sae.encode(x) > 0)  # encoder frozen: same firing
+        assert (tuned(x).x_hat - x).pow(2).sum(-1).mean() < 0.7 * before
+
+
+# ------------------------------------------------------------------ params
+
+
+def _params(**over) -> dict:
+    q = yaml.safe_load((REPO / "questions/params.yaml").read_text())
+    for k, v in over.items():
+        q[k] = v
+    return q
+
+
+def test_committed_question_params_load(tmp_path):
+    q = load_question_params(REPO / "questions/params.yaml")
+    assert q.sae_config("base") == q.default.sae.model_copy(update={"checkpoint_every": 0})
+    assert q.sae_config("width-8").expansion == 8 and q.sae_config("seed-3").seed == 3
+    assert q.hook("mlp-out-a") == "blocks.0.hook_mlp_out" and q.hook("base") == q.default.activations.hook
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"derived_runs": {"orthogonal": {"probes": {"orthogonalize": "seed-1"}}}}, "density: true"),
+    ({"derived_runs": {"orthogonal": {"probes": {"density": True}}}}, "orthogonalize exactly"),
+    ({"hook_runs": {"mlp-out-a": {"sae": {"l1_coeff": 1.0}}}}, "hook"),
+    ({"runs": {"base": {"probes": {"density": True}}}}, "grad_sum"),
+])
+def test_bad_question_params_are_refused_with_the_fix(change, match):
+    q = _params()
+    for section, runs in change.items():
+        q[section] = {**q[section], **runs}
+    q["runs"] = {**q["runs"]}
+    with pytest.raises(Exception, match=match):
+        QParams.model_validate(q)
+
+
+def test_a_bad_run_override_is_named(tmp_path):
+    q = _params()
+    q["runs"]["width-1"] = {"sae": {"expansion": -1}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(q))
+    (tmp_path / "base.yaml").write_text((REPO / "params.yaml").read_text())
+    q["base"] = "base.yaml"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(q))
+    with pytest.raises(ConfigError, match="runs.width-1.sae"):
+        load_question_params(tmp_path / "params.yaml")
+
+
+# ------------------------------------------------------------------ the tiny pipeline
+
+
+TINY_QUESTIONS = {
+    "density_every": 2048,
+    "hook_runs": {f"mlp-out-{c}": {"hook": "blocks.0.hook_mlp_out", "sae": {"d_sae": 64, "l1_coeff": v}}
+                  for c, v in zip("abc", (0.3, 1.0, 3.0))},
+    "answer": {"eval_tokens": 2048, "finetune_tokens": 4096, "drop_k": [1, 2], "n_contexts": 3, "batch_rows": 16},
+}
+
+
+def test_tiny_questions_pipeline_runs_with_dvc_repro(tmp_path):
+    """The default tiny pipeline, then `dvc repro` in questions/ (every stage, every question answered,
+    the base run bit-identical to the default pipeline's SAE), then nothing left to rerun."""
+    import shutil
+
+    repo = make_repo(tmp_path / "repo")
+    _run(["dvc", "repro", "train@0"], repo)
+    (repo / "questions").mkdir()
+    shutil.copy(REPO / "questions/dvc.yaml", repo / "questions")
+    q = _params(**TINY_QUESTIONS)
+    (repo / "questions/params.yaml").write_text(yaml.safe_dump(q, sort_keys=False))
+    _run(["dvc", "repro"], repo / "questions")
+    res = json.loads((repo / "questions/results/answers.json").read_text())
+    for key in ("q1_direction", "q2_orthogonal", "q3_resampling", "q4_dying", "q5_cluster_ablation", "q6_bias_supersets",
+                "q7_hook", "q8_encoder", "q9_shrinkage", "q10_drop_k", "q11_width", "q12_consensus"):
+        assert res[key], key
+    assert set(res["runs"]) == set(load_question_params(repo / "questions/params.yaml").every)
+    base = SAE.load(repo / "questions/models/base")[0].state_dict()
+    default = SAE.load(repo / "models/saes/seed-0")[0].state_dict()
+    assert all(torch.equal(v, default[k]) for k, v in base.items())
+    assert (repo / "questions/results/q4_ultra_low_share.png").exists()
+    status = _run(["dvc", "status"], repo / "questions").stdout
+    assert "changed" not in status and "modified" not in status, status
