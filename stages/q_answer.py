@@ -24,6 +24,7 @@ from saelab.recovery import at_l0
 from saelab.sae import SAE
 from saelab.stage import log, parser, run_stage
 from saelab.tokens import read_rows
+from saelab.train import Schedule
 
 
 def _csv(path: Path, rows: list[dict]) -> None:
@@ -127,7 +128,9 @@ def main() -> None:
         h = a.holdout
         held = pq.read_table(args.models / h / "holdout.parquet")["feature"].to_numpy()
         hcfg = q.sae_config(h)
-        m4, held_curve = A.held_dying(density[h], held, hcfg.resample_every, hcfg.resample_threshold, thr)
+        sched = Schedule.from_config(hcfg)
+        checks = [s * hcfg.batch_size for s in range(sched.every, sched.stop + 1, sched.every)]
+        m4, held_curve = A.held_dying(density[h], held, checks, hcfg.resample_window, hcfg.resample_threshold, thr)
         tables["q4_held_dying"] = held_curve
         res["q4_dying"] = m4 | {"resampled_total_base": int(pq.read_table(args.models / base / "resamples.parquet").num_rows),
                                 "ultra_low_share_by_run": {n: runs[n]["frac_ultra_low"] for n in (base, h)},
@@ -180,7 +183,7 @@ def main() -> None:
         w = list(a.widths)
         res["q11_width"] = {"runs": {n: runs[n] | {"ce_gap": scores[n]["ce_sae"] - scores[n]["ce_clean"]} for n in w}}
         for narrow, wide in zip(w, w[1:]):
-            m, split_rows = A.splitting(saes[narrow], saes[wide], ev(base), a.split_cos)
+            m, split_rows = A.splitting(saes[narrow], saes[wide], ev(base), a.split_cos, freq[narrow] >= thr, freq[wide] >= thr)
             res["q11_width"][f"{narrow}_to_{wide}"] = m
             tables[f"q11_splits_{narrow}_to_{wide}"] = split_rows
         figs["q11_ce_gap"] = [{"CE gap": ([runs[n]["n_features"] for n in w], [res["q11_width"]["runs"][n]["ce_gap"] for n in w]),

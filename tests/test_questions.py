@@ -212,26 +212,34 @@ def test_splitting_finds_a_partition():
     both = torch.cat([x, (e[0] + e[1]).expand(10, 4)])  # now mostly both children fire together
     m, _ = A.splitting(narrow, wide, _Ev(both), 0.7)
     assert m["split_exclusivity_median"] < 0.6 and m["share_split_partitions"] == 0.0
+    live = np.array([True, True, False, True])  # wide feature 2 ultra-low: not a child
+    m, rows = A.splitting(narrow, wide, _Ev(x), 0.7, np.array([False, True]), live)
+    assert m["n_split"] == 0 and m["n_narrow_live"] == 1  # narrow feature 0 out of the pool: no parent for 0 and 1
 
 
 def test_density_curve_and_held_dying_on_a_hand_built_history():
-    # 3 features over 4 intervals of 1000 tokens; feature 0 dying then silent, 1 healthy, 2 dying then reviving
-    fires = {0: [0, 1, 0, 0], 1: [50, 60, 55, 40], 2: [0, 0, 3, 50]}
-    t = pa.table({"tokens": [1000 * (i + 1) for i in range(4) for _ in range(3)],
-                  "feature": [f for _ in range(4) for f in range(3)],
-                  "fires": [fires[f][i] for i in range(4) for f in range(3)],
-                  "interval_tokens": [1000] * 12})
+    # 4 features over 6 intervals of 1000 tokens; checks at 2000 and 4000 (window 2000)
+    fires = {0: [0, 1, 0, 0, 0, 0],       # dying at the first check, then silent: steadily rarer
+             1: [50, 60, 55, 40, 50, 50],  # healthy
+             2: [0, 0, 3, 2, 20, 50],      # dying at the first check, then revives
+             3: [9, 9, 0, 0, 0, 0]}        # healthy at the first check, dying at the second
+    T = 6
+    t = pa.table({"tokens": [1000 * (i + 1) for i in range(T) for _ in range(4)],
+                  "feature": [f for _ in range(T) for f in range(4)],
+                  "fires": [fires[f][i] for i in range(T) for f in range(4)],
+                  "interval_tokens": [1000] * (4 * T)})
     curve = A.density_curve(t, 1e-2)
-    assert [c["frac_ultra_low"] for c in curve] == pytest.approx([2 / 3, 2 / 3, 2 / 3, 1 / 3])
-    assert [c["frac_zero_fires"] for c in curve] == pytest.approx([2 / 3, 1 / 3, 1 / 3, 1 / 3])
-    m, _ = A.held_dying(t, np.array([0, 1, 2]), 1000, 1e-2, ultra_low=1e-2)
-    assert m["n_held_dying"] == 2  # features 0 and 2
-    assert m["share_revived_above_ultra_low"] == 0.5  # feature 2 (0.05), not feature 0 (at most 1e-3)
-    assert m["share_fewer_fires_second_half"] == 0.5 and m["share_more_fires_second_half"] == 0.5
-    m, _ = A.held_dying(t, np.array([0, 1]), 1000, 1e-2, ultra_low=1e-2)  # feature 2 not held: not watched
+    assert [c["frac_ultra_low"] for c in curve] == pytest.approx([0.75, 0.75, 0.75, 0.75, 0.5, 0.5])
+    assert [c["frac_zero_fires"] for c in curve] == pytest.approx([0.5, 0.25, 0.5, 0.5, 0.5, 0.5])
+    m, rows = A.held_dying(t, np.array([0, 1, 2, 3]), [2000, 4000], 2000, 1e-3, ultra_low=1e-2)
+    assert m["n_held_dying"] == 3 and {r["feature"]: r["dying_since"] for r in rows} == {0: 2000, 2: 2000, 3: 4000}
+    assert m["share_revived_above_ultra_low"] == pytest.approx(1 / 3)  # feature 2 (rate 0.05 later)
+    assert m["share_fewer_fires_second_half"] == 0.0 and m["share_more_fires_second_half"] == pytest.approx(1 / 3)
+    assert m["share_silent_throughout"] == pytest.approx(2 / 3)  # 0 and 3 never fire after their check
+    m, _ = A.held_dying(t, np.array([0, 1]), [2000, 4000], 2000, 1e-3, ultra_low=1e-2)  # 2 and 3 not held
     assert m["n_held_dying"] == 1 and m["share_revived_above_ultra_low"] == 0.0
-    rates = rates_after(t, 2000)
-    assert rates == pytest.approx([0.0, 0.0475, 0.0265])
+    rates = rates_after(t, 4000)
+    assert rates == pytest.approx([0.0, 0.05, 0.035, 0.0])
 
 
 def test_finetune_keeps_l0_and_cuts_the_error_of_a_shrunk_decoder():

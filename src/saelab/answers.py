@@ -135,39 +135,52 @@ def density_curve(density: pa.Table, threshold: float) -> list[dict]:
     return out
 
 
-def held_dying(density: pa.Table, held: np.ndarray, window_end: int, threshold: float,
+def held_dying(density: pa.Table, held: np.ndarray, checks: list[int], window: int, threshold: float,
                ultra_low: float) -> tuple[dict, list[dict]]:
-    """The held-out (never resampled) features that were dying at the first resampling check
-    (rate < ``threshold`` over the intervals up to ``window_end``): their rate afterwards, and the
-    share that later reach ``ultra_low`` in some interval (revived)."""
+    """The held-out (never resampled) features that a resampling check would have resampled: at
+    some check (training token in ``checks``) their rate over the density intervals ending in the
+    ``window`` tokens before it was below ``threshold``. Each is watched from its first such check
+    on: fires in the first and second half of its later intervals, the Spearman correlation of
+    fires with time, and whether any later interval reaches ``ultra_low`` (revived)."""
     t, feat, f, n = (np.asarray(density[c]) for c in ("tokens", "feature", "fires", "interval_tokens"))
+    times = np.unique(t)
+    order = np.lexsort((feat, t))
     d = int(feat.max()) + 1
-    early = t <= window_end
-    rate0 = np.bincount(feat[early], weights=f[early], minlength=d) / np.maximum(
-        np.bincount(feat[early], weights=n[early], minlength=d), 1)
-    dying = np.zeros(d, dtype=bool)
-    dying[held] = rate0[held] < threshold
-    times = np.unique(t[t > window_end])
-    fires = np.stack([f[(t == tok)][np.argsort(feat[t == tok])] for tok in times], 1)[dying]  # (n_dying, T)
-    width = np.array([n[t == tok][0] for tok in times])
-    curve = [{"tokens": int(tok), "median_rate": float(np.median(fires[:, j] / width[j])) if len(fires) else None,
-              "share_zero_fires": float((fires[:, j] == 0).mean()) if len(fires) else None,
-              "total_fires": int(fires[:, j].sum())} for j, tok in enumerate(times)]
-    m = {"n_held": int(len(held)), "n_held_dying": int(dying.sum()), "window_end_tokens": int(window_end)}
-    if len(fires) and len(times) >= 3:
-        half = len(times) // 2
-        first, second = fires[:, :half].sum(1), fires[:, half:].sum(1)
-        rho = np.array([stats.spearmanr(np.arange(len(times)), row).statistic if row.std() > 0 else np.nan for row in fires])
+    fires = f[order].reshape(len(times), d).T  # (d, T)
+    width = n[order].reshape(len(times), d)[:, 0]
+    since = {}
+    for c in checks:
+        inside = (times > c - window) & (times <= c)
+        if not inside.any():
+            continue
+        rate = fires[:, inside].sum(1) / width[inside].sum()
+        for i in held:
+            if i not in since and rate[i] < threshold:
+                since[int(i)] = c
+    m = {"n_held": int(len(held)), "n_held_dying": len(since), "checks": [int(c) for c in checks]}
+    rows, per = [], []
+    for i, c in since.items():
+        later = times > c
+        if later.sum() < 2:
+            continue
+        fi, wi = fires[i, later], width[later]
+        half = len(fi) // 2
+        rho = stats.spearmanr(np.arange(len(fi)), fi).statistic if len(fi) >= 3 and fi.std() > 0 else np.nan
+        per.append((fi[:half].sum(), fi[half:].sum(), rho, (fi / wi).max() >= ultra_low, fi.sum() == 0))
+        rows.append({"feature": i, "dying_since": c, "fires_later": " ".join(map(str, fi.tolist()))})
+    if per:
+        first, second, rho, revived, silent = map(np.array, zip(*per))
         m |= {
+            "n_watched": len(per),
             "share_fewer_fires_second_half": float((second < first).mean()),
             "share_more_fires_second_half": float((second > first).mean()),
-            "share_silent_throughout": float((fires.sum(1) == 0).mean()),
+            "share_silent_throughout": float(silent.mean()),
             "spearman_time_fires_median": float(np.nanmedian(rho)) if np.isfinite(rho).any() else None,
-            "share_negative_trend": float((rho < 0).sum() / len(rho)),
-            "share_revived_above_ultra_low": float(((fires / width).max(1) >= ultra_low).mean()),
+            "share_negative_trend": float((rho < 0).mean()),
+            "share_revived_above_ultra_low": float(revived.mean()),
             "fires_first_half_total": int(first.sum()), "fires_second_half_total": int(second.sum()),
         }
-    return m, curve
+    return m, rows
 
 
 # ------------------------------------------------------------------ question 6
@@ -274,15 +287,21 @@ def finetune(sae, batches, n_tokens: int, lr: float, mode: str):
 
 
 @torch.no_grad()
-def splitting(narrow, wide, ev, split_cos: float) -> tuple[dict, list[dict]]:
-    """Each wide feature is a child of its best-matching narrow feature (decoder cos) when that cos
-    is >= ``split_cos``. For narrow features with >= 2 children, on the eval sample: coverage
-    (share of the narrow feature's firings where some child fires), exclusivity (share of those
-    where exactly one child fires) and spill (share of the children's firings where the narrow
-    feature is silent). A partition is coverage and exclusivity high, spill low."""
+def splitting(narrow, wide, ev, split_cos: float, live_narrow: np.ndarray | None = None,
+              live_wide: np.ndarray | None = None) -> tuple[dict, list[dict]]:
+    """Each live wide feature is a child of its best-matching live narrow feature (decoder cos) when
+    that cos is >= ``split_cos`` (live: the masks, e.g. not ultra-low; all when None). For narrow
+    features with >= 2 children, on the eval sample: coverage (share of the narrow feature's firings
+    where some child fires), exclusivity (share of those where exactly one child fires; undefined
+    without coverage) and spill (share of the children's firings where the narrow feature is
+    silent). A partition is coverage and exclusivity high, spill low."""
     cos = decoder_cosines(wide.W_dec.detach(), narrow.W_dec.detach())  # (d_wide, d_narrow)
+    if live_narrow is not None:
+        cos[:, ~torch.from_numpy(live_narrow)] = -2.0
     best, parent = cos.max(1)
     child = best >= split_cos
+    if live_wide is not None:
+        child &= torch.from_numpy(live_wide)
     n_children = torch.bincount(parent[child], minlength=narrow.d_sae)
     kids = child.nonzero().squeeze(-1)
     fn_n = inter = union = one = torch.zeros(narrow.d_sae, dtype=torch.float64)
@@ -295,13 +314,17 @@ def splitting(narrow, wide, ev, split_cos: float) -> tuple[dict, list[dict]]:
         union = union + (c > 0).sum(0).double()
         one = one + (fn & (c == 1)).sum(0).double()
     split = (n_children >= 2) & (fn_n > 0)
-    cov, excl, spill = inter / fn_n.clamp_min(1), one / inter.clamp_min(1), 1 - inter / union.clamp_min(1)
-    counts = {f"share_narrow_with_{k}_children": float((n_children == k).float().mean()) for k in (0, 1, 2)}
-    counts["share_narrow_with_3plus_children"] = float((n_children >= 3).float().mean())
+    cov, spill = inter / fn_n.clamp_min(1), 1 - inter / union.clamp_min(1)
+    excl = torch.where(inter > 0, one / inter.clamp_min(1), torch.full_like(one, float("nan")))
+    pool = torch.from_numpy(live_narrow) if live_narrow is not None else torch.ones(narrow.d_sae, dtype=torch.bool)
+    counts = {f"share_narrow_with_{k}_children": float((n_children[pool] == k).float().mean()) for k in (0, 1, 2)}
+    counts["share_narrow_with_3plus_children"] = float((n_children[pool] >= 3).float().mean())
+    counts["n_narrow_live"] = int(pool.sum())
     m = counts | {"n_split": int(split.sum()), "share_wide_children": float(child.float().mean())}
     if split.any():
         part = split & (cov >= 0.8) & (excl >= 0.8) & (spill <= 0.2)
-        m |= {"split_coverage_median": float(cov[split].median()), "split_exclusivity_median": float(excl[split].median()),
+        m |= {"split_coverage_median": float(cov[split].median()),
+              "split_exclusivity_median": float(excl[split].nanmedian()) if (inter[split] > 0).any() else None,
               "split_spill_median": float(spill[split].median()), "share_split_partitions": float(part.sum() / split.sum())}
     rows = [{"narrow": int(i), "n_children": int(n_children[i]), "fires": int(fn_n[i]), "coverage": float(cov[i]),
              "exclusivity": float(excl[i]), "spill": float(spill[i]),
