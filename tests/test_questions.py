@@ -188,6 +188,51 @@ def test_consensus_needs_a_match_in_every_sae():
     assert m["n_consensus"] == 15 and not ok[:5].any()
 
 
+def test_consensus_needs_every_pair_not_only_pairs_with_the_first():
+    e = torch.eye(8)
+    base = _sae_with_rows(e[:4].clone())
+    a, b = e[:4].clone(), e[:4].clone()
+    a[0] = e[0] + 0.45 * e[5]  # cos 0.91 with base's row 0
+    b[0] = e[0] - 0.45 * e[5]  # cos 0.91 with base's, but 0.66 with a's
+    ok, m = A.consensus([base, _sae_with_rows(a), _sae_with_rows(b)], 0.9)
+    assert not ok[0] and ok[1:].all() and m["n_consensus"] == 3
+
+
+def test_superset_random_baseline_counts_nesting_of_same_size_sets():
+    m = A.superset_shares([{1, 2}, {1, 2}], np.array([0.0, 1.0]))  # both sets are the whole union
+    assert m["share_nested_random_sets"] == 1.0 and m["share_lower_bias_superset"] == 1.0
+
+
+class _DirEv:
+    """The slice of EvalSet that direction_origin reads, over FakeLM-free hand-built activations."""
+
+    def __init__(self, x, model):
+        self.x, self.covered = [x], [torch.ones(x.shape[:2], dtype=torch.bool)]
+        self.tokens, self.model, self.hook = [torch.zeros(x.shape[:2], dtype=torch.long)], model, "h"
+
+
+def test_direction_origin_signs_on_a_hand_built_cluster():
+    """Ultra-low encoder columns point against the mean activation and training pushed them that way:
+    u has cos ~ -1 with the mean, and the descent direction (minus the gradient sum) cos ~ +1 with u."""
+    from tests.conftest import FakeLM
+
+    g = torch.Generator().manual_seed(0)
+    d, n = 8, 6
+    m = torch.linspace(1.0, 2.0, d)
+    x = (m + 0.1 * torch.randn(4, 16, d, generator=g))
+    sae = SAE(d, n, seed=0)
+    with torch.no_grad():
+        sae.W_enc[:, :4] = -m[:, None] + 0.05 * torch.randn(d, 4, generator=g)  # the cluster
+        sae.b_dec.zero_()
+    freq = np.array([0.0, 1e-6, 0.0, 1e-6, 0.2, 0.3])
+    grad = {"grad_sum": m[:, None].expand(d, n).clone(), "steps": torch.ones(n, dtype=torch.long)}
+    res, u = A.direction_origin(sae, freq, _DirEv(x, FakeLM(d)), m.double(), None, grad, 1e-4)
+    assert res["n_ultra_low"] == 4
+    assert res["cos_mean_activation_eval"] < -0.95 and res["cos_mean_activation_cache"] < -0.95
+    assert res["cos_mean_descent_direction"] > 0.95  # fails if the descent sign is flipped
+    assert res["max_abs_cos_top_singular_vectors"] > 0.95 and res["share_in_span_mean_b_dec"] > 0.9
+
+
 class _Ev:
     """The slice of EvalSet that splitting and firing_sets read."""
 
@@ -325,6 +370,12 @@ def test_tiny_questions_pipeline_runs_with_dvc_repro(tmp_path):
                 "q7_hook", "q8_encoder", "q9_shrinkage", "q10_drop_k", "q11_width", "q12_consensus"):
         assert res[key], key
     assert set(res["runs"]) == set(load_question_params(repo / "questions/params.yaml").every)
+    for name, r in res["runs"].items():  # every run scored on the sample
+        assert np.isfinite(r["ce_recovered_zero"]) and r["l0"] > 0 and 0 <= r["frac_ultra_low"] <= 1, name
+    assert {f"{mode}_{k}" for mode in ("drop_lowest", "keep_top") for k in (1, 2)} <= set(res["q10_drop_k"])
+    assert {"width-1_to_width-2", "width-2_to_base", "base_to_width-8"} <= set(res["q11_width"])
+    assert res["q12_consensus"]["n_saes"] == 5 and len(res["q3_resampling"]) == 3
+    assert res["q9_shrinkage"]["after_decoder"]["l0"] == pytest.approx(res["q9_shrinkage"]["before"]["l0"])
     base = SAE.load(repo / "questions/models/base")[0].state_dict()
     default = SAE.load(repo / "models/saes/seed-0")[0].state_dict()
     assert all(torch.equal(v, default[k]) for k, v in base.items())
