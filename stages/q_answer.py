@@ -93,7 +93,8 @@ def main() -> None:
 
         # 1. the shared ultra-low direction
         grad = load_weights(args.models / base / "grad_sum.safetensors")
-        cache_mean = ActivationCache(args.activations).mean.double()
+        cache = ActivationCache(args.activations)
+        cache_mean = cache.mean.double()
         m1, u = A.direction_origin(B, freq[base], ev(base), cache_mean, W_out, grad, thr)
         res["q1_direction"] = m1
         if u is not None:
@@ -135,6 +136,11 @@ def main() -> None:
         res["q4_dying"] = m4 | {"resampled_total_base": int(pq.read_table(args.models / base / "resamples.parquet").num_rows),
                                 "ultra_low_share_by_run": {n: runs[n]["frac_ultra_low"] for n in (base, h)},
                                 "ce_recovered_by_run": {n: runs[n]["ce_recovered_zero"] for n in (base, h)}}
+        none = a.resampling.get("none")
+        if none in density:  # the same watch over every feature of a run that never resamples: no mass resampling nearby
+            res["q4_dying_unresampled"], tables["q4_dying_unresampled"] = A.held_dying(
+                density[none], np.unique(np.asarray(density[none]["feature"])), checks, hcfg.resample_window, hcfg.resample_threshold, thr)
+            res["q4_dying_unresampled"]["run"] = none
 
         # 5. ablating the cluster
         ultra = torch.from_numpy(freq[base] < thr)
@@ -160,7 +166,6 @@ def main() -> None:
         res["q8_encoder"] = {n: runs[n] | A.enc_dec_profile(saes[n], freq[n], thr) for n in (base, *a.encoder_runs)}
 
         # 9. shrinkage
-        cache = ActivationCache(args.activations)
         cfg = q.sae_config(base)
         res["q9_shrinkage"] = {"before": A.summary(scores[base], thr)}
         for mode in ("decoder", "scale"):

@@ -22,6 +22,7 @@ from saelab.analysis.weights import (cluster_sameness, enc_dec_cosine, logit_eff
                                      null_space_share, unit)
 from saelab.compare import cosine, decoder_cosines, match, ultra_low_direction
 from saelab.hooks import capture
+from saelab.questions import density_grid
 
 HEADLINE = ("ce_recovered_zero", "mse", "l0", "l2_ratio", "frac_ultra_low", "frac_dead")
 
@@ -35,12 +36,15 @@ def summary(score: dict, threshold: float) -> dict:
 
 
 def cluster_stats(sae, freq: np.ndarray, threshold: float) -> dict:
-    """Share of ultra-low features, and how alike their encoder columns are (cos with their mean)."""
+    """Share of ultra-low features, and how alike their encoder columns are (cos with their mean),
+    over all ultra-low features and over the live ones (frequency > 0 on the eval sample)."""
     ultra = freq < threshold
     out = {"frac_ultra_low": float(ultra.mean()), "n_ultra_low": int(ultra.sum())}
-    if ultra.sum() >= 2:
-        _, cos, share = cluster_sameness(sae.W_enc.detach().T[torch.from_numpy(ultra)].double())
-        out |= {"cluster_enc_cos_median": float(cos.median()), "cluster_enc_share_cos_above_0.95": share}
+    for tag, members in (("", ultra), ("_live", ultra & (freq > 0))):  # _live: dead features left out
+        out[f"n_ultra_low{tag}"] = int(members.sum())
+        if members.sum() >= 2:
+            _, cos, share = cluster_sameness(sae.W_enc.detach().T[torch.from_numpy(members)].double())
+            out |= {f"cluster{tag}_enc_cos_median": float(cos.median()), f"cluster{tag}_enc_share_cos_above_0.95": share}
     return out
 
 
@@ -142,12 +146,7 @@ def held_dying(density: pa.Table, held: np.ndarray, checks: list[int], window: i
     ``window`` tokens before it was below ``threshold``. Each is watched from its first such check
     on: fires in the first and second half of its later intervals, the Spearman correlation of
     fires with time, and whether any later interval reaches ``ultra_low`` (revived)."""
-    t, feat, f, n = (np.asarray(density[c]) for c in ("tokens", "feature", "fires", "interval_tokens"))
-    times = np.unique(t)
-    order = np.lexsort((feat, t))
-    d = int(feat.max()) + 1
-    fires = f[order].reshape(len(times), d).T  # (d, T)
-    width = n[order].reshape(len(times), d)[:, 0]
+    times, fires, width = density_grid(density)
     since = {}
     for c in checks:
         inside = (times > c - window) & (times <= c)

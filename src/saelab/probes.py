@@ -206,7 +206,11 @@ class Tie(Probe):
     @torch.no_grad()
     def before_step(self, sae):
         if sae.W_enc.grad is not None:
-            sae.W_dec.grad = sae.W_enc.grad.T + (sae.W_dec.grad if sae.W_dec.grad is not None else 0)
+            # in place on W_dec's own gradient (or a contiguous copy): ``W_enc.grad.T + W_dec.grad`` takes the
+            # transposed operand's strides, and fused Adam then updates the wrong elements (the tied
+            # run of commit a85f687 diverged that way; tests/test_questions.py checks the layout)
+            g = sae.W_enc.grad.T
+            sae.W_dec.grad = g.contiguous() if sae.W_dec.grad is None else sae.W_dec.grad.add_(g)
             sae.W_enc.grad = None
 
     def after_step(self, sae):

@@ -9,7 +9,6 @@ the trained runs into one JSON per question, tables and figures.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -118,8 +117,6 @@ class QParams(_Section):
             if o not in self.runs or not self.runs[o].probes.density:
                 raise ValueError(f"runs.{name}.probes.orthogonalize: {o!r} must name a run with probes.density: true "
                                  "(its training-time ultra-low direction is read from its density history)")
-            if o == name:
-                raise ValueError(f"runs.{name}.probes.orthogonalize: a run cannot use its own direction")
         a = self.answer
         named = {"base": [a.base], "holdout": [a.holdout], "orthogonal": [a.orthogonal], "resampling": list(a.resampling.values()),
                  "hook_runs": list(a.hook_runs), "encoder_runs": list(a.encoder_runs), "widths": list(a.widths), "seeds": list(a.seeds)}
@@ -182,14 +179,23 @@ def probes_for(q: QParams, run: str, sae, direction: torch.Tensor | None = None)
 # ------------------------------------------------------------------ training-time density
 
 
+def density_grid(density) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A density history (probes.DensityHistory: one row per feature per interval) as arrays:
+    interval end tokens (T,), fires (d_sae, T) and interval widths in tokens (T,)."""
+    t, feat, f, n = (np.asarray(density[c]) for c in ("tokens", "feature", "fires", "interval_tokens"))
+    times = np.unique(t)
+    d = int(feat.max()) + 1
+    if len(t) != len(times) * d:
+        raise ValueError(f"density history: {len(t)} rows, not one per feature ({d}) per interval ({len(times)})")
+    order = np.lexsort((feat, t))
+    return times, f[order].reshape(len(times), d).T, n[order].reshape(len(times), d)[:, 0]
+
+
 def rates_after(density, start_tokens: int) -> np.ndarray:
     """Per-feature firing rate over the intervals that end after ``start_tokens`` (a density table)."""
-    tokens, feat, fires, n = (np.asarray(density[c]) for c in ("tokens", "feature", "fires", "interval_tokens"))
-    d = int(feat.max()) + 1
-    late = tokens > start_tokens
-    feat, fires, n = feat[late], fires[late], n[late]
-    tokens = np.bincount(feat, weights=n, minlength=d)
-    return np.bincount(feat, weights=fires, minlength=d) / np.maximum(tokens, 1)
+    times, fires, width = density_grid(density)
+    late = times > start_tokens
+    return fires[:, late].sum(1) / max(int(width[late].sum()), 1)
 
 
 def training_direction(W_enc: torch.Tensor, rates: np.ndarray, threshold: float) -> torch.Tensor | None:
@@ -267,9 +273,3 @@ class EvalSet:
             out |= {"ce_sae": ce_sae, "ce_clean": self.ce_clean, "ce_zero": self.ce_zero,
                     "ce_recovered_zero": ce_recovered(self.ce_clean, ce_sae, self.ce_zero), "ce_tokens": self.n_ce}
         return out
-
-
-def fmt(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
