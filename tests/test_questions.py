@@ -393,7 +393,7 @@ def test_tiny_questions_pipeline_runs_with_dvc_repro(tmp_path):
     _run(["dvc", "repro"], repo / "questions")
     res = json.loads((repo / "questions/results/answers.json").read_text())
     for key in ("q1_direction", "q2_orthogonal", "q3_resampling", "q4_dying", "q5_cluster_ablation", "q6_bias_supersets",
-                "q7_hook", "q8_encoder", "q9_shrinkage", "q10_drop_k", "q11_width", "q12_consensus"):
+                "q7_hook", "q8_encoder", "q9_shrinkage", "q10_drop_k", "q11_width", "q12_consensus", "q4_dying_unresampled"):
         assert res[key], key
     assert set(res["runs"]) == set(load_question_params(repo / "questions/params.yaml").every)
     for name, r in res["runs"].items():  # every run scored on the sample
