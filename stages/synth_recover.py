@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from saelab.frontier import knob  # noqa: E402
 from saelab.io import atomic_dir, write_json  # noqa: E402
-from saelab.recovery import at_l0, score  # noqa: E402
+from saelab.recovery import matched_l0, score  # noqa: E402
 from saelab.sae import SAE  # noqa: E402
 from saelab.stage import log, parser, run_stage  # noqa: E402
 from saelab.synthetic import load_world, load_synth_params  # noqa: E402
@@ -33,19 +33,6 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
 
 
-def matched_l0(rows: list[dict]) -> list[dict]:
-    """Per world and architecture: MCC interpolated (log L0) at the world's true L0, where bracketed."""
-    out = []
-    for world in sorted({r["world"] for r in rows}):
-        for arch in sorted({r["architecture"] for r in rows if r["world"] == world}):
-            rs = [r for r in rows if r["world"] == world and r["architecture"] == arch]
-            true_l0 = rs[0]["true_l0"]
-            out.append({"world": world, "architecture": arch, "true_l0": true_l0, "n_runs": len(rs),
-                        "mcc_at_true_l0": at_l0([(r["l0"], r["mcc"]) for r in rs], true_l0),
-                        "best_mcc": max(r["mcc"] for r in rs)})
-    return out
-
-
 def write_tables(rows: list[dict], out: Path) -> None:
     with open(out / "recovery.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLS, extrasaction="ignore")
@@ -54,15 +41,17 @@ def write_tables(rows: list[dict], out: Path) -> None:
     lines = ["Regenerate: `cd synthetic && dvc repro` (definitions: docs/synthetic.md).", "",
              "| " + " | ".join(COLS) + " |", "|---" * len(COLS) + "|"]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLS) + " |" for r in rows]
-    lines += ["", "MCC at the world's true L0 (interpolated in log L0 between the runs that bracket it):", "",
-              "| world | architecture | true L0 | runs | MCC at true L0 | best MCC |", "|---|---|---|---|---|---|"]
-    lines += [f"| {m['world']} | {m['architecture']} | {m['true_l0']:.2f} | {m['n_runs']} | "
+    lines += ["", "MCC at the world's true L0 (interpolated in log L0 between the runs of one dictionary size that "
+              "bracket it):", "",
+              "| world | architecture | d_sae | true L0 | runs | MCC at true L0 | best MCC |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {m['world']} | {m['architecture']} | {m['d_sae']} | {m['true_l0']:.2f} | {m['n_runs']} | "
               f"{_fmt(m['mcc_at_true_l0']) or 'not bracketed'} | {m['best_mcc']:.4f} |" for m in matched_l0(rows)]
     plain = [r for r in rows if not r.get("task_verdict") and "recovered_0.9_by_decile" in r]
-    if plain:
-        lines += ["", "Share of true features recovered at cos >= 0.9 per firing-frequency decile (rarest first):", "",
-                  "| run | " + " | ".join(f"d{i + 1}" for i in range(10)) + " |", "|---" * 11 + "|"]
-        lines += [f"| {r['run']} | " + " | ".join(_fmt(v) for v in r["recovered_0.9_by_decile"]) + " |" for r in plain]
+    for t in (0.9, 0.7):
+        if plain:
+            lines += ["", f"Share of true features recovered at cos >= {t} per firing-frequency decile (rarest first):", "",
+                      "| run | " + " | ".join(f"d{i + 1}" for i in range(10)) + " |", "|---" * 11 + "|"]
+            lines += [f"| {r['run']} | " + " | ".join(_fmt(v) for v in r[f"recovered_{t}_by_decile"]) + " |" for r in plain]
     comp = [r for r in rows if r.get("task_verdict")]
     if comp:
         lines += ["", "Compositional tasks (per run: latents per task direction, alignment, verdict):", "",
@@ -110,10 +99,11 @@ def plot(rows: list[dict], out: Path) -> None:
             ax.set(xlabel="dictionary size / true feature count", ylabel=label)
             ax.legend(fontsize=6)
             ax = axes[1, col]
-            for arch in sorted({r["architecture"] for r in tasks}):
-                pts = sorted((r["n_tasks"], r[key_]) for r in tasks if r["architecture"] == arch and r[key_] is not None)
+            for arch, knob_, value in sorted({(r["architecture"], r["knob"], r["value"]) for r in tasks}):
+                pts = sorted((r["n_tasks"], r[key_]) for r in tasks
+                             if (r["architecture"], r["knob"], r["value"]) == (arch, knob_, value) and r[key_] is not None)
                 if pts:
-                    ax.plot(*zip(*pts), "o-", label=arch)
+                    ax.plot(*zip(*pts), "o-", label=f"{arch} {knob_} {value:g}")
             ax.set_xscale("log", base=2)
             ax.set(xlabel="compositional tasks in the world (fixed d_sae)", ylabel=label)
             if tasks:
@@ -149,7 +139,8 @@ def main() -> None:
             write_tables(rows, tmp)
             plot(rows, tmp)
         flat = {f"{r['run']}.{k}": r[k] for r in rows for k in ("mcc", "l0", "recovered_0.9")}
-        flat |= {f"{m['world']}.{m['architecture']}.mcc_at_true_l0": m["mcc_at_true_l0"] for m in matched_l0(rows)}
+        flat |= {f"{m['world']}.{m['architecture']}.d{m['d_sae']}.mcc_at_true_l0": m["mcc_at_true_l0"]
+                 for m in matched_l0(rows) if m["mcc_at_true_l0"] is not None}
         write_json(args.metrics, flat)
 
 

@@ -15,7 +15,7 @@ import yaml
 
 from saelab.cache import ActivationCache
 from saelab.config import ConfigError
-from saelab.recovery import (absorption, at_l0, by_decile, chance_mcc, firing_pr, hungarian, mcc, pos_cos, recovered,
+from saelab.recovery import (absorption, at_l0, by_decile, matched_l0, chance_mcc, firing_pr, hungarian, mcc, pos_cos, recovered,
                              score, shrinkage, task_usage, verdict)
 from saelab.sae import SAE
 from saelab.synthetic import (EVAL, TRAIN, RecoverConfig, SynthParams, World, WorldConfig, firing_probs, load_world,
@@ -200,6 +200,16 @@ def test_matched_l0_interpolation():
     assert at_l0([(1, 0.5), (4, 0.9)], 8) is None
 
 
+def test_matched_l0_never_interpolates_across_dictionary_sizes():
+    """Two runs that bracket the true L0 but differ in d_sae are two groups, neither bracketed."""
+    row = {"world": "w", "architecture": "topk", "true_l0": 2.0}
+    rows = [{**row, "d_sae": 32, "l0": 1.0, "mcc": 0.5}, {**row, "d_sae": 128, "l0": 4.0, "mcc": 0.9}]
+    m = matched_l0(rows)
+    assert [(g["d_sae"], g["mcc_at_true_l0"]) for g in m] == [(32, None), (128, None)]
+    m = matched_l0(rows + [{**row, "d_sae": 32, "l0": 4.0, "mcc": 0.7}])
+    assert m[0]["mcc_at_true_l0"] == pytest.approx(0.6) and m[0]["n_runs"] == 2
+
+
 def test_score_of_the_true_dictionary_as_an_sae():
     """An SAE whose decoder is the true dictionary and whose encoder reads the codes back exactly
     (orthogonal world, no noise; a bias of -1e-4 keeps float round-off from firing latents): MCC 1, every
@@ -248,6 +258,7 @@ def test_tiny_synthetic_pipeline_runs_with_dvc_repro(tmp_path):
     for r in runs.values():  # the mixed world's hierarchy and tasks reach the scores
         assert (r.get("absorption_pairs") is not None) == (r["world"] == "mixed")
         assert (r.get("task_n_eff") is not None) == (r["world"] == "mixed")
+        assert (r.get("task_sum_align") is not None) == (r["world"] == "mixed")  # every task_usage measure reaches the row
         assert 0 < r["mcc_chance"] < 1 and 0 <= r["mcc"] <= 1
     for f in ("recovery.md", "recovery.csv", "compositional.png", "mcc_vs_l0_mixed.png"):
         assert (tmp_path / "synthetic/results" / f).exists(), f

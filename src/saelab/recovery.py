@@ -141,6 +141,20 @@ def at_l0(points: list[tuple[float, float]], l0: float) -> float | None:
     return float(np.interp(math.log(l0), [math.log(a) for a, _ in pts], [b for _, b in pts]))
 
 
+def matched_l0(rows: list[dict]) -> list[dict]:
+    """Per world, architecture and dictionary size: MCC interpolated (log L0) at the world's true L0,
+    where bracketed. Runs of other dictionary sizes are never interpolated between (that would mix
+    sparsity with width)."""
+    out = []
+    for world, arch, d_sae in sorted({(r["world"], r["architecture"], r["d_sae"]) for r in rows}):
+        rs = [r for r in rows if (r["world"], r["architecture"], r["d_sae"]) == (world, arch, d_sae)]
+        true_l0 = rs[0]["true_l0"]
+        out.append({"world": world, "architecture": arch, "d_sae": d_sae, "true_l0": true_l0, "n_runs": len(rs),
+                    "mcc_at_true_l0": at_l0([(r["l0"], r["mcc"]) for r in rs], true_l0),
+                    "best_mcc": max(r["mcc"] for r in rs)})
+    return out
+
+
 def _nanmean(a) -> float | None:
     a = np.asarray(a, dtype=np.float64)
     return float(np.nanmean(a)) if a.size and not np.isnan(a).all() else None
@@ -187,7 +201,7 @@ def score(sae, world, x: torch.Tensor, c: torch.Tensor, cfg) -> dict:
         out["absorption_pairs"] = f"{int((~np.isnan(absorbed)).sum())}/{len(pairs)}"
     if lay["tasks"]:
         use = [task_usage(f, W, D[idx], c[:, idx[0]] > 0, cfg.task_latent_span) for idx in lay["tasks"]]
-        for key in ("n_latents", "n_eff", "n_eff_per_direction", "dir_align", "span_align"):
+        for key in ("n_latents", "n_eff", "n_eff_per_direction", "dir_align", "span_align", "sum_align"):
             out[f"task_{key}"] = _nanmean([u[key] if u[key] is not None else np.nan for u in use])
         out["task_size"] = len(lay["tasks"][0])
         out["task_verdict"] = verdict(out["task_dir_align"], out["task_span_align"], out["task_n_eff_per_direction"],
