@@ -287,12 +287,25 @@ def test_density_curve_and_held_dying_on_a_hand_built_history():
     assert m["share_revived_above_ultra_low"] == pytest.approx(1 / 3)  # feature 2 (rate 0.05 later)
     assert m["share_fewer_fires_second_half"] == 0.0 and m["share_more_fires_second_half"] == pytest.approx(1 / 3)
     assert m["share_silent_throughout"] == pytest.approx(2 / 3)  # 0 and 3 never fire after their check
+    assert m["control"]["watched_from"] == 2000 and m["control"]["n_watched"] == 1  # feature 1, never dying
+    assert m["control"]["share_silent_throughout"] == 0.0
     m, _ = A.held_dying(t, np.array([0, 1]), [2000, 4000], 2000, 1e-3, ultra_low=1e-2)  # 2 and 3 not held
     assert m["n_held_dying"] == 1 and m["share_revived_above_ultra_low"] == 0.0
     rates = rates_after(t, 4000)
     assert rates == pytest.approx([0.0, 0.05, 0.035, 0.0])
     with pytest.raises(ValueError, match="one per feature"):  # a history with a missing row is refused
         rates_after(t.slice(1), 4000)
+
+
+def test_watch_compares_equal_halves():
+    """Fires 1, 5, 1 after the check: with the middle interval left out the halves are equal (an
+    uneven split, 1 against 5 + 1, would call it 'more fires later')."""
+    times, width = np.array([1000, 2000, 3000, 4000]), np.full(4, 1000)
+    fires = np.array([[0, 1, 5, 1], [0, 1, 2, 3]])
+    m = A.watch(times, fires, width, {0: 1000, 1: 1000}, ultra_low=1e-2)
+    assert m["share_more_fires_second_half"] == 0.5 and m["share_fewer_fires_second_half"] == 0.0  # only feature 1
+    assert m["fires_first_half_total"] == 2 and m["fires_second_half_total"] == 4
+    assert m["median_fires_per_interval_first_half"] == 1.0 and m["median_fires_per_interval_second_half"] == 2.0
 
 
 def test_cluster_stats_live_variant_leaves_dead_features_out():

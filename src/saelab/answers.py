@@ -139,13 +139,45 @@ def density_curve(density: pa.Table, threshold: float) -> list[dict]:
     return out
 
 
+def watch(times: np.ndarray, fires: np.ndarray, width: np.ndarray, since: dict[int, int], ultra_low: float) -> dict:
+    """Each feature i watched over the density intervals that end after ``since[i]``: its fires in
+    the first and the second half of them (equal halves: the middle interval of an odd count is left
+    out), the Spearman correlation of fires with time, whether any of them reaches ``ultra_low``
+    (revived) and whether all are silent."""
+    per = []
+    for i, c in since.items():
+        later = times > c
+        if later.sum() < 2:
+            continue
+        fi, wi = fires[i, later], width[later]
+        half = len(fi) // 2
+        rho = stats.spearmanr(np.arange(len(fi)), fi).statistic if len(fi) >= 3 and fi.std() > 0 else np.nan
+        per.append((fi[:half].sum(), fi[len(fi) - half:].sum(), rho, (fi / wi).max() >= ultra_low, fi.sum() == 0,
+                    fi[:half].mean(), fi[len(fi) - half:].mean()))
+    if not per:
+        return {"n_watched": 0}
+    first, second, rho, revived, silent, mean1, mean2 = map(np.array, zip(*per))
+    return {
+        "n_watched": len(per),
+        "share_fewer_fires_second_half": float((second < first).mean()),
+        "share_more_fires_second_half": float((second > first).mean()),
+        "share_silent_throughout": float(silent.mean()),
+        "spearman_time_fires_median": float(np.nanmedian(rho)) if np.isfinite(rho).any() else None,
+        "share_negative_trend": float((rho < 0).mean()),
+        "share_revived_above_ultra_low": float(revived.mean()),
+        "fires_first_half_total": int(first.sum()), "fires_second_half_total": int(second.sum()),
+        "median_fires_per_interval_first_half": float(np.median(mean1)),
+        "median_fires_per_interval_second_half": float(np.median(mean2)),
+    }
+
+
 def held_dying(density: pa.Table, held: np.ndarray, checks: list[int], window: int, threshold: float,
                ultra_low: float) -> tuple[dict, list[dict]]:
     """The held-out (never resampled) features that a resampling check would have resampled: at
     some check (training token in ``checks``) their rate over the density intervals ending in the
     ``window`` tokens before it was below ``threshold``. Each is watched from its first such check
-    on: fires in the first and second half of its later intervals, the Spearman correlation of
-    fires with time, and whether any later interval reaches ``ultra_low`` (revived)."""
+    on (``watch``). ``control``: the same measures for the held features never found dying, each
+    watched from the check that found the most dying features."""
     times, fires, width = density_grid(density)
     since = {}
     for c in checks:
@@ -157,28 +189,13 @@ def held_dying(density: pa.Table, held: np.ndarray, checks: list[int], window: i
             if i not in since and rate[i] < threshold:
                 since[int(i)] = c
     m = {"n_held": int(len(held)), "n_held_dying": len(since), "checks": [int(c) for c in checks]}
-    rows, per = [], []
-    for i, c in since.items():
-        later = times > c
-        if later.sum() < 2:
-            continue
-        fi, wi = fires[i, later], width[later]
-        half = len(fi) // 2
-        rho = stats.spearmanr(np.arange(len(fi)), fi).statistic if len(fi) >= 3 and fi.std() > 0 else np.nan
-        per.append((fi[:half].sum(), fi[half:].sum(), rho, (fi / wi).max() >= ultra_low, fi.sum() == 0))
-        rows.append({"feature": i, "dying_since": c, "fires_later": " ".join(map(str, fi.tolist()))})
-    if per:
-        first, second, rho, revived, silent = map(np.array, zip(*per))
-        m |= {
-            "n_watched": len(per),
-            "share_fewer_fires_second_half": float((second < first).mean()),
-            "share_more_fires_second_half": float((second > first).mean()),
-            "share_silent_throughout": float(silent.mean()),
-            "spearman_time_fires_median": float(np.nanmedian(rho)) if np.isfinite(rho).any() else None,
-            "share_negative_trend": float((rho < 0).mean()),
-            "share_revived_above_ultra_low": float(revived.mean()),
-            "fires_first_half_total": int(first.sum()), "fires_second_half_total": int(second.sum()),
-        }
+    m |= watch(times, fires, width, since, ultra_low)
+    if since:
+        busiest = max(set(since.values()), key=list(since.values()).count)
+        m["control"] = {"watched_from": int(busiest),
+                        **watch(times, fires, width, {int(i): busiest for i in held if int(i) not in since}, ultra_low)}
+    rows = [{"feature": i, "dying_since": c, "fires_later": " ".join(map(str, fires[i, times > c].tolist()))}
+            for i, c in since.items() if (times > c).sum() >= 2]
     return m, rows
 
 
