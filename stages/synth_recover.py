@@ -33,7 +33,7 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
 
 
-def write_tables(rows: list[dict], out: Path) -> None:
+def write_tables(rows: list[dict], matched: list[dict], out: Path) -> None:
     with open(out / "recovery.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLS, extrasaction="ignore")
         w.writeheader()
@@ -45,7 +45,7 @@ def write_tables(rows: list[dict], out: Path) -> None:
               "bracket it):", "",
               "| world | architecture | d_sae | true L0 | runs | MCC at true L0 | best MCC |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {m['world']} | {m['architecture']} | {m['d_sae']} | {m['true_l0']:.2f} | {m['n_runs']} | "
-              f"{_fmt(m['mcc_at_true_l0']) or 'not bracketed'} | {m['best_mcc']:.4f} |" for m in matched_l0(rows)]
+              f"{_fmt(m['mcc_at_true_l0']) or 'not bracketed'} | {m['best_mcc']:.4f} |" for m in matched]
     plain = [r for r in rows if not r.get("task_verdict") and "recovered_0.9_by_decile" in r]
     for t in (0.9, 0.7):
         if plain:
@@ -134,13 +134,14 @@ def main() -> None:
             rows.append({"run": name, "world": run.world, "architecture": arch, "knob": knob_name, "value": value,
                          "competing": world.cfg.n_features, "n_tasks": world.cfg.n_tasks, **m})
             log.info("%s: L0 %.2f, MCC %.4f, recovered@0.9 %.3f", name, m["l0"], m["mcc"], m["recovered_0.9"])
+        matched = matched_l0(rows)
         with atomic_dir(args.out) as tmp:
-            write_json(tmp / "recovery.json", {"runs": rows, "matched_l0": matched_l0(rows)})
-            write_tables(rows, tmp)
+            write_json(tmp / "recovery.json", {"runs": rows, "matched_l0": matched})
+            write_tables(rows, matched, tmp)
             plot(rows, tmp)
         flat = {f"{r['run']}.{k}": r[k] for r in rows for k in ("mcc", "l0", "recovered_0.9")}
         flat |= {f"{m['world']}.{m['architecture']}.d{m['d_sae']}.mcc_at_true_l0": m["mcc_at_true_l0"]
-                 for m in matched_l0(rows) if m["mcc_at_true_l0"] is not None}
+                 for m in matched if m["mcc_at_true_l0"] is not None}
         write_json(args.metrics, flat)
 
 
