@@ -109,6 +109,8 @@ def test_sparse_topk_gradients_equal_dense_autograd(with_dead, sparse_path, deco
             sae.since_fired[::3] = 1000  # every third latent dead
     x = next(_batches(seed=1))
     dead = sae.dead() if with_dead else None
+    if with_dead:  # some dead latents are also among the top k: the sparse gradient holds both entries
+        assert dead[sae.pre_acts(x).topk(sae.k, dim=-1).indices].any()
     out = sae(x, train=True)
     out.loss.backward()
     sparse = {n: p.grad.clone() for n, p in sae.named_parameters()}
@@ -119,6 +121,23 @@ def test_sparse_topk_gradients_equal_dense_autograd(with_dead, sparse_path, deco
     for n, p in sae.named_parameters():
         torch.testing.assert_close(sparse[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
     assert (out.terms[0] > 0) == with_dead
+
+
+@pytest.mark.parametrize("decoder", ["unit", "free"])
+def test_sparse_and_dense_topk_train_alike(decoder):
+    """Twenty optimiser steps on each path, AuxK active from the fifth: the weights stay together. The
+    sparse path reuses one pre-activation buffer across steps (architectures._workspace), so a step
+    that read a stale buffer, or a gradient that kept a view of it, would drift apart here."""
+    cfg = _cfg("topk", topk={"k": 4, "dead_tokens": 64 * 4, "decoder": decoder})
+    trained = []
+    for sparse in (True, False):
+        sae = build(cfg, D, seed=0)
+        sae.sparse_path = sparse
+        train_sae(sae, _batches(), cfg.model_copy(update={"n_tokens": 64 * 20}), torch.device("cpu"))
+        trained.append(sae)
+    assert trained[0]._workspace == {}  # released at the end of training
+    for (name, a), b in zip(trained[0].named_parameters(), trained[1].parameters()):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=name)
 
 
 def test_topk_inference_keeps_exactly_k_and_counts_dead_windows():

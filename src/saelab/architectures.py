@@ -23,6 +23,7 @@ The last three train with ``decoder: free`` (SAELens's recipe, :class:`FreeDecod
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 import torch
@@ -177,18 +178,37 @@ class StandardApril(SAE):
 # ---------------------------------------------------------------- topk
 
 
+def _workspace(cache: dict, shape: tuple, like: torch.Tensor) -> torch.Tensor | None:
+    """A (B, d_sae) CPU buffer for the pre-activations, kept across steps (None under autocast, whose
+    matmul picks its own dtype). A fresh one each step is a 268 MB allocation at 16,384 x 4,096 that
+    glibc maps anew, and its page faults cost about 70 ms per step on the 2-core CI machine."""
+    if like.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return None
+    buf = cache.get("pre")
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype:
+        cache["pre"] = buf = torch.empty(shape, dtype=like.dtype)
+    return buf
+
+
 class TopKEncode(torch.autograd.Function):
     """Sparse TopK encoder: forward keeps the k largest pre-activations per token (and the k_aux
     largest among ``dead`` latents); backward builds the encoder's gradients from those alone.
 
     Dense autograd would turn the (B, k) gradient into a (B, d_sae) one and spend a second
     B x d_in x d_sae matmul on W_enc's gradient; here it costs B x (k + k_aux) x d_in.
+
+    ``n`` (d_sae,) or None: the free decoder's row norms, which scale the pre-activations
+    (pre = n * ((x - b_dec) @ W_enc + b_enc)). They enter here rather than as autograd's W_enc * n:
+    the scaled encoder is built without a graph, and its gradients (for W_enc, b_enc and n) come from
+    the selected entries only, sparing the (d_in, d_sae) products' backward.
     """
 
     @staticmethod
-    def forward(ctx, x, b_dec, W_enc, b_enc, k: int, dead, k_aux: int):
+    def forward(ctx, x, b_dec, W_enc, b_enc, n, k: int, dead, k_aux: int, workspace: dict):
         xc = x - b_dec
-        pre = torch.addmm(b_enc, xc, W_enc)  # (B, d_sae)
+        b, W = (b_enc, W_enc) if n is None else (b_enc * n, W_enc * n)
+        pre = _workspace(workspace, (len(x), W.shape[1]), W)
+        pre = torch.addmm(b, xc, W) if pre is None else torch.addmm(b, xc, W, out=pre)
         vals, idx = pre.topk(k, dim=-1, sorted=False)
         vals = vals.relu()
         aux_vals = aux_idx = None
@@ -197,7 +217,7 @@ class TopKEncode(torch.autograd.Function):
             aux_vals, pos = pre[:, dead_idx].topk(min(k_aux, len(dead_idx)), dim=-1, sorted=False)
             aux_vals, aux_idx = aux_vals.relu(), dead_idx[pos]
         del pre
-        ctx.save_for_backward(xc, W_enc, idx, vals, aux_idx, aux_vals)
+        ctx.save_for_backward(xc, W_enc, n, idx, vals, aux_idx, aux_vals)
         ctx.mark_non_differentiable(idx)
         if aux_idx is not None:
             ctx.mark_non_differentiable(aux_idx)
@@ -205,20 +225,31 @@ class TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_vals, g_idx, g_aux, g_aux_idx):
-        xc, W_enc, idx, vals, aux_idx, aux_vals = ctx.saved_tensors
-        g, flat = (g_vals * (vals > 0)).to(xc.dtype), idx  # bf16 under autocast: gradients in the weights' dtype
+        xc, W_enc, n, idx, vals, aux_idx, aux_vals = ctx.saved_tensors
+        g, flat, v = (g_vals * (vals > 0)).to(xc.dtype), idx, vals  # bf16 under autocast: gradients in the weights' dtype
         if aux_idx is not None and g_aux is not None:
-            g, flat = torch.cat([g, (g_aux * (aux_vals > 0)).to(xc.dtype)], 1), torch.cat([idx, aux_idx], 1)
+            g = torch.cat([g, (g_aux * (aux_vals > 0)).to(xc.dtype)], 1)
+            flat, v = torch.cat([idx, aux_idx], 1), torch.cat([vals, aux_vals], 1)
         B, kk = flat.shape
         d_sae = W_enc.shape[1]
-        rows = torch.arange(B, device=flat.device).repeat_interleave(kk)
-        # G: (d_sae, B) sparse gradient w.r.t. the pre-activations, transposed; CSR after coalescing
-        G_t = torch.sparse_coo_tensor(torch.stack([flat.reshape(-1), rows]), g.reshape(-1), (d_sae, B),
-                                      check_invariants=False)
-        grad_W_enc = torch.sparse.mm(G_t, xc).T  # (d_in, d_sae)
-        grad_b_enc = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat.reshape(-1), g.reshape(-1))
+        flat = flat.reshape(-1)
+        grad_n = None
+        if n is not None:  # d pre / d n = pre / n; the unscaled pre-activations' gradient is g * n
+            grad_n = torch.zeros_like(n).index_add_(0, flat, (g * v.to(g.dtype)).reshape(-1)) / n
+            g = g * n[flat].view(B, kk)
+        # G^T: (d_sae, B) gradient w.r.t. the pre-activations, as CSR (entries sorted by latent; a latent
+        # both selected and in AuxK's set appears twice in a row and the product sums both)
+        order = flat.argsort(stable=True)
+        crow = torch.zeros(d_sae + 1, dtype=torch.long, device=flat.device)
+        crow[1:] = torch.bincount(flat, minlength=d_sae).cumsum(0)
+        tokens = torch.arange(B, device=flat.device).repeat_interleave(kk)[order]
+        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state": its matmul is tested
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            G_t = torch.sparse_csr_tensor(crow, tokens, g.reshape(-1)[order], (d_sae, B), check_invariants=False)
+        grad_W_enc = (G_t @ xc).T  # (d_in, d_sae)
+        grad_b_enc = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat, g.reshape(-1))
         grad_b_dec = -(W_enc @ grad_b_enc)  # xc = x - b_dec: d/db_dec = -Σ_b G[b] W_enc^T
-        return None, grad_b_dec, grad_W_enc, grad_b_enc, None, None, None
+        return None, grad_b_dec, grad_W_enc, grad_b_enc, grad_n, None, None, None, None
 
 
 @register
@@ -241,6 +272,7 @@ class TopK(FreeDecoderMixin, SAE):
         self.k_aux = k_aux if k_aux is not None else d_in // 2
         self.aux_coeff, self.dead_tokens = aux_coeff, dead_tokens
         self.sparse_path: bool | None = None  # None: sparse on CPU, dense on GPU (uses_sparse_path)
+        self._workspace: dict = {}  # the sparse step's reused pre-activation buffer (_workspace)
         super().__init__(d_in, d_sae, seed)
         self.register_buffer("since_fired", torch.zeros(d_sae, dtype=torch.long), persistent=False)
 
@@ -274,6 +306,17 @@ class TopK(FreeDecoderMixin, SAE):
         aux_vals, aux_idx = pre.masked_fill(~dead, float("-inf")).topk(min(self.k_aux, int(dead.sum())), dim=-1)
         return torch.zeros_like(pre).scatter(-1, aux_idx, aux_vals.relu())
 
+    @torch.no_grad()
+    def finish_training_(self, average=lambda t: t) -> None:
+        self._workspace.clear()
+        super().finish_training_(average)
+
+    def sparse_decode(self, idx: torch.Tensor, vals: torch.Tensor, n: torch.Tensor | None) -> torch.Tensor:
+        """Σ_j vals_j · row_{idx_j} from the selected rows alone; free rows are divided by their norms
+        through the weights (vals / n[idx]) rather than by materialising W_dec / n."""
+        w = vals.to(self.W_dec.dtype)
+        return F.embedding_bag(idx, self.W_dec, per_sample_weights=w if n is None else w / n[idx], mode="sum")
+
     def uses_sparse_path(self, device: torch.device) -> bool:
         """The sparse step on CPU (measured faster: benchmarks/topk_speed.py); dense matmuls on a GPU,
         where they are what the hardware does best, unless ``sparse_path`` says otherwise."""
@@ -281,16 +324,15 @@ class TopK(FreeDecoderMixin, SAE):
 
     def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
         dead = self.auxk_dead()
-        rows = self.dec_rows()
         if self.uses_sparse_path(x.device):
             n = self.row_norms()
-            W_enc, b_enc = (self.W_enc, self.b_enc) if n is None else (self.W_enc * n, self.b_enc * n)
-            vals, idx, aux_vals, aux_idx = TopKEncode.apply(x, self.b_dec, W_enc, b_enc, self.k, dead, self.k_aux)
-            vals = vals.to(rows.dtype)  # under bf16 autocast the encoder's matmul gives bf16
-            x_hat = F.embedding_bag(idx, rows, per_sample_weights=vals, mode="sum") + self.b_dec
-            decode_aux = None if aux_idx is None else (
-                lambda: F.embedding_bag(aux_idx, rows, per_sample_weights=aux_vals.to(rows.dtype), mode="sum"))
+            vals, idx, aux_vals, aux_idx = TopKEncode.apply(x, self.b_dec, self.W_enc, self.b_enc, n, self.k, dead,
+                                                            self.k_aux, self._workspace)
+            vals = vals.to(self.W_dec.dtype)  # under bf16 autocast the encoder's matmul gives bf16
+            x_hat = self.sparse_decode(idx, vals, n) + self.b_dec
+            decode_aux = None if aux_idx is None else (lambda: self.sparse_decode(aux_idx, aux_vals, n))
         else:  # dense autograd: (B, d_sae) activations, matmul decoder
+            rows = self.dec_rows()
             pre = self.pre_acts(x)
             vals, idx = pre.topk(self.k, dim=-1, sorted=False)
             vals = vals.relu()
