@@ -36,6 +36,7 @@ class TimedBatches:
         self.batch_size, self.n_steps, self.warmup = batch_size, n_steps, warmup
         self.source = source  # another iterator of the same batches (the Parquet reader), timed the same way
         self.i, self.t0 = 0, None
+        self.curve: list[tuple[float, float]] = []  # (clock, batch MSE) per step: see note()
 
     def __iter__(self):
         return self
@@ -50,6 +51,11 @@ class TimedBatches:
         if self.source is not None:
             return next(self.source)
         return torch.from_numpy(np.array(self.data[lo : lo + self.batch_size]))  # a writable copy
+
+    def note(self, mse: float) -> None:
+        """After a step: the MSE of its batch before the update, with the clock. Every batch is seen
+        once, so this is a held-out estimate of the SAE's MSE at that time (per token, summed over dims)."""
+        self.curve.append((time.perf_counter(), float(mse)))
 
     def timed_tokens(self) -> int:
         return (self.n_steps - self.warmup) * self.batch_size
@@ -70,6 +76,7 @@ def finish(out: Path, batches: TimedBatches, weights: dict, device: str, extra: 
         "peak_rss_mb": peak_rss_mb(),
         "peak_device_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None,
         "torch": torch.__version__,
+        "curve": [[t - batches.t0, m] for t, m in batches.curve],  # seconds (negative in the warm-up), batch MSE
         **(extra or {}),
     }
     (out / "result.json").write_text(json.dumps(result, indent=2))

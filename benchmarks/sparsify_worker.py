@@ -30,18 +30,21 @@ def main() -> None:
     opt = torch.optim.Adam(sae.parameters(), lr=spec["lr"], betas=tuple(spec["betas"]))
     since = torch.zeros(spec["d_sae"], dtype=torch.long, device=device)
     dead_tokens, alpha = spec["dead_tokens"], spec.get("auxk_alpha", 1 / 32)
+    auxk_steps = 0  # steps where AuxK ran (some latent dead)
     for i, x in enumerate(batches):
         x = x.to(device).float()
         if i == 0:
             sae.b_dec.data = x.mean(0)
         sae.set_decoder_norm_to_unit_norm()
         dead = since > dead_tokens
+        auxk_steps += bool(dead.any()) and alpha > 0
         out = sae(x, dead_mask=dead if alpha > 0 and bool(dead.any()) else None)
         (out.fvu + alpha * out.auxk_loss).backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():
+            batches.note((out.sae_out - x).pow(2).sum(-1).mean().item())
             fired = torch.zeros(spec["d_sae"], dtype=torch.bool, device=device)
             fired[out.latent_indices.flatten()] = True
             since += len(x)
@@ -50,7 +53,8 @@ def main() -> None:
 
     finish(Path(spec["out"]), batches, {"W_enc": sae.encoder.weight.T, "b_enc": sae.encoder.bias, "W_dec": sae.W_dec,
                                         "b_dec": sae.b_dec}, device,
-           {"sparsify": getattr(sparsify, "__version__", "1.3.3"), "inference_architecture": "topk"})
+           {"sparsify": getattr(sparsify, "__version__", "1.3.3"), "inference_architecture": "topk",
+            "auxk_steps": auxk_steps})
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     make topk-speed        # creates .venv-saelens and .venv-sparsify, then runs this
     python benchmarks/topk_speed.py --saelens-python .venv-saelens/bin/python \
-        --sparsify-python .venv-sparsify/bin/python [--steps 40] [--lr 1e-3] \
+        --sparsify-python .venv-sparsify/bin/python [--steps 40] [--lr 1e-3] [--dead-tokens 81920] \
         [--out benchmarks/results/topk_speed_cpu.json]
     # on a GPU add --device cuda: saelab-dense is then the path the pipeline takes there by default
 
@@ -10,25 +10,36 @@ Every trainer runs in a process of its own on the same ``--steps`` batches of th
 cache (benchmarks/harness.py: the clock starts after ``--warmup`` steps), with the same width, k,
 batch, Adam betas and constant lr. Trainers:
 
-- ``saelab``         saelab's TopK through its Trainer (sparse path on CPU: TopKEncode + embedding_bag);
-- ``saelab-dense``   the same with the dense autograd path (what the sparse path saves);
-- ``sae-lens``       SAELens 6.54 TopKTrainingSAE + SAETrainer, its defaults (dense activations);
+- ``saelab``          saelab's TopK (its default recipe: free decoder norms, AuxK 1) through its Trainer
+                      (sparse path on CPU: TopKEncode + embedding_bag);
+- ``saelab-long``     the same for ``--long-factor`` times the steps (for the comparison at equal MSE);
+- ``saelab-unit``     saelab with sparsify's recipe (unit-norm decoder rows, AuxK 1/32, no clipping);
+- ``saelab-dense``    the same as ``saelab`` on the dense autograd path (what the sparse path saves);
+- ``sae-lens``        SAELens 6.54 TopKTrainingSAE + SAETrainer, its defaults (dense activations);
 - ``sae-lens-sparse`` the same with its ``use_sparse_activations: true``;
-- ``sparsify``       EleutherAI sparsify's SparseCoder (fused encoder, embedding_bag decoder), its step by hand.
+- ``sparsify``        EleutherAI sparsify's SparseCoder (fused encoder, embedding_bag decoder), its step by hand.
 
 Each trained SAE is scored by one function on ``--eval-tokens`` held-out cache tokens (ReLU of
-the top-k pre-activations; MSE = mean over tokens of the summed squared error). The speed goal
-holds only "at equal final MSE within 1%": the table prints each MSE against saelab's.
+the top-k pre-activations; MSE = mean over tokens of the summed squared error; ``frac_dead_eval``:
+latents that never fire there). ``auxk_steps`` counts the timed and warm-up steps in which AuxK ran
+(some latent dead for ``--dead-tokens``). AuxK is not the same work in every trainer: saelab's and
+SAELens's pass its gradient to the encoder (Gao et al.), sparsify 1.3.3's FusedEncoder drops the
+gradient of the pre-activations AuxK reads, so its AuxK trains dead latents' decoder rows only and
+costs less; ``--dead-tokens`` larger than the run switches AuxK off in every trainer, which times
+the bare step.
+
+The speed goal holds only "at equal final MSE within 1%". Recipes differ in how far the same steps
+get, so ``equal_mse`` compares time at equal MSE from per-step curves: each trainer records the MSE
+of every batch before its update (each batch is fresh, so a held-out estimate; harness.note), and
+the speed-up is the peer's time to its own final level (running mean of 5 batches) over
+saelab-long's time to the same level. SAELens's trainer records no curve; there the bound from
+held-out MSE at the end is used (equal_mse).
 
 The roofline part counts the FLOPs a step needs: dense, 5 matmuls of 2·B·d_in·d_sae; sparse,
 the encoder's forward matmul (2·B·d_in·d_sae) and four B·k·d_in products (decoder forward, the
-decoder's and the activations' gradients, the encoder's gradient), and compares the step with
-the encoder matmul alone timed on this machine, the part no TopK trainer can skip.
-
-tokens/s is measured on ``--steps`` steps; recipes differ in how far those steps get (init,
-decoder-norm handling), so ``equal_mse`` also compares wall time at equal MSE: ``saelab-long``
-trains ``--long-factor`` times as many steps, and where its final MSE is at or below a peer's,
-peer seconds / saelab-long seconds is a lower bound on saelab's speed-up at that MSE.
+decoder's and the activations' gradients, the encoder's gradient), plus four B·k_aux·d_in ones in a
+step where AuxK runs; it compares the step with the encoder matmul alone timed on this machine, the
+part no TopK trainer can skip.
 """
 
 from __future__ import annotations
@@ -52,6 +63,12 @@ from harness import TimedBatches, finish, worker_env  # noqa: E402
 from reader import cpu_model  # noqa: E402
 
 
+WINDOW = 5  # steps in the running mean of batch MSE that equal_mse compares
+# saelab-unit: sparsify's recipe in saelab (unit-norm decoder rows, AuxK coefficient 1/32, no gradient clipping),
+# so that it and sparsify take the same steps and their speeds compare at equal MSE without a curve
+RECIPES = {"saelab-unit": {"decoder": "unit", "aux_coeff": 1 / 32}}
+
+
 def run_saelab(spec: dict) -> None:
     from saelab.architectures import build
     from saelab.config import SAEConfig
@@ -60,14 +77,15 @@ def run_saelab(spec: dict) -> None:
     cfg = SAEConfig(architecture="topk", d_sae=spec["d_sae"], lr=spec["lr"], beta1=spec["betas"][0],
                     beta2=spec["betas"][1], batch_size=spec["batch_size"], n_tokens=spec["n_steps"] * spec["batch_size"],
                     seed=0, lr_warmup_tokens=0, lr_decay_frac=0.0, checkpoint_every=0, device=spec["device"],
-                    log_every=10, topk={"k": spec["k"], "dead_tokens": spec["dead_tokens"]})
+                    log_every=1, topk={"k": spec["k"], "dead_tokens": spec["dead_tokens"], **spec.get("recipe", {})})
     device = torch.device(spec["device"])
     sae = build(cfg, spec["d_in"]).to(device)
     sae.sparse_path = spec["sparse_path"]
     batches = TimedBatches(Path(spec["data"]), spec["batch_size"], spec["n_steps"], spec["warmup"])
-    Trainer(sae, cfg, device).run(lambda skip: batches)
+    rows = []
+    Trainer(sae, cfg, device).run(lambda skip: batches, log=lambda step, row: (batches.note(row["mse"]), rows.append(row)))
     finish(Path(spec["out"]), batches, {k: getattr(sae, k) for k in ("W_enc", "W_dec", "b_enc", "b_dec")}, spec["device"],
-           {"sparse_path": sae.uses_sparse_path(device)})
+           {"sparse_path": sae.uses_sparse_path(device), "auxk_steps": sum(r["auxk"] > 0 for r in rows)})
 
 
 @torch.no_grad()
@@ -76,28 +94,52 @@ def score(weights_file: Path, x_eval: torch.Tensor, k: int) -> dict:
 
     w = load_file(str(weights_file))
     sse = 0.0
+    fired = torch.zeros(w["W_enc"].shape[1], dtype=torch.bool)
     for x in x_eval.split(4096):
         pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
         v, i = pre.topk(k, dim=-1)
         x_hat = torch.zeros_like(pre).scatter_(-1, i, v.relu()) @ w["W_dec"] + w["b_dec"]
         sse += (x_hat - x).pow(2).sum().item()
+        fired[i[v > 0]] = True
     total = (x_eval - x_eval.mean(0)).pow(2).sum().item()
-    return {"mse": sse / len(x_eval), "explained_variance": 1 - sse / total}
+    return {"mse": sse / len(x_eval), "explained_variance": 1 - sse / total,
+            "frac_dead_eval": 1 - fired.float().mean().item()}  # latents that never fire on the held-out tokens
 
 
-def equal_mse(results: dict) -> dict:
-    """saelab at equal MSE: where saelab-long's final MSE is at or below a peer's, its whole timed run is an
-    upper bound on saelab's time to that MSE, so peer seconds / saelab-long seconds is a lower bound on
-    the speed-up at equal MSE (None where saelab-long does not reach the peer's MSE)."""
+def time_to_mse(curve: list, target: float, window: int = WINDOW) -> float | None:
+    """Seconds on the clock when the running mean of ``window`` consecutive batch MSEs first reaches
+    ``target`` (None if it never does). curve: [[seconds, batch MSE], ...] per step (harness.note)."""
+    for i in range(window - 1, len(curve)):
+        if sum(m for _, m in curve[i - window + 1 : i + 1]) / window <= target:
+            return curve[i][0]
+    return None
+
+
+def equal_mse(results: dict, curves: dict) -> dict:
+    """saelab's speed-up at equal MSE, from the per-step batch MSE curves (each batch is fresh, so its MSE
+    before the update is a held-out estimate): the target is the mean batch MSE of the peer's last
+    ``WINDOW`` steps; each trainer's time to it is when its running mean of ``WINDOW`` batch MSEs first
+    reaches it (time_to_mse). saelab-long trains longer than the peers, so it can reach a lower MSE;
+    speed-up = peer seconds / saelab-long seconds. Peers without a curve (SAELens's own trainer) fall
+    back to the bound from the held-out MSE: where saelab-long's final MSE is at or below theirs, its
+    whole run bounds its time to that MSE, and peer seconds / its seconds is a lower bound."""
     long = results.get("saelab-long")
     out = {}
     for name, r in results.items():
         if name.startswith("saelab") or long is None:
             continue
+        if curves.get(name) and curves.get("saelab-long"):
+            target = sum(m for _, m in curves[name][-WINDOW:]) / WINDOW
+            t_peer, t_long = time_to_mse(curves[name], target), time_to_mse(curves["saelab-long"], target)
+            out[name] = {"method": f"time to the peer's final batch MSE (running mean of {WINDOW} steps)",
+                         "target_batch_mse": target, "peer_seconds": t_peer, "saelab_long_seconds": t_long,
+                         "speedup_at_equal_mse": t_peer / t_long if t_peer and t_long else None}
+            continue
         ok = long["mse"] <= r["mse"]
-        out[name] = {"peer_mse": r["mse"], "saelab_long_mse": long["mse"], "peer_seconds": r["timed_seconds"],
+        out[name] = {"method": "lower bound from held-out MSE at the end", "peer_mse": r["mse"],
+                     "saelab_long_mse": long["mse"], "peer_seconds": r["timed_seconds"],
                      "saelab_long_seconds": long["timed_seconds"],
-                     "speedup_at_peer_mse_at_least": r["timed_seconds"] / long["timed_seconds"] if ok else None}
+                     "speedup_at_equal_mse_at_least": r["timed_seconds"] / long["timed_seconds"] if ok else None}
     return out
 
 
@@ -116,10 +158,11 @@ def roofline(d_in: int, d_sae: int, batch: int, k: int, seconds_per_step: dict, 
     dense_flop = 5 * 2 * d_in * d_sae
     sparse_flop = 2 * d_in * d_sae + 4 * 2 * k * d_in
     out = {"dense_flop_per_token": dense_flop, "sparse_flop_per_token": sparse_flop,
+           "auxk_flop_per_token_when_active": 4 * 2 * (d_in // 2) * d_in,  # k_aux = d_in / 2, every trainer's default
            "encoder_matmul_seconds": enc, "encoder_matmul_gflop_per_s": 2 * batch * d_in * d_sae / enc / 1e9,
            "ceiling_tokens_per_s": batch / enc}
     for name, s in seconds_per_step.items():
-        flop = sparse_flop if name in ("saelab", "saelab-long", "sae-lens-sparse", "sparsify") else dense_flop
+        flop = dense_flop if name in ("saelab-dense", "sae-lens") else sparse_flop
         out[name] = {"gflop_per_s_needed": flop * batch / s / 1e9, "fraction_of_encoder_ceiling": enc / s}
     return out
 
@@ -141,7 +184,7 @@ def main() -> None:
                    help="AuxK dead window (tokens; SAELens gets it in steps); short enough that AuxK runs in every trainer")
     p.add_argument("--device", default="cpu")
     p.add_argument("--trainers", nargs="+",
-                   default=["saelab", "saelab-long", "saelab-dense", "sae-lens", "sae-lens-sparse", "sparsify"])
+                   default=["saelab", "saelab-long", "saelab-unit", "saelab-dense", "sae-lens", "sae-lens-sparse", "sparsify"])
     p.add_argument("--long-factor", type=int, default=3,
                    help="saelab-long trains this many times --steps (more tokens), to compare at equal MSE")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/topk_speed_cpu.json"))
@@ -160,7 +203,7 @@ def main() -> None:
     if n_long + args.eval_tokens > cache.n_tokens:
         raise SystemExit(f"{n_long + args.eval_tokens} training + eval tokens but {args.cache} holds {cache.n_tokens}: "
                          "held-out tokens would repeat training ones; lower --steps or --long-factor")
-    results = {}
+    results, curves = {}, {}
     with tempfile.TemporaryDirectory(prefix="saelab-topk-") as tmp:
         tmp = Path(tmp)
         allx = next(cache.batches(n_long + args.eval_tokens)).float().numpy()  # stored order: same for every trainer
@@ -175,7 +218,7 @@ def main() -> None:
         for name in args.trainers:
             out = tmp / name
             out.mkdir()
-            spec = {**base, "out": str(out), "sparse_path": name != "saelab-dense",
+            spec = {**base, "out": str(out), "sparse_path": name != "saelab-dense", "recipe": RECIPES.get(name, {}),
                     "sparse_activations": name == "sae-lens-sparse",
                     "n_steps": args.steps * (args.long_factor if name == "saelab-long" else 1)}
             (out / "spec.json").write_text(json.dumps(spec))
@@ -196,7 +239,9 @@ def main() -> None:
                 print(f"{name} failed: {results[name]['error']}", flush=True)
                 continue
             r = json.loads((out / "result.json").read_text())
+            curves[name] = r.get("curve") or []
             results[name] = {**{k: r[k] for k in ("tokens_per_s", "timed_seconds", "timed_tokens", "peak_rss_mb")},
+                             "auxk_steps": r.get("auxk_steps"),
                              **score(out / "sae.safetensors", x_eval, args.k)}
             print(json.dumps(results[name]), flush=True)
 
@@ -216,12 +261,15 @@ def main() -> None:
         "eval_tokens": args.eval_tokens, "command": "python benchmarks/topk_speed.py " + " ".join(sys.argv[1:]),
         "goals": {"vs_sae_lens": ">= 1.5x tokens/s", "vs_sparsify": ">= 1.2x tokens/s", "mse": "within 1%"},
         "results": results, "failed": failed,
-        "equal_mse": equal_mse(results), "roofline": roofline(cache.d, args.d_sae, args.batch_size, args.k, sec, args.device),
+        "equal_mse": equal_mse(results, curves), "curves": curves, "roofline": roofline(cache.d, args.d_sae, args.batch_size, args.k, sec, args.device),
     }
     print(f"{'trainer':16} {'tok/s':>8} {'saelab x':>9} {'MSE':>8} {'vs saelab':>9} {'peak RSS MB':>11}")
     for name, r in results.items():
         print(f"{name:16} {r['tokens_per_s']:8.0f} {r.get('saelab_speedup', float('nan')):9.2f} {r['mse']:8.2f} "
               f"{100 * r.get('mse_vs_saelab', float('nan')):8.1f}% {r['peak_rss_mb']:11.0f}")
+    for name, e in report["equal_mse"].items():
+        x = e.get("speedup_at_equal_mse", e.get("speedup_at_equal_mse_at_least"))
+        print(f"equal MSE vs {name}: {'n/a' if x is None else f'{x:.2f}x'} ({e['method']})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"-> {args.out}")
