@@ -13,7 +13,9 @@ batch, Adam betas and constant lr. Trainers:
 - ``saelab``          saelab's TopK (its default recipe: free decoder norms, AuxK 1) through its Trainer
                       (sparse path on CPU: TopKEncode + embedding_bag);
 - ``saelab-long``     the same for ``--long-factor`` times the steps (for the comparison at equal MSE);
-- ``saelab-unit``     saelab with sparsify's recipe (unit-norm decoder rows, AuxK 1/32, no clipping);
+- ``saelab-unit``     saelab with sparsify's recipe (unit-norm decoder rows, AuxK 1/32, no clipping) from
+                      sparsify's initial weights (sparsify_init_): the same steps as sparsify's where
+                      AuxK does not run, so its speed-up compares at equal MSE without a curve;
 - ``saelab-dense``    the same as ``saelab`` on the dense autograd path (what the sparse path saves);
 - ``sae-lens``        SAELens 6.54 TopKTrainingSAE + SAETrainer, its defaults (dense activations);
 - ``sae-lens-sparse`` the same with its ``use_sparse_activations: true``;
@@ -64,9 +66,21 @@ from reader import cpu_model  # noqa: E402
 
 
 WINDOW = 5  # steps in the running mean of batch MSE that equal_mse compares
-# saelab-unit: sparsify's recipe in saelab (unit-norm decoder rows, AuxK coefficient 1/32, no gradient clipping),
-# so that it and sparsify take the same steps and their speeds compare at equal MSE without a curve
+# saelab-unit: sparsify's recipe in saelab (unit-norm decoder rows, AuxK coefficient 1/32, no gradient clipping)
+# from sparsify's initial weights (sparsify_init), so that the two take the same steps where AuxK does not run
 RECIPES = {"saelab-unit": {"decoder": "unit", "aux_coeff": 1 / 32}}
+SPARSIFY_INIT = {"saelab-unit"}
+
+
+@torch.no_grad()
+def sparsify_init_(sae, seed: int) -> None:
+    """sparsify 1.3.3's SparseCoder initialisation, the same draws: under ``seed`` an nn.Linear(d_in, d_sae)
+    (kaiming-uniform rows of norm about 0.58), its bias zeroed; decoder rows its weight at unit norm."""
+    torch.manual_seed(seed)
+    w = torch.nn.Linear(sae.d_in, sae.d_sae).weight
+    sae.W_enc.copy_(w.T)
+    sae.b_enc.zero_()
+    sae.W_dec.copy_(w / (w.norm(dim=1, keepdim=True) + torch.finfo(w.dtype).eps))
 
 
 def run_saelab(spec: dict) -> None:
@@ -81,6 +95,8 @@ def run_saelab(spec: dict) -> None:
     device = torch.device(spec["device"])
     sae = build(cfg, spec["d_in"]).to(device)
     sae.sparse_path = spec["sparse_path"]
+    if spec.get("sparsify_init"):
+        sparsify_init_(sae, spec["seed"])
     batches = TimedBatches(Path(spec["data"]), spec["batch_size"], spec["n_steps"], spec["warmup"])
     rows = []
     Trainer(sae, cfg, device).run(lambda skip: batches, log=lambda step, row: (batches.note(row["mse"]), rows.append(row)))
@@ -219,6 +235,7 @@ def main() -> None:
             out = tmp / name
             out.mkdir()
             spec = {**base, "out": str(out), "sparse_path": name != "saelab-dense", "recipe": RECIPES.get(name, {}),
+                    "sparsify_init": name in SPARSIFY_INIT,
                     "sparse_activations": name == "sae-lens-sparse",
                     "n_steps": args.steps * (args.long_factor if name == "saelab-long" else 1)}
             (out / "spec.json").write_text(json.dumps(spec))
