@@ -126,8 +126,8 @@ def time_to_mse(curve: list, target: float, window: int = WINDOW) -> float | Non
     """Seconds on the clock when the running mean of ``window`` consecutive batch MSEs first reaches
     ``target`` (None if it never does). curve: [[seconds, batch MSE], ...] per step (harness.note)."""
     for i in range(window - 1, len(curve)):
-        if sum(m for _, m in curve[i - window + 1 : i + 1]) / window <= target:
-            return curve[i][0]
+        if curve[i][0] >= 0 and sum(m for _, m in curve[i - window + 1 : i + 1]) / window <= target:
+            return curve[i][0]  # the clock starts after the warm-up steps: earlier points are not timed
     return None
 
 
@@ -150,7 +150,7 @@ def equal_mse(results: dict, curves: dict) -> dict:
             t_peer, t_long = time_to_mse(curves[name], target), time_to_mse(curves["saelab-long"], target)
             out[name] = {"method": f"time to the peer's final batch MSE (running mean of {WINDOW} steps)",
                          "target_batch_mse": target, "peer_seconds": t_peer, "saelab_long_seconds": t_long,
-                         "speedup_at_equal_mse": t_peer / t_long if t_peer and t_long else None}
+                         "speedup_at_equal_mse": t_peer / t_long if t_peer is not None and t_long else None}
             continue
         below = [n for n in ("saelab", "saelab-long") if n in results and results[n]["mse"] <= r["mse"]]
         best = min(below, key=lambda n: results[n]["timed_seconds"], default=None)
@@ -165,6 +165,11 @@ def equal_mse(results: dict, curves: dict) -> dict:
                                                  "the same number of steps", "saelab_mse": u["mse"], "peer_mse": sp["mse"],
                                        "mse_difference": u["mse"] / sp["mse"] - 1,
                                        "speedup": u["tokens_per_s"] / sp["tokens_per_s"]}
+        ru, rs = u.get("tokens_per_s_runs") or [], sp.get("tokens_per_s_runs") or []
+        if len(ru) == len(rs) > 1:  # rounds are interleaved: the ratio within each round, and its median
+            per_round = sorted(a / b for a, b in zip(ru, rs))
+            out["sparsify-same-recipe"].update(speedup_per_round=per_round,
+                                               speedup_median_of_rounds=per_round[len(per_round) // 2])
     return out
 
 

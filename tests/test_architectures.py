@@ -125,19 +125,63 @@ def test_sparse_topk_gradients_equal_dense_autograd(with_dead, sparse_path, deco
 
 @pytest.mark.parametrize("decoder", ["unit", "free"])
 def test_sparse_and_dense_topk_train_alike(decoder):
-    """Twenty optimiser steps on each path, AuxK active from the fifth: the weights stay together. The
-    sparse path reuses one pre-activation buffer across steps (architectures._workspace), so a step
-    that read a stale buffer, or a gradient that kept a view of it, would drift apart here."""
+    """Twenty optimiser steps on each path, AuxK running in most of them: the weights stay together,
+    and the sparse path's reused pre-activation buffer (architectures._workspace) is released at the
+    end. A step that read a stale buffer would drift apart here."""
     cfg = _cfg("topk", topk={"k": 4, "dead_tokens": 64 * 4, "decoder": decoder})
-    trained = []
+    trained, auxk_steps = [], []
     for sparse in (True, False):
         sae = build(cfg, D, seed=0)
         sae.sparse_path = sparse
-        train_sae(sae, _batches(), cfg.model_copy(update={"n_tokens": 64 * 20}), torch.device("cpu"))
+        rows = []
+        train_sae(sae, _batches(), cfg.model_copy(update={"n_tokens": 64 * 20, "log_every": 1}), torch.device("cpu"),
+                  lambda step, row: rows.append(row))
         trained.append(sae)
-    assert trained[0]._workspace == {}  # released at the end of training
+        auxk_steps.append(sum(r["auxk"] > 0 for r in rows))
+    assert auxk_steps[0] >= 5 and auxk_steps[0] == auxk_steps[1], auxk_steps
+    assert trained[0]._workspace == {}
     for (name, a), b in zip(trained[0].named_parameters(), trained[1].parameters()):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_sparse_topk_backward_after_a_later_forward():
+    """Two more forwards before the first backward (the buffer is overwritten by a batch of the same
+    size, then replaced for one of another size): the first loss's gradients are still the dense
+    reference's, so backward reads nothing from the reused buffer."""
+    sae = TopK(D, W, seed=0, k=5, k_aux=6, aux_coeff=0.5, dead_tokens=100)
+    sae.sparse_path = True
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(W, 1, generator=torch.Generator().manual_seed(3)) + 0.5)
+        sae.since_fired[::3] = 1000
+    xa, xb, xc = next(_batches(seed=1)), next(_batches(seed=2)), next(_batches(b=48, seed=3))
+    out_a = sae(xa, train=True)
+    sae(xb, train=True)
+    sae(xc, train=True)
+    out_a.loss.backward()
+    sparse = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad()
+    _dense_topk_reference(sae, xa, sae.dead()).backward()
+    for n, p in sae.named_parameters():
+        torch.testing.assert_close(sparse[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_sparse_topk_free_decoder_gradients_are_deterministic():
+    """The same step twice gives bit-identical gradients (DVC's byte-for-byte reruns depend on it). With
+    32k+ selected entries a gather's backward through index_put_(accumulate=True) varied from run to run
+    on CPU; this batch is large enough to have caught that."""
+    sae = TopK(D, W, seed=0, k=16, decoder="free")
+    sae.sparse_path = True
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(W, 1, generator=torch.Generator().manual_seed(3)) + 0.5)
+    x = next(_batches(b=4096, seed=1))
+    grads = []
+    for _ in range(3):
+        sae.zero_grad()
+        sae(x, train=True).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in sae.named_parameters()})
+    for g in grads[1:]:
+        for n in g:
+            assert torch.equal(g[n], grads[0][n]), n
 
 
 def test_topk_inference_keeps_exactly_k_and_counts_dead_windows():

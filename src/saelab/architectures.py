@@ -315,7 +315,9 @@ class TopK(FreeDecoderMixin, SAE):
         """Σ_j vals_j · row_{idx_j} from the selected rows alone; free rows are divided by their norms
         through the weights (vals / n[idx]) rather than by materialising W_dec / n."""
         w = vals.to(self.W_dec.dtype)
-        return F.embedding_bag(idx, self.W_dec, per_sample_weights=w if n is None else w / n[idx], mode="sum")
+        if n is not None:  # index_select, not n[idx]: the latter's backward (index_put_ with accumulate) is not
+            w = w / n.index_select(0, idx.reshape(-1)).view_as(idx)  # deterministic on CPU for large batches
+        return F.embedding_bag(idx, self.W_dec, per_sample_weights=w, mode="sum")
 
     def uses_sparse_path(self, device: torch.device) -> bool:
         """The sparse step on CPU (measured faster: benchmarks/topk_speed.py); dense matmuls on a GPU,
