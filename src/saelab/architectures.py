@@ -197,18 +197,13 @@ class TopKEncode(torch.autograd.Function):
     Dense autograd would turn the (B, k) gradient into a (B, d_sae) one and spend a second
     B x d_in x d_sae matmul on W_enc's gradient; here it costs B x (k + k_aux) x d_in.
 
-    ``n`` (d_sae,) or None: the free decoder's row norms, which scale the pre-activations
-    (pre = n * ((x - b_dec) @ W_enc + b_enc)). They enter here rather than as autograd's W_enc * n:
-    the scaled encoder is built without a graph, and its gradients (for W_enc, b_enc and n) come from
-    the selected entries only, sparing the (d_in, d_sae) products' backward.
     """
 
     @staticmethod
-    def forward(ctx, x, b_dec, W_enc, b_enc, n, k: int, dead, k_aux: int, workspace: dict):
+    def forward(ctx, x, b_dec, W_enc, b_enc, k: int, dead, k_aux: int, workspace: dict):
         xc = x - b_dec
-        b, W = (b_enc, W_enc) if n is None else (b_enc * n, W_enc * n)
-        pre = _workspace(workspace, (len(x), W.shape[1]), W)
-        pre = torch.addmm(b, xc, W) if pre is None else torch.addmm(b, xc, W, out=pre)
+        pre = _workspace(workspace, (len(x), W_enc.shape[1]), W_enc)
+        pre = torch.addmm(b_enc, xc, W_enc) if pre is None else torch.addmm(b_enc, xc, W_enc, out=pre)
         vals, idx = pre.topk(k, dim=-1, sorted=False)
         vals = vals.relu()
         aux_vals = aux_idx = None
@@ -217,7 +212,7 @@ class TopKEncode(torch.autograd.Function):
             aux_vals, pos = pre[:, dead_idx].topk(min(k_aux, len(dead_idx)), dim=-1, sorted=False)
             aux_vals, aux_idx = aux_vals.relu(), dead_idx[pos]
         del pre
-        ctx.save_for_backward(xc, W_enc, n, idx, vals, aux_idx, aux_vals)
+        ctx.save_for_backward(xc, W_enc, idx, vals, aux_idx, aux_vals)
         ctx.mark_non_differentiable(idx)
         if aux_idx is not None:
             ctx.mark_non_differentiable(aux_idx)
@@ -225,18 +220,14 @@ class TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_vals, g_idx, g_aux, g_aux_idx):
-        xc, W_enc, n, idx, vals, aux_idx, aux_vals = ctx.saved_tensors
-        g, flat, v = (g_vals * (vals > 0)).to(xc.dtype), idx, vals  # bf16 under autocast: gradients in the weights' dtype
+        xc, W_enc, idx, vals, aux_idx, aux_vals = ctx.saved_tensors
+        g, flat = (g_vals * (vals > 0)).to(xc.dtype), idx  # bf16 under autocast: gradients in the weights' dtype
         if aux_idx is not None and g_aux is not None:
             g = torch.cat([g, (g_aux * (aux_vals > 0)).to(xc.dtype)], 1)
-            flat, v = torch.cat([idx, aux_idx], 1), torch.cat([vals, aux_vals], 1)
+            flat = torch.cat([idx, aux_idx], 1)
         B, kk = flat.shape
         d_sae = W_enc.shape[1]
         flat = flat.reshape(-1)
-        grad_n = None
-        if n is not None:  # d pre / d n = pre / n; the unscaled pre-activations' gradient is g * n
-            grad_n = torch.zeros_like(n).index_add_(0, flat, (g * v.to(g.dtype)).reshape(-1)) / n
-            g = g * n[flat].view(B, kk)
         # G^T: (d_sae, B) gradient w.r.t. the pre-activations, as CSR (entries sorted by latent; a latent
         # both selected and in AuxK's set appears twice in a row and the product sums both)
         order = flat.argsort(stable=True)
@@ -249,7 +240,7 @@ class TopKEncode(torch.autograd.Function):
         grad_W_enc = (G_t @ xc).T  # (d_in, d_sae)
         grad_b_enc = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat, g.reshape(-1))
         grad_b_dec = -(W_enc @ grad_b_enc)  # xc = x - b_dec: d/db_dec = -Σ_b G[b] W_enc^T
-        return None, grad_b_dec, grad_W_enc, grad_b_enc, grad_n, None, None, None, None
+        return None, grad_b_dec, grad_W_enc, grad_b_enc, None, None, None, None
 
 
 @register
@@ -327,9 +318,10 @@ class TopK(FreeDecoderMixin, SAE):
     def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
         dead = self.auxk_dead()
         if self.uses_sparse_path(x.device):
-            n = self.row_norms()
-            vals, idx, aux_vals, aux_idx = TopKEncode.apply(x, self.b_dec, self.W_enc, self.b_enc, n, self.k, dead,
-                                                            self.k_aux, self._workspace)
+            n = self.row_norms()  # free rows scale the encoder (autograd: W_enc * n and its backward, d_in x d_sae)
+            W_enc, b_enc = (self.W_enc, self.b_enc) if n is None else (self.W_enc * n, self.b_enc * n)
+            vals, idx, aux_vals, aux_idx = TopKEncode.apply(x, self.b_dec, W_enc, b_enc, self.k, dead, self.k_aux,
+                                                            self._workspace)
             vals = vals.to(self.W_dec.dtype)  # under bf16 autocast the encoder's matmul gives bf16
             x_hat = self.sparse_decode(idx, vals, n) + self.b_dec
             decode_aux = None if aux_idx is None else (lambda: self.sparse_decode(aux_idx, aux_vals, n))
