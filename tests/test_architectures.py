@@ -503,6 +503,53 @@ def test_data_dependent_init_sets_b_dec_to_the_first_batch_mean(arch):
     torch.testing.assert_close(sae.b_dec.detach(), next(_batches()).mean(0), atol=1e-5, rtol=1e-5)
 
 
+def test_jumprelu_b_dec_init_zero_leaves_b_dec_at_zero():
+    cfg = _cfg("jumprelu", lr=1e-12, n_tokens=64, jumprelu={**ARCH_PARAMS["jumprelu"], "b_dec_init": "zero"})
+    sae = build(cfg, D, seed=0)
+    train_sae(sae, _batches(), cfg, torch.device("cpu"))
+    assert float(sae.b_dec.detach().abs().max()) < 1e-6
+    with pytest.raises(ValueError, match="b_dec_init"):
+        _cfg("jumprelu", jumprelu={"b_dec_init": "median"})
+
+
+def test_k_anneal_schedule_falls_geometrically_to_k():
+    sae = TopK(D, W, seed=0, k=4, k_anneal_start=32, k_anneal_frac=0.5)
+    ks = [sae.k_at(p / 100) for p in range(101)]
+    assert ks[0] == 32 and ks[25] == round(32**0.5 * 4**0.5) == 11  # half-way through the schedule: geometric mean
+    assert all(a >= b for a, b in zip(ks, ks[1:])) and set(ks[50:]) == {4}
+    assert {TopK(D, W, seed=0, k=4).k_at(p / 10) for p in range(11)} == {4}  # off by default
+    with pytest.raises(InputError, match="k_anneal_start"):
+        TopK(D, W, seed=0, k=8, k_anneal_start=4)
+
+
+@pytest.mark.parametrize("sparse_path", [True, False])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_k_anneal_trains_with_the_scheduled_k_and_infers_with_k(arch, sparse_path):
+    """The training forward selects k_at(progress) latents per token (TopK: exactly; BatchTopK: on average);
+    the saved SAE infers with k. Fails if train_forward ignores the schedule."""
+    extra = {"threshold_frac": 0.1} if arch == "batchtopk" else {}
+    cfg = _cfg(arch, **{arch: {"k": 4, "k_anneal_start": 24, "k_anneal_frac": 0.5, **extra}})
+    sae = build(cfg, D, seed=0)
+    sae.sparse_path = sparse_path
+    with torch.no_grad():
+        sae.b_enc.fill_(10.0)  # every pre-activation positive: the selection alone sets L0
+    x = next(_batches())
+    assert float(sae(x, train=True, progress=0.0).l0) == pytest.approx(24)
+    assert float(sae(x, train=True, progress=0.25).l0) == pytest.approx(sae.k_at(0.25)) and sae.k_at(0.25) == 10
+    assert float(sae(x, train=True, progress=0.6).l0) == pytest.approx(4)
+    sae = build(cfg, D, seed=0)
+    train_sae(sae, _batches(), cfg, torch.device("cpu"))
+    if arch == "topk":
+        assert ((sae.encode(next(_batches(seed=3))) > 0).sum(-1) <= 4).all()
+
+
+def test_batchtopk_anneal_must_end_before_the_threshold_window():
+    with pytest.raises(ValueError, match="k_anneal_frac"):
+        _cfg("batchtopk", batchtopk={"k": 4, "k_anneal_start": 16, "k_anneal_frac": 0.95, "threshold_frac": 0.1})
+    with pytest.raises(InputError, match="k_anneal_frac"):
+        BatchTopK(D, W, seed=0, k=4, k_anneal_start=16, k_anneal_frac=0.95, threshold_frac=0.1)
+
+
 def test_batchtopk_without_a_threshold_step_is_refused_up_front():
     with pytest.raises(ValueError, match="threshold_frac"):
         _cfg("batchtopk", n_tokens=64 * 5, batchtopk={"k": 4, "threshold_frac": 0.1})

@@ -1,6 +1,6 @@
 import pytest
 
-from saelab.config import ConfigError, load_params, parse_params
+from saelab.config import ConfigError, SAEConfig, load_params, parse_params
 
 
 def test_repo_params_are_valid():
@@ -72,3 +72,17 @@ def test_stage_prints_one_line_for_expected_faults_and_a_traceback_for_bugs(tmp_
     with pytest.raises(ValueError, match="numpy-style bug"):
         with run_stage("t", args):
             raise ValueError("numpy-style bug")
+
+
+def test_training_options_added_later_are_saved_only_when_on():
+    """k annealing and JumpReLU's b_dec_init are written to saved configs only when switched on, so the SAEs
+    saved before they existed keep byte-identical files; when on they are recorded and the SAE agrees."""
+    from saelab.architectures import build
+
+    off = SAEConfig(architecture="topk").model_dump()
+    assert "k_anneal_start" not in off["topk"] and "k_anneal_frac" not in off["batchtopk"]
+    assert "b_dec_init" not in off["jumprelu"]
+    for arch, section in (("batchtopk", {"k_anneal_start": 64, "k_anneal_frac": 0.5}), ("jumprelu", {"b_dec_init": "zero"})):
+        cfg = SAEConfig(architecture=arch, **{arch: section})
+        assert section.items() <= cfg.model_dump()[arch].items()
+        assert build(cfg, 16).arch_params() == cfg.arch_params()

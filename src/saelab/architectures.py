@@ -255,11 +255,16 @@ class TopK(FreeDecoderMixin, SAE):
 
     def __init__(self, d_in: int, d_sae: int, seed: int | None = 0, k: int = 32, k_aux: int | None = None,
                  aux_coeff: float = 1.0, dead_tokens: int = 200_000, decoder: str = "free",
-                 dec_init_norm: float = 0.1, grad_clip: float = 1.0):
+                 dec_init_norm: float = 0.1, grad_clip: float = 1.0, k_anneal_start: int | None = None,
+                 k_anneal_frac: float = 0.8):
         self.set_decoder_(decoder, dec_init_norm, grad_clip)
         if k > d_sae:
             raise InputError(f"sae.{self.architecture}.k: {k} must be <= d_sae ({d_sae})")
+        if k_anneal_start is not None and not k <= k_anneal_start <= d_sae:
+            raise InputError(f"sae.{self.architecture}.k_anneal_start: {k_anneal_start} must lie between k ({k}) and "
+                             f"d_sae ({d_sae}); null turns the schedule off")
         self.k, self.k_aux_param = k, k_aux
+        self.k_anneal_start, self.k_anneal_frac = k_anneal_start, k_anneal_frac
         self.k_aux = k_aux if k_aux is not None else d_in // 2
         self.aux_coeff, self.dead_tokens = aux_coeff, dead_tokens
         self.sparse_path: bool | None = None  # None: sparse on CPU, dense on GPU (uses_sparse_path)
@@ -276,8 +281,19 @@ class TopK(FreeDecoderMixin, SAE):
         self.b_dec.copy_(x.float().mean(0))  # as sparsify (Gao et al.: the geometric median)
 
     def arch_params(self) -> dict:
+        anneal = {} if self.k_anneal_start is None else {"k_anneal_start": self.k_anneal_start,
+                                                           "k_anneal_frac": self.k_anneal_frac}
         return {"k": self.k, "k_aux": self.k_aux_param, "aux_coeff": self.aux_coeff, "dead_tokens": self.dead_tokens,
-                **self.decoder_params()}
+                **anneal, **self.decoder_params()}  # the schedule only when on (config.TopKParams)
+
+    def k_at(self, progress: float) -> int:
+        """Active latents per token at ``progress`` (fraction of training done): ``k``, or, with
+        ``k_anneal_start`` set, geometric from k_anneal_start down to k over the first ``k_anneal_frac``
+        of training (docs/metrics.md, "k annealing"). Inference always uses k."""
+        if self.k_anneal_start is None or progress >= self.k_anneal_frac:
+            return self.k
+        t = progress / self.k_anneal_frac
+        return max(self.k, round(self.k_anneal_start ** (1 - t) * self.k**t))
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         vals, idx = pre.topk(self.k, dim=-1)
@@ -317,10 +333,11 @@ class TopK(FreeDecoderMixin, SAE):
 
     def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
         dead = self.auxk_dead()
+        k = self.k_at(progress)
         if self.uses_sparse_path(x.device):
             n = self.row_norms()  # free rows scale the encoder (autograd: W_enc * n and its backward, d_in x d_sae)
             W_enc, b_enc = (self.W_enc, self.b_enc) if n is None else (self.W_enc * n, self.b_enc * n)
-            vals, idx, aux_vals, aux_idx = TopKEncode.apply(x, self.b_dec, W_enc, b_enc, self.k, dead, self.k_aux,
+            vals, idx, aux_vals, aux_idx = TopKEncode.apply(x, self.b_dec, W_enc, b_enc, k, dead, self.k_aux,
                                                             self._workspace)
             vals = vals.to(self.W_dec.dtype)  # under bf16 autocast the encoder's matmul gives bf16
             x_hat = self.sparse_decode(idx, vals, n) + self.b_dec
@@ -328,7 +345,7 @@ class TopK(FreeDecoderMixin, SAE):
         else:  # dense autograd: (B, d_sae) activations, matmul decoder
             rows = self.dec_rows()
             pre = self.pre_acts(x)
-            vals, idx = pre.topk(self.k, dim=-1, sorted=False)
+            vals, idx = pre.topk(k, dim=-1, sorted=False)
             vals = vals.relu()
             x_hat = torch.zeros_like(pre).scatter(-1, idx, vals) @ rows + self.b_dec
             decode_aux = None
@@ -365,9 +382,14 @@ class BatchTopK(TopK):
 
     def __init__(self, d_in: int, d_sae: int, seed: int | None = 0, k: int = 32, k_aux: int | None = None,
                  aux_coeff: float = 1.0, dead_tokens: int = 200_000, threshold_frac: float = 0.1,
-                 decoder: str = "free", dec_init_norm: float = 0.1, grad_clip: float = 1.0):
+                 decoder: str = "free", dec_init_norm: float = 0.1, grad_clip: float = 1.0,
+                 k_anneal_start: int | None = None, k_anneal_frac: float = 0.8):
         self.threshold_frac = threshold_frac
-        super().__init__(d_in, d_sae, seed, k, k_aux, aux_coeff, dead_tokens, decoder, dec_init_norm, grad_clip)
+        if k_anneal_start is not None and k_anneal_frac > 1 - threshold_frac:
+            raise InputError(f"sae.batchtopk.k_anneal_frac ({k_anneal_frac}) must end before the inference threshold's "
+                             f"window, the last threshold_frac ({threshold_frac}) of training: lower one of them")
+        super().__init__(d_in, d_sae, seed, k, k_aux, aux_coeff, dead_tokens, decoder, dec_init_norm, grad_clip,
+                         k_anneal_start, k_anneal_frac)
         self.register_buffer("threshold", torch.zeros(d_sae))  # saved: inference reads it
         self.register_buffer("theta_sum", torch.zeros((), dtype=torch.float64), persistent=False)
         self.register_buffer("theta_n", torch.zeros((), dtype=torch.float64), persistent=False)
@@ -378,9 +400,9 @@ class BatchTopK(TopK):
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return pre * (pre > self.threshold)
 
-    def batch_topk(self, pre: torch.Tensor) -> torch.Tensor:
+    def batch_topk(self, pre: torch.Tensor, k: int | None = None) -> torch.Tensor:
         flat = pre.relu().flatten()
-        vals, idx = flat.topk(min(self.k * len(pre), flat.numel()), sorted=False)
+        vals, idx = flat.topk(min((self.k if k is None else k) * len(pre), flat.numel()), sorted=False)
         return torch.zeros_like(flat).scatter_(0, idx, vals).view_as(pre)
 
     def train_activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -388,7 +410,7 @@ class BatchTopK(TopK):
 
     def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
         pre = self.pre_acts(x)
-        f = self.batch_topk(pre)
+        f = self.batch_topk(pre, self.k_at(progress))
         rows = self.dec_rows()
         x_hat = f @ rows + self.b_dec
         mse = mse_loss(x_hat.float(), x)
@@ -482,8 +504,11 @@ class JumpReLU(FreeDecoderMixin, SAE):
 
     def __init__(self, d_in: int, d_sae: int, seed: int | None = 0, l0_coeff: float = 1.0, bandwidth: float = 0.05,
                  threshold_init: float = 0.01, sparsity: str = "tanh", tanh_scale: float = 4.0, decoder: str = "free",
-                 dec_init_norm: float = 0.1, grad_clip: float = 1.0):
+                 dec_init_norm: float = 0.1, grad_clip: float = 1.0, b_dec_init: str = "mean"):
         self.set_decoder_(decoder, dec_init_norm, grad_clip)
+        if b_dec_init not in ("mean", "zero"):
+            raise InputError(f"sae.jumprelu.b_dec_init: {b_dec_init!r} is not one of mean, zero")
+        self.b_dec_init = b_dec_init
         self.l0_coeff, self.bandwidth, self.threshold_init = l0_coeff, bandwidth, threshold_init
         self.sparsity, self.tanh_scale = sparsity, tanh_scale
         SAE.__init__(self, d_in, d_sae, seed=None)
@@ -493,7 +518,8 @@ class JumpReLU(FreeDecoderMixin, SAE):
 
     def arch_params(self) -> dict:
         return {"l0_coeff": self.l0_coeff, "bandwidth": self.bandwidth, "threshold_init": self.threshold_init,
-                "sparsity": self.sparsity, "tanh_scale": self.tanh_scale, **self.decoder_params()}
+                "sparsity": self.sparsity, "tanh_scale": self.tanh_scale, **self.decoder_params(),
+                **({"b_dec_init": "zero"} if self.b_dec_init == "zero" else {})}  # as config.JumpReLUParams saves it
 
     @torch.no_grad()
     def init_weights_(self, gen: torch.Generator) -> None:
@@ -503,7 +529,9 @@ class JumpReLU(FreeDecoderMixin, SAE):
 
     @torch.no_grad()
     def init_from_data_(self, x: torch.Tensor) -> None:
-        self.b_dec.copy_(x.float().mean(0))
+        """b_dec at the first batch's mean, or left at 0 (``b_dec_init: zero``, as SAELens's trainer starts)."""
+        if self.b_dec_init == "mean":
+            self.b_dec.copy_(x.float().mean(0))
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return pre * (pre > self.threshold)

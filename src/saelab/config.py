@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from saelab.errors import InputError
 
@@ -129,12 +129,34 @@ class TopKParams(DecoderParams):
     its min(n_dead / k_aux, 1) factor (docs/metrics.md, "Architectures")."""
     dead_tokens: int = Field(200_000, gt=0)
     """A latent that has not fired for this many training tokens is dead (for AuxK)."""
+    k_anneal_start: Optional[int] = Field(None, gt=0)
+    """null: k from the first step. Else training starts at this many active latents per token and k falls
+    geometrically to ``k`` over the first ``k_anneal_frac`` of training (docs/metrics.md, "k annealing");
+    fewer dead latents at small k, measured in benchmarks/results/frontier_cpu."""
+    k_anneal_frac: float = Field(0.8, gt=0, le=1)
+    """Fraction of training over which k anneals (only with ``k_anneal_start``)."""
+
+    @model_serializer(mode="wrap")
+    def _omit_anneal_when_off(self, handler):
+        """Saved configs carry the schedule only when it is on, so SAEs saved before it existed keep their files."""
+        out = handler(self)
+        if self.k_anneal_start is None:
+            out.pop("k_anneal_start", None)
+            out.pop("k_anneal_frac", None)
+        return out
 
 
 class BatchTopKParams(TopKParams):
     """``sae.batchtopk``: k x batch latents per batch (Bussmann et al. 2024), JumpReLU at inference."""
     threshold_frac: float = Field(0.1, gt=0, le=1)
     """The inference threshold is the mean smallest selected activation over this last fraction of training."""
+
+    @model_validator(mode="after")
+    def _anneal_before_threshold(self) -> "BatchTopKParams":
+        if self.k_anneal_start is not None and self.k_anneal_frac > 1 - self.threshold_frac:
+            raise ValueError(f"k_anneal_frac ({self.k_anneal_frac}) must end before the inference threshold's window, the "
+                             f"last threshold_frac ({self.threshold_frac}) of training: lower one of them")
+        return self
 
 
 class JumpReLUParams(DecoderParams):
@@ -148,6 +170,9 @@ class JumpReLUParams(DecoderParams):
     """``tanh``: Σ tanh(tanh_scale · f · ‖W_dec[i]‖) (Anthropic, January 2025); ``step``: L0 = Σ H(pre − θ)
     (the paper's; in runs of a few hundred steps its L0 hardly responds to l0_coeff: benchmarks/results/frontier_cpu)."""
     tanh_scale: float = Field(4.0, gt=0)
+    b_dec_init: Literal["mean", "zero"] = Field("mean", exclude_if=lambda v: v == "mean")
+    """b_dec at the start: the first batch's mean, or 0 as SAELens's trainer starts it. With ``step`` the start
+    decides the L0 of short runs (docs/metrics.md, "JumpReLU"). Saved configs carry it only when ``zero``."""
 
 
 ARCHITECTURES = ("standard", "standard_april", "topk", "batchtopk", "jumprelu")
