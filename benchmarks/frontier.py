@@ -164,7 +164,7 @@ def goals(results: list[dict]) -> dict:
         if trainer != "sae-lens":
             continue
         for r in runs:
-            for counterpart in COUNTERPART[arch]:
+            for counterpart in (c for c in COUNTERPART[arch] if ("saelab", c) in fam):  # the families this run trained
                 m = at_l0(fam.get(("saelab", counterpart), []), r["l0"])
                 out["same_architecture"].append({
                     "saelens": arch, "saelab": counterpart, "l0": r["l0"], "saelens_mse": r["mse"], "saelab_mse": m,

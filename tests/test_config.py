@@ -86,3 +86,10 @@ def test_training_options_added_later_are_saved_only_when_on():
         cfg = SAEConfig(architecture=arch, **{arch: section})
         assert section.items() <= cfg.model_dump()[arch].items()
         assert build(cfg, 16).arch_params() == cfg.arch_params()
+
+
+def test_k_anneal_must_start_at_or_above_k_and_end_before_training_does():
+    with pytest.raises(ValueError, match="k_anneal_start"):
+        SAEConfig(architecture="topk", topk={"k": 32, "k_anneal_start": 16})
+    with pytest.raises(ValueError, match="k_anneal_frac"):
+        SAEConfig(architecture="topk", topk={"k": 4, "k_anneal_start": 16, "k_anneal_frac": 1.0})

@@ -133,8 +133,15 @@ class TopKParams(DecoderParams):
     """null: k from the first step. Else training starts at this many active latents per token and k falls
     geometrically to ``k`` over the first ``k_anneal_frac`` of training (docs/metrics.md, "k annealing");
     fewer dead latents at small k, measured in benchmarks/results/frontier_cpu."""
-    k_anneal_frac: float = Field(0.8, gt=0, le=1)
-    """Fraction of training over which k anneals (only with ``k_anneal_start``)."""
+    k_anneal_frac: float = Field(0.8, gt=0, lt=1)
+    """Fraction of training over which k anneals (only with ``k_anneal_start``); below 1, so the last steps train at k."""
+
+    @model_validator(mode="after")
+    def _anneal_from_above(self) -> "TopKParams":
+        if self.k_anneal_start is not None and self.k_anneal_start < self.k:
+            raise ValueError(f"k_anneal_start ({self.k_anneal_start}) must be >= k ({self.k}): the schedule falls to k; "
+                             "null turns it off")
+        return self
 
     @model_serializer(mode="wrap")
     def _omit_anneal_when_off(self, handler):
@@ -170,9 +177,16 @@ class JumpReLUParams(DecoderParams):
     """``tanh``: Σ tanh(tanh_scale · f · ‖W_dec[i]‖) (Anthropic, January 2025); ``step``: L0 = Σ H(pre − θ)
     (the paper's; in runs of a few hundred steps its L0 hardly responds to l0_coeff: benchmarks/results/frontier_cpu)."""
     tanh_scale: float = Field(4.0, gt=0)
-    b_dec_init: Literal["mean", "zero"] = Field("mean", exclude_if=lambda v: v == "mean")
+    b_dec_init: Literal["mean", "zero"] = "mean"
     """b_dec at the start: the first batch's mean, or 0 as SAELens's trainer starts it. With ``step`` the start
-    decides the L0 of short runs (docs/metrics.md, "JumpReLU"). Saved configs carry it only when ``zero``."""
+    decides the L0 of short runs (docs/metrics.md, "b_dec's start"). Saved configs carry it only when ``zero``."""
+
+    @model_serializer(mode="wrap")
+    def _omit_default_start(self, handler):
+        out = handler(self)
+        if self.b_dec_init == "mean":  # as TopKParams: SAEs saved before the key existed keep their files
+            out.pop("b_dec_init", None)
+        return out
 
 
 ARCHITECTURES = ("standard", "standard_april", "topk", "batchtopk", "jumprelu")
