@@ -4,6 +4,7 @@
     python benchmarks/frontier.py --saelens-python .venv-saelens/bin/python \
         [--n-tokens 307200] [--d-sae 2048] [--batch-size 2048] [--lr 3e-3] [--ce-tokens 32768] \
         [--out benchmarks/results/frontier_cpu]
+    python benchmarks/frontier.py --grid anneal --out benchmarks/results/k_anneal_cpu   # k annealing at small k
     # GPU budget (if you have one): --n-tokens 1900000 --d-sae 16384 --batch-size 4096 --ce-tokens 131072
     # (the training tokens are held in memory, so the budget is the cache: cache more with activations.n_tokens)
 
@@ -64,6 +65,21 @@ GRID = {
     ("sae-lens", "jumprelu"): ("jumprelu", "l0_coeff", [0.1, 0.3, 1.0], {**JUMPRELU, "sparsity": "tanh"}),
     ("sae-lens", "jumprelu-step"): ("jumprelu", "l0_coeff", [0.3, 1.0, 3.0], {**JUMPRELU, "sparsity": "step"}),
 }
+# `--grid anneal`: what k annealing buys at small k (dead share vs MSE), saelab's TopK only; settings and
+# results in benchmarks/results/k_anneal_cpu/. The frontier's topk-anneal family is one of these recipes.
+_ANNEAL = lambda start, frac: {"k_anneal_start": start, "k_anneal_frac": frac}  # noqa: E731
+ANNEAL_GRID = {
+    ("saelab", "topk"): ("topk", "k", [4, 8], {}),
+    ("saelab", "topk-noaux"): ("topk", "k", [4, 8], {"aux_coeff": 0.0}),
+    ("saelab", "topk-anneal64-0.8"): ("topk", "k", [4], _ANNEAL(64, 0.8)),
+    ("saelab", "topk-anneal128-0.5"): ("topk", "k", [4], _ANNEAL(128, 0.5)),
+    ("saelab", "topk-anneal128-0.8"): ("topk", "k", [4, 8], _ANNEAL(128, 0.8)),
+    ("saelab", "topk-anneal128-0.9"): ("topk", "k", [4], _ANNEAL(128, 0.9)),
+    ("saelab", "topk-anneal256-0.8"): ("topk", "k", [4], _ANNEAL(256, 0.8)),
+    ("saelab", "topk-anneal128-0.8-noaux"): ("topk", "k", [4, 8], {**_ANNEAL(128, 0.8), "aux_coeff": 0.0}),
+}
+GRIDS = {"frontier": GRID, "anneal": ANNEAL_GRID}
+
 # SAELens family -> saelab families it is compared with at equal L0 (goal 1). JumpReLU step twice: our default
 # start (b_dec at the data mean) and SAELens's trainer's start (b_dec = 0), since the start decides its L0.
 COUNTERPART = {"standard": ("standard_april",), "topk": ("topk",), "batchtopk": ("batchtopk",), "jumprelu": ("jumprelu",),
@@ -262,7 +278,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--dead-tokens", type=int, default=51_200,
                    help="AuxK / SAELens dead window in training tokens, both tools (1/6 of the CPU run)")
-    p.add_argument("--only", nargs="*", help="trainer:arch pairs to run (default: all of GRID)")
+    p.add_argument("--grid", choices=sorted(GRIDS), default="frontier", help="frontier: every trainer (GRID); anneal: "
+                   "saelab TopK's k-annealing settings at small k (ANNEAL_GRID)")
+    p.add_argument("--only", nargs="*", help="trainer:arch pairs to run (default: all of the grid)")
     p.add_argument("--device", default="auto")
     p.add_argument("--work", type=Path, help="keep every run here (default: a temporary folder); a run whose folder "
                    "holds a result for the same spec is scored again without retraining")
@@ -280,7 +298,8 @@ def main() -> None:
     from saelab.cache import ActivationCache
 
     cache = ActivationCache(args.cache)
-    grid = [(t, a) for t, a in GRID if not args.only or f"{t}:{a}" in args.only]
+    table = GRIDS[args.grid]
+    grid = [(t, a) for t, a in table if not args.only or f"{t}:{a}" in args.only]
     results = []
     with (contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory(prefix="saelab-frontier-")) as tmp:
         tmp = Path(tmp)
@@ -289,7 +308,7 @@ def main() -> None:
         if not data.exists():
             np.save(data, next(cache.batches(n_steps * args.batch_size)).numpy())  # the cache's first tokens, stored order
         for trainer, family in grid:
-            arch, knob, values, fixed = GRID[(trainer, family)]
+            arch, knob, values, fixed = table[(trainer, family)]
             for value in values:
                 out = tmp / f"{trainer}-{family}-{value}"
                 out.mkdir(exist_ok=True)
@@ -320,7 +339,7 @@ def main() -> None:
                 print(json.dumps(results[-1]), flush=True)
     report = {"hardware": f"{cpu_model()}, {os.cpu_count()} cores" if device == "cpu" else torch.cuda.get_device_name(),
               "device": device, "train_tokens": n_steps * args.batch_size, "d_sae": args.d_sae, "batch_size": args.batch_size,
-              "lr": args.lr, "betas": list(args.betas), "dead_tokens": args.dead_tokens, "grid": {f"{t}:{a}": list(v) for (t, a), v in GRID.items()},
+              "lr": args.lr, "betas": list(args.betas), "dead_tokens": args.dead_tokens, "grid": {f"{t}:{a}": list(v) for (t, a), v in table.items()},
               "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:]),
               "results": results, "goals": goals(results)}
     write_outputs(report, args.out)
