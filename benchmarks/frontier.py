@@ -229,7 +229,7 @@ def write_outputs(report: dict, out: Path) -> None:
     lines += ["", "Goal 2, best saelab recipe vs SAELens standard at equal L0 (MSE reduction, target >= 20%):", ""]
     lines += [f"- L0 {x['l0']:.1f}: saelab {x['best_saelab']} {x['saelab_mse']:.2f} vs {x['saelens_mse']:.2f}: "
               f"{100 * x['reduction']:.1f}% ({'met' if x['met'] else 'missed'})" for x in g["best_vs_saelens_standard"]]
-    lines += ["", "Goal 3, TopK / BatchTopK with AuxK (dead < 5%, ultra-low < 10%):", ""]
+    lines += ["", "Goal 3, TopK / BatchTopK with AuxK (dead < 5%, ultra-low < 10%; -noaux families: AuxK off, listed for reference):", ""]
     lines += [f"- {x['arch']} k={x['value']}: dead {100 * x['frac_dead']:.1f}%, ultra-low {100 * x['frac_ultra_low']:.1f}% "
               f"({'met' if x['met'] else 'missed'})" for x in g["topk_dead"]]
     (out / "frontier.md").write_text("\n".join(lines) + "\n")

@@ -175,7 +175,7 @@ class JumpReLUParams(DecoderParams):
     threshold_init: float = Field(0.01, gt=0)
     sparsity: Literal["step", "tanh"] = "tanh"
     """``tanh``: Σ tanh(tanh_scale · f · ‖W_dec[i]‖) (Anthropic, January 2025); ``step``: L0 = Σ H(pre − θ)
-    (the paper's; in runs of a few hundred steps its L0 responds to l0_coeff only from ``b_dec_init: zero``:
+    (the paper's; in the CPU frontier's 150-step runs its L0 responded to l0_coeff only from ``b_dec_init: zero``:
     benchmarks/results/frontier_cpu)."""
     tanh_scale: float = Field(4.0, gt=0)
     b_dec_init: Literal["mean", "zero"] = "mean"
