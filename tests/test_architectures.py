@@ -35,6 +35,13 @@ def _cfg(arch="standard", **kw):
     return SAEConfig(**(base | kw))
 
 
+@torch.no_grad()
+def _uneven_norms_(sae):
+    """Decoder rows of uneven norms (0.5 to 1.5), so free-decoder rescaling is exercised."""
+    sae.W_dec.mul_(torch.rand(sae.d_sae, 1, generator=torch.Generator().manual_seed(3)) + 0.5)
+    return sae
+
+
 def test_registry_holds_every_configurable_architecture():
     """params' sae.architecture choices and the registry name the same architectures."""
     import saelab.architectures  # noqa: F401
@@ -102,7 +109,7 @@ def test_sparse_topk_gradients_equal_dense_autograd(with_dead, sparse_path, deco
     sae.sparse_path = sparse_path
     with torch.no_grad():
         if decoder == "free":
-            sae.W_dec.mul_(torch.rand(W, 1, generator=torch.Generator().manual_seed(3)) + 0.5)  # uneven norms
+            _uneven_norms_(sae)
         sae.b_dec.normal_()
         sae.b_enc.normal_(0, 0.1)
         if with_dead:
@@ -151,7 +158,7 @@ def test_sparse_topk_backward_after_a_later_forward():
     sae = TopK(D, W, seed=0, k=5, k_aux=6, aux_coeff=0.5, dead_tokens=100)
     sae.sparse_path = True
     with torch.no_grad():
-        sae.W_dec.mul_(torch.rand(W, 1, generator=torch.Generator().manual_seed(3)) + 0.5)
+        _uneven_norms_(sae)
         sae.since_fired[::3] = 1000
     xa, xb, xc = next(_batches(seed=1)), next(_batches(seed=2)), next(_batches(b=48, seed=3))
     out_a = sae(xa, train=True)
@@ -171,8 +178,7 @@ def test_sparse_topk_free_decoder_gradients_are_deterministic():
     on CPU; this batch is large enough to have caught that."""
     sae = TopK(D, W, seed=0, k=16, decoder="free")
     sae.sparse_path = True
-    with torch.no_grad():
-        sae.W_dec.mul_(torch.rand(W, 1, generator=torch.Generator().manual_seed(3)) + 0.5)
+    _uneven_norms_(sae)
     x = next(_batches(b=4096, seed=1))
     grads = []
     for _ in range(3):

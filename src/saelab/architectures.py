@@ -181,7 +181,7 @@ class StandardApril(SAE):
 def _workspace(cache: dict, shape: tuple, like: torch.Tensor) -> torch.Tensor | None:
     """A (B, d_sae) CPU buffer for the pre-activations, kept across steps (None under autocast, whose
     matmul picks its own dtype). A fresh one each step is a 268 MB allocation at 16,384 x 4,096 that
-    glibc maps anew, and its page faults cost about 70 ms per step on the 2-core CI machine."""
+    glibc maps anew, and its page faults would recur on every step."""
     if like.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
         return None
     buf = cache.get("pre")
@@ -196,7 +196,6 @@ class TopKEncode(torch.autograd.Function):
 
     Dense autograd would turn the (B, k) gradient into a (B, d_sae) one and spend a second
     B x d_in x d_sae matmul on W_enc's gradient; here it costs B x (k + k_aux) x d_in.
-
     """
 
     @staticmethod
