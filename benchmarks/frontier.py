@@ -65,8 +65,8 @@ GRID = {
     ("sae-lens", "jumprelu"): ("jumprelu", "l0_coeff", [0.1, 0.3, 1.0], {**JUMPRELU, "sparsity": "tanh"}),
     ("sae-lens", "jumprelu-step"): ("jumprelu", "l0_coeff", [0.3, 1.0, 3.0], {**JUMPRELU, "sparsity": "step"}),
 }
-# `--grid anneal`: what k annealing buys at small k (dead share vs MSE), saelab's TopK only; settings and
-# results in benchmarks/results/k_anneal_cpu/. The frontier's topk-anneal family is one of these recipes.
+# `--grid anneal`: what k annealing buys at small k (dead share vs MSE), and AuxK with and without gradient
+# clipping, saelab's TopK only; settings and results in benchmarks/results/k_anneal_cpu/. The frontier's topk-anneal family is one of these recipes.
 _ANNEAL = lambda start, frac: {"k_anneal_start": start, "k_anneal_frac": frac}  # noqa: E731
 ANNEAL_GRID = {
     ("saelab", "topk"): ("topk", "k", [4, 8], {}),
@@ -77,6 +77,8 @@ ANNEAL_GRID = {
     ("saelab", "topk-anneal128-0.9"): ("topk", "k", [4], _ANNEAL(128, 0.9)),
     ("saelab", "topk-anneal256-0.8"): ("topk", "k", [4], _ANNEAL(256, 0.8)),
     ("saelab", "topk-anneal128-0.8-noaux"): ("topk", "k", [4, 8], {**_ANNEAL(128, 0.8), "aux_coeff": 0.0}),
+    ("saelab", "topk-noclip"): ("topk", "k", [4, 8], {"grad_clip": 0.0}),  # AuxK's gradient no longer shrinks the rest
+    ("saelab", "topk-noclip-noaux"): ("topk", "k", [4, 8], {"grad_clip": 0.0, "aux_coeff": 0.0}),
 }
 GRIDS = {"frontier": GRID, "anneal": ANNEAL_GRID}
 

@@ -68,7 +68,9 @@ from reader import cpu_model  # noqa: E402
 WINDOW = 5  # steps in the running mean of batch MSE that equal_mse compares
 # saelab-unit: sparsify's recipe in saelab (unit-norm decoder rows, AuxK coefficient 1/32, no gradient clipping)
 # from sparsify's initial weights (sparsify_init), so that the two take the same steps where AuxK does not run
-RECIPES = {"saelab-unit": {"decoder": "unit", "aux_coeff": 1 / 32}}
+# saelab-long-noclip: the default recipe without gradient-norm clipping (AuxK's gradient counts in the clipped
+# norm, so with clipping AuxK also shrinks the reconstruction's step)
+RECIPES = {"saelab-unit": {"decoder": "unit", "aux_coeff": 1 / 32}, "saelab-long-noclip": {"grad_clip": 0.0}}
 SPARSIFY_INIT = {"saelab-unit"}
 
 
@@ -151,6 +153,10 @@ def equal_mse(results: dict, curves: dict) -> dict:
             out[name] = {"method": f"time to the peer's final batch MSE (running mean of {WINDOW} steps)",
                          "target_batch_mse": target, "peer_seconds": t_peer, "saelab_long_seconds": t_long,
                          "speedup_at_equal_mse": t_peer / t_long if t_peer is not None and t_long else None}
+            if curves.get("saelab-long-noclip"):  # the default recipe without clipping, to the same target
+                t_nc = time_to_mse(curves["saelab-long-noclip"], target)
+                out[name].update(saelab_long_noclip_seconds=t_nc,
+                                 speedup_noclip=t_peer / t_nc if t_peer is not None and t_nc else None)
             continue
         below = [n for n in ("saelab", "saelab-long") if n in results and results[n]["mse"] <= r["mse"]]
         best = min(below, key=lambda n: results[n]["timed_seconds"], default=None)
@@ -264,7 +270,7 @@ def main() -> None:
             spec = {**base, "out": str(out), "sparse_path": name != "saelab-dense", "recipe": RECIPES.get(name, {}),
                     "sparsify_init": name in SPARSIFY_INIT,
                     "sparse_activations": name == "sae-lens-sparse",
-                    "n_steps": args.steps * (args.long_factor if name == "saelab-long" else 1)}
+                    "n_steps": args.steps * (args.long_factor if name.startswith("saelab-long") else 1)}
             (out / "spec.json").write_text(json.dumps(spec))
             py = {"sae-lens": args.saelens_python, "sae-lens-sparse": args.saelens_python,
                   "sparsify": args.sparsify_python}.get(name)
