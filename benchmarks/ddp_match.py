@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+if len(sys.argv) < 2:
+    raise SystemExit(__doc__)
 REPO = Path(sys.argv[1]).resolve()
 sys.path[:0] = [str(REPO), str(REPO / "src")]
 

@@ -13,6 +13,7 @@ batch, Adam betas and constant lr. Trainers:
 - ``saelab``          saelab's TopK (its default recipe: free decoder norms, AuxK 1) through its Trainer
                       (sparse path on CPU: TopKEncode + embedding_bag);
 - ``saelab-long``     the same for ``--long-factor`` times the steps (for the comparison at equal MSE);
+- ``saelab-long-noclip`` saelab-long without gradient-norm clipping (``grad_clip: 0``);
 - ``saelab-unit``     saelab with sparsify's recipe (unit-norm decoder rows, AuxK 1/32, no clipping) from
                       sparsify's initial weights (sparsify_init_): the same steps as sparsify's where
                       AuxK does not run, so its speed-up compares at equal MSE without a curve;
