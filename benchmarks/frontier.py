@@ -65,18 +65,24 @@ GRID = {
     ("sae-lens", "jumprelu"): ("jumprelu", "l0_coeff", [0.1, 0.3, 1.0], {**JUMPRELU, "sparsity": "tanh"}),
     ("sae-lens", "jumprelu-step"): ("jumprelu", "l0_coeff", [0.3, 1.0, 3.0], {**JUMPRELU, "sparsity": "step"}),
 }
+
+
+def _anneal(start: int, frac: float) -> dict:
+    return {"k_anneal_start": start, "k_anneal_frac": frac}
+
+
 # `--grid anneal`: what k annealing buys at small k (dead share vs MSE), and AuxK with and without gradient
-# clipping, saelab's TopK only; settings and results in benchmarks/results/k_anneal_cpu/. The frontier's topk-anneal family is one of these recipes.
-_ANNEAL = lambda start, frac: {"k_anneal_start": start, "k_anneal_frac": frac}  # noqa: E731
+# clipping, saelab's TopK only; settings and results in benchmarks/results/k_anneal_cpu/. The frontier's
+# topk-anneal family is one of these recipes.
 ANNEAL_GRID = {
     ("saelab", "topk"): ("topk", "k", [4, 8], {}),
     ("saelab", "topk-noaux"): ("topk", "k", [4, 8], {"aux_coeff": 0.0}),
-    ("saelab", "topk-anneal64-0.8"): ("topk", "k", [4], _ANNEAL(64, 0.8)),
-    ("saelab", "topk-anneal128-0.5"): ("topk", "k", [4], _ANNEAL(128, 0.5)),
-    ("saelab", "topk-anneal128-0.8"): ("topk", "k", [4, 8], _ANNEAL(128, 0.8)),
-    ("saelab", "topk-anneal128-0.9"): ("topk", "k", [4], _ANNEAL(128, 0.9)),
-    ("saelab", "topk-anneal256-0.8"): ("topk", "k", [4], _ANNEAL(256, 0.8)),
-    ("saelab", "topk-anneal128-0.8-noaux"): ("topk", "k", [4, 8], {**_ANNEAL(128, 0.8), "aux_coeff": 0.0}),
+    ("saelab", "topk-anneal64-0.8"): ("topk", "k", [4], _anneal(64, 0.8)),
+    ("saelab", "topk-anneal128-0.5"): ("topk", "k", [4], _anneal(128, 0.5)),
+    ("saelab", "topk-anneal128-0.8"): ("topk", "k", [4, 8], _anneal(128, 0.8)),
+    ("saelab", "topk-anneal128-0.9"): ("topk", "k", [4], _anneal(128, 0.9)),
+    ("saelab", "topk-anneal256-0.8"): ("topk", "k", [4], _anneal(256, 0.8)),
+    ("saelab", "topk-anneal128-0.8-noaux"): ("topk", "k", [4, 8], {**_anneal(128, 0.8), "aux_coeff": 0.0}),
     ("saelab", "topk-noclip"): ("topk", "k", [4, 8], {"grad_clip": 0.0}),  # AuxK's gradient no longer shrinks the rest
     ("saelab", "topk-noclip-noaux"): ("topk", "k", [4, 8], {"grad_clip": 0.0, "aux_coeff": 0.0}),
 }
@@ -183,7 +189,7 @@ def goals(results: list[dict]) -> dict:
             continue
         for r in runs:
             for counterpart in (c for c in COUNTERPART[arch] if ("saelab", c) in fam):  # the families this run trained
-                m = at_l0(fam.get(("saelab", counterpart), []), r["l0"])
+                m = at_l0(fam[("saelab", counterpart)], r["l0"])
                 out["same_architecture"].append({
                     "saelens": arch, "saelab": counterpart, "l0": r["l0"], "saelens_mse": r["mse"], "saelab_mse": m,
                     "ratio": m / r["mse"] if m is not None else None, "target": "<= 1.02",
