@@ -85,6 +85,19 @@ ANNEAL_GRID = {
     ("saelab", "topk-anneal128-0.8-noaux"): ("topk", "k", [4, 8], {**_anneal(128, 0.8), "aux_coeff": 0.0}),
     ("saelab", "topk-noclip"): ("topk", "k", [4, 8], {"grad_clip": 0.0}),  # AuxK's gradient no longer shrinks the rest
     ("saelab", "topk-noclip-noaux"): ("topk", "k", [4, 8], {"grad_clip": 0.0, "aux_coeff": 0.0}),
+    # k 4, from the best start above: a later end, a wider start, a stronger or earlier AuxK, no clipping
+    ("saelab", "topk-anneal256-0.9"): ("topk", "k", [4], _anneal(256, 0.9)),
+    ("saelab", "topk-anneal512-0.8"): ("topk", "k", [4], _anneal(512, 0.8)),
+    ("saelab", "topk-anneal256-0.8-aux4"): ("topk", "k", [4], {**_anneal(256, 0.8), "aux_coeff": 4.0}),
+    ("saelab", "topk-anneal256-0.8-dead10k"): ("topk", "k", [4], {**_anneal(256, 0.8), "dead_tokens": 10_240}),
+    ("saelab", "topk-anneal256-0.8-noclip"): ("topk", "k", [4], {**_anneal(256, 0.8), "grad_clip": 0.0}),
+    ("saelab", "topk-anneal256-0.8-noclip-aux4"): ("topk", "k", [4], {**_anneal(256, 0.8), "grad_clip": 0.0,
+                                                                         "aux_coeff": 4.0}),
+    # AuxK's width: k_aux latents share the residual, so the default d_in / 2 = 256 leaves each a small share at k 4
+    ("saelab", "topk-kaux16"): ("topk", "k", [4], {"k_aux": 16}),
+    ("saelab", "topk-anneal256-0.8-kaux16"): ("topk", "k", [4], {**_anneal(256, 0.8), "k_aux": 16}),
+    ("saelab", "topk-anneal256-0.8-kaux64"): ("topk", "k", [4], {**_anneal(256, 0.8), "k_aux": 64}),
+    ("saelab", "topk-anneal256-0.9-noaux"): ("topk", "k", [4], {**_anneal(256, 0.9), "aux_coeff": 0.0}),
 }
 GRIDS = {"frontier": GRID, "anneal": ANNEAL_GRID}
 
@@ -312,7 +325,7 @@ def main() -> None:
     with (contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory(prefix="saelab-frontier-")) as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
-        data = tmp / "train.npy"
+        data = tmp / f"train-{n_steps * args.batch_size}.npy"  # one --work folder can hold several budgets
         if not data.exists():
             np.save(data, next(cache.batches(n_steps * args.batch_size)).numpy())  # the cache's first tokens, stored order
         for trainer, family in grid:
