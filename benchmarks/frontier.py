@@ -98,6 +98,9 @@ ANNEAL_GRID = {
     ("saelab", "topk-anneal256-0.8-kaux16"): ("topk", "k", [4], {**_anneal(256, 0.8), "k_aux": 16}),
     ("saelab", "topk-anneal256-0.8-kaux64"): ("topk", "k", [4], {**_anneal(256, 0.8), "k_aux": 64}),
     ("saelab", "topk-anneal256-0.9-noaux"): ("topk", "k", [4], {**_anneal(256, 0.9), "aux_coeff": 0.0}),
+    # Anthropic resampling beside AuxK, every dead window until 90% of training
+    ("saelab", "topk-resample"): ("topk", "k", [4, 8], {"resample": "anthropic", "resample_every": 51_200,
+                                                        "resample_window": 51_200, "resample_stop": 0.9}),
 }
 GRIDS = {"frontier": GRID, "anneal": ANNEAL_GRID}
 
@@ -117,11 +120,13 @@ def run_saelab(spec: dict) -> None:
 
     arch, knob, value = spec["arch"], spec["knob"], spec["value"]
     dead = {"dead_tokens": spec["dead_tokens"]}
-    sections = {"topk": {"k": value, **dead, **spec["fixed"]}, "batchtopk": {"k": value, **dead, **spec["fixed"]},
-                "jumprelu": {"l0_coeff": value, **spec["fixed"]}}
+    top = {k: v for k, v in spec["fixed"].items() if k.startswith("resample")}  # sae.resample*: not the arch's section
+    fixed = {k: v for k, v in spec["fixed"].items() if k not in top}
+    sections = {"topk": {"k": value, **dead, **fixed}, "batchtopk": {"k": value, **dead, **fixed},
+                "jumprelu": {"l0_coeff": value, **fixed}}
     cfg = SAEConfig(architecture=arch, d_sae=spec["d_sae"], lr=spec["lr"], beta1=spec["betas"][0], beta2=spec["betas"][1],
-                    batch_size=spec["batch_size"], n_tokens=spec["n_steps"] * spec["batch_size"], seed=0,
-                    lr_warmup_tokens=0, lr_decay_frac=0.0, checkpoint_every=0, device=spec["device"],
+                    batch_size=spec["batch_size"], n_tokens=spec["n_steps"] * spec["batch_size"], seed=spec["seed"],
+                    lr_warmup_tokens=0, lr_decay_frac=0.0, checkpoint_every=0, device=spec["device"], **top,
                     **({"l1_coeff": value} if knob == "l1_coeff" else {arch: sections[arch]}))
     device = torch.device(spec["device"])
     batches = TimedBatches(Path(spec["data"]), spec["batch_size"], spec["n_steps"], spec["warmup"])
@@ -235,8 +240,9 @@ def write_outputs(report: dict, out: Path) -> None:
     res = report["results"]
     cols = ("trainer", "arch", "knob", "value", "l0", "mse", "explained_variance", "ce_recovered_zero", "frac_dead",
             "frac_ultra_low", "tokens_per_s")
+    seed = f", seed {report['seed']}" if report.get("seed") else ""  # seed 0 unnamed, as in the files before --seed
     lines = [f"Hardware: {report['hardware']}. {report['train_tokens']:,} training tokens per run, d_sae {report['d_sae']}, "
-             f"batch {report['batch_size']}, lr {report['lr']} constant, AuxK dead window {report.get('dead_tokens', 204_800):,} "
+             f"batch {report['batch_size']}, lr {report['lr']} constant{seed}, AuxK dead window {report.get('dead_tokens', 204_800):,} "
              f"tokens (both tools); scored on {res[0]['eval_tokens']:,} held-out "
              f"tokens (CE on {res[0]['ce_eval_tokens']:,}). Regenerate: `{report['command']}`.", "",
              "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
@@ -297,6 +303,7 @@ def main() -> None:
     p.add_argument("--eval-tokens", type=int, default=65_536, help="held-out tokens for MSE, L0, frequencies")
     p.add_argument("--ce-tokens", type=int, default=32_768, help="held-out tokens for CE loss recovered")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0, help="every trainer's initialisation seed (the data order is fixed)")
     p.add_argument("--dead-tokens", type=int, default=51_200,
                    help="AuxK / SAELens dead window in training tokens, both tools (1/6 of the CPU run)")
     p.add_argument("--grid", choices=sorted(GRIDS), default="frontier", help="frontier: every trainer (GRID); anneal: "
@@ -334,7 +341,7 @@ def main() -> None:
                 out = tmp / f"{trainer}-{family}-{value}"
                 out.mkdir(exist_ok=True)
                 spec = {"data": str(data), "d_in": cache.d, "d_sae": args.d_sae, "batch_size": args.batch_size,
-                        "n_steps": n_steps, "warmup": args.warmup, "lr": args.lr, "betas": list(args.betas), "seed": 0,
+                        "n_steps": n_steps, "warmup": args.warmup, "lr": args.lr, "betas": list(args.betas), "seed": args.seed,
                         "device": device, "dtype": "fp32", "arch": arch, "knob": knob, "value": value, knob: value,
                         "out": str(out), "hook": ctx["hook"], "dead_tokens": args.dead_tokens,
                         "dead_window_steps": max(1, args.dead_tokens // args.batch_size),
@@ -360,7 +367,7 @@ def main() -> None:
                 print(json.dumps(results[-1]), flush=True)
     report = {"hardware": f"{cpu_model()}, {os.cpu_count()} cores" if device == "cpu" else torch.cuda.get_device_name(),
               "device": device, "train_tokens": n_steps * args.batch_size, "d_sae": args.d_sae, "batch_size": args.batch_size,
-              "lr": args.lr, "betas": list(args.betas), "dead_tokens": args.dead_tokens, "grid": {f"{t}:{a}": list(v) for (t, a), v in table.items()},
+              "lr": args.lr, "betas": list(args.betas), "seed": args.seed, "dead_tokens": args.dead_tokens, "grid": {f"{t}:{a}": list(v) for (t, a), v in table.items()},
               "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:]),
               "results": results, "goals": goals(results)}
     write_outputs(report, args.out)
