@@ -101,6 +101,8 @@ ANNEAL_GRID = {
     # Anthropic resampling beside AuxK, every dead window until 90% of training
     ("saelab", "topk-resample"): ("topk", "k", [4, 8], {"resample": "anthropic", "resample_every": 51_200,
                                                         "resample_window": 51_200, "resample_stop": 0.9}),
+    # the frontier's topk-unit with our AuxK weight (1, not 1/32): run at 4x the budget (README "Architectures")
+    ("saelab", "topk-unit-aux1"): ("topk", "k", [16, 32], {"decoder": "unit", "aux_coeff": 1.0}),
 }
 GRIDS = {"frontier": GRID, "anneal": ANNEAL_GRID}
 
