@@ -71,9 +71,10 @@ def _anneal(start: int, frac: float) -> dict:
     return {"k_anneal_start": start, "k_anneal_frac": frac}
 
 
-# `--grid anneal`: what k annealing buys at small k (dead share vs MSE), and AuxK with and without gradient
-# clipping, saelab's TopK only; settings and results in benchmarks/results/k_anneal_cpu/. The frontier's
-# topk-anneal family is one of these recipes.
+# `--grid anneal`: what k annealing buys at small k (dead share vs MSE), and AuxK's weight, width and window,
+# gradient clipping and resampling beside it, saelab's TopK only; results in benchmarks/results/k_anneal_cpu/
+# (and, at 4x the budget, k_anneal_cpu_4x/, frontier_cpu_4x_unit_aux1/). The frontier's topk-anneal family is
+# one of these recipes.
 ANNEAL_GRID = {
     ("saelab", "topk"): ("topk", "k", [4, 8], {}),
     ("saelab", "topk-noaux"): ("topk", "k", [4, 8], {"aux_coeff": 0.0}),
@@ -309,7 +310,8 @@ def main() -> None:
     p.add_argument("--dead-tokens", type=int, default=51_200,
                    help="AuxK / SAELens dead window in training tokens, both tools (1/6 of the CPU run)")
     p.add_argument("--grid", choices=sorted(GRIDS), default="frontier", help="frontier: every trainer (GRID); anneal: "
-                   "saelab TopK's k-annealing settings at small k (ANNEAL_GRID)")
+                   "saelab TopK's small-k and AuxK settings: k annealing, AuxK weight / width / window, clipping, "
+                   "resampling, topk-unit with AuxK 1 (ANNEAL_GRID)")
     p.add_argument("--only", nargs="*", help="trainer:arch pairs to run (default: all of the grid)")
     p.add_argument("--device", default="auto")
     p.add_argument("--work", type=Path, help="keep every run here (default: a temporary folder); a run whose folder "
@@ -329,7 +331,13 @@ def main() -> None:
 
     cache = ActivationCache(args.cache)
     table = GRIDS[args.grid]
+    unknown = sorted(set(args.only or []) - {f"{t}:{a}" for t, a in table})
+    if unknown:
+        p.error(f"--only {' '.join(unknown)}: not in --grid {args.grid}; its pairs: {' '.join(f'{t}:{a}' for t, a in table)}")
     grid = [(t, a) for t, a in table if not args.only or f"{t}:{a}" in args.only]
+    # run folders: other budgets and seeds get their own (the default budget and seed 0 keep the old names)
+    suffix = ("" if n_steps * args.batch_size == p.get_default("n_tokens") else f"-n{n_steps * args.batch_size}") \
+        + (f"-s{args.seed}" if args.seed else "")
     results = []
     with (contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory(prefix="saelab-frontier-")) as tmp:
         tmp = Path(tmp)
@@ -340,7 +348,7 @@ def main() -> None:
         for trainer, family in grid:
             arch, knob, values, fixed = table[(trainer, family)]
             for value in values:
-                out = tmp / f"{trainer}-{family}-{value}"
+                out = tmp / f"{trainer}-{family}-{value}{suffix}"
                 out.mkdir(exist_ok=True)
                 spec = {"data": str(data), "d_in": cache.d, "d_sae": args.d_sae, "batch_size": args.batch_size,
                         "n_steps": n_steps, "warmup": args.warmup, "lr": args.lr, "betas": list(args.betas), "seed": args.seed,

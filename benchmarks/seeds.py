@@ -6,8 +6,10 @@ Each input is one ``frontier.py`` run (``frontier.json``) with its own ``--seed`
 subset of the families (``--only``). For every (trainer, family, setting) the table gives each
 seed's L0 and MSE and their means over the seeds that trained it. The goals are then computed by
 ``frontier.goals`` (the same definitions as each run's own frontier.md) on those means: a family's
-mean point is its setting's mean L0 and mean MSE. Both tools' families were run in the same seeds,
-so each comparison pairs means over the same seeds.
+mean point is its setting's mean L0 and mean MSE. Only settings trained in two or more seeds
+count, so goal 2's "best saelab recipe" is the best of those (the seed-0-only topk-anneal is not
+among them). Each goal-1 pair (a SAELens family and its saelab counterpart) must have been trained
+in the same seeds; the script refuses otherwise.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from frontier import goals  # noqa: E402
+from frontier import COUNTERPART, goals  # noqa: E402
 
 RUNS = [HERE / "results" / d / "frontier.json" for d in ("frontier_cpu", "frontier_cpu_seed1", "frontier_cpu_seed2")]
 METRICS = ("l0", "mse", "frac_dead", "frac_ultra_low", "ce_recovered_zero")
@@ -53,6 +55,14 @@ def main() -> None:
     if len(set(seeds)) != len(seeds):
         sys.exit(f"seeds {seeds}: each input must be a different seed")
     rows = seed_means(reports)
+    seeds_of = {}
+    for r in rows:
+        seeds_of.setdefault((r["trainer"], r["arch"]), set()).update(r["seeds"])
+    for (trainer, arch), theirs in seeds_of.items():
+        for c in COUNTERPART.get(arch, ()) if trainer == "sae-lens" else ():
+            if ("saelab", c) in seeds_of and seeds_of[("saelab", c)] != theirs:
+                sys.exit(f"SAELens {arch} (seeds {sorted(theirs)}) and saelab {c} (seeds {sorted(seeds_of[('saelab', c)])}) "
+                         "were trained in different seeds: run both with the same --seed values")
     g = goals(rows)
     lines = [f"Frontier goals across seeds {', '.join(map(str, seeds))} (inputs: "
              + ", ".join(f"`{f.relative_to(HERE.parent) if f.is_absolute() else f}`" for f in args.runs)
