@@ -93,3 +93,11 @@ def test_k_anneal_must_start_at_or_above_k_and_end_before_training_does():
         SAEConfig(architecture="topk", topk={"k": 32, "k_anneal_start": 16})
     with pytest.raises(ValueError, match="k_anneal_frac"):
         SAEConfig(architecture="topk", topk={"k": 4, "k_anneal_start": 16, "k_anneal_frac": 1.0})
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_k_anneal_frac_without_a_start_is_refused(arch):
+    """A fraction set without k_anneal_start would be silently ignored: refused, naming both keys."""
+    with pytest.raises(ValueError, match="k_anneal_frac .* without k_anneal_start"):
+        SAEConfig(architecture=arch, **{arch: {"k": 4, "k_anneal_frac": 0.5}})
+    SAEConfig(architecture=arch, **{arch: {"k": 4, "k_anneal_frac": 0.8}})  # the default value, as params.yaml writes it

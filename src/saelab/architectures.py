@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from saelab.config import anneal_problem
 from saelab.errors import InputError
 from saelab.sae import SAE, TrainOutput, fires, l0, mse_loss, register
 
@@ -259,9 +260,9 @@ class TopK(FreeDecoderMixin, SAE):
         self.set_decoder_(decoder, dec_init_norm, grad_clip)
         if k > d_sae:
             raise InputError(f"sae.{self.architecture}.k: {k} must be <= d_sae ({d_sae})")
-        if k_anneal_start is not None and not k <= k_anneal_start <= d_sae:
-            raise InputError(f"sae.{self.architecture}.k_anneal_start: {k_anneal_start} must lie between k ({k}) and "
-                             f"d_sae ({d_sae}); null turns the schedule off")
+        problem = anneal_problem(k, k_anneal_start, k_anneal_frac, getattr(self, "threshold_frac", None), d_sae)
+        if problem:  # the params' check (config.TopKParams), for SAEs built without params, plus <= d_sae
+            raise InputError(f"sae.{self.architecture}: {problem}")
         self.k, self.k_aux_param = k, k_aux
         self.k_anneal_start, self.k_anneal_frac = k_anneal_start, k_anneal_frac
         self.k_aux = k_aux if k_aux is not None else d_in // 2
@@ -383,10 +384,7 @@ class BatchTopK(TopK):
                  aux_coeff: float = 1.0, dead_tokens: int = 200_000, threshold_frac: float = 0.1,
                  decoder: str = "free", dec_init_norm: float = 0.1, grad_clip: float = 1.0,
                  k_anneal_start: int | None = None, k_anneal_frac: float = 0.8):
-        self.threshold_frac = threshold_frac
-        if k_anneal_start is not None and k_anneal_frac > 1 - threshold_frac:
-            raise InputError(f"sae.batchtopk.k_anneal_frac ({k_anneal_frac}) must end before the inference threshold's "
-                             f"window, the last threshold_frac ({threshold_frac}) of training: lower one of them")
+        self.threshold_frac = threshold_frac  # before TopK's __init__, whose anneal check reads it
         super().__init__(d_in, d_sae, seed, k, k_aux, aux_coeff, dead_tokens, decoder, dec_init_norm, grad_clip,
                          k_anneal_start, k_anneal_frac)
         self.register_buffer("threshold", torch.zeros(d_sae))  # saved: inference reads it

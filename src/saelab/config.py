@@ -118,6 +118,29 @@ class DecoderParams(_Section):
     """``free`` only: gradient-norm clipping before each step (0 = off)."""
 
 
+K_ANNEAL_FRAC = 0.8  # k_anneal_frac's default
+
+
+def anneal_problem(k: int, start: int | None, frac: float, threshold_frac: float | None = None,
+                   d_sae: int | None = None) -> str | None:
+    """What is wrong with a k-annealing setting, or None. One check for the params (TopKParams,
+    BatchTopKParams) and the classes (TopK, BatchTopK), which can also be built without params;
+    ``threshold_frac``: BatchTopK's; ``d_sae``: known to the classes only."""
+    if start is None:
+        if frac != K_ANNEAL_FRAC:
+            return (f"k_anneal_frac ({frac}) has no effect without k_anneal_start: set k_anneal_start (the k training "
+                    f"starts at) or leave k_anneal_frac at {K_ANNEAL_FRAC}")
+        return None
+    if start < k:
+        return f"k_anneal_start ({start}) must be >= k ({k}): the schedule falls to k; null turns it off"
+    if d_sae is not None and start > d_sae:
+        return f"k_anneal_start ({start}) must be <= d_sae ({d_sae}); null turns the schedule off"
+    if threshold_frac is not None and frac > 1 - threshold_frac:
+        return (f"k_anneal_frac ({frac}) must end before the inference threshold's window, the last threshold_frac "
+                f"({threshold_frac}) of training: lower one of them")
+    return None
+
+
 class TopKParams(DecoderParams):
     """``sae.topk``: TopK with the AuxK dead-latent loss (Gao et al. 2024)."""
     k: int = Field(32, gt=0)
@@ -133,14 +156,15 @@ class TopKParams(DecoderParams):
     """null: k from the first step. Else training starts at this many active latents per token and k falls
     geometrically to ``k`` over the first ``k_anneal_frac`` of training (docs/metrics.md, "k annealing");
     fewer dead latents at small k, measured in benchmarks/results/frontier_cpu."""
-    k_anneal_frac: float = Field(0.8, gt=0, lt=1)
-    """Fraction of training over which k anneals (only with ``k_anneal_start``); below 1, so the last steps train at k."""
+    k_anneal_frac: float = Field(K_ANNEAL_FRAC, gt=0, lt=1)
+    """Fraction of training over which k anneals (only with ``k_anneal_start``; another value without it is
+    refused); below 1, so the last steps train at k."""
 
     @model_validator(mode="after")
-    def _anneal_from_above(self) -> "TopKParams":
-        if self.k_anneal_start is not None and self.k_anneal_start < self.k:
-            raise ValueError(f"k_anneal_start ({self.k_anneal_start}) must be >= k ({self.k}): the schedule falls to k; "
-                             "null turns it off")
+    def _anneal_checks(self) -> "TopKParams":
+        problem = anneal_problem(self.k, self.k_anneal_start, self.k_anneal_frac, getattr(self, "threshold_frac", None))
+        if problem:
+            raise ValueError(problem)
         return self
 
     @model_serializer(mode="wrap")
@@ -156,14 +180,8 @@ class TopKParams(DecoderParams):
 class BatchTopKParams(TopKParams):
     """``sae.batchtopk``: k x batch latents per batch (Bussmann et al. 2024), JumpReLU at inference."""
     threshold_frac: float = Field(0.1, gt=0, le=1)
-    """The inference threshold is the mean smallest selected activation over this last fraction of training."""
-
-    @model_validator(mode="after")
-    def _anneal_before_threshold(self) -> "BatchTopKParams":
-        if self.k_anneal_start is not None and self.k_anneal_frac > 1 - self.threshold_frac:
-            raise ValueError(f"k_anneal_frac ({self.k_anneal_frac}) must end before the inference threshold's window, the "
-                             f"last threshold_frac ({self.threshold_frac}) of training: lower one of them")
-        return self
+    """The inference threshold is the mean smallest selected activation over this last fraction of training;
+    k annealing must end before it (TopKParams' check)."""
 
 
 class JumpReLUParams(DecoderParams):
