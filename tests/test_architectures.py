@@ -526,10 +526,13 @@ def test_k_anneal_schedule_falls_geometrically_to_k():
     assert {TopK(D, W, seed=0, k=4).k_at(p / 10) for p in range(11)} == {4}  # off by default
     with pytest.raises(InputError, match="k_anneal_start"):
         TopK(D, W, seed=0, k=8, k_anneal_start=4)
-    with pytest.raises(InputError, match="k_anneal_start"):
+    with pytest.raises(InputError, match="d_sae"):
         TopK(D, W, seed=0, k=4, k_anneal_start=W + 1)  # above d_sae: only the class knows d_sae
-    with pytest.raises(InputError, match="without k_anneal_start"):
-        TopK(D, W, seed=0, k=4, k_anneal_frac=0.5)
+    for cls in (TopK, BatchTopK):
+        with pytest.raises(InputError, match="without k_anneal_start"):
+            cls(D, W, seed=0, k=4, k_anneal_frac=0.5)
+        with pytest.raises(InputError, match=r"in \(0, 1\)"):  # the params' range, for SAEs built without params
+            cls(D, W, seed=0, k=4, k_anneal_start=16, k_anneal_frac=1.5)
 
 
 @pytest.mark.parametrize("sparse_path", [True, False])

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from saelab.config import anneal_problem
+from saelab.config import K_ANNEAL_FRAC, anneal_problem
 from saelab.errors import InputError
 from saelab.sae import SAE, TrainOutput, fires, l0, mse_loss, register
 
@@ -256,7 +256,7 @@ class TopK(FreeDecoderMixin, SAE):
     def __init__(self, d_in: int, d_sae: int, seed: int | None = 0, k: int = 32, k_aux: int | None = None,
                  aux_coeff: float = 1.0, dead_tokens: int = 200_000, decoder: str = "free",
                  dec_init_norm: float = 0.1, grad_clip: float = 1.0, k_anneal_start: int | None = None,
-                 k_anneal_frac: float = 0.8):
+                 k_anneal_frac: float = K_ANNEAL_FRAC):
         self.set_decoder_(decoder, dec_init_norm, grad_clip)
         if k > d_sae:
             raise InputError(f"sae.{self.architecture}.k: {k} must be <= d_sae ({d_sae})")
@@ -383,7 +383,7 @@ class BatchTopK(TopK):
     def __init__(self, d_in: int, d_sae: int, seed: int | None = 0, k: int = 32, k_aux: int | None = None,
                  aux_coeff: float = 1.0, dead_tokens: int = 200_000, threshold_frac: float = 0.1,
                  decoder: str = "free", dec_init_norm: float = 0.1, grad_clip: float = 1.0,
-                 k_anneal_start: int | None = None, k_anneal_frac: float = 0.8):
+                 k_anneal_start: int | None = None, k_anneal_frac: float = K_ANNEAL_FRAC):
         self.threshold_frac = threshold_frac  # before TopK's __init__, whose anneal check reads it
         super().__init__(d_in, d_sae, seed, k, k_aux, aux_coeff, dead_tokens, decoder, dec_init_norm, grad_clip,
                          k_anneal_start, k_anneal_frac)

@@ -126,6 +126,8 @@ def anneal_problem(k: int, start: int | None, frac: float, threshold_frac: float
     """What is wrong with a k-annealing setting, or None. One check for the params (TopKParams,
     BatchTopKParams) and the classes (TopK, BatchTopK), which can also be built without params;
     ``threshold_frac``: BatchTopK's; ``d_sae``: known to the classes only."""
+    if not 0 < frac < 1:  # the params' Field says so too; the classes can be built without them
+        return f"k_anneal_frac ({frac}) must lie in (0, 1): the last steps train at k"
     if start is None:
         if frac != K_ANNEAL_FRAC:
             return (f"k_anneal_frac ({frac}) has no effect without k_anneal_start: set k_anneal_start (the k training "
