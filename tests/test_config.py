@@ -22,6 +22,7 @@ def test_repo_params_are_valid():
         ({"lm": {"d_model": 130, "n_heads": 4}}, "divisible by lm.n_heads"),
         ({"tokens": {"n_ctx": 256}}, "tokens.n_ctx (256) must be <= lm.n_ctx (128)"),
         ({"sae": {"lr": "fast"}}, "sae.lr: 'fast'"),
+        ({"sae": {"topk": {"k": 4, "k_anneal_frac": 0.5}}}, "sae.topk: k_anneal_frac (0.5) has no effect"),  # no dict dump
     ],
 )
 def test_bad_values_name_key_value_and_rule(raw, message):

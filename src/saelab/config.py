@@ -392,8 +392,9 @@ def _format(err: ValidationError) -> str:
         key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         msg = msg.replace("Input should be", "must be").replace("Extra inputs are not permitted", "unknown key (typo?)")
-        if key:
-            lines.append(f"{key}: {e['input']!r} {msg}" if e["type"] != "extra_forbidden" else f"{key}: {msg}")
+        if key:  # the value when it is one; a section's check (a dict input) names its own keys in the message
+            show = e["type"] != "extra_forbidden" and not isinstance(e["input"], dict)
+            lines.append(f"{key}: {e['input']!r} {msg}" if show else f"{key}: {msg}")
         else:
             lines.append(msg)
     return "invalid params:\n  " + "\n  ".join(lines)
