@@ -123,8 +123,8 @@ def run_saelab(spec: dict) -> None:
 
     arch, knob, value = spec["arch"], spec["knob"], spec["value"]
     dead = {"dead_tokens": spec["dead_tokens"]}
-    top = {k: v for k, v in spec["fixed"].items() if k.startswith("resample")}  # sae.resample*: not the arch's section
-    fixed = {k: v for k, v in spec["fixed"].items() if k not in top}
+    top = {k: v for k, v in spec["fixed"].items() if k in SAEConfig.model_fields}  # sae.* keys (resample, ...)
+    fixed = {k: v for k, v in spec["fixed"].items() if k not in top}  # the architecture's section
     sections = {"topk": {"k": value, **dead, **fixed}, "batchtopk": {"k": value, **dead, **fixed},
                 "jumprelu": {"l0_coeff": value, **fixed}}
     cfg = SAEConfig(architecture=arch, d_sae=spec["d_sae"], lr=spec["lr"], beta1=spec["betas"][0], beta2=spec["betas"][1],
@@ -232,6 +232,23 @@ def goals(results: list[dict]) -> dict:
     return out
 
 
+def verdict(x: dict) -> str:
+    return "met" if x["met"] else "missed"
+
+
+def same_architecture_lines(g: dict, mse: str = ".2f") -> list[str]:
+    """Goal 1's lines of ``goals()``' output (``mse``: the MSEs' format)."""
+    return [f"- SAELens {x['saelens']} vs saelab {x['saelab']} at L0 {x['l0']:.1f}: "
+            + (f"{x['saelab_mse']:{mse}} / {x['saelens_mse']:{mse}} = {x['ratio']:.3f} ({verdict(x)})"
+               if x["ratio"] is not None else "outside saelab's L0 range") for x in g["same_architecture"]]
+
+
+def best_vs_standard_lines(g: dict) -> list[str]:
+    """Goal 2's lines of ``goals()``' output."""
+    return [f"- L0 {x['l0']:.1f}: saelab {x['best_saelab']} {x['saelab_mse']:.2f} vs {x['saelens_mse']:.2f}: "
+            f"{100 * x['reduction']:.1f}% ({verdict(x)})" for x in g["best_vs_saelens_standard"]]
+
+
 def write_outputs(report: dict, out: Path) -> None:
     import matplotlib
 
@@ -253,15 +270,12 @@ def write_outputs(report: dict, out: Path) -> None:
         lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     g = report["goals"]
     lines += ["", "Goal 1, same architecture at equal L0 (saelab MSE / SAELens MSE, target <= 1.02):", ""]
-    lines += [f"- SAELens {x['saelens']} vs saelab {x['saelab']} at L0 {x['l0']:.1f}: "
-              + (f"{x['saelab_mse']:.2f} / {x['saelens_mse']:.2f} = {x['ratio']:.3f} ({'met' if x['met'] else 'missed'})"
-                 if x["ratio"] is not None else "outside saelab's L0 range") for x in g["same_architecture"]]
+    lines += same_architecture_lines(g)
     lines += ["", "Goal 2, best saelab recipe vs SAELens standard at equal L0 (MSE reduction, target >= 20%):", ""]
-    lines += [f"- L0 {x['l0']:.1f}: saelab {x['best_saelab']} {x['saelab_mse']:.2f} vs {x['saelens_mse']:.2f}: "
-              f"{100 * x['reduction']:.1f}% ({'met' if x['met'] else 'missed'})" for x in g["best_vs_saelens_standard"]]
+    lines += best_vs_standard_lines(g)
     lines += ["", "Goal 3, TopK / BatchTopK with AuxK (dead < 5%, ultra-low < 10%; -noaux families: AuxK off, listed for reference):", ""]
     lines += [f"- {x['arch']} k={x['value']}: dead {100 * x['frac_dead']:.1f}%, ultra-low {100 * x['frac_ultra_low']:.1f}% "
-              f"({'met' if x['met'] else 'missed'})" for x in g["topk_dead"]]
+              f"({verdict(x)})" for x in g["topk_dead"]]
     (out / "frontier.md").write_text("\n".join(lines) + "\n")
     for key, name, label in (("mse", "frontier_mse.png", "MSE (sum over dims, mean over tokens)"),
                              ("ce_recovered_zero", "frontier_ce.png", "CE loss recovered (zero ablation)")):
@@ -326,6 +340,7 @@ def main() -> None:
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     n_steps = args.n_tokens // args.batch_size
+    train_tokens = n_steps * args.batch_size  # the budget, whole batches
     ctx = eval_context(args)
     from saelab.cache import ActivationCache
 
@@ -336,15 +351,14 @@ def main() -> None:
         p.error(f"--only {' '.join(unknown)}: not in --grid {args.grid}; its pairs: {' '.join(f'{t}:{a}' for t, a in table)}")
     grid = [(t, a) for t, a in table if not args.only or f"{t}:{a}" in args.only]
     # run folders: other budgets and seeds get their own (the default budget and seed 0 keep the old names)
-    suffix = ("" if n_steps * args.batch_size == p.get_default("n_tokens") else f"-n{n_steps * args.batch_size}") \
-        + (f"-s{args.seed}" if args.seed else "")
+    suffix = ("" if train_tokens == p.get_default("n_tokens") else f"-n{train_tokens}") + (f"-s{args.seed}" if args.seed else "")
     results = []
     with (contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory(prefix="saelab-frontier-")) as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
-        data = tmp / f"train-{n_steps * args.batch_size}.npy"  # one --work folder can hold several budgets
+        data = tmp / f"train-{train_tokens}.npy"  # one --work folder can hold several budgets
         if not data.exists():
-            np.save(data, next(cache.batches(n_steps * args.batch_size)).numpy())  # the cache's first tokens, stored order
+            np.save(data, next(cache.batches(train_tokens)).numpy())  # the cache's first tokens, stored order
         for trainer, family in grid:
             arch, knob, values, fixed = table[(trainer, family)]
             for value in values:
@@ -376,7 +390,7 @@ def main() -> None:
                                 "tokens_per_s": timing["tokens_per_s"], "peak_rss_mb": timing["peak_rss_mb"], **metrics})
                 print(json.dumps(results[-1]), flush=True)
     report = {"hardware": f"{cpu_model()}, {os.cpu_count()} cores" if device == "cpu" else torch.cuda.get_device_name(),
-              "device": device, "train_tokens": n_steps * args.batch_size, "d_sae": args.d_sae, "batch_size": args.batch_size,
+              "device": device, "train_tokens": train_tokens, "d_sae": args.d_sae, "batch_size": args.batch_size,
               "lr": args.lr, "betas": list(args.betas), "seed": args.seed, "dead_tokens": args.dead_tokens, "grid": {f"{t}:{a}": list(v) for (t, a), v in table.items()},
               "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:]),
               "results": results, "goals": goals(results)}

@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from frontier import COUNTERPART, goals  # noqa: E402
+from frontier import COUNTERPART, best_vs_standard_lines, goals, same_architecture_lines, verdict  # noqa: E402
 
 RUNS = [HERE / "results" / d / "frontier.json" for d in ("frontier_cpu", "frontier_cpu_seed1", "frontier_cpu_seed2")]
 METRICS = ("l0", "mse", "frac_dead", "frac_ultra_low", "ce_recovered_zero")
@@ -75,16 +75,13 @@ def main() -> None:
                      + " / ".join(f"{v:.2f}" for v in r["per_seed"]["mse"])
                      + f" | {r['l0']:.2f} | {r['mse']:.3f} | {100 * r['frac_dead']:.1f}% |")
     lines += ["", "Goal 1 on seed means (saelab MSE / SAELens MSE at SAELens's mean L0, linear in log L0; target <= 1.02):", ""]
-    lines += [f"- SAELens {x['saelens']} vs saelab {x['saelab']} at L0 {x['l0']:.1f}: "
-              + (f"{x['saelab_mse']:.3f} / {x['saelens_mse']:.3f} = {x['ratio']:.3f} ({'met' if x['met'] else 'missed'})"
-                 if x["ratio"] is not None else "outside saelab's L0 range") for x in g["same_architecture"]]
+    lines += same_architecture_lines(g, mse=".3f")
     lines += ["", "Goal 1 per seed (from each run's own goals):", ""]
     for rep, seed in zip(reports, seeds):
         lines += [f"- seed {seed}, SAELens {x['saelens']} vs saelab {x['saelab']} at L0 {x['l0']:.1f}: {x['ratio']:.3f} "
-                  f"({'met' if x['met'] else 'missed'})" for x in rep["goals"]["same_architecture"] if x["ratio"] is not None]
+                  f"({verdict(x)})" for x in rep["goals"]["same_architecture"] if x["ratio"] is not None]
     lines += ["", "Goal 2 on seed means (best saelab family vs SAELens standard at equal L0, target >= 20%):", ""]
-    lines += [f"- L0 {x['l0']:.1f}: saelab {x['best_saelab']} {x['saelab_mse']:.2f} vs {x['saelens_mse']:.2f}: "
-              f"{100 * x['reduction']:.1f}% ({'met' if x['met'] else 'missed'})" for x in g["best_vs_saelens_standard"]]
+    lines += best_vs_standard_lines(g)
     args.out.write_text("\n".join(lines) + "\n")
     print(args.out.read_text())
 
