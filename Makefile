@@ -13,7 +13,7 @@ TORCH_INDEX ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || \
 	 echo --extra-index-url https://download.pytorch.org/whl/cpu))
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro synthetic questions test benchmark frontier topk-speed saelens-venv clean-venv
+.PHONY: setup repro synthetic questions lint format test benchmark frontier topk-speed saelens-venv clean-venv
 
 setup: $(STAMP)
 
@@ -28,18 +28,29 @@ repro: $(STAMP)
 	test -d .git || git init -q
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-# The synthetic-features pipeline (synthetic/dvc.yaml, its own params; docs/synthetic.md)
+# The research pipelines are DVC projects of their own (their views stay out of the root's `dvc exp show`):
+# the synthetic-features pipeline (research/synthetic/, docs/synthetic.md) and the reference post's open
+# questions (research/questions/, on top of the root pipeline's outputs; docs/questions.md).
 synthetic: $(STAMP)
 	test -d .git || git init -q
-	cd synthetic && PATH="$(CURDIR)/$(BIN):$$PATH" $(CURDIR)/$(BIN)/dvc repro
+	cd research/synthetic && PATH="$(CURDIR)/$(BIN):$$PATH" $(CURDIR)/$(BIN)/dvc repro
 
-# The seed's open questions (questions/dvc.yaml on top of the default pipeline's outputs; docs/questions.md)
 questions: repro
-	cd questions && PATH="$(CURDIR)/$(BIN):$$PATH" $(CURDIR)/$(BIN)/dvc repro
+	cd research/questions && PATH="$(CURDIR)/$(BIN):$$PATH" $(CURDIR)/$(BIN)/dvc repro
+
+# ruff: lint and format check (rules in pyproject.toml); `make format` applies the formatter and safe fixes
+LINTED := src stages tests benchmarks research
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
 
 # The SAELens interchange test runs the real SAELens in its own venv (it pins transformer-lens < 4);
 # where it cannot be installed (no network) that test is skipped with the reason, the rest still runs.
-test: $(STAMP)
+test: $(STAMP) lint
 	-$(MAKE) --no-print-directory saelens-venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 

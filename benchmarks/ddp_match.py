@@ -41,12 +41,23 @@ for setting in sys.argv[2:] or ["none:60"]:
     tmp.mkdir(parents=True, exist_ok=True)
     if not (tmp / "cache").exists():
         make_cache(tmp / "cache", n_tokens=8000, d=32, n_ctx=20, shard_tokens=2000, row_group_tokens=500)
-    sae = SAE | {"architecture": "topk", "resample": resample, "n_tokens": 256 * int(steps),
-                 "topk": {"k": 8, "dead_tokens": 256 * 4}}
+    sae = SAE | {
+        "architecture": "topk",
+        "resample": resample,
+        "n_tokens": 256 * int(steps),
+        "topk": {"k": 8, "dead_tokens": 256 * 4},
+    }
     (tmp / "params.yaml").write_text(yaml.safe_dump({"sae": sae, "activations": {"bos": "include"}}))
-    one = subprocess.run([sys.executable, *with_seed(_cmd(tmp, "one"), seed)], cwd=REPO, env=env, capture_output=True, text=True)
-    two = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", *with_seed(_cmd(tmp, "two"), seed)], cwd=REPO,
-                         env=env, capture_output=True, text=True)
+    one = subprocess.run(
+        [sys.executable, *with_seed(_cmd(tmp, "one"), seed)], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    two = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", *with_seed(_cmd(tmp, "two"), seed)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if one.returncode or two.returncode:
         print(setting, "failed:", one.stderr[-500:], two.stderr[-500:])
         continue

@@ -38,32 +38,44 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import saelab.saes  # noqa: F401  (registers the built-in architectures: their knobs)
+from saelab import registry
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from harness import TimedBatches, finish, worker_env  # noqa: E402
 from reader import cpu_model  # noqa: E402
 
+
 # (trainer, family) -> (architecture, sparsity knob, its values, fixed settings). SAELens's "standard" is
 # the April 2024 recipe (L1 x decoder norm), so saelab's standard_april is its counterpart. JumpReLU
 # runs in both penalty forms, in both tools: "tanh" (Anthropic, January 2025) and "step" (the paper's L0).
+def _family(arch: str, values: list, fixed: dict) -> tuple:
+    """A grid entry: (architecture, its sparsity knob from its class, the knob's values, fixed settings)."""
+    return (arch, registry.knob(arch)[1], values, fixed)
+
+
 JUMPRELU = {"bandwidth": 0.05, "threshold_init": 0.01}  # both tools alike (SAELens's defaults)
 GRID = {
-    ("saelab", "standard"): ("standard", "l1_coeff", [0.5, 1.0, 2.0], {}),
-    ("saelab", "standard_april"): ("standard_april", "l1_coeff", [1.0, 2.0, 4.0], {}),
-    ("saelab", "topk"): ("topk", "k", [4, 8, 16, 32, 64, 128], {}),
-    ("saelab", "topk-unit"): ("topk", "k", [16, 32, 64], {"decoder": "unit", "aux_coeff": 1 / 32}),
-    ("saelab", "topk-anneal"): ("topk", "k", [4, 8, 16], {"k_anneal_start": 128, "k_anneal_frac": 0.8}),
-    ("saelab", "batchtopk"): ("batchtopk", "k", [16, 32, 64], {}),
-    ("saelab", "jumprelu"): ("jumprelu", "l0_coeff", [0.1, 0.3, 1.0], {**JUMPRELU, "sparsity": "tanh"}),
-    ("saelab", "jumprelu-step"): ("jumprelu", "l0_coeff", [0.3, 1.0, 3.0], {**JUMPRELU, "sparsity": "step"}),
-    ("saelab", "jumprelu-step-b0"): ("jumprelu", "l0_coeff", [0.3, 1.0, 3.0],
-                                     {**JUMPRELU, "sparsity": "step", "b_dec_init": "zero"}),
-    ("sae-lens", "standard"): ("standard", "l1_coeff", [0.5, 1.0, 2.0], {}),
-    ("sae-lens", "topk"): ("topk", "k", [16, 32, 64], {}),
-    ("sae-lens", "batchtopk"): ("batchtopk", "k", [16, 32, 64], {}),
-    ("sae-lens", "jumprelu"): ("jumprelu", "l0_coeff", [0.1, 0.3, 1.0], {**JUMPRELU, "sparsity": "tanh"}),
-    ("sae-lens", "jumprelu-step"): ("jumprelu", "l0_coeff", [0.3, 1.0, 3.0], {**JUMPRELU, "sparsity": "step"}),
+    ("saelab", "standard"): _family("standard", [0.5, 1.0, 2.0], {}),
+    ("saelab", "standard_april"): _family("standard_april", [1.0, 2.0, 4.0], {}),
+    ("saelab", "topk"): _family("topk", [4, 8, 16, 32, 64, 128], {}),
+    ("saelab", "topk-unit"): _family("topk", [16, 32, 64], {"decoder": "unit", "aux_coeff": 1 / 32}),
+    ("saelab", "topk-anneal"): _family("topk", [4, 8, 16], {"k_anneal_start": 128, "k_anneal_frac": 0.8}),
+    ("saelab", "batchtopk"): _family("batchtopk", [16, 32, 64], {}),
+    ("saelab", "jumprelu"): _family("jumprelu", [0.1, 0.3, 1.0], {**JUMPRELU, "sparsity": "tanh"}),
+    ("saelab", "jumprelu-step"): _family("jumprelu", [0.3, 1.0, 3.0], {**JUMPRELU, "sparsity": "step"}),
+    ("saelab", "jumprelu-step-b0"): _family(
+        "jumprelu",
+        [0.3, 1.0, 3.0],
+        {**JUMPRELU, "sparsity": "step", "b_dec_init": "zero"},
+    ),
+    ("sae-lens", "standard"): _family("standard", [0.5, 1.0, 2.0], {}),
+    ("sae-lens", "topk"): _family("topk", [16, 32, 64], {}),
+    ("sae-lens", "batchtopk"): _family("batchtopk", [16, 32, 64], {}),
+    ("sae-lens", "jumprelu"): _family("jumprelu", [0.1, 0.3, 1.0], {**JUMPRELU, "sparsity": "tanh"}),
+    ("sae-lens", "jumprelu-step"): _family("jumprelu", [0.3, 1.0, 3.0], {**JUMPRELU, "sparsity": "step"}),
 }
 
 
@@ -76,61 +88,88 @@ def _anneal(start: int, frac: float) -> dict:
 # (and, at 4x the budget, k_anneal_cpu_4x/, frontier_cpu_4x_unit_aux1/). The frontier's topk-anneal family is
 # one of these recipes.
 ANNEAL_GRID = {
-    ("saelab", "topk"): ("topk", "k", [4, 8], {}),
-    ("saelab", "topk-noaux"): ("topk", "k", [4, 8], {"aux_coeff": 0.0}),
-    ("saelab", "topk-anneal64-0.8"): ("topk", "k", [4], _anneal(64, 0.8)),
-    ("saelab", "topk-anneal128-0.5"): ("topk", "k", [4], _anneal(128, 0.5)),
-    ("saelab", "topk-anneal128-0.8"): ("topk", "k", [4, 8], _anneal(128, 0.8)),
-    ("saelab", "topk-anneal128-0.9"): ("topk", "k", [4], _anneal(128, 0.9)),
-    ("saelab", "topk-anneal256-0.8"): ("topk", "k", [4], _anneal(256, 0.8)),
-    ("saelab", "topk-anneal128-0.8-noaux"): ("topk", "k", [4, 8], {**_anneal(128, 0.8), "aux_coeff": 0.0}),
-    ("saelab", "topk-noclip"): ("topk", "k", [4, 8], {"grad_clip": 0.0}),  # AuxK's gradient no longer shrinks the rest
-    ("saelab", "topk-noclip-noaux"): ("topk", "k", [4, 8], {"grad_clip": 0.0, "aux_coeff": 0.0}),
+    ("saelab", "topk"): _family("topk", [4, 8], {}),
+    ("saelab", "topk-noaux"): _family("topk", [4, 8], {"aux_coeff": 0.0}),
+    ("saelab", "topk-anneal64-0.8"): _family("topk", [4], _anneal(64, 0.8)),
+    ("saelab", "topk-anneal128-0.5"): _family("topk", [4], _anneal(128, 0.5)),
+    ("saelab", "topk-anneal128-0.8"): _family("topk", [4, 8], _anneal(128, 0.8)),
+    ("saelab", "topk-anneal128-0.9"): _family("topk", [4], _anneal(128, 0.9)),
+    ("saelab", "topk-anneal256-0.8"): _family("topk", [4], _anneal(256, 0.8)),
+    ("saelab", "topk-anneal128-0.8-noaux"): _family("topk", [4, 8], {**_anneal(128, 0.8), "aux_coeff": 0.0}),
+    ("saelab", "topk-noclip"): _family(
+        "topk", [4, 8], {"grad_clip": 0.0}
+    ),  # AuxK's gradient no longer shrinks the rest
+    ("saelab", "topk-noclip-noaux"): _family("topk", [4, 8], {"grad_clip": 0.0, "aux_coeff": 0.0}),
     # k 4, from the best start above: a later end, a wider start, a stronger or earlier AuxK, no clipping
-    ("saelab", "topk-anneal256-0.9"): ("topk", "k", [4], _anneal(256, 0.9)),
-    ("saelab", "topk-anneal512-0.8"): ("topk", "k", [4], _anneal(512, 0.8)),
-    ("saelab", "topk-anneal256-0.8-aux4"): ("topk", "k", [4], {**_anneal(256, 0.8), "aux_coeff": 4.0}),
-    ("saelab", "topk-anneal256-0.8-dead10k"): ("topk", "k", [4], {**_anneal(256, 0.8), "dead_tokens": 10_240}),
-    ("saelab", "topk-anneal256-0.8-noclip"): ("topk", "k", [4], {**_anneal(256, 0.8), "grad_clip": 0.0}),
-    ("saelab", "topk-anneal256-0.8-noclip-aux4"): ("topk", "k", [4], {**_anneal(256, 0.8), "grad_clip": 0.0,
-                                                                         "aux_coeff": 4.0}),
+    ("saelab", "topk-anneal256-0.9"): _family("topk", [4], _anneal(256, 0.9)),
+    ("saelab", "topk-anneal512-0.8"): _family("topk", [4], _anneal(512, 0.8)),
+    ("saelab", "topk-anneal256-0.8-aux4"): _family("topk", [4], {**_anneal(256, 0.8), "aux_coeff": 4.0}),
+    ("saelab", "topk-anneal256-0.8-dead10k"): _family("topk", [4], {**_anneal(256, 0.8), "dead_tokens": 10_240}),
+    ("saelab", "topk-anneal256-0.8-noclip"): _family("topk", [4], {**_anneal(256, 0.8), "grad_clip": 0.0}),
+    ("saelab", "topk-anneal256-0.8-noclip-aux4"): _family(
+        "topk",
+        [4],
+        {**_anneal(256, 0.8), "grad_clip": 0.0, "aux_coeff": 4.0},
+    ),
     # AuxK's width: k_aux latents share the residual, so the default d_in / 2 = 256 leaves each a small share at k 4
-    ("saelab", "topk-kaux16"): ("topk", "k", [4], {"k_aux": 16}),
-    ("saelab", "topk-anneal256-0.8-kaux16"): ("topk", "k", [4], {**_anneal(256, 0.8), "k_aux": 16}),
-    ("saelab", "topk-anneal256-0.8-kaux64"): ("topk", "k", [4], {**_anneal(256, 0.8), "k_aux": 64}),
-    ("saelab", "topk-anneal256-0.9-noaux"): ("topk", "k", [4], {**_anneal(256, 0.9), "aux_coeff": 0.0}),
+    ("saelab", "topk-kaux16"): _family("topk", [4], {"k_aux": 16}),
+    ("saelab", "topk-anneal256-0.8-kaux16"): _family("topk", [4], {**_anneal(256, 0.8), "k_aux": 16}),
+    ("saelab", "topk-anneal256-0.8-kaux64"): _family("topk", [4], {**_anneal(256, 0.8), "k_aux": 64}),
+    ("saelab", "topk-anneal256-0.9-noaux"): _family("topk", [4], {**_anneal(256, 0.9), "aux_coeff": 0.0}),
     # Anthropic resampling beside AuxK, every dead window until 90% of training
-    ("saelab", "topk-resample"): ("topk", "k", [4, 8], {"resample": "anthropic", "resample_every": 51_200,
-                                                        "resample_window": 51_200, "resample_stop": 0.9}),
+    ("saelab", "topk-resample"): _family(
+        "topk",
+        [4, 8],
+        {"resample": "anthropic", "resample_every": 51_200, "resample_window": 51_200, "resample_stop": 0.9},
+    ),
     # the frontier's topk-unit with our AuxK weight (1, not 1/32): run at 4x the budget (README "Architectures")
-    ("saelab", "topk-unit-aux1"): ("topk", "k", [16, 32], {"decoder": "unit", "aux_coeff": 1.0}),
+    ("saelab", "topk-unit-aux1"): _family("topk", [16, 32], {"decoder": "unit", "aux_coeff": 1.0}),
 }
 GRIDS = {"frontier": GRID, "anneal": ANNEAL_GRID}
 
 # SAELens family -> saelab families it is compared with at equal L0 (goal 1). JumpReLU step twice: our default
 # start (b_dec at the data mean) and SAELens's trainer's start (b_dec = 0), since the start decides its L0.
-COUNTERPART = {"standard": ("standard_april",), "topk": ("topk",), "batchtopk": ("batchtopk",), "jumprelu": ("jumprelu",),
-               "jumprelu-step": ("jumprelu-step", "jumprelu-step-b0")}
+COUNTERPART = {
+    "standard": ("standard_april",),
+    "topk": ("topk",),
+    "batchtopk": ("batchtopk",),
+    "jumprelu": ("jumprelu",),
+    "jumprelu-step": ("jumprelu-step", "jumprelu-step-b0"),
+}
 
 
 # ---------------------------------------------------------------- saelab worker (own process)
 
 
 def run_saelab(spec: dict) -> None:
-    from saelab.architectures import build
+    from saelab import registry
     from saelab.config import SAEConfig
-    from saelab.train import Trainer
+    from saelab.registry import build
+    from saelab.training.trainer import Trainer
 
-    arch, knob, value = spec["arch"], spec["knob"], spec["value"]
+    arch, value = spec["arch"], spec["value"]
     dead = {"dead_tokens": spec["dead_tokens"]}
     top = {k: v for k, v in spec["fixed"].items() if k in SAEConfig.model_fields}  # sae.* keys (resample, ...)
     fixed = {k: v for k, v in spec["fixed"].items() if k not in top}  # the architecture's section
-    sections = {"topk": {"k": value, **dead, **fixed}, "batchtopk": {"k": value, **dead, **fixed},
-                "jumprelu": {"l0_coeff": value, **fixed}}
-    cfg = SAEConfig(architecture=arch, d_sae=spec["d_sae"], lr=spec["lr"], beta1=spec["betas"][0], beta2=spec["betas"][1],
-                    batch_size=spec["batch_size"], n_tokens=spec["n_steps"] * spec["batch_size"], seed=spec["seed"],
-                    lr_warmup_tokens=0, lr_decay_frac=0.0, checkpoint_every=0, device=spec["device"], **top,
-                    **({"l1_coeff": value} if knob == "l1_coeff" else {arch: sections[arch]}))
+    own = registry.get(arch).Params
+    if own is not None and "dead_tokens" in own.model_fields:  # the AuxK window, alike in both tools
+        fixed = {**dead, **fixed}
+    cfg = SAEConfig(
+        architecture=arch,
+        d_sae=spec["d_sae"],
+        lr=spec["lr"],
+        beta1=spec["betas"][0],
+        beta2=spec["betas"][1],
+        batch_size=spec["batch_size"],
+        n_tokens=spec["n_steps"] * spec["batch_size"],
+        seed=spec["seed"],
+        lr_warmup_tokens=0,
+        lr_decay_frac=0.0,
+        checkpoint_every=0,
+        device=spec["device"],
+        **top,
+        **registry.knob_params(arch, value, fixed),
+    )
     device = torch.device(spec["device"])
     batches = TimedBatches(Path(spec["data"]), spec["batch_size"], spec["n_steps"], spec["warmup"])
     trainer = Trainer(build(cfg, spec["d_in"]).to(device), cfg, device)
@@ -142,12 +181,13 @@ def run_saelab(spec: dict) -> None:
 # ---------------------------------------------------------------- scoring (main process)
 
 
-def load_trained(out: Path, trainer: str, value) -> "torch.nn.Module":
+def load_trained(out: Path, trainer: str, value) -> torch.nn.Module:
     """The trained SAE as a saelab module: ours from its folder, SAELens's from its inference weights."""
     from safetensors.torch import load_file
 
-    from saelab.architectures import JumpReLU, TopK
-    from saelab.sae import SAE
+    from saelab.saes.base import SAE
+    from saelab.saes.jumprelu import JumpReLU
+    from saelab.saes.topk import TopK
 
     if trainer == "saelab":
         return SAE.load(out / "saelab")[0]
@@ -165,27 +205,52 @@ def load_trained(out: Path, trainer: str, value) -> "torch.nn.Module":
 
 
 def score(sae, ctx: dict) -> dict:
-    from saelab.evaluate import evaluate
+    from saelab.eval.evaluate import evaluate
 
-    metrics, _ = evaluate(ctx["model"], sae, ctx["rows"], ctx["hook"], ctx["mean"], ctx["ev"], torch.device("cpu"),
-                          ctx["exclude"], progress=False)
-    keys = ("mse", "explained_variance", "ce_recovered_zero", "ce_recovered_mean", "l0", "frac_dead", "frac_ultra_low",
-            "frac_dense", "eval_tokens", "ce_eval_tokens")
+    metrics, _ = evaluate(
+        ctx["model"],
+        sae,
+        ctx["rows"],
+        ctx["hook"],
+        ctx["mean"],
+        ctx["ev"],
+        torch.device("cpu"),
+        ctx["exclude"],
+        progress=False,
+    )
+    keys = (
+        "mse",
+        "explained_variance",
+        "ce_recovered_zero",
+        "ce_recovered_mean",
+        "l0",
+        "frac_dead",
+        "frac_ultra_low",
+        "frac_dense",
+        "eval_tokens",
+        "ce_eval_tokens",
+    )
     return {k: metrics[k] for k in keys if k in metrics}
 
 
 def eval_context(args) -> dict:
-    from saelab.cache import ActivationCache
     from saelab.config import load_params
-    from saelab.lm import excluded_token, load_lm
-    from saelab.tokens import read_rows
+    from saelab.data.cache import ActivationCache
+    from saelab.data.lm import excluded_token, load_lm
+    from saelab.data.tokens import read_rows
 
     params = load_params(args.params)
     lm = load_lm(args.lm, torch.device("cpu"))
     cache = ActivationCache(args.cache)
     ev = params.evaluate.model_copy(update={"max_tokens": args.eval_tokens, "ce_max_tokens": args.ce_tokens})
-    return {"model": lm.model, "rows": read_rows(args.tokens / "eval.parquet"), "hook": params.activations.hook,
-            "mean": cache.mean, "ev": ev, "exclude": excluded_token(lm, params.activations.bos)}
+    return {
+        "model": lm.model,
+        "rows": read_rows(args.tokens / "eval.parquet"),
+        "hook": params.activations.hook,
+        "mean": cache.mean,
+        "ev": ev,
+        "exclude": excluded_token(lm, params.activations.bos),
+    }
 
 
 # ---------------------------------------------------------------- comparisons
@@ -211,24 +276,47 @@ def goals(results: list[dict]) -> dict:
         for r in runs:
             for counterpart in (c for c in COUNTERPART[arch] if ("saelab", c) in fam):  # the families this run trained
                 m = at_l0(fam[("saelab", counterpart)], r["l0"])
-                out["same_architecture"].append({
-                    "saelens": arch, "saelab": counterpart, "l0": r["l0"], "saelens_mse": r["mse"], "saelab_mse": m,
-                    "ratio": m / r["mse"] if m is not None else None, "target": "<= 1.02",
-                    "met": (m / r["mse"] <= 1.02) if m is not None else None})
+                out["same_architecture"].append(
+                    {
+                        "saelens": arch,
+                        "saelab": counterpart,
+                        "l0": r["l0"],
+                        "saelens_mse": r["mse"],
+                        "saelab_mse": m,
+                        "ratio": m / r["mse"] if m is not None else None,
+                        "target": "<= 1.02",
+                        "met": (m / r["mse"] <= 1.02) if m is not None else None,
+                    }
+                )
             if arch == "standard":
                 best = {a: at_l0(fam.get(("saelab", a), []), r["l0"]) for a in {a for t, a in fam if t == "saelab"}}
                 best = {a: v for a, v in best.items() if v is not None}
                 if best:
                     a = min(best, key=best.get)
-                    out["best_vs_saelens_standard"].append({
-                        "l0": r["l0"], "saelens_mse": r["mse"], "best_saelab": a, "saelab_mse": best[a],
-                        "reduction": 1 - best[a] / r["mse"], "target": ">= 0.20", "met": 1 - best[a] / r["mse"] >= 0.20})
+                    out["best_vs_saelens_standard"].append(
+                        {
+                            "l0": r["l0"],
+                            "saelens_mse": r["mse"],
+                            "best_saelab": a,
+                            "saelab_mse": best[a],
+                            "reduction": 1 - best[a] / r["mse"],
+                            "target": ">= 0.20",
+                            "met": 1 - best[a] / r["mse"] >= 0.20,
+                        }
+                    )
     for (trainer, arch), runs in fam.items():
         if trainer == "saelab" and arch.startswith(("topk", "batchtopk")):  # arch: the family; every TopK recipe
             for r in runs:
-                out["topk_dead"].append({"arch": arch, "value": r["value"], "frac_dead": r["frac_dead"],
-                                         "frac_ultra_low": r["frac_ultra_low"], "target": "dead < 0.05, ultra-low < 0.10",
-                                         "met": r["frac_dead"] < 0.05 and r["frac_ultra_low"] < 0.10})
+                out["topk_dead"].append(
+                    {
+                        "arch": arch,
+                        "value": r["value"],
+                        "frac_dead": r["frac_dead"],
+                        "frac_ultra_low": r["frac_ultra_low"],
+                        "target": "dead < 0.05, ultra-low < 0.10",
+                        "met": r["frac_dead"] < 0.05 and r["frac_ultra_low"] < 0.10,
+                    }
+                )
     return out
 
 
@@ -238,15 +326,24 @@ def verdict(x: dict) -> str:
 
 def same_architecture_lines(g: dict, mse: str = ".2f") -> list[str]:
     """Goal 1's lines of ``goals()``' output (``mse``: the MSEs' format)."""
-    return [f"- SAELens {x['saelens']} vs saelab {x['saelab']} at L0 {x['l0']:.1f}: "
-            + (f"{x['saelab_mse']:{mse}} / {x['saelens_mse']:{mse}} = {x['ratio']:.3f} ({verdict(x)})"
-               if x["ratio"] is not None else "outside saelab's L0 range") for x in g["same_architecture"]]
+    return [
+        f"- SAELens {x['saelens']} vs saelab {x['saelab']} at L0 {x['l0']:.1f}: "
+        + (
+            f"{x['saelab_mse']:{mse}} / {x['saelens_mse']:{mse}} = {x['ratio']:.3f} ({verdict(x)})"
+            if x["ratio"] is not None
+            else "outside saelab's L0 range"
+        )
+        for x in g["same_architecture"]
+    ]
 
 
 def best_vs_standard_lines(g: dict) -> list[str]:
     """Goal 2's lines of ``goals()``' output."""
-    return [f"- L0 {x['l0']:.1f}: saelab {x['best_saelab']} {x['saelab_mse']:.2f} vs {x['saelens_mse']:.2f}: "
-            f"{100 * x['reduction']:.1f}% ({verdict(x)})" for x in g["best_vs_saelens_standard"]]
+    return [
+        f"- L0 {x['l0']:.1f}: saelab {x['best_saelab']} {x['saelab_mse']:.2f} vs {x['saelens_mse']:.2f}: "
+        f"{100 * x['reduction']:.1f}% ({verdict(x)})"
+        for x in g["best_vs_saelens_standard"]
+    ]
 
 
 def write_outputs(report: dict, out: Path) -> None:
@@ -258,14 +355,29 @@ def write_outputs(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "frontier.json").write_text(json.dumps(report, indent=2) + "\n")
     res = report["results"]
-    cols = ("trainer", "arch", "knob", "value", "l0", "mse", "explained_variance", "ce_recovered_zero", "frac_dead",
-            "frac_ultra_low", "tokens_per_s")
+    cols = (
+        "trainer",
+        "arch",
+        "knob",
+        "value",
+        "l0",
+        "mse",
+        "explained_variance",
+        "ce_recovered_zero",
+        "frac_dead",
+        "frac_ultra_low",
+        "tokens_per_s",
+    )
     seed = f", seed {report['seed']}" if report.get("seed") else ""  # seed 0 unnamed, as in the files before --seed
-    lines = [f"Hardware: {report['hardware']}. {report['train_tokens']:,} training tokens per run, d_sae {report['d_sae']}, "
-             f"batch {report['batch_size']}, lr {report['lr']} constant{seed}, AuxK dead window {report.get('dead_tokens', 204_800):,} "
-             f"tokens (both tools); scored on {res[0]['eval_tokens']:,} held-out "
-             f"tokens (CE on {res[0]['ce_eval_tokens']:,}). Regenerate: `{report['command']}`.", "",
-             "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+    lines = [
+        f"Hardware: {report['hardware']}. {report['train_tokens']:,} training tokens per run, d_sae {report['d_sae']}, "
+        f"batch {report['batch_size']}, lr {report['lr']} constant{seed}, AuxK dead window {report.get('dead_tokens', 204_800):,} "
+        f"tokens (both tools); scored on {res[0]['eval_tokens']:,} held-out "
+        f"tokens (CE on {res[0]['ce_eval_tokens']:,}). Regenerate: `{report['command']}`.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|---" * len(cols) + "|",
+    ]
     for r in sorted(res, key=lambda r: (r["trainer"], r["arch"], r["l0"])):
         lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     g = report["goals"]
@@ -273,18 +385,31 @@ def write_outputs(report: dict, out: Path) -> None:
     lines += same_architecture_lines(g)
     lines += ["", "Goal 2, best saelab recipe vs SAELens standard at equal L0 (MSE reduction, target >= 20%):", ""]
     lines += best_vs_standard_lines(g)
-    lines += ["", "Goal 3, TopK / BatchTopK with AuxK (dead < 5%, ultra-low < 10%; -noaux families: AuxK off, listed for reference):", ""]
-    lines += [f"- {x['arch']} k={x['value']}: dead {100 * x['frac_dead']:.1f}%, ultra-low {100 * x['frac_ultra_low']:.1f}% "
-              f"({verdict(x)})" for x in g["topk_dead"]]
+    lines += [
+        "",
+        "Goal 3, TopK / BatchTopK with AuxK (dead < 5%, ultra-low < 10%; -noaux families: AuxK off, listed for reference):",
+        "",
+    ]
+    lines += [
+        f"- {x['arch']} k={x['value']}: dead {100 * x['frac_dead']:.1f}%, ultra-low {100 * x['frac_ultra_low']:.1f}% "
+        f"({verdict(x)})"
+        for x in g["topk_dead"]
+    ]
     (out / "frontier.md").write_text("\n".join(lines) + "\n")
-    for key, name, label in (("mse", "frontier_mse.png", "MSE (sum over dims, mean over tokens)"),
-                             ("ce_recovered_zero", "frontier_ce.png", "CE loss recovered (zero ablation)")):
+    for key, name, label in (
+        ("mse", "frontier_mse.png", "MSE (sum over dims, mean over tokens)"),
+        ("ce_recovered_zero", "frontier_ce.png", "CE loss recovered (zero ablation)"),
+    ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         fams = sorted({(r["trainer"], r["arch"]) for r in res})
         for trainer, arch in fams:
             rs = sorted((r for r in res if (r["trainer"], r["arch"]) == (trainer, arch)), key=lambda r: r["l0"])
-            ax.plot([r["l0"] for r in rs], [r[key] for r in rs], "o-" if trainer == "saelab" else "s--",
-                    label=f"{trainer} {arch}")
+            ax.plot(
+                [r["l0"] for r in rs],
+                [r[key] for r in rs],
+                "o-" if trainer == "saelab" else "s--",
+                label=f"{trainer} {arch}",
+            )
         ax.set_xscale("log")
         if key == "mse":
             ax.set_yscale("log")
@@ -302,7 +427,9 @@ def write_outputs(report: dict, out: Path) -> None:
 
 def _same_run(a: dict, b: dict) -> bool:
     """Two worker specs train the same SAE: equal in everything but where the files are."""
-    return {k: v for k, v in a.items() if k not in ("out", "data")} == {k: v for k, v in b.items() if k not in ("out", "data")}
+    return {k: v for k, v in a.items() if k not in ("out", "data")} == {
+        k: v for k, v in b.items() if k not in ("out", "data")
+    }
 
 
 def main() -> None:
@@ -321,15 +448,28 @@ def main() -> None:
     p.add_argument("--ce-tokens", type=int, default=32_768, help="held-out tokens for CE loss recovered")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--seed", type=int, default=0, help="every trainer's initialisation seed (the data order is fixed)")
-    p.add_argument("--dead-tokens", type=int, default=51_200,
-                   help="AuxK / SAELens dead window in training tokens, both tools (1/6 of the CPU run)")
-    p.add_argument("--grid", choices=sorted(GRIDS), default="frontier", help="frontier: every trainer (GRID); anneal: "
-                   "saelab TopK's small-k and AuxK settings: k annealing, AuxK weight / width / window, clipping, "
-                   "resampling, topk-unit with AuxK 1 (ANNEAL_GRID)")
+    p.add_argument(
+        "--dead-tokens",
+        type=int,
+        default=51_200,
+        help="AuxK / SAELens dead window in training tokens, both tools (1/6 of the CPU run)",
+    )
+    p.add_argument(
+        "--grid",
+        choices=sorted(GRIDS),
+        default="frontier",
+        help="frontier: every trainer (GRID); anneal: "
+        "saelab TopK's small-k and AuxK settings: k annealing, AuxK weight / width / window, clipping, "
+        "resampling, topk-unit with AuxK 1 (ANNEAL_GRID)",
+    )
     p.add_argument("--only", nargs="*", help="trainer:arch pairs to run (default: all of the grid)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--work", type=Path, help="keep every run here (default: a temporary folder); a run whose folder "
-                   "holds a result for the same spec is scored again without retraining")
+    p.add_argument(
+        "--work",
+        type=Path,
+        help="keep every run here (default: a temporary folder); a run whose folder "
+        "holds a result for the same spec is scored again without retraining",
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/frontier_cpu"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
@@ -342,18 +482,24 @@ def main() -> None:
     n_steps = args.n_tokens // args.batch_size
     train_tokens = n_steps * args.batch_size  # the budget, whole batches
     ctx = eval_context(args)
-    from saelab.cache import ActivationCache
+    from saelab.data.cache import ActivationCache
 
     cache = ActivationCache(args.cache)
     table = GRIDS[args.grid]
     unknown = sorted(set(args.only or []) - {f"{t}:{a}" for t, a in table})
     if unknown:
-        p.error(f"--only {' '.join(unknown)}: not in --grid {args.grid}; its pairs: {' '.join(f'{t}:{a}' for t, a in table)}")
+        p.error(
+            f"--only {' '.join(unknown)}: not in --grid {args.grid}; its pairs: {' '.join(f'{t}:{a}' for t, a in table)}"
+        )
     grid = [(t, a) for t, a in table if not args.only or f"{t}:{a}" in args.only]
     # run folders: other budgets and seeds get their own (the default budget and seed 0 keep the old names)
-    suffix = ("" if train_tokens == p.get_default("n_tokens") else f"-n{train_tokens}") + (f"-s{args.seed}" if args.seed else "")
+    suffix = ("" if train_tokens == p.get_default("n_tokens") else f"-n{train_tokens}") + (
+        f"-s{args.seed}" if args.seed else ""
+    )
     results = []
-    with (contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory(prefix="saelab-frontier-")) as tmp:
+    with (
+        contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory(prefix="saelab-frontier-")
+    ) as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         data = tmp / f"train-{train_tokens}.npy"  # one --work folder can hold several budgets
@@ -364,14 +510,35 @@ def main() -> None:
             for value in values:
                 out = tmp / f"{trainer}-{family}-{value}{suffix}"
                 out.mkdir(exist_ok=True)
-                spec = {"data": str(data), "d_in": cache.d, "d_sae": args.d_sae, "batch_size": args.batch_size,
-                        "n_steps": n_steps, "warmup": args.warmup, "lr": args.lr, "betas": list(args.betas), "seed": args.seed,
-                        "device": device, "dtype": "fp32", "arch": arch, "knob": knob, "value": value, knob: value,
-                        "out": str(out), "hook": ctx["hook"], "dead_tokens": args.dead_tokens,
-                        "dead_window_steps": max(1, args.dead_tokens // args.batch_size),
-                        "fixed": fixed, **fixed}
-                trained = (out / "result.json").exists() and _same_run(json.loads((out / "spec.json").read_text()), spec)
-                if not trained:  # --work: a run trained before with this spec (paths aside) is scored again, not retrained
+                spec = {
+                    "data": str(data),
+                    "d_in": cache.d,
+                    "d_sae": args.d_sae,
+                    "batch_size": args.batch_size,
+                    "n_steps": n_steps,
+                    "warmup": args.warmup,
+                    "lr": args.lr,
+                    "betas": list(args.betas),
+                    "seed": args.seed,
+                    "device": device,
+                    "dtype": "fp32",
+                    "arch": arch,
+                    "knob": knob,
+                    "value": value,
+                    knob: value,
+                    "out": str(out),
+                    "hook": ctx["hook"],
+                    "dead_tokens": args.dead_tokens,
+                    "dead_window_steps": max(1, args.dead_tokens // args.batch_size),
+                    "fixed": fixed,
+                    **fixed,
+                }
+                trained = (out / "result.json").exists() and _same_run(
+                    json.loads((out / "spec.json").read_text()), spec
+                )
+                if (
+                    not trained
+                ):  # --work: a run trained before with this spec (paths aside) is scored again, not retrained
                     (out / "result.json").unlink(missing_ok=True)
                     (out / "spec.json").write_text(json.dumps(spec))
                 if trainer == "sae-lens":
@@ -386,14 +553,34 @@ def main() -> None:
                     subprocess.run(cmd, check=True, env=worker_env())
                 timing = json.loads((out / "result.json").read_text())
                 metrics = score(load_trained(out, trainer, value), ctx)
-                results.append({"trainer": trainer, "arch": family, "architecture": arch, "knob": knob, "value": value,
-                                "tokens_per_s": timing["tokens_per_s"], "peak_rss_mb": timing["peak_rss_mb"], **metrics})
+                results.append(
+                    {
+                        "trainer": trainer,
+                        "arch": family,
+                        "architecture": arch,
+                        "knob": knob,
+                        "value": value,
+                        "tokens_per_s": timing["tokens_per_s"],
+                        "peak_rss_mb": timing["peak_rss_mb"],
+                        **metrics,
+                    }
+                )
                 print(json.dumps(results[-1]), flush=True)
-    report = {"hardware": f"{cpu_model()}, {os.cpu_count()} cores" if device == "cpu" else torch.cuda.get_device_name(),
-              "device": device, "train_tokens": train_tokens, "d_sae": args.d_sae, "batch_size": args.batch_size,
-              "lr": args.lr, "betas": list(args.betas), "seed": args.seed, "dead_tokens": args.dead_tokens, "grid": {f"{t}:{a}": list(v) for (t, a), v in table.items()},
-              "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:]),
-              "results": results, "goals": goals(results)}
+    report = {
+        "hardware": f"{cpu_model()}, {os.cpu_count()} cores" if device == "cpu" else torch.cuda.get_device_name(),
+        "device": device,
+        "train_tokens": train_tokens,
+        "d_sae": args.d_sae,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "betas": list(args.betas),
+        "seed": args.seed,
+        "dead_tokens": args.dead_tokens,
+        "grid": {f"{t}:{a}": list(v) for (t, a), v in table.items()},
+        "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:]),
+        "results": results,
+        "goals": goals(results),
+    }
     write_outputs(report, args.out)
     print((args.out / "frontier.md").read_text())
 

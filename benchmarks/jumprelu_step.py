@@ -23,25 +23,45 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SHAPE = {"d_in": 512, "d_sae": 2048, "batch": 2048, "lr": 3e-3, "betas": (0.9, 0.999), "bandwidth": 0.05,
-         "threshold_init": 0.01}
+SHAPE = {
+    "d_in": 512,
+    "d_sae": 2048,
+    "batch": 2048,
+    "lr": 3e-3,
+    "betas": (0.9, 0.999),
+    "bandwidth": 0.05,
+    "threshold_init": 0.01,
+}
 
 
 def run_saelab(cache: Path, work: Path, steps: int, coeff: float) -> list:
     from safetensors.torch import save_file
 
-    from saelab.architectures import build
-    from saelab.cache import ActivationCache
     from saelab.config import SAEConfig
-    from saelab.train import train_step
+    from saelab.data.cache import ActivationCache
+    from saelab.registry import build
+    from saelab.training.trainer import train_step
 
     B = SHAPE["batch"]
     x = next(ActivationCache(cache).batches(B * steps)).float()  # stored order, as the frontier reads it
     np.save(work / "x.npy", x.numpy())
-    cfg = SAEConfig(architecture="jumprelu", d_sae=SHAPE["d_sae"], lr=SHAPE["lr"], batch_size=B, n_tokens=B * steps,
-                    seed=0, lr_warmup_tokens=0, lr_decay_frac=0.0, checkpoint_every=0,
-                    jumprelu={"l0_coeff": coeff, "bandwidth": SHAPE["bandwidth"],
-                              "threshold_init": SHAPE["threshold_init"], "sparsity": "step"})
+    cfg = SAEConfig(
+        architecture="jumprelu",
+        d_sae=SHAPE["d_sae"],
+        lr=SHAPE["lr"],
+        batch_size=B,
+        n_tokens=B * steps,
+        seed=0,
+        lr_warmup_tokens=0,
+        lr_decay_frac=0.0,
+        checkpoint_every=0,
+        jumprelu={
+            "l0_coeff": coeff,
+            "bandwidth": SHAPE["bandwidth"],
+            "threshold_init": SHAPE["threshold_init"],
+            "sparsity": "step",
+        },
+    )
     sae = build(cfg, SHAPE["d_in"])
     sae.init_from_data_(x[:B])
     save_file({k: v.detach().clone().contiguous() for k, v in sae.state_dict().items()}, str(work / "init.safetensors"))
@@ -54,14 +74,22 @@ def run_saelab(cache: Path, work: Path, steps: int, coeff: float) -> list:
 
 
 def run_saelens(work: Path, coeff: float, b_dec_zero: bool) -> list:  # runs in .venv-saelens: no saelab imports
-    from safetensors.torch import load_file
     from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
     from sae_lens.saes.sae import TrainStepInput
+    from safetensors.torch import load_file
 
-    sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
-        d_in=SHAPE["d_in"], d_sae=SHAPE["d_sae"], device="cpu", apply_b_dec_to_input=True, l0_coefficient=coeff,
-        jumprelu_bandwidth=SHAPE["bandwidth"], jumprelu_init_threshold=SHAPE["threshold_init"],
-        jumprelu_sparsity_loss_mode="step"))
+    sae = JumpReLUTrainingSAE(
+        JumpReLUTrainingSAEConfig(
+            d_in=SHAPE["d_in"],
+            d_sae=SHAPE["d_sae"],
+            device="cpu",
+            apply_b_dec_to_input=True,
+            l0_coefficient=coeff,
+            jumprelu_bandwidth=SHAPE["bandwidth"],
+            jumprelu_init_threshold=SHAPE["threshold_init"],
+            jumprelu_sparsity_loss_mode="step",
+        )
+    )
     w = {k: v for k, v in load_file(str(work / "init.safetensors")).items() if k in dict(sae.named_parameters())}
     if b_dec_zero:
         w["b_dec"] = torch.zeros_like(w["b_dec"])
@@ -70,14 +98,22 @@ def run_saelens(work: Path, coeff: float, b_dec_zero: bool) -> list:  # runs in 
     x = torch.from_numpy(np.load(work / "x.npy"))
     rows = []
     for i, xb in enumerate(x.split(SHAPE["batch"])):  # SAETrainer._train_step: forward, backward, clip 1, step
-        out = sae.training_forward_pass(TrainStepInput(sae_in=xb, coefficients={"l0": coeff}, dead_neuron_mask=None,
-                                                       n_training_steps=i, is_logging_step=False))
+        out = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=xb, coefficients={"l0": coeff}, dead_neuron_mask=None, n_training_steps=i, is_logging_step=False
+            )
+        )
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         opt.step()
         opt.zero_grad()
-        rows.append({"l0": (out.feature_acts > 0).float().sum(-1).mean().item(), "mse": out.losses["mse_loss"].item(),
-                     "theta_mean": sae.threshold.mean().item()})
+        rows.append(
+            {
+                "l0": (out.feature_acts > 0).float().sum(-1).mean().item(),
+                "mse": out.losses["mse_loss"].item(),
+                "theta_mean": sae.threshold.mean().item(),
+            }
+        )
     return rows
 
 
@@ -102,20 +138,31 @@ def main() -> None:
         runs = {"saelab": run_saelab(args.cache, work, args.steps, args.l0_coeff)}
         for name, zero in (("sae-lens, same init", False), ("sae-lens, b_dec = 0", True)):
             cmd = [str(args.saelens_python), __file__, "--saelens-worker", str(work), "--l0-coeff", str(args.l0_coeff)]
-            runs[name] = json.loads(subprocess.run(cmd + (["--b-dec-zero"] if zero else []), check=True,
-                                                   capture_output=True, text=True).stdout)
+            runs[name] = json.loads(
+                subprocess.run(
+                    cmd + (["--b-dec-zero"] if zero else []), check=True, capture_output=True, text=True
+                ).stdout
+            )
     ours, same = runs["saelab"], runs["sae-lens, same init"]
     report = {
-        "command": "python benchmarks/jumprelu_step.py " + " ".join(sys.argv[1:]), "shape": SHAPE,
-        "steps": args.steps, "l0_coeff": args.l0_coeff,
+        "command": "python benchmarks/jumprelu_step.py " + " ".join(sys.argv[1:]),
+        "shape": SHAPE,
+        "steps": args.steps,
+        "l0_coeff": args.l0_coeff,
         "max_abs_difference_same_init": {k: max(abs(a[k] - b[k]) for a, b in zip(ours, same)) for k in ours[0]},
-        "final": {name: r[-1] for name, r in runs.items()}, "runs": runs,
+        "final": {name: r[-1] for name, r in runs.items()},
+        "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     for name, r in runs.items():
-        print(f"{name:22} " + "  ".join(f"step {i}: L0 {r[i]['l0']:6.1f} MSE {r[i]['mse']:6.1f} θ {r[i]['theta_mean']:.3f}"
-                                        for i in (4, len(r) - 1)))
+        print(
+            f"{name:22} "
+            + "  ".join(
+                f"step {i}: L0 {r[i]['l0']:6.1f} MSE {r[i]['mse']:6.1f} θ {r[i]['theta_mean']:.3f}"
+                for i in (4, len(r) - 1)
+            )
+        )
     print("max |saelab - SAELens| from the same weights:", report["max_abs_difference_same_init"], "->", args.out)
 
 

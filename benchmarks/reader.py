@@ -1,6 +1,6 @@
 """Read throughput of the Parquet activation cache, one process: raw row groups and training batches.
 
-    python benchmarks/reader.py data/activations [--batch-size 4096] [--out benchmarks/results/reader_cpu.json]
+python benchmarks/reader.py data/activations [--batch-size 4096] [--out benchmarks/results/reader_cpu.json]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import platform
 import time
 from pathlib import Path
 
-from saelab.cache import ActivationCache
+from saelab.data.cache import ActivationCache
 
 
 def cpu_model() -> str:
@@ -39,10 +39,16 @@ def main() -> None:
         n += len(next(it))
     batch_s = time.perf_counter() - start
     result = {
-        "cache_gb": nbytes / 1e9, "d": cache.d, "dtype": cache.dtype, "n_tokens": cache.n_tokens,
-        "row_groups_gb_per_s": nbytes / 1e9 / raw_s, "batches_gb_per_s": nbytes / 1e9 / batch_s,
-        "batches_tokens_per_s": n / batch_s, "batch_size": args.batch_size,
-        "hardware": f"{cpu_model()}, {os.cpu_count()} cores", "note": "page cache warm",
+        "cache_gb": nbytes / 1e9,
+        "d": cache.d,
+        "dtype": cache.dtype,
+        "n_tokens": cache.n_tokens,
+        "row_groups_gb_per_s": nbytes / 1e9 / raw_s,
+        "batches_gb_per_s": nbytes / 1e9 / batch_s,
+        "batches_tokens_per_s": n / batch_s,
+        "batch_size": args.batch_size,
+        "hardware": f"{cpu_model()}, {os.cpu_count()} cores",
+        "note": "page cache warm",
     }
     print(json.dumps(result, indent=2))
     if args.out:

@@ -34,9 +34,15 @@ def main() -> None:
     batches = TimedBatches(Path(spec["data"]), spec["batch_size"], spec["n_steps"], spec["warmup"])
     sae = build(spec, device)
     cfg = SAETrainerConfig(
-        total_training_samples=spec["n_steps"] * spec["batch_size"], train_batch_size_samples=spec["batch_size"],
-        lr=spec["lr"], lr_end=spec["lr"], adam_beta1=spec["betas"][0], adam_beta2=spec["betas"][1], device=device,
-        autocast=spec["dtype"] == "bf16", dead_feature_window=spec.get("dead_window_steps", 1000),
+        total_training_samples=spec["n_steps"] * spec["batch_size"],
+        train_batch_size_samples=spec["batch_size"],
+        lr=spec["lr"],
+        lr_end=spec["lr"],
+        adam_beta1=spec["betas"][0],
+        adam_beta2=spec["betas"][1],
+        device=device,
+        autocast=spec["dtype"] == "bf16",
+        dead_feature_window=spec.get("dead_window_steps", 1000),
     )
     provider = (x.to(device, non_blocking=True).float() for x in batches)
     trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=provider)
@@ -49,8 +55,13 @@ def main() -> None:
     sae.process_state_dict_for_saving_inference(state)
     weights = {k: state[k] for k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold") if k in state}
     inference = {"standard": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
-    finish(Path(spec["out"]), batches, weights, device,
-           {"sae_lens": sae_lens.__version__, "inference_architecture": inference[spec.get("arch", "standard")]})
+    finish(
+        Path(spec["out"]),
+        batches,
+        weights,
+        device,
+        {"sae_lens": sae_lens.__version__, "inference_architecture": inference[spec.get("arch", "standard")]},
+    )
 
 
 def build(spec: dict, device: str):
@@ -60,14 +71,23 @@ def build(spec: dict, device: str):
     if arch == "standard":
         return StandardTrainingSAE(StandardTrainingSAEConfig(**common, l1_coefficient=spec["l1_coeff"]))
     if arch == "topk":
-        return TopKTrainingSAE(TopKTrainingSAEConfig(**common, k=int(spec["k"]),
-                                                     use_sparse_activations=spec.get("sparse_activations", False)))
+        return TopKTrainingSAE(
+            TopKTrainingSAEConfig(
+                **common, k=int(spec["k"]), use_sparse_activations=spec.get("sparse_activations", False)
+            )
+        )
     if arch == "batchtopk":
         return BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(**common, k=float(spec["k"])))
     if arch == "jumprelu":
-        return JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
-            **common, l0_coefficient=spec["l0_coeff"], jumprelu_bandwidth=spec["bandwidth"],
-            jumprelu_init_threshold=spec["threshold_init"], jumprelu_sparsity_loss_mode=spec.get("sparsity", "step")))
+        return JumpReLUTrainingSAE(
+            JumpReLUTrainingSAEConfig(
+                **common,
+                l0_coefficient=spec["l0_coeff"],
+                jumprelu_bandwidth=spec["bandwidth"],
+                jumprelu_init_threshold=spec["threshold_init"],
+                jumprelu_sparsity_loss_mode=spec.get("sparsity", "step"),
+            )
+        )
     raise SystemExit(f"unknown SAELens architecture {arch!r}")
 
 

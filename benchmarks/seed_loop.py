@@ -60,8 +60,18 @@ def re_init(indices: torch.Tensor, encoder: SeedAutoEncoder) -> None:
     encoder.b_enc.data[indices] = new_b_enc[indices]
 
 
-def train(batches, d_in: int, d_sae: int, l1_coeff_per_token: float, lr: float, betas, n_steps: int,
-          batch_size: int, device: str = "cpu", resample_every: int = 30_000) -> SeedAutoEncoder:
+def train(
+    batches,
+    d_in: int,
+    d_sae: int,
+    l1_coeff_per_token: float,
+    lr: float,
+    betas,
+    n_steps: int,
+    batch_size: int,
+    device: str = "cpu",
+    resample_every: int = 30_000,
+) -> SeedAutoEncoder:
     """Run the seed's loop for ``n_steps`` on ``batches`` (an iterator of (batch_size, d_in) tensors)."""
     encoder = SeedAutoEncoder(d_in, d_sae, l1_coeff_per_token / batch_size).to(device)
     encoder_optim = torch.optim.Adam(encoder.parameters(), lr=lr, betas=betas)

@@ -39,9 +39,17 @@ def seed_means(reports: list[dict]) -> list[dict]:
     for (trainer, arch, value), runs in by.items():
         if len(runs) < 2:
             continue
-        rows.append({"trainer": trainer, "arch": arch, "value": value, "knob": runs[0][1]["knob"],
-                     "seeds": [s for s, _ in runs], "per_seed": {m: [r[m] for _, r in runs] for m in METRICS},
-                     **{m: statistics.mean(r[m] for _, r in runs) for m in METRICS}})
+        rows.append(
+            {
+                "trainer": trainer,
+                "arch": arch,
+                "value": value,
+                "knob": runs[0][1]["knob"],
+                "seeds": [s for s, _ in runs],
+                "per_seed": {m: [r[m] for _, r in runs] for m in METRICS},
+                **{m: statistics.mean(r[m] for _, r in runs) for m in METRICS},
+            }
+        )
     return rows
 
 
@@ -61,25 +69,41 @@ def main() -> None:
     for (trainer, arch), theirs in seeds_of.items():
         for c in COUNTERPART.get(arch, ()) if trainer == "sae-lens" else ():
             if ("saelab", c) in seeds_of and seeds_of[("saelab", c)] != theirs:
-                sys.exit(f"SAELens {arch} (seeds {sorted(theirs)}) and saelab {c} (seeds {sorted(seeds_of[('saelab', c)])}) "
-                         "were trained in different seeds: run both with the same --seed values")
+                sys.exit(
+                    f"SAELens {arch} (seeds {sorted(theirs)}) and saelab {c} (seeds {sorted(seeds_of[('saelab', c)])}) "
+                    "were trained in different seeds: run both with the same --seed values"
+                )
     g = goals(rows)
-    lines = [f"Frontier goals across seeds {', '.join(map(str, seeds))} (inputs: "
-             + ", ".join(f"`{f.relative_to(HERE.parent) if f.is_absolute() else f}`" for f in args.runs)
-             + "). Regenerate: `python benchmarks/seeds.py`.", "",
-             "| trainer | family | setting | seeds | L0 per seed | MSE per seed | mean L0 | mean MSE | mean dead |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Frontier goals across seeds {', '.join(map(str, seeds))} (inputs: "
+        + ", ".join(f"`{f.relative_to(HERE.parent) if f.is_absolute() else f}`" for f in args.runs)
+        + "). Regenerate: `python benchmarks/seeds.py`.",
+        "",
+        "| trainer | family | setting | seeds | L0 per seed | MSE per seed | mean L0 | mean MSE | mean dead |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: (r["arch"], r["trainer"], r["value"])):
-        lines.append(f"| {r['trainer']} | {r['arch']} | {r['knob']} {r['value']} | {', '.join(map(str, r['seeds']))} | "
-                     + " / ".join(f"{v:.2f}" for v in r["per_seed"]["l0"]) + " | "
-                     + " / ".join(f"{v:.2f}" for v in r["per_seed"]["mse"])
-                     + f" | {r['l0']:.2f} | {r['mse']:.3f} | {100 * r['frac_dead']:.1f}% |")
-    lines += ["", "Goal 1 on seed means (saelab MSE / SAELens MSE at SAELens's mean L0, linear in log L0; target <= 1.02):", ""]
+        lines.append(
+            f"| {r['trainer']} | {r['arch']} | {r['knob']} {r['value']} | {', '.join(map(str, r['seeds']))} | "
+            + " / ".join(f"{v:.2f}" for v in r["per_seed"]["l0"])
+            + " | "
+            + " / ".join(f"{v:.2f}" for v in r["per_seed"]["mse"])
+            + f" | {r['l0']:.2f} | {r['mse']:.3f} | {100 * r['frac_dead']:.1f}% |"
+        )
+    lines += [
+        "",
+        "Goal 1 on seed means (saelab MSE / SAELens MSE at SAELens's mean L0, linear in log L0; target <= 1.02):",
+        "",
+    ]
     lines += same_architecture_lines(g, mse=".3f")
     lines += ["", "Goal 1 per seed (from each run's own goals):", ""]
     for rep, seed in zip(reports, seeds):
-        lines += [f"- seed {seed}, SAELens {x['saelens']} vs saelab {x['saelab']} at L0 {x['l0']:.1f}: {x['ratio']:.3f} "
-                  f"({verdict(x)})" for x in rep["goals"]["same_architecture"] if x["ratio"] is not None]
+        lines += [
+            f"- seed {seed}, SAELens {x['saelens']} vs saelab {x['saelab']} at L0 {x['l0']:.1f}: {x['ratio']:.3f} "
+            f"({verdict(x)})"
+            for x in rep["goals"]["same_architecture"]
+            if x["ratio"] is not None
+        ]
     lines += ["", "Goal 2 on seed means (best saelab family vs SAELens standard at equal L0, target >= 20%):", ""]
     lines += best_vs_standard_lines(g)
     args.out.write_text("\n".join(lines) + "\n")

@@ -25,8 +25,9 @@ def main() -> None:
     torch.manual_seed(spec["seed"])
     device = spec["device"]
     batches = TimedBatches(Path(spec["data"]), spec["batch_size"], spec["n_steps"], spec["warmup"])
-    sae = SparseCoder(spec["d_in"], SparseCoderConfig(num_latents=spec["d_sae"], k=spec["k"]), device=device,
-                      dtype=torch.float32)
+    sae = SparseCoder(
+        spec["d_in"], SparseCoderConfig(num_latents=spec["d_sae"], k=spec["k"]), device=device, dtype=torch.float32
+    )
     opt = torch.optim.Adam(sae.parameters(), lr=spec["lr"], betas=tuple(spec["betas"]))
     since = torch.zeros(spec["d_sae"], dtype=torch.long, device=device)
     dead_tokens, alpha = spec["dead_tokens"], spec.get("auxk_alpha", 1 / 32)
@@ -51,10 +52,17 @@ def main() -> None:
             since[fired] = 0
     import sparsify
 
-    finish(Path(spec["out"]), batches, {"W_enc": sae.encoder.weight.T, "b_enc": sae.encoder.bias, "W_dec": sae.W_dec,
-                                        "b_dec": sae.b_dec}, device,
-           {"sparsify": getattr(sparsify, "__version__", "1.3.3"), "inference_architecture": "topk",
-            "auxk_steps": auxk_steps})
+    finish(
+        Path(spec["out"]),
+        batches,
+        {"W_enc": sae.encoder.weight.T, "b_enc": sae.encoder.bias, "W_dec": sae.W_dec, "b_dec": sae.b_dec},
+        device,
+        {
+            "sparsify": getattr(sparsify, "__version__", "1.3.3"),
+            "inference_architecture": "topk",
+            "auxk_steps": auxk_steps,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from saelab.architectures import build
 from saelab.config import SAEConfig
-from saelab.train import Trainer, train_step
+from saelab.registry import build
+from saelab.training.trainer import Trainer, train_step
 
 SHAPES = {"default": (512, 2048, 2048), "seed": (2048, 16384, 4096)}  # d_in, d_sae, batch
 
@@ -74,15 +74,22 @@ def main() -> None:
         cfg = SAEConfig(d_sae=d_sae, batch_size=batch, compile=compiled)
         t = Trainer(build(cfg, d_in, seed=0).to(device), cfg, device)
         data = torch.randn(batch, d_in, device=device)
-        timed[name] = (lambda t=t, data=data: train_step(t.sae, t.opt, data, args.dtype == "bf16", forward=t.call,
-                                                         check=t.check_each_step))
+        timed[name] = lambda t=t, data=data: train_step(
+            t.sae, t.opt, data, args.dtype == "bf16", forward=t.call, check=t.check_each_step
+        )
     # Interleaved rounds, best of each: a shared machine's noise hits every variant alike.
     best = dict.fromkeys(timed, float("inf"))
     for _ in range(args.rounds):
         for name, fn in timed.items():
             best[name] = min(best[name], clock(fn, device, args.seconds / args.rounds))
-    result = {"device": str(device), "shape": {"d_in": d_in, "d_sae": d_sae, "batch": batch}, "dtype": args.dtype,
-              "torch": torch.__version__, "flop_per_token": flop_per_token, "rounds": args.rounds}
+    result = {
+        "device": str(device),
+        "shape": {"d_in": d_in, "d_sae": d_sae, "batch": batch},
+        "dtype": args.dtype,
+        "torch": torch.__version__,
+        "flop_per_token": flop_per_token,
+        "rounds": args.rounds,
+    }
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
     for name, seconds in best.items():

@@ -65,7 +65,6 @@ sys.path.insert(0, str(HERE))
 from harness import TimedBatches, finish, worker_env  # noqa: E402
 from reader import cpu_model  # noqa: E402
 
-
 WINDOW = 5  # steps in the running mean of batch MSE that equal_mse compares
 # saelab-unit: sparsify's recipe in saelab (unit-norm decoder rows, AuxK coefficient 1/32, no gradient clipping)
 # from sparsify's initial weights (sparsify_init), so that the two take the same steps where AuxK does not run
@@ -87,14 +86,26 @@ def sparsify_init_(sae, seed: int) -> None:
 
 
 def run_saelab(spec: dict) -> None:
-    from saelab.architectures import build
     from saelab.config import SAEConfig
-    from saelab.train import Trainer
+    from saelab.registry import build
+    from saelab.training.trainer import Trainer
 
-    cfg = SAEConfig(architecture="topk", d_sae=spec["d_sae"], lr=spec["lr"], beta1=spec["betas"][0],
-                    beta2=spec["betas"][1], batch_size=spec["batch_size"], n_tokens=spec["n_steps"] * spec["batch_size"],
-                    seed=0, lr_warmup_tokens=0, lr_decay_frac=0.0, checkpoint_every=0, device=spec["device"],
-                    log_every=1, topk={"k": spec["k"], "dead_tokens": spec["dead_tokens"], **spec.get("recipe", {})})
+    cfg = SAEConfig(
+        architecture="topk",
+        d_sae=spec["d_sae"],
+        lr=spec["lr"],
+        beta1=spec["betas"][0],
+        beta2=spec["betas"][1],
+        batch_size=spec["batch_size"],
+        n_tokens=spec["n_steps"] * spec["batch_size"],
+        seed=0,
+        lr_warmup_tokens=0,
+        lr_decay_frac=0.0,
+        checkpoint_every=0,
+        device=spec["device"],
+        log_every=1,
+        topk={"k": spec["k"], "dead_tokens": spec["dead_tokens"], **spec.get("recipe", {})},
+    )
     device = torch.device(spec["device"])
     sae = build(cfg, spec["d_in"]).to(device)
     sae.sparse_path = spec["sparse_path"]
@@ -102,9 +113,16 @@ def run_saelab(spec: dict) -> None:
         sparsify_init_(sae, spec["seed"])
     batches = TimedBatches(Path(spec["data"]), spec["batch_size"], spec["n_steps"], spec["warmup"])
     rows = []
-    Trainer(sae, cfg, device).run(lambda skip: batches, log=lambda step, row: (batches.note(row["mse"]), rows.append(row)))
-    finish(Path(spec["out"]), batches, {k: getattr(sae, k) for k in ("W_enc", "W_dec", "b_enc", "b_dec")}, spec["device"],
-           {"sparse_path": sae.uses_sparse_path(device), "auxk_steps": sum(r["auxk"] > 0 for r in rows)})
+    Trainer(sae, cfg, device).run(
+        lambda skip: batches, log=lambda step, row: (batches.note(row["mse"]), rows.append(row))
+    )
+    finish(
+        Path(spec["out"]),
+        batches,
+        {k: getattr(sae, k) for k in ("W_enc", "W_dec", "b_enc", "b_dec")},
+        spec["device"],
+        {"sparse_path": sae.uses_sparse_path(device), "auxk_steps": sum(r["auxk"] > 0 for r in rows)},
+    )
 
 
 @torch.no_grad()
@@ -121,8 +139,11 @@ def score(weights_file: Path, x_eval: torch.Tensor, k: int) -> dict:
         sse += (x_hat - x).pow(2).sum().item()
         fired[i[v > 0]] = True
     total = (x_eval - x_eval.mean(0)).pow(2).sum().item()
-    return {"mse": sse / len(x_eval), "explained_variance": 1 - sse / total,
-            "frac_dead_eval": 1 - fired.float().mean().item()}  # latents that never fire on the held-out tokens
+    return {
+        "mse": sse / len(x_eval),
+        "explained_variance": 1 - sse / total,
+        "frac_dead_eval": 1 - fired.float().mean().item(),
+    }  # latents that never fire on the held-out tokens
 
 
 def time_to_mse(curve: list, target: float, window: int = WINDOW) -> float | None:
@@ -151,38 +172,59 @@ def equal_mse(results: dict, curves: dict) -> dict:
         if curves.get(name) and curves.get("saelab-long"):
             target = sum(m for _, m in curves[name][-WINDOW:]) / WINDOW
             t_peer, t_long = time_to_mse(curves[name], target), time_to_mse(curves["saelab-long"], target)
-            out[name] = {"method": f"time to the peer's final batch MSE (running mean of {WINDOW} steps)",
-                         "target_batch_mse": target, "peer_seconds": t_peer, "saelab_long_seconds": t_long,
-                         "speedup_at_equal_mse": t_peer / t_long if t_peer is not None and t_long else None}
+            out[name] = {
+                "method": f"time to the peer's final batch MSE (running mean of {WINDOW} steps)",
+                "target_batch_mse": target,
+                "peer_seconds": t_peer,
+                "saelab_long_seconds": t_long,
+                "speedup_at_equal_mse": t_peer / t_long if t_peer is not None and t_long else None,
+            }
             if curves.get("saelab-long-noclip"):  # the default recipe without clipping, to the same target
                 t_nc = time_to_mse(curves["saelab-long-noclip"], target)
-                out[name].update(saelab_long_noclip_seconds=t_nc,
-                                 speedup_noclip=t_peer / t_nc if t_peer is not None and t_nc else None)
+                out[name].update(
+                    saelab_long_noclip_seconds=t_nc,
+                    speedup_noclip=t_peer / t_nc if t_peer is not None and t_nc else None,
+                )
             continue
         below = [n for n in ("saelab", "saelab-long") if n in results and results[n]["mse"] <= r["mse"]]
         best = min(below, key=lambda n: results[n]["timed_seconds"], default=None)
-        out[name] = {"method": "lower bound from held-out MSE at the end: the shortest saelab run (default recipe) "
-                               "that ends at or below the peer's MSE", "peer_mse": r["mse"], "saelab_run": best,
-                     "saelab_mse": results[best]["mse"] if best else None, "peer_seconds": r["timed_seconds"],
-                     "saelab_seconds": results[best]["timed_seconds"] if best else None,
-                     "speedup_at_equal_mse_at_least": r["timed_seconds"] / results[best]["timed_seconds"] if best else None}
-    if "saelab-unit" in results and "sparsify" in results:  # the same recipe from the same weights: the goal's own terms
+        out[name] = {
+            "method": "lower bound from held-out MSE at the end: the shortest saelab run (default recipe) "
+            "that ends at or below the peer's MSE",
+            "peer_mse": r["mse"],
+            "saelab_run": best,
+            "saelab_mse": results[best]["mse"] if best else None,
+            "peer_seconds": r["timed_seconds"],
+            "saelab_seconds": results[best]["timed_seconds"] if best else None,
+            "speedup_at_equal_mse_at_least": r["timed_seconds"] / results[best]["timed_seconds"] if best else None,
+        }
+    if (
+        "saelab-unit" in results and "sparsify" in results
+    ):  # the same recipe from the same weights: the goal's own terms
         u, sp = results["saelab-unit"], results["sparsify"]
-        out["sparsify-same-recipe"] = {"method": "saelab-unit (sparsify's recipe and initial weights) vs sparsify, "
-                                                 "the same number of steps", "saelab_mse": u["mse"], "peer_mse": sp["mse"],
-                                       "mse_difference": u["mse"] / sp["mse"] - 1,
-                                       "speedup": u["tokens_per_s"] / sp["tokens_per_s"]}
+        out["sparsify-same-recipe"] = {
+            "method": "saelab-unit (sparsify's recipe and initial weights) vs sparsify, the same number of steps",
+            "saelab_mse": u["mse"],
+            "peer_mse": sp["mse"],
+            "mse_difference": u["mse"] / sp["mse"] - 1,
+            "speedup": u["tokens_per_s"] / sp["tokens_per_s"],
+        }
         ru, rs = u.get("tokens_per_s_runs") or [], sp.get("tokens_per_s_runs") or []
         if len(ru) == len(rs) > 1:  # rounds are interleaved: the ratio within each round, and its median
             per_round = sorted(a / b for a, b in zip(ru, rs))
-            out["sparsify-same-recipe"].update(speedup_per_round=per_round,
-                                               speedup_median_of_rounds=per_round[len(per_round) // 2])
+            out["sparsify-same-recipe"].update(
+                speedup_per_round=per_round, speedup_median_of_rounds=per_round[len(per_round) // 2]
+            )
     return out
 
 
 def roofline(d_in: int, d_sae: int, batch: int, k: int, seconds_per_step: dict, device: str, reps: int = 5) -> dict:
     """FLOPs per token of the dense and the sparse step, and the encoder matmul's own time on this machine."""
-    x, w, b = torch.randn(batch, d_in, device=device), torch.randn(d_in, d_sae, device=device), torch.zeros(d_sae, device=device)
+    x, w, b = (
+        torch.randn(batch, d_in, device=device),
+        torch.randn(d_in, d_sae, device=device),
+        torch.zeros(d_sae, device=device),
+    )
     torch.addmm(b, x, w)
     t = []
     for _ in range(reps):
@@ -194,10 +236,14 @@ def roofline(d_in: int, d_sae: int, batch: int, k: int, seconds_per_step: dict, 
     enc = min(t)
     dense_flop = 5 * 2 * d_in * d_sae
     sparse_flop = 2 * d_in * d_sae + 4 * 2 * k * d_in
-    out = {"dense_flop_per_token": dense_flop, "sparse_flop_per_token": sparse_flop,
-           "auxk_flop_per_token_when_active": 4 * 2 * (d_in // 2) * d_in,  # k_aux = d_in / 2, every trainer's default
-           "encoder_matmul_seconds": enc, "encoder_matmul_gflop_per_s": 2 * batch * d_in * d_sae / enc / 1e9,
-           "ceiling_tokens_per_s": batch / enc}
+    out = {
+        "dense_flop_per_token": dense_flop,
+        "sparse_flop_per_token": sparse_flop,
+        "auxk_flop_per_token_when_active": 4 * 2 * (d_in // 2) * d_in,  # k_aux = d_in / 2, every trainer's default
+        "encoder_matmul_seconds": enc,
+        "encoder_matmul_gflop_per_s": 2 * batch * d_in * d_sae / enc / 1e9,
+        "ceiling_tokens_per_s": batch / enc,
+    }
     for name, s in seconds_per_step.items():
         flop = dense_flop if name in ("saelab-dense", "sae-lens") else sparse_flop
         out[name] = {"gflop_per_s_needed": flop * batch / s / 1e9, "fraction_of_encoder_ceiling": enc / s}
@@ -217,20 +263,38 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999))
     p.add_argument("--eval-tokens", type=int, default=16_384)
-    p.add_argument("--dead-tokens", type=int, default=81_920,
-                   help="AuxK dead window (tokens; SAELens gets it in steps); short enough that AuxK runs in every trainer")
+    p.add_argument(
+        "--dead-tokens",
+        type=int,
+        default=81_920,
+        help="AuxK dead window (tokens; SAELens gets it in steps); short enough that AuxK runs in every trainer",
+    )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--trainers", nargs="+",
-                   default=["saelab", "saelab-long", "saelab-unit", "saelab-dense", "sae-lens", "sae-lens-sparse", "sparsify"])
-    p.add_argument("--long-factor", type=int, default=3,
-                   help="saelab-long trains this many times --steps (more tokens), to compare at equal MSE")
+    p.add_argument(
+        "--trainers",
+        nargs="+",
+        default=["saelab", "saelab-long", "saelab-unit", "saelab-dense", "sae-lens", "sae-lens-sparse", "sparsify"],
+    )
+    p.add_argument(
+        "--long-factor",
+        type=int,
+        default=3,
+        help="saelab-long trains this many times --steps (more tokens), to compare at equal MSE",
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/topk_speed_cpu.json"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--repeat", type=int, default=1,
-                   help="run every trainer this many times, interleaved; the median run by tokens/s is reported")
-    p.add_argument("--recompute", action="store_true",
-                   help="recompute the derived equal_mse field of --out from its stored results and curves (no training)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every trainer this many times, interleaved; the median run by tokens/s is reported",
+    )
+    p.add_argument(
+        "--recompute",
+        action="store_true",
+        help="recompute the derived equal_mse field of --out from its stored results and curves (no training)",
+    )
     args = p.parse_args()
     if args.recompute:
         report = json.loads(args.out.read_text())
@@ -242,14 +306,16 @@ def main() -> None:
         run_saelab(json.loads(args.spec.read_text()))
         return
 
-    from saelab.cache import ActivationCache
+    from saelab.data.cache import ActivationCache
 
     cache = ActivationCache(args.cache)
     n_train = args.steps * args.batch_size
     n_long = n_train * args.long_factor
     if n_long + args.eval_tokens > cache.n_tokens:
-        raise SystemExit(f"{n_long + args.eval_tokens} training + eval tokens but {args.cache} holds {cache.n_tokens}: "
-                         "held-out tokens would repeat training ones; lower --steps or --long-factor")
+        raise SystemExit(
+            f"{n_long + args.eval_tokens} training + eval tokens but {args.cache} holds {cache.n_tokens}: "
+            "held-out tokens would repeat training ones; lower --steps or --long-factor"
+        )
     results, curves = {}, {}
     with tempfile.TemporaryDirectory(prefix="saelab-topk-") as tmp:
         tmp = Path(tmp)
@@ -257,34 +323,59 @@ def main() -> None:
         np.save(tmp / "train.npy", allx[:n_long])  # every trainer reads its first n_train; saelab-long all of it
         x_eval = torch.from_numpy(allx[n_long:].copy())
         del allx
-        base = {"data": str(tmp / "train.npy"), "d_in": cache.d, "d_sae": args.d_sae, "k": args.k,
-                "batch_size": args.batch_size, "n_steps": args.steps, "warmup": args.warmup, "lr": args.lr,
-                "betas": list(args.betas), "seed": 0, "device": args.device, "dtype": "fp32",
-                "dead_tokens": args.dead_tokens, "dead_window_steps": max(1, args.dead_tokens // args.batch_size),
-                "arch": "topk"}
+        base = {
+            "data": str(tmp / "train.npy"),
+            "d_in": cache.d,
+            "d_sae": args.d_sae,
+            "k": args.k,
+            "batch_size": args.batch_size,
+            "n_steps": args.steps,
+            "warmup": args.warmup,
+            "lr": args.lr,
+            "betas": list(args.betas),
+            "seed": 0,
+            "device": args.device,
+            "dtype": "fp32",
+            "dead_tokens": args.dead_tokens,
+            "dead_window_steps": max(1, args.dead_tokens // args.batch_size),
+            "arch": "topk",
+        }
         runs: dict[str, list] = {}
         for rep, name in [(rep, name) for rep in range(args.repeat) for name in args.trainers]:  # interleaved
             if "error" in results.get(name, {}):
                 continue
             out = tmp / f"{name}-{rep}"
             out.mkdir()
-            spec = {**base, "out": str(out), "sparse_path": name != "saelab-dense", "recipe": RECIPES.get(name, {}),
-                    "sparsify_init": name in SPARSIFY_INIT,
-                    "sparse_activations": name == "sae-lens-sparse",
-                    "n_steps": args.steps * (args.long_factor if name.startswith("saelab-long") else 1)}
+            spec = {
+                **base,
+                "out": str(out),
+                "sparse_path": name != "saelab-dense",
+                "recipe": RECIPES.get(name, {}),
+                "sparsify_init": name in SPARSIFY_INIT,
+                "sparse_activations": name == "sae-lens-sparse",
+                "n_steps": args.steps * (args.long_factor if name.startswith("saelab-long") else 1),
+            }
             (out / "spec.json").write_text(json.dumps(spec))
-            py = {"sae-lens": args.saelens_python, "sae-lens-sparse": args.saelens_python,
-                  "sparsify": args.sparsify_python}.get(name)
+            py = {
+                "sae-lens": args.saelens_python,
+                "sae-lens-sparse": args.saelens_python,
+                "sparsify": args.sparsify_python,
+            }.get(name)
             if py is not None and not py.exists():
                 print(f"skipping {name}: {py} not found (make topk-speed creates it)")
                 continue
             script = {"sparsify": HERE / "sparsify_worker.py"}.get(name, HERE / "saelens_worker.py")
-            cmd = [str(py), str(script), str(out / "spec.json")] if py else [
-                sys.executable, __file__, "--worker", "--spec", str(out / "spec.json")]
-            print(f"== {name} (run {rep + 1} of {args.repeat}): {args.steps} steps of {args.batch_size}, "
-                  f"{cache.d} -> {args.d_sae}, k {args.k}", flush=True)
-            run = subprocess.run(cmd, env=worker_env(),
-                                 stderr=subprocess.PIPE, text=True)
+            cmd = (
+                [str(py), str(script), str(out / "spec.json")]
+                if py
+                else [sys.executable, __file__, "--worker", "--spec", str(out / "spec.json")]
+            )
+            print(
+                f"== {name} (run {rep + 1} of {args.repeat}): {args.steps} steps of {args.batch_size}, "
+                f"{cache.d} -> {args.d_sae}, k {args.k}",
+                flush=True,
+            )
+            run = subprocess.run(cmd, env=worker_env(), stderr=subprocess.PIPE, text=True)
             if run.returncode != 0:  # a peer's failure is a result too: recorded, not fatal
                 err = [line for line in run.stderr.splitlines() if "Error" in line][-1:] or run.stderr.splitlines()[-1:]
                 results[name] = {"error": err[0][:500]}
@@ -296,10 +387,12 @@ def main() -> None:
         for name, rs in runs.items():  # the median run by tokens/s stands for the trainer; every run's speed is kept
             r, out = sorted(rs, key=lambda t: t[0]["tokens_per_s"])[len(rs) // 2]
             curves[name] = r.get("curve") or []
-            results[name] = {**{k: r[k] for k in ("tokens_per_s", "timed_seconds", "timed_tokens", "peak_rss_mb")},
-                             "tokens_per_s_runs": [x["tokens_per_s"] for x, _ in rs],
-                             "auxk_steps": r.get("auxk_steps"),
-                             **score(out / "sae.safetensors", x_eval, args.k)}
+            results[name] = {
+                **{k: r[k] for k in ("tokens_per_s", "timed_seconds", "timed_tokens", "peak_rss_mb")},
+                "tokens_per_s_runs": [x["tokens_per_s"] for x, _ in rs],
+                "auxk_steps": r.get("auxk_steps"),
+                **score(out / "sae.safetensors", x_eval, args.k),
+            }
             print(name, json.dumps(results[name]), flush=True)
 
     failed = {n: r for n, r in results.items() if "error" in r}
@@ -312,18 +405,30 @@ def main() -> None:
     sec = {n: args.batch_size / r["tokens_per_s"] for n, r in results.items()}
     report = {
         "hardware": f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-        if args.device == "cpu" else torch.cuda.get_device_name(),
-        "torch": torch.__version__, "shape": {"d_in": cache.d, "d_sae": args.d_sae, "k": args.k, "batch": args.batch_size},
-        "steps": args.steps, "warmup_steps": args.warmup, "repeat": args.repeat, "lr": args.lr, "betas": list(args.betas),
-        "eval_tokens": args.eval_tokens, "command": "python benchmarks/topk_speed.py " + " ".join(sys.argv[1:]),
+        if args.device == "cpu"
+        else torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "shape": {"d_in": cache.d, "d_sae": args.d_sae, "k": args.k, "batch": args.batch_size},
+        "steps": args.steps,
+        "warmup_steps": args.warmup,
+        "repeat": args.repeat,
+        "lr": args.lr,
+        "betas": list(args.betas),
+        "eval_tokens": args.eval_tokens,
+        "command": "python benchmarks/topk_speed.py " + " ".join(sys.argv[1:]),
         "goals": {"vs_sae_lens": ">= 1.5x tokens/s", "vs_sparsify": ">= 1.2x tokens/s", "mse": "within 1%"},
-        "results": results, "failed": failed,
-        "equal_mse": equal_mse(results, curves), "curves": curves, "roofline": roofline(cache.d, args.d_sae, args.batch_size, args.k, sec, args.device),
+        "results": results,
+        "failed": failed,
+        "equal_mse": equal_mse(results, curves),
+        "curves": curves,
+        "roofline": roofline(cache.d, args.d_sae, args.batch_size, args.k, sec, args.device),
     }
     print(f"{'trainer':16} {'tok/s':>8} {'saelab x':>9} {'MSE':>8} {'vs saelab':>9} {'peak RSS MB':>11}")
     for name, r in results.items():
-        print(f"{name:16} {r['tokens_per_s']:8.0f} {r.get('saelab_speedup', float('nan')):9.2f} {r['mse']:8.2f} "
-              f"{100 * r.get('mse_vs_saelab', float('nan')):8.1f}% {r['peak_rss_mb']:11.0f}")
+        print(
+            f"{name:16} {r['tokens_per_s']:8.0f} {r.get('saelab_speedup', float('nan')):9.2f} {r['mse']:8.2f} "
+            f"{100 * r.get('mse_vs_saelab', float('nan')):8.1f}% {r['peak_rss_mb']:11.0f}"
+        )
     for name, e in report["equal_mse"].items():
         x = e.get("speedup_at_equal_mse", e.get("speedup_at_equal_mse_at_least", e.get("speedup")))
         print(f"equal MSE vs {name}: {'n/a' if x is None else f'{x:.2f}x'} ({e['method']})")

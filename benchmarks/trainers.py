@@ -52,16 +52,29 @@ def hardware(device: str) -> str:
 
 
 def run_saelab(spec: dict) -> None:
-    from saelab.architectures import build
-    from saelab.cache import ActivationCache
     from saelab.config import SAEConfig
-    from saelab.train import Trainer
+    from saelab.data.cache import ActivationCache
+    from saelab.registry import build
+    from saelab.training.trainer import Trainer
 
     device = torch.device(spec["device"])
-    cfg = SAEConfig(d_sae=spec["d_sae"], l1_coeff=spec["l1_coeff"], lr=spec["lr"], beta1=spec["betas"][0],
-                    beta2=spec["betas"][1], batch_size=spec["batch_size"], n_tokens=spec["n_steps"] * spec["batch_size"],
-                    seed=spec["seed"], resample_stop=0.0, lr_warmup_tokens=0, lr_decay_frac=0.0, dtype=spec["dtype"],
-                    device=spec["device"], compile=spec["compile"], checkpoint_every=0)
+    cfg = SAEConfig(
+        d_sae=spec["d_sae"],
+        l1_coeff=spec["l1_coeff"],
+        lr=spec["lr"],
+        beta1=spec["betas"][0],
+        beta2=spec["betas"][1],
+        batch_size=spec["batch_size"],
+        n_tokens=spec["n_steps"] * spec["batch_size"],
+        seed=spec["seed"],
+        resample_stop=0.0,
+        lr_warmup_tokens=0,
+        lr_decay_frac=0.0,
+        dtype=spec["dtype"],
+        device=spec["device"],
+        compile=spec["compile"],
+        checkpoint_every=0,
+    )
     source = ActivationCache(spec["cache"]).batches(spec["batch_size"]) if spec["source"] == "parquet" else None
     batches = TimedBatches(Path(spec["data"]), spec["batch_size"], spec["n_steps"], spec["warmup"], source)
     trainer = Trainer(build(cfg, spec["d_in"]).to(device), cfg, device)
@@ -73,8 +86,17 @@ def run_seed(spec: dict) -> None:
     import seed_loop
 
     batches = TimedBatches(Path(spec["data"]), spec["batch_size"], spec["n_steps"], spec["warmup"])
-    enc = seed_loop.train(batches, spec["d_in"], spec["d_sae"], spec["l1_coeff"], spec["lr"], tuple(spec["betas"]),
-                          spec["n_steps"], spec["batch_size"], spec["device"])
+    enc = seed_loop.train(
+        batches,
+        spec["d_in"],
+        spec["d_sae"],
+        spec["l1_coeff"],
+        spec["lr"],
+        tuple(spec["betas"]),
+        spec["n_steps"],
+        spec["batch_size"],
+        spec["device"],
+    )
     finish(Path(spec["out"]), batches, dict(enc.named_parameters()), spec["device"])
 
 
@@ -86,7 +108,7 @@ WORKERS = {"saelab": run_saelab, "saelab-parquet": run_saelab, "seed": run_seed}
 
 def materialise(cache_dir: Path, n_tokens: int, out: Path) -> tuple[np.ndarray, int]:
     """Copy the first ``n_tokens`` of the cache into ``out`` (.npy, the cache's dtype or fp32 for bf16)."""
-    from saelab.cache import ActivationCache
+    from saelab.data.cache import ActivationCache
 
     cache = ActivationCache(cache_dir)
     if n_tokens > cache.n_tokens:
@@ -113,8 +135,12 @@ def score(weights_file: Path, x_eval: torch.Tensor) -> dict:
         l0_sum += (f > 0).sum().item()
     n = len(x_eval)
     total_var = (x_eval.float() - x_eval.float().mean(0)).pow(2).sum().item()
-    return {"mse": mse_sum / n, "l0": l0_sum / n, "explained_variance": 1 - mse_sum / total_var,
-            "dec_row_norm_mean": w["W_dec"].norm(dim=-1).mean().item()}
+    return {
+        "mse": mse_sum / n,
+        "l0": l0_sum / n,
+        "explained_variance": 1 - mse_sum / total_var,
+        "dec_row_norm_mean": w["W_dec"].norm(dim=-1).mean().item(),
+    }
 
 
 def summarise(results: dict) -> dict:
@@ -133,23 +159,36 @@ def summarise(results: dict) -> dict:
             logs = np.log([o["l0"] for o in ours])
             r["saelab_mse_at_same_l0"] = float(np.interp(np.log(r["l0"]), logs, [o["mse"] for o in ours]))
     ref = float(np.median([r["tokens_per_s"] for r in by["saelab"]])) if "saelab" in by else None
-    return {name: {"tokens_per_s": float(np.median([r["tokens_per_s"] for r in rs])),
-                   "saelab_speedup": ref / float(np.median([r["tokens_per_s"] for r in rs])) if ref else float("nan"),
-                   "peak_rss_mb": max(r["peak_rss_mb"] for r in rs)}
-            for name, rs in by.items()}
+    return {
+        name: {
+            "tokens_per_s": float(np.median([r["tokens_per_s"] for r in rs])),
+            "saelab_speedup": ref / float(np.median([r["tokens_per_s"] for r in rs])) if ref else float("nan"),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+        }
+        for name, rs in by.items()
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cache", type=Path, default=Path("data/activations"))
-    p.add_argument("--saelens-python", type=Path, default=Path(".venv-saelens/bin/python"),
-                   help="python of a virtual environment with sae-lens (skipped with a note when absent)")
+    p.add_argument(
+        "--saelens-python",
+        type=Path,
+        default=Path(".venv-saelens/bin/python"),
+        help="python of a virtual environment with sae-lens (skipped with a note when absent)",
+    )
     p.add_argument("--n-tokens", type=int, default=307_200)
     p.add_argument("--eval-tokens", type=int, default=65_536)
     p.add_argument("--d-sae", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--l1", type=float, nargs="+", default=[1.0],
-                   help="per-token L1 coefficient(s) (saelab's convention); several give each trainer an MSE-L0 frontier")
+    p.add_argument(
+        "--l1",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="per-token L1 coefficient(s) (saelab's convention); several give each trainer an MSE-L0 frontier",
+    )
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.99))
     p.add_argument("--warmup", type=int, default=5, help="steps left out of the clock")
@@ -173,10 +212,22 @@ def main() -> None:
         np.save(train_npy, arr[: n_steps * args.batch_size])
         x_eval = torch.from_numpy(np.array(arr[n_steps * args.batch_size :]))
         del arr
-        base = {"data": str(train_npy), "cache": str(args.cache), "d_in": d_in, "d_sae": args.d_sae,
-                "batch_size": args.batch_size, "n_steps": n_steps, "warmup": args.warmup, "l1_coeff": args.l1,
-                "lr": args.lr, "betas": list(args.betas), "seed": 0, "device": device, "dtype": args.dtype,
-                "compile": args.compile}
+        base = {
+            "data": str(train_npy),
+            "cache": str(args.cache),
+            "d_in": d_in,
+            "d_sae": args.d_sae,
+            "batch_size": args.batch_size,
+            "n_steps": n_steps,
+            "warmup": args.warmup,
+            "l1_coeff": args.l1,
+            "lr": args.lr,
+            "betas": list(args.betas),
+            "seed": 0,
+            "device": device,
+            "dtype": args.dtype,
+            "compile": args.compile,
+        }
         results = {}
         for l1, name in [(l1, name) for l1 in args.l1 for name in args.trainers]:
             key = f"{name}@l1={l1:g}"
@@ -193,22 +244,37 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--worker", name, "--out", str(out / "spec.json")]
             print(f"== {key}: {n_steps} steps of {args.batch_size} on {device}", flush=True)
             subprocess.run(cmd, check=True, env=worker_env())
-            results[key] = {"trainer": name, "l1_coeff": l1, **json.loads((out / "result.json").read_text()),
-                            **score(out / "sae.safetensors", x_eval)}
+            results[key] = {
+                "trainer": name,
+                "l1_coeff": l1,
+                **json.loads((out / "result.json").read_text()),
+                **score(out / "sae.safetensors", x_eval),
+            }
 
     summary = summarise(results)
     report = {
-        "hardware": hardware(device), "device": device, "platform": platform.platform(),
+        "hardware": hardware(device),
+        "device": device,
+        "platform": platform.platform(),
         "shape": {"d_in": d_in, "d_sae": args.d_sae, "batch_size": args.batch_size},
-        "train_tokens": n_steps * args.batch_size, "eval_tokens": args.eval_tokens, "warmup_steps": args.warmup,
-        "l1_coeffs": args.l1, "lr": args.lr, "betas": list(args.betas), "dtype": args.dtype, "compile": args.compile,
-        "summary": summary, "results": results,
+        "train_tokens": n_steps * args.batch_size,
+        "eval_tokens": args.eval_tokens,
+        "warmup_steps": args.warmup,
+        "l1_coeffs": args.l1,
+        "lr": args.lr,
+        "betas": list(args.betas),
+        "dtype": args.dtype,
+        "compile": args.compile,
+        "summary": summary,
+        "results": results,
     }
     print(f"{'run':24} {'tok/s':>9} {'MSE':>9} {'L0':>7} {'EV':>6} {'saelab MSE at this L0':>22} {'peak RSS MB':>12}")
     for key, r in results.items():
         at = r.get("saelab_mse_at_same_l0")
-        print(f"{key:24} {r['tokens_per_s']:9.0f} {r['mse']:9.3f} {r['l0']:7.1f} {r['explained_variance']:6.3f} "
-              f"{at if at is not None else float('nan'):22.3f} {r['peak_rss_mb']:12.0f}")
+        print(
+            f"{key:24} {r['tokens_per_s']:9.0f} {r['mse']:9.3f} {r['l0']:7.1f} {r['explained_variance']:6.3f} "
+            f"{at if at is not None else float('nan'):22.3f} {r['peak_rss_mb']:12.0f}"
+        )
     for name, s in summary.items():
         print(f"{name:16} median tok/s {s['tokens_per_s']:9.0f}   saelab speed-up x{s['saelab_speedup']:.2f}")
     if args.out:

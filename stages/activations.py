@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from saelab.cachebuild import build_cache
+from saelab.data.cachebuild import build_cache
 from saelab.io import write_json
 from saelab.stage import log, parser, run_stage, write_timing
 
@@ -15,8 +15,17 @@ def main() -> None:
     with run_stage("activations", args) as params:
         cfg = params.activations
         manifest, timing, d = build_cache(cfg, args.lm, args.tokens, args.out)
-        write_json(args.metrics, {"n_tokens": manifest["n_tokens"], "n_excluded": manifest["n_excluded"], "d": d,
-                                  "bos": cfg.bos, "mean_norm": manifest["mean_norm"], "nonfinite": manifest["nonfinite"]})
+        write_json(
+            args.metrics,
+            {
+                "n_tokens": manifest["n_tokens"],
+                "n_excluded": manifest["n_excluded"],
+                "d": d,
+                "bos": cfg.bos,
+                "mean_norm": manifest["mean_norm"],
+                "nonfinite": manifest["nonfinite"],
+            },
+        )
         write_timing(args.timing, timing)
         log.info("%d tokens x %d (%s, BOS %sd) -> %s", manifest["n_tokens"], d, cfg.dtype, cfg.bos, args.out)
 

@@ -8,13 +8,13 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from saelab.analysis.run import Inputs, pass_analyses, weight_analyses, write_figures, write_tables
-from saelab.evaluate import EvalSample
-from saelab.hooks import check_sae_width
+from saelab.data.hooks import check_sae_width
+from saelab.data.lm import excluded_token, ln_final_weight, load_lm
+from saelab.data.tokens import read_rows
+from saelab.eval.evaluate import EvalSample
 from saelab.io import atomic_dir, read_json, resolve_device, write_json
-from saelab.lm import excluded_token, ln_final_weight, load_lm
-from saelab.sae import SAE
+from saelab.saes.base import SAE
 from saelab.stage import log, parser, run_stage, write_timing
-from saelab.tokens import read_rows
 
 
 def main() -> None:
@@ -30,9 +30,20 @@ def main() -> None:
         layer = check_sae_width(sae.d_in, meta["hook"], lm.config["tl_config"], args.sae)
         freq = pq.read_table(args.features / "features.parquet", columns=["frequency"])["frequency"].to_numpy()
         rows = read_rows(args.tokens / "eval.parquet")
-        inp = Inputs(lm.model, lm.tokenizer, sae, meta["hook"], layer, freq, read_json(args.evaluate_metrics)["eval_tokens"],
-                     rows, ln_final_weight(lm), ev.ultra_low_threshold, ev.dense_threshold,
-                     excluded_token(lm, params.activations.bos))
+        inp = Inputs(
+            lm.model,
+            lm.tokenizer,
+            sae,
+            meta["hook"],
+            layer,
+            freq,
+            read_json(args.evaluate_metrics)["eval_tokens"],
+            rows,
+            ln_final_weight(lm),
+            ev.ultra_low_threshold,
+            ev.dense_threshold,
+            excluded_token(lm, params.activations.bos),
+        )
         start = time.perf_counter()
         weights, cols, extra = weight_analyses(inp, cfg)
         sample = EvalSample.draw(len(rows), rows.shape[1], cfg.max_tokens, ev)  # CE rows: exactly evaluate's
@@ -46,7 +57,9 @@ def main() -> None:
         undefined = sorted(k for k, v in metrics.items() if v != v)  # NaN: e.g. no ultra-low features
         if undefined:
             log.info("undefined on this SAE, left out of the metrics: %s", ", ".join(undefined))
-        write_json(args.metrics, {k: v for k, v in metrics.items() if k not in undefined} | {"definitions": "docs/metrics.md"})
+        write_json(
+            args.metrics, {k: v for k, v in metrics.items() if k not in undefined} | {"definitions": "docs/metrics.md"}
+        )
         write_timing(args.timing, {"analysis_seconds": time.perf_counter() - start})
         log.info("tables -> %s, figures -> %s, metrics -> %s", args.out, args.figures, args.metrics)
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from saelab.browser import build
+from saelab.analysis.browser import build
 from saelab.io import atomic_write_bytes, read_json
 from saelab.stage import log, parser, run_stage, write_timing
 

@@ -5,17 +5,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from saelab.cache import ActivationCache, check_bos_policy
-from saelab.evaluate import HEADLINE, evaluate
-from saelab.hooks import check_sae_width
+from saelab.data.cache import ActivationCache, check_bos_policy
+from saelab.data.hooks import check_sae_width
+from saelab.data.lm import excluded_token, load_lm
+from saelab.data.tokens import read_rows
+from saelab.eval.evaluate import HEADLINE, evaluate
 from saelab.io import atomic_dir, resolve_device, write_json
-from saelab.lm import excluded_token, load_lm
-from saelab.sae import SAE
+from saelab.saes.base import SAE
 from saelab.stage import log, parser, run_stage, write_timing
-from saelab.tokens import read_rows
 
-DEFINITIONS = ("docs/metrics.md; eval rows: a seeded sample (evaluate.seed), CE on its first ce_max_tokens; mean ablation "
-               "uses the activation cache's mean over the SAE's domain (activations.bos); frac_ultra_low counts dead features too")
+DEFINITIONS = (
+    "docs/metrics.md; eval rows: a seeded sample (evaluate.seed), CE on its first ce_max_tokens; mean ablation "
+    "uses the activation cache's mean over the SAE's domain (activations.bos); frac_ultra_low counts dead features too"
+)
 
 
 def main() -> None:
@@ -32,22 +34,36 @@ def main() -> None:
         sae, meta = SAE.load(args.sae, device)
         check_sae_width(sae.d_in, meta["hook"], lm.config["tl_config"], args.sae)
         rows = read_rows(args.tokens / "eval.parquet")
-        metrics, per_feature = evaluate(lm.model, sae, rows, meta["hook"], cache.mean, cfg, device,
-                                        excluded_token(lm, params.activations.bos))
+        metrics, per_feature = evaluate(
+            lm.model, sae, rows, meta["hook"], cache.mean, cfg, device, excluded_token(lm, params.activations.bos)
+        )
         with atomic_dir(args.out) as tmp:
             n = metrics["eval_tokens"]
-            pq.write_table(pa.table({
-                "feature": pa.array(range(sae.d_sae), pa.int32()),
-                "fires": pa.array(per_feature["fired"].astype("int64")),
-                "frequency": pa.array(per_feature["fired"] / n),
-                "mean_activation": pa.array(per_feature["act_sum"] / n),
-            }), tmp / "features.parquet")
+            pq.write_table(
+                pa.table(
+                    {
+                        "feature": pa.array(range(sae.d_sae), pa.int32()),
+                        "fires": pa.array(per_feature["fired"].astype("int64")),
+                        "frequency": pa.array(per_feature["fired"] / n),
+                        "mean_activation": pa.array(per_feature["act_sum"] / n),
+                    }
+                ),
+                tmp / "features.parquet",
+            )
         write_json(args.metrics, {k: metrics[k] for k in HEADLINE}, sort_keys=False)  # headline, fixed order
-        write_json(args.details, {k: v for k, v in metrics.items() if k not in HEADLINE}
-                   | {"n_features": sae.d_sae, "bos": params.activations.bos, "definitions": DEFINITIONS})
+        write_json(
+            args.details,
+            {k: v for k, v in metrics.items() if k not in HEADLINE}
+            | {"n_features": sae.d_sae, "bos": params.activations.bos, "definitions": DEFINITIONS},
+        )
         write_timing(args.timing, per_feature["timing"])
-        log.info("CE recovered (zero) %.3f, L0 %.1f, EV %.3f -> %s",
-                 metrics["ce_recovered_zero"], metrics["l0"], metrics["explained_variance"], args.metrics)
+        log.info(
+            "CE recovered (zero) %.3f, L0 %.1f, EV %.3f -> %s",
+            metrics["ce_recovered_zero"],
+            metrics["l0"],
+            metrics["explained_variance"],
+            args.metrics,
+        )
 
 
 if __name__ == "__main__":

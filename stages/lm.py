@@ -4,11 +4,11 @@ from pathlib import Path
 
 import torch
 
-from saelab import lm
+from saelab.data import lm
+from saelab.data.text import read_texts
+from saelab.data.tokens import tokenize_texts
 from saelab.io import atomic_dir, write_json
 from saelab.stage import log, parser, run_stage, write_timing
-from saelab.text import read_texts
-from saelab.tokens import tokenize_texts
 
 
 def main() -> None:
@@ -31,7 +31,9 @@ def main() -> None:
             bos = config["bos_token_id"]
             train_rows = tokenize_texts(tokenizer, texts, cfg.n_ctx, bos)
             eval_rows = tokenize_texts(tokenizer, read_texts(args.text / "eval.parquet"), cfg.n_ctx, bos)
-            log.info("tokenizer: %d tokens; %d train rows of %d", tokenizer.get_vocab_size(), len(train_rows), cfg.n_ctx)
+            log.info(
+                "tokenizer: %d tokens; %d train rows of %d", tokenizer.get_vocab_size(), len(train_rows), cfg.n_ctx
+            )
             model = lm.build_model(lm.tl_config(cfg))
             metrics = lm.train_lm(model, train_rows, cfg)
             model.eval()

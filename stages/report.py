@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from saelab import report
+from saelab.analysis import report
 from saelab.io import atomic_dir, read_json
 from saelab.stage import log, parser, run_stage, write_timing
 
@@ -18,8 +18,14 @@ def main() -> None:
         freq = pq.read_table(args.features / "features.parquet", columns=["frequency"])["frequency"].to_numpy()
         n_tokens = read_json(args.evaluate_metrics)["eval_tokens"]
         with atomic_dir(args.out) as csv_dir, atomic_dir(args.figures) as png_dir:
-            report.plot_density(png_dir / "density.png", csv_dir / "density.csv", freq, n_tokens, params.report.density_bins,
-                                params.evaluate.ultra_low_threshold)
+            report.plot_density(
+                png_dir / "density.png",
+                csv_dir / "density.csv",
+                freq,
+                n_tokens,
+                params.report.density_bins,
+                params.evaluate.ultra_low_threshold,
+            )
             report.plot_curves(png_dir / "training_curves.png", args.live, params.sae.batch_size)
         write_timing(args.timing, {})
         log.info("figures -> %s, plot data -> %s", args.figures, args.out)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from saelab import text
+from saelab.data import text
 from saelab.io import atomic_dir, write_json
 from saelab.stage import log, parser, run_stage, write_timing
 

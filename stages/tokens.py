@@ -4,11 +4,11 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from saelab.data.text import read_texts
+from saelab.data.tokens import tokenize_texts, write_rows
 from saelab.errors import InputError
 from saelab.io import atomic_dir, read_json, write_json
 from saelab.stage import log, parser, run_stage, write_timing
-from saelab.text import read_texts
-from saelab.tokens import tokenize_texts, write_rows
 
 
 def main() -> None:

@@ -11,15 +11,17 @@ import torch
 import torch.distributed as dist
 from dvclive import Live
 
-from saelab.checkpoint import Checkpointer
-from saelab.interchange import export_saelens
+from saelab.data.stream import open_data
+from saelab.interop.saelens import export_saelens
 from saelab.io import atomic_dir, resolve_device, write_json
-from saelab.architectures import build
+from saelab.registry import build
 from saelab.stage import log, parser, run_stage, write_timing
-from saelab.stream import open_data
-from saelab.train import Trainer
+from saelab.training.checkpoint import Checkpointer
+from saelab.training.trainer import Trainer
 
-LOSS_CONVENTION = "mse = mean_batch sum_dims (x_hat-x)^2; each sparsity term a mean over the batch (docs/metrics.md, Architectures)"
+LOSS_CONVENTION = (
+    "mse = mean_batch sum_dims (x_hat-x)^2; each sparsity term a mean over the batch (docs/metrics.md, Architectures)"
+)
 
 
 def _device(name: str) -> torch.device:
@@ -49,14 +51,26 @@ def main() -> None:
         cfg = params.sae.model_copy(update={"seed": args.seed})
         device = _device(cfg.device)
         data = open_data(cfg, params.activations, device, args.activations, args.lm, args.tokens)
-        trainer = Trainer(build(cfg, data.d).to(device), cfg, device,
-                          ultra_low_threshold=params.evaluate.ultra_low_threshold)
+        trainer = Trainer(
+            build(cfg, data.d).to(device), cfg, device, ultra_low_threshold=params.evaluate.ultra_low_threshold
+        )
         ckpt = Checkpointer(args.checkpoints, data.fingerprint, cfg.checkpoint_every)
         if (saved := ckpt.load()) is not None:
             trainer.restore(*saved)
         lead = trainer.rank == 0
-        log.info("%s SAE %d -> %d (seed %d) on %d %s tokens, %d training tokens on %s x %d (from step %d)",
-                 cfg.architecture, data.d, trainer.sae.d_sae, cfg.seed, data.n_tokens, cfg.source, cfg.n_tokens, device, trainer.world, trainer.state.step)
+        log.info(
+            "%s SAE %d -> %d (seed %d) on %d %s tokens, %d training tokens on %s x %d (from step %d)",
+            cfg.architecture,
+            data.d,
+            trainer.sae.d_sae,
+            cfg.seed,
+            data.n_tokens,
+            cfg.source,
+            cfg.n_tokens,
+            device,
+            trainer.world,
+            trainer.state.step,
+        )
         live = Live(str(args.live), save_dvc_exp=False, dvcyaml=None) if lead else None
 
         def log_row(step, row):
@@ -74,17 +88,35 @@ def main() -> None:
             return
         live.end()
         with atomic_dir(args.out) as tmp:
-            trainer.sae.cpu().save(tmp, {"hook": data.hook, "activations_dtype": data.dtype, "source": cfg.source,
-                                         "loss_convention": LOSS_CONVENTION, "train_params": cfg.model_dump(),
-                                         "world_size": trainer.world})
+            trainer.sae.cpu().save(
+                tmp,
+                {
+                    "hook": data.hook,
+                    "activations_dtype": data.dtype,
+                    "source": cfg.source,
+                    "loss_convention": LOSS_CONVENTION,
+                    "train_params": cfg.model_dump(),
+                    "world_size": trainer.world,
+                },
+            )
             export_saelens(trainer.sae, tmp / "saelens", data.hook, args.model_name, data.n_ctx)
         ckpt.clear()
         tokens = state.step * cfg.batch_size
-        write_json(args.metrics, {
-            "train_tokens": tokens, "train_steps": state.step, "epochs": tokens / data.n_tokens, "source": cfg.source,
-            "architecture": cfg.architecture, "resample": trainer.resample_mode, "input_scale": state.input_scale,
-            "n_resampled": state.n_resampled, "n_resample_events": len(state.resample_events), "world_size": trainer.world,
-        })
+        write_json(
+            args.metrics,
+            {
+                "train_tokens": tokens,
+                "train_steps": state.step,
+                "epochs": tokens / data.n_tokens,
+                "source": cfg.source,
+                "architecture": cfg.architecture,
+                "resample": trainer.resample_mode,
+                "input_scale": state.input_scale,
+                "n_resampled": state.n_resampled,
+                "n_resample_events": len(state.resample_events),
+                "world_size": trainer.world,
+            },
+        )
         write_timing(args.timing, {"train_seconds": state.seconds, "train_tokens_per_s": tokens / state.seconds})
         if trainer.world > 1:
             dist.barrier()

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from saelab import cache as acts
-from saelab import lm
 from saelab.config import LMConfig
-from saelab.tokens import tokenize_texts
+import saelab.saes  # noqa: F401  (registers the built-in architectures: params checks are strict)
+from saelab.data import cache as acts
+from saelab.data import lm
+from saelab.data.tokens import tokenize_texts
 
 CORPUS = [
     "def add(a, b):\n    return a + b\n" * 3,
@@ -53,7 +54,9 @@ class FakeLM:
         fwd_hooks[0][1](x, hook=None)
 
 
-def make_cache(path, n_tokens=3000, d=8, dtype="fp32", seed=0, n_ctx=10, shard_tokens=1000, row_group_tokens=250, poison=False):
+def make_cache(
+    path, n_tokens=3000, d=8, dtype="fp32", seed=0, n_ctx=10, shard_tokens=1000, row_group_tokens=250, poison=False
+):
     """Write a cache from FakeLM over rows whose token ids are 0..n_tokens-1 (so each token is unique)."""
     from saelab.io import write_json
 

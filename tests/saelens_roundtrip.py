@@ -10,8 +10,8 @@ import json
 import sys
 
 import torch
-from safetensors.torch import load_file, save_file
 from sae_lens import SAE
+from safetensors.torch import load_file, save_file
 
 
 def main() -> None:
@@ -24,8 +24,14 @@ def main() -> None:
     save_file({"f": f.contiguous(), "x_hat": x_hat.contiguous()}, out)
     md = sae.cfg.metadata
     with open(meta, "w") as fh:
-        json.dump({"architecture": sae.cfg.architecture(), "class": type(sae).__name__,
-                   **{k: getattr(md, k, None) for k in ("hook_name", "model_name", "context_size", "sae_lens_version")}}, fh)
+        json.dump(
+            {
+                "architecture": sae.cfg.architecture(),
+                "class": type(sae).__name__,
+                **{k: getattr(md, k, None) for k in ("hook_name", "model_name", "context_size", "sae_lens_version")},
+            },
+            fh,
+        )
 
 
 if __name__ == "__main__":

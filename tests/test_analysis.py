@@ -6,8 +6,8 @@ import torch
 
 from saelab.analysis import weights as W
 from saelab.analysis.passes import merge_topk, topk_mask
-from saelab.evaluate import frequency_fractions
-from saelab.sae import SAE
+from saelab.eval.evaluate import frequency_fractions
+from saelab.saes.base import SAE
 
 
 def test_one_hot_decoder_row_is_1_sparse():
@@ -133,7 +133,7 @@ def test_logit_lens_folds_the_final_layernorm_scale():
 
 def _inputs(tiny_lm, freq, W_enc=None):
     from saelab.analysis.run import Inputs
-    from saelab.lm import load_lm
+    from saelab.data.lm import load_lm
 
     path, rows = tiny_lm
     lm = load_lm(path)
@@ -141,21 +141,39 @@ def _inputs(tiny_lm, freq, W_enc=None):
     if W_enc is not None:
         with torch.no_grad():
             sae.W_enc.copy_(W_enc)
-    return Inputs(lm.model, lm.tokenizer, sae, "blocks.0.mlp.hook_post", 0, np.asarray(freq, dtype=np.float64), 1000, rows,
-                  lm.model.state_dict()["ln_final.weight"], 1e-4, 1e-2, lm.bos_token_id)
+    return Inputs(
+        lm.model,
+        lm.tokenizer,
+        sae,
+        "blocks.0.mlp.hook_post",
+        0,
+        np.asarray(freq, dtype=np.float64),
+        1000,
+        rows,
+        lm.model.state_dict()["ln_final.weight"],
+        1e-4,
+        1e-2,
+        lm.bos_token_id,
+    )
 
 
-@pytest.mark.parametrize("case", ["cluster of one", "no ultra-low", "every feature dense", "cluster of identical vectors"])
+@pytest.mark.parametrize(
+    "case", ["cluster of one", "no ultra-low", "every feature dense", "cluster of identical vectors"]
+)
 def test_analysis_survives_degenerate_saes(tiny_lm, tmp_path, case):
     """Weight analyses, the pass and every figure run on a one-member cluster, no cluster, all-dense
     features and a cluster whose encoder vectors are identical (zero-width histograms)."""
     from saelab.analysis.run import pass_analyses, weight_analyses, write_figures, write_tables
     from saelab.config import AnalysisConfig, EvaluateConfig
-    from saelab.evaluate import EvalSample
+    from saelab.eval.evaluate import EvalSample
 
     n, W_enc = 16, None
-    freq = {"cluster of one": [0.0] + [0.05] * (n - 1), "no ultra-low": [0.001] * n,
-            "every feature dense": [0.5] * n, "cluster of identical vectors": [0.0] * 4 + [0.05] * (n - 4)}[case]
+    freq = {
+        "cluster of one": [0.0] + [0.05] * (n - 1),
+        "no ultra-low": [0.001] * n,
+        "every feature dense": [0.5] * n,
+        "cluster of identical vectors": [0.0] * 4 + [0.05] * (n - 4),
+    }[case]
     if case == "cluster of identical vectors":
         W_enc = torch.randn(64, n)
         W_enc[:, :4] = W_enc[:, :1]

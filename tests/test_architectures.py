@@ -5,11 +5,16 @@ import math
 import pytest
 import torch
 
-from saelab.architectures import BatchTopK, JumpReLU, JumpReLUFn, StandardApril, StepFn, TopK, build
-from saelab.config import ARCHITECTURES, SAEConfig
+from saelab.config import SAEConfig
+from saelab.saes import BUILTINS as ARCHITECTURES
 from saelab.errors import InputError
-from saelab.sae import REGISTRY, SAE, l1_loss, mse_loss
-from saelab.train import Trainer, resample_, train_sae
+from saelab.saes.base import SAE, l1_loss, mse_loss
+from saelab.saes.batchtopk import BatchTopK
+from saelab.saes.jumprelu import JumpReLU, JumpReLUFn, StepFn
+from saelab.registry import REGISTRY, build
+from saelab.saes.standard_april import StandardApril
+from saelab.saes.topk import TopK
+from saelab.training.trainer import Trainer, resample_, train_sae
 
 D, W = 16, 64
 
@@ -23,13 +28,27 @@ def _batches(d=D, b=64, seed=0):
         yield codes @ dirs + offset
 
 
-ARCH_PARAMS = {"topk": {"k": 4, "dead_tokens": 64 * 10}, "batchtopk": {"k": 4, "dead_tokens": 64 * 10},
-               "jumprelu": {"l0_coeff": 0.05, "bandwidth": 0.05, "threshold_init": 0.05}}
+ARCH_PARAMS = {
+    "topk": {"k": 4, "dead_tokens": 64 * 10},
+    "batchtopk": {"k": 4, "dead_tokens": 64 * 10},
+    "jumprelu": {"l0_coeff": 0.05, "bandwidth": 0.05, "threshold_init": 0.05},
+}
 
 
 def _cfg(arch="standard", **kw):
-    base = dict(architecture=arch, expansion=4, l1_coeff=0.05, lr=3e-3, batch_size=64, n_tokens=64 * 200,
-                resample_every=64 * 50, resample_window=64 * 50, lr_warmup_tokens=0, log_every=10, checkpoint_every=0)
+    base = dict(
+        architecture=arch,
+        expansion=4,
+        l1_coeff=0.05,
+        lr=3e-3,
+        batch_size=64,
+        n_tokens=64 * 200,
+        resample_every=64 * 50,
+        resample_window=64 * 50,
+        lr_warmup_tokens=0,
+        log_every=10,
+        checkpoint_every=0,
+    )
     if arch in ARCH_PARAMS:
         base[arch] = ARCH_PARAMS[arch]
     return SAEConfig(**(base | kw))
@@ -42,11 +61,10 @@ def _uneven_norms_(sae):
     return sae
 
 
-def test_registry_holds_every_configurable_architecture():
-    """params' sae.architecture choices and the registry name the same architectures."""
-    import saelab.architectures  # noqa: F401
-
-    assert set(REGISTRY) == set(ARCHITECTURES)
+def test_registry_holds_the_builtin_architectures_in_section_order():
+    """Importing saelab.saes registers the five built-ins, in the order their sections are saved."""
+    assert ARCHITECTURES == ("standard", "standard_april", "topk", "batchtopk", "jumprelu")
+    assert set(ARCHITECTURES) <= set(REGISTRY)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -141,8 +159,13 @@ def test_sparse_and_dense_topk_train_alike(decoder):
         sae = build(cfg, D, seed=0)
         sae.sparse_path = sparse
         rows = []
-        train_sae(sae, _batches(), cfg.model_copy(update={"n_tokens": 64 * 20, "log_every": 1}), torch.device("cpu"),
-                  lambda step, row: rows.append(row))
+        train_sae(
+            sae,
+            _batches(),
+            cfg.model_copy(update={"n_tokens": 64 * 20, "log_every": 1}),
+            torch.device("cpu"),
+            lambda step, row: rows.append(row),
+        )
         trained.append(sae)
         auxk_steps.append(sum(r["auxk"] > 0 for r in rows))
     assert auxk_steps[0] >= 5 and auxk_steps[0] == auxk_steps[1], auxk_steps
@@ -247,7 +270,11 @@ def test_jumprelu_penalty_forms(sparsity):
     x = next(_batches())
     out = sae(x, train=True)
     f = sae.encode(x)
-    want = (f > 0).float().sum(-1).mean() if sparsity == "step" else torch.tanh(2.0 * f * sae.W_dec.norm(dim=-1)).sum(-1).mean()
+    want = (
+        (f > 0).float().sum(-1).mean()
+        if sparsity == "step"
+        else torch.tanh(2.0 * f * sae.W_dec.norm(dim=-1)).sum(-1).mean()
+    )
     torch.testing.assert_close(out.terms[0], want)
     torch.testing.assert_close(out.loss, out.mse + 0.3 * want)
 
@@ -420,7 +447,9 @@ def test_reinit_resampling_redraws_dead_features_only(arch):
     fresh.init_weights_(torch.Generator().manual_seed(1))
     for name, axis in sae.FEATURE_AXIS.items():
         p, b, fr = getattr(sae, name), before[name], getattr(fresh, name)
-        torch.testing.assert_close(p.index_select(axis, torch.tensor([3, 7])), fr.index_select(axis, torch.tensor([3, 7])))
+        torch.testing.assert_close(
+            p.index_select(axis, torch.tensor([3, 7])), fr.index_select(axis, torch.tensor([3, 7]))
+        )
         keep = torch.tensor([i for i in range(W) if i not in (3, 7)])
         assert torch.equal(p.index_select(axis, keep), b.index_select(axis, keep))
         assert (opt.state[p]["exp_avg"].index_select(axis, torch.tensor([3, 7])) == 0).all()

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from saelab import cache as acts
-from saelab import hooks
-from saelab.background import background
-from saelab.cache import ActivationCache, CacheError
+from saelab.data import cache as acts
+from saelab.data import hooks
+from saelab.data.background import background
+from saelab.data.cache import ActivationCache, CacheError
 from tests.conftest import FakeLM, make_cache
 
 
@@ -77,7 +77,10 @@ def test_batches_stream_in_order_and_wrap(tmp_path):
 
 def test_unknown_hook_lists_valid_ones():
     """An unknown hook name raises listing the valid hooks."""
-    with pytest.raises(ValueError, match="blocks.0.mlp.hook_post.*blocks.0.hook_resid_post|blocks.0.hook_resid_post.*blocks.0.mlp.hook_post"):
+    with pytest.raises(
+        ValueError,
+        match="blocks.0.mlp.hook_post.*blocks.0.hook_resid_post|blocks.0.hook_resid_post.*blocks.0.mlp.hook_post",
+    ):
         hooks.check_hook("blocks.0.mlp.hook_psot", {"n_layers": 1, "d_mlp": 64, "d_model": 32})
     assert hooks.check_hook("blocks.0.hook_resid_post", {"n_layers": 1, "d_mlp": 64, "d_model": 32}) == (0, 32)
 
@@ -99,8 +102,10 @@ def test_garbage_shard_names_the_file(tmp_path):
         ActivationCache(tmp_path)
 
 
-@pytest.mark.parametrize("key, value, message", [("d", 9, "column x is"), ("dtype", "fp16", "column x is"),
-                                                 ("n_tokens", 3001, "manifest says 3001")])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [("d", 9, "column x is"), ("dtype", "fp16", "column x is"), ("n_tokens", 3001, "manifest says 3001")],
+)
 def test_manifest_disagreeing_with_shards(tmp_path, key, value, message):
     """A manifest that disagrees with its shards (d, dtype, count) is refused."""
     make_cache(tmp_path)
@@ -206,7 +211,9 @@ def test_bos_tokens_are_left_out_of_the_cache(tmp_path):
     cache = ActivationCache(tmp_path / "c")
     tokens = np.concatenate([g["token"] for g in cache.iter_tokens(("token",))])
     assert man["n_tokens"] == 270 and man["n_excluded"] == 30 and 7_000 not in tokens
-    expected = FakeLM.expected(torch.from_numpy(rows.astype(np.int64)), d)[:, 1:].reshape(-1, d).mean(0)  # BOS column dropped
+    expected = (
+        FakeLM.expected(torch.from_numpy(rows.astype(np.int64)), d)[:, 1:].reshape(-1, d).mean(0)
+    )  # BOS column dropped
     assert torch.allclose(cache.mean, expected, atol=1e-5)
     with pytest.raises(CacheError, match="activations.bos"):
         acts.check_bos_policy(cache, "include")

@@ -11,23 +11,51 @@ import pytest
 import torch
 import yaml
 
-from saelab.checkpoint import Checkpointer
 from saelab.config import SAEConfig
 from saelab.io import load_weights
-from saelab.sae import SAE
-from saelab.train import Trainer
+from saelab.saes.base import SAE
+from saelab.training.checkpoint import Checkpointer
+from saelab.training.trainer import Trainer
 from tests.conftest import make_cache
 
 REPO = Path(__file__).resolve().parents[1]
-SAE_PARAMS = dict(expansion=8, l1_coeff=0.1, batch_size=256, n_tokens=256 * 1200, resample_every=256 * 200,
-                  resample_window=256 * 100, resample_stop=0.8, lr_warmup_tokens=256 * 10, log_every=10,
-                  checkpoint_every=50, device="cpu")
+SAE_PARAMS = dict(
+    expansion=8,
+    l1_coeff=0.1,
+    batch_size=256,
+    n_tokens=256 * 1200,
+    resample_every=256 * 200,
+    resample_window=256 * 100,
+    resample_stop=0.8,
+    lr_warmup_tokens=256 * 10,
+    log_every=10,
+    checkpoint_every=50,
+    device="cpu",
+)
 
 
 def _train_cmd(tmp, name):
-    return [sys.executable, "-m", "stages.train", "--seed", "0", "--params", str(tmp / "params.yaml"), "--activations",
-            str(tmp / "cache"), "--out", str(tmp / f"sae-{name}"), "--live", str(tmp / f"live-{name}"),
-            "--metrics", str(tmp / f"m-{name}.json"), "--timing", str(tmp / f"t-{name}.json"), "--checkpoints", str(tmp / f"ck-{name}")]
+    return [
+        sys.executable,
+        "-m",
+        "stages.train",
+        "--seed",
+        "0",
+        "--params",
+        str(tmp / "params.yaml"),
+        "--activations",
+        str(tmp / "cache"),
+        "--out",
+        str(tmp / f"sae-{name}"),
+        "--live",
+        str(tmp / f"live-{name}"),
+        "--metrics",
+        str(tmp / f"m-{name}.json"),
+        "--timing",
+        str(tmp / f"t-{name}.json"),
+        "--checkpoints",
+        str(tmp / f"ck-{name}"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +72,9 @@ def test_kill_9_then_resume_gives_identical_weights(setup):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     subprocess.run(_train_cmd(tmp, "full"), cwd=REPO, env=env, check=True, capture_output=True)
 
-    proc = subprocess.Popen(_train_cmd(tmp, "killed"), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(tmp, "killed"), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not list((tmp / "ck-killed").glob("step-*/state.json")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)

@@ -4,13 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from saelab.compare import compare_pair, greedy_matching, match
+from saelab.eval.compare import compare_pair, greedy_matching, match
 
 
 def _sae(W_dec, W_enc=None, freq=None):
     n = len(W_dec)
-    return {"W_dec": W_dec, "W_enc": W_dec.T.clone() if W_enc is None else W_enc,
-            "freq": np.full(n, 0.01) if freq is None else freq}
+    return {
+        "W_dec": W_dec,
+        "W_enc": W_dec.T.clone() if W_enc is None else W_enc,
+        "freq": np.full(n, 0.01) if freq is None else freq,
+    }
 
 
 def test_permuted_copy_matches_perfectly():
@@ -68,7 +71,7 @@ def test_matched_share_splits_by_ultra_low():
 def test_direction_baselines_by_hand():
     """An ultra-low direction equal to the mean activation scores cosine 1 with it; one along b_dec scores 1
     with b_dec; one along the second principal component scores |cos| 1 with the top components."""
-    from saelab.compare import direction_baselines
+    from saelab.eval.compare import direction_baselines
 
     mean, b_dec = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 1.0, 0, 0])
     pcs = torch.tensor([[0, 0, 1.0, 0], [0, 0, 0, 1.0]])
@@ -76,13 +79,15 @@ def test_direction_baselines_by_hand():
     assert direction_baselines(mean * 3, b_dec, acts)["ultra_low_dir_cos_mean_activation"] == pytest.approx(1.0)
     assert direction_baselines(b_dec, b_dec, acts)["ultra_low_dir_cos_b_dec"] == pytest.approx(1.0)
     b = direction_baselines(torch.tensor([0, 0, 0, -2.0]), b_dec, acts)
-    assert b["ultra_low_dir_max_abs_cos_top_pcs"] == pytest.approx(1.0) and b["ultra_low_dir_cos_mean_activation"] == 0.0
+    assert (
+        b["ultra_low_dir_max_abs_cos_top_pcs"] == pytest.approx(1.0) and b["ultra_low_dir_cos_mean_activation"] == 0.0
+    )
 
 
 def test_agreement_without_the_mean_activation():
     """Two ultra-low directions that share only the mean activation direction agree raw but not once it is
     removed: (5, 1, 0) and (5, -1, 0) around mean (1, 0, 0) give raw cos 0.92 and residual cos -1."""
-    from saelab.compare import compare_all
+    from saelab.eval.compare import compare_all
 
     W_dec = torch.eye(3)
     freq = np.array([0.0, 0.01, 0.01])

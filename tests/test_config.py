@@ -1,6 +1,7 @@
 import pytest
 
-from saelab.config import ConfigError, SAEConfig, load_params, parse_params
+from saelab.config import SAEConfig, load_params, parse_params
+from saelab.section import ConfigError
 
 
 def test_repo_params_are_valid():
@@ -22,7 +23,10 @@ def test_repo_params_are_valid():
         ({"lm": {"d_model": 130, "n_heads": 4}}, "divisible by lm.n_heads"),
         ({"tokens": {"n_ctx": 256}}, "tokens.n_ctx (256) must be <= lm.n_ctx (128)"),
         ({"sae": {"lr": "fast"}}, "sae.lr: 'fast'"),
-        ({"sae": {"topk": {"k": 4, "k_anneal_frac": 0.5}}}, "sae.topk: k_anneal_frac (0.5) has no effect"),  # no dict dump
+        (
+            {"sae": {"topk": {"k": 4, "k_anneal_frac": 0.5}}},
+            "sae.topk: k_anneal_frac (0.5) has no effect",
+        ),  # no dict dump
     ],
 )
 def test_bad_values_name_key_value_and_rule(raw, message):
@@ -78,12 +82,15 @@ def test_stage_prints_one_line_for_expected_faults_and_a_traceback_for_bugs(tmp_
 def test_training_options_added_later_are_saved_only_when_on():
     """k annealing and JumpReLU's b_dec_init are written to saved configs only when switched on, so the SAEs
     saved before they existed keep byte-identical files; when on they are recorded and the SAE agrees."""
-    from saelab.architectures import build
+    from saelab.registry import build
 
     off = SAEConfig(architecture="topk").model_dump()
     assert "k_anneal_start" not in off["topk"] and "k_anneal_frac" not in off["batchtopk"]
     assert "b_dec_init" not in off["jumprelu"]
-    for arch, section in (("batchtopk", {"k_anneal_start": 64, "k_anneal_frac": 0.5}), ("jumprelu", {"b_dec_init": "zero"})):
+    for arch, section in (
+        ("batchtopk", {"k_anneal_start": 64, "k_anneal_frac": 0.5}),
+        ("jumprelu", {"b_dec_init": "zero"}),
+    ):
         cfg = SAEConfig(architecture=arch, **{arch: section})
         assert section.items() <= cfg.model_dump()[arch].items()
         assert build(cfg, 16).arch_params() == cfg.arch_params()
@@ -101,4 +108,6 @@ def test_k_anneal_frac_without_a_start_is_refused(arch):
     """A fraction set without k_anneal_start would be silently ignored: refused, naming both keys."""
     with pytest.raises(ValueError, match="k_anneal_frac .* without k_anneal_start"):
         SAEConfig(architecture=arch, **{arch: {"k": 4, "k_anneal_frac": 0.5}})
-    SAEConfig(architecture=arch, **{arch: {"k": 4, "k_anneal_frac": 0.8}})  # the default value, as params.yaml writes it
+    SAEConfig(
+        architecture=arch, **{arch: {"k": 4, "k_anneal_frac": 0.8}}
+    )  # the default value, as params.yaml writes it

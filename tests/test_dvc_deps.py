@@ -1,90 +1,75 @@
-"""dvc.yaml cannot go stale: each stage depends on exactly its import closure; train's params are per key, cadence left out."""
+"""dvc.yaml cannot go stale: one stage convention, each stage lists exactly its code, train's params per key."""
 
 from pathlib import Path
 
+import pytest
 import yaml
 
-from saelab.checkpoint import CADENCE_KEYS
+from saelab import deps
 from saelab.config import SAEConfig
-from saelab.deps import closure
+from saelab.training.checkpoint import CADENCE_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
-def _library_deps(stage: dict) -> set[Path]:
-    out = set()
-    for d in stage["deps"]:
-        path = str(d).split("#")[0].strip().replace("${lib}", "src/saelab")
-        p = REPO / path
-        if path.startswith("src/"):
-            out |= {f for f in p.rglob("*.py")} if p.is_dir() else {p}
-    return out
+def _code_deps(stage: dict) -> list[str]:
+    return [str(d).split("#")[0].strip() for d in stage["deps"] if deps.CODE_DEP.match(f"- {d}")]
 
 
-def test_every_stage_lists_exactly_its_import_closure():
-    """For every stage, the library files in its deps equal the saelab modules its script imports
-    (transitively, lazy imports included): an unlisted import or a stale entry fails."""
-    for name, stage in STAGES.items():
-        script = REPO / "stages" / f"{name}.py"
-        assert f"stages/{name}.py" in stage["deps"], name
-        want, have = closure(script), _library_deps(stage)
-        assert have == want, f"{name}: missing {sorted(map(str, want - have))}, stale {sorted(map(str, have - want))}"
+@pytest.mark.parametrize("pipeline", deps.PIPELINES)
+def test_every_stage_of_every_pipeline_lists_exactly_its_code(pipeline):
+    """Every stage runs `python -m <module>` and lists that module's file and its import closure (saelab and
+    research, lazy imports included) as its code deps: an unlisted import or a stale entry fails."""
+    for name, stage in deps.stages(REPO / pipeline).items():
+        want = deps.code_deps(stage["cmd"])
+        assert _code_deps(stage) == want, f"{pipeline} {name}: run `python -m saelab.deps --fix`"
+
+
+def test_stage_modules_follow_one_convention():
+    """Root stages are modules of stages/, a research pipeline's are modules of its own stages/ package."""
+    for pipeline in deps.PIPELINES:
+        package = "stages" if pipeline == "dvc.yaml" else Path(pipeline).parent.as_posix().replace("/", ".") + ".stages"
+        for name, stage in deps.stages(REPO / pipeline).items():
+            assert deps.stage_module(stage["cmd"]).rsplit(".", 1)[0] == package, (pipeline, name)
+
+
+def test_a_cmd_outside_the_convention_is_refused():
+    """A stage that runs a script by path instead of `python -m` is refused with the rule's name."""
+    with pytest.raises(ValueError, match="one stage convention"):
+        deps.code_deps("python ../stages/q_train.py --run base")
 
 
 def test_closure_sees_lazy_imports(tmp_path):
-    """An import inside a function body is part of the closure (stream.py imports lm lazily)."""
+    """An import inside a function body is part of the closure."""
     script = tmp_path / "s.py"
-    script.write_text("def f():\n    from saelab.lm import load_lm\n")
-    assert REPO / "src/saelab/lm.py" in closure(script)
+    script.write_text("def f():\n    from saelab.data.lm import load_lm\n")
+    assert REPO / "src/saelab/data/lm.py" in deps.closure(script)
+
+
+def test_fix_restores_a_drifted_list(tmp_path):
+    """--fix rewrites a stage whose code deps lost an entry and gained a stale one, and leaves the rest alone."""
+    text = (REPO / "dvc.yaml").read_text()
+    drifted = text.replace("      - ${lib}/data/text.py\n", "      - ${lib}/gone.py\n", 1)
+    assert drifted != text
+    path = tmp_path / "dvc.yaml"
+    path.write_text(drifted)
+    assert deps.fix(path) and path.read_text() == text
+
+
+def test_stages_before_train_import_no_architecture():
+    """text, lm, tokens and activations do not depend on saelab/saes/: an architecture change reruns from train on."""
+    for name in ("text", "lm", "tokens", "activations"):
+        assert not [d for d in _code_deps(STAGES[name]) if "/saes/" in d], name
 
 
 def test_training_params_are_per_key_without_cadence():
     """train depends on every sae key that changes the SAE and on none of the logging/checkpoint cadence."""
+    import saelab.saes
+
     params = set(STAGES["train"]["params"])
-    training = {f"sae.{k}" for k in SAEConfig.model_fields if k not in ("seed", "log_every", "checkpoint_every")}
+    fields = [*SAEConfig.model_fields, *saelab.saes.BUILTINS[1:]]  # the sections of the built-ins but standard
+    training = {f"sae.{k}" for k in fields if k not in ("seed", "log_every", "checkpoint_every")}
     assert training <= params
     assert not {"sae", "sae.log_every", "sae.checkpoint_every"} & params
     assert {"log_every", "checkpoint_every"} <= set(CADENCE_KEYS)
-
-
-def test_exp_show_opens_with_the_sae_headline_then_l1_coeff():
-    """`dvc exp show` lists metrics (dvc.yaml order, file key order) before params (params.yaml order):
-    one declared metrics file whose first keys are CE recovered, L0 and EV, and sae.l1_coeff as the
-    first param, so a 200-column terminal shows all four without flags."""
-    from saelab.evaluate import HEADLINE
-
-    declared = [next(iter(m)) if isinstance(m, dict) else m for s in STAGES.values() for m in s.get("metrics", [])]
-    assert declared == ["metrics/evaluate.json"]
-    assert HEADLINE[:3] == ("ce_recovered_zero", "l0", "explained_variance") and len(HEADLINE) <= 10
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert next(iter(params)) == "sae" and list(params["sae"])[:2] == ["architecture", "l1_coeff"]
-
-
-def test_synthetic_stages_list_exactly_their_import_closure():
-    """synthetic/dvc.yaml too: each stage's library deps are its script's import closure."""
-    synth = yaml.safe_load((REPO / "synthetic/dvc.yaml").read_text())["stages"]
-    for name, stage in synth.items():
-        stage = stage.get("do", stage)
-        deps = [str(d).replace("${lib}", "../src/saelab") for d in stage["deps"]]
-        script = REPO / "stages" / f"synth_{name}.py"
-        assert f"../stages/synth_{name}.py" in deps, name
-        have = {REPO / d.removeprefix("../") for d in deps if d.startswith("../src/")}
-        want = closure(script)
-        assert have == want, f"{name}: missing {sorted(map(str, want - have))}, stale {sorted(map(str, have - want))}"
-
-
-def test_question_stages_list_exactly_their_import_closure():
-    """questions/dvc.yaml too: each stage's library deps are its script's import closure."""
-    stages = yaml.safe_load((REPO / "questions/dvc.yaml").read_text())["stages"]
-    script_of = {"activations": "q_activations", "train": "q_train", "train_hook": "q_train",
-                 "train_derived": "q_train", "answer": "q_answer"}
-    assert set(stages) == set(script_of)
-    for name, stage in stages.items():
-        stage = stage.get("do", stage)
-        deps = [str(d).replace("${lib}", "../src/saelab") for d in stage["deps"]]
-        script = REPO / "stages" / f"{script_of[name]}.py"
-        assert f"../stages/{script.name}" in deps and script.name in stage["cmd"], name
-        have = {REPO / d.removeprefix("../") for d in deps if d.startswith("../src/")}
-        want = closure(script)
-        assert have == want, f"{name}: missing {sorted(map(str, want - have))}, stale {sorted(map(str, have - want))}"

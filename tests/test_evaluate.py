@@ -3,11 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from saelab.hooks import hook_activations
 from saelab.config import EvaluateConfig
-from saelab.evaluate import ce_recovered, evaluate, explained_variance, l2_ratios, token_ce
-from saelab.lm import load_lm
-from saelab.sae import SAE
+from saelab.data.hooks import hook_activations
+from saelab.data.lm import load_lm
+from saelab.eval.evaluate import ce_recovered, evaluate, explained_variance, l2_ratios, token_ce
+from saelab.saes.base import SAE
 
 
 def test_ce_recovered_by_hand():
@@ -58,8 +58,15 @@ def test_perfect_sae_recovers_all_loss(tiny_lm):
     lm = load_lm(path)
     tokens = torch.from_numpy(rows[:8].astype(np.int64))
     mean = hook_activations(lm.model, tokens, "blocks.0.mlp.hook_post", 0).reshape(-1, 64).mean(0)
-    m, per_feature = evaluate(lm.model, _identity_sae(64), rows, "blocks.0.mlp.hook_post", mean,
-                              EvaluateConfig(ce_max_tokens=64, batch_rows=4), "cpu")
+    m, per_feature = evaluate(
+        lm.model,
+        _identity_sae(64),
+        rows,
+        "blocks.0.mlp.hook_post",
+        mean,
+        EvaluateConfig(ce_max_tokens=64, batch_rows=4),
+        "cpu",
+    )
     assert m["ce_sae"] == pytest.approx(m["ce_clean"], abs=1e-5)
     assert m["ce_recovered_zero"] == pytest.approx(1.0, abs=1e-4)
     assert m["explained_variance"] == pytest.approx(1.0, abs=1e-6) and m["l2_ratio"] == pytest.approx(1.0)
@@ -74,8 +81,15 @@ def test_zero_sae_recovers_nothing(tiny_lm):
     sae = SAE(64, 128, seed=0)
     with torch.no_grad():
         sae.b_enc.fill_(-1e6)
-    m, per_feature = evaluate(lm.model, sae, rows, "blocks.0.mlp.hook_post", torch.zeros(64),
-                              EvaluateConfig(ce_max_tokens=64, batch_rows=4), "cpu")
+    m, per_feature = evaluate(
+        lm.model,
+        sae,
+        rows,
+        "blocks.0.mlp.hook_post",
+        torch.zeros(64),
+        EvaluateConfig(ce_max_tokens=64, batch_rows=4),
+        "cpu",
+    )
     assert m["ce_recovered_zero"] == pytest.approx(0.0, abs=1e-6)
     assert m["l0"] == 0 and m["frac_dead"] == 1.0 and (per_feature["fired"] == 0).all()
 
@@ -85,7 +99,7 @@ def test_topk_all_equals_ce_recovered_zero_on_the_same_sample(tiny_lm):
     sample: equal to 1e-9, and the analysis MSE equals evaluate's on those rows, for an imperfect SAE."""
     from saelab.analysis.passes import run_pass
     from saelab.config import AnalysisConfig
-    from saelab.evaluate import EvalSample
+    from saelab.eval.evaluate import EvalSample
 
     path, rows = tiny_lm
     lm = load_lm(path)
@@ -93,10 +107,21 @@ def test_topk_all_equals_ce_recovered_zero_on_the_same_sample(tiny_lm):
     cfg = EvaluateConfig(max_tokens=96, ce_max_tokens=96, batch_rows=4, seed=5)
     m, _ = evaluate(lm.model, sae, rows, "blocks.0.mlp.hook_post", torch.zeros(64), cfg, "cpu", lm.bos_token_id)
     sample = EvalSample.draw(len(rows), rows.shape[1], None, cfg)
-    res = run_pass(lm.model, sae, rows, "blocks.0.mlp.hook_post", torch.zeros(128, dtype=torch.bool),
-                   AnalysisConfig(topk=(1, 3), batch_rows=4), sample, "cpu", lm.bos_token_id)
+    res = run_pass(
+        lm.model,
+        sae,
+        rows,
+        "blocks.0.mlp.hook_post",
+        torch.zeros(128, dtype=torch.bool),
+        AnalysisConfig(topk=(1, 3), batch_rows=4),
+        sample,
+        "cpu",
+        lm.bos_token_id,
+    )
     assert abs(m["ce_recovered_zero"] - 1) > 1e-3  # an imperfect SAE: the equality below is not 1 == 1
-    assert ce_recovered(res.ce_clean, res.topk["all"]["ce"], res.ce_zero) == pytest.approx(m["ce_recovered_zero"], abs=1e-9)
+    assert ce_recovered(res.ce_clean, res.topk["all"]["ce"], res.ce_zero) == pytest.approx(
+        m["ce_recovered_zero"], abs=1e-9
+    )
     assert res.topk["all"]["mse"] == pytest.approx(m["mse"], rel=1e-6)
     assert res.topk[1]["mse"] != pytest.approx(res.topk["all"]["mse"])  # k = 1 really drops features
 
@@ -104,7 +129,7 @@ def test_topk_all_equals_ce_recovered_zero_on_the_same_sample(tiny_lm):
 def test_eval_sample_is_seeded_spread_and_nested():
     """The eval sample is a seeded random draw over the whole split (not its first rows); CE rows are a
     subset of the statistics rows; another seed draws other rows."""
-    from saelab.evaluate import EvalSample
+    from saelab.eval.evaluate import EvalSample
 
     ev = EvaluateConfig(max_tokens=2000, ce_max_tokens=500, seed=0)
     a = EvalSample.draw(1000, 10, 2000, ev)
@@ -126,7 +151,7 @@ def test_scaled_reconstruction_gives_hand_ev_and_l2_ratio(tiny_lm):
         sae.W_dec.mul_(0.5)
     cfg = EvaluateConfig(max_tokens=64, ce_max_tokens=32, batch_rows=4)
     m, _ = evaluate(lm.model, sae, rows, "blocks.0.mlp.hook_post", torch.zeros(64), cfg, "cpu", lm.bos_token_id)
-    from saelab.evaluate import EvalSample
+    from saelab.eval.evaluate import EvalSample
 
     s = EvalSample.draw(len(rows), rows.shape[1], 64, cfg)
     tokens = torch.from_numpy(rows[np.sort(np.r_[s.ce, s.rest])].astype(np.int64))
@@ -140,8 +165,8 @@ def test_scaled_reconstruction_gives_hand_ev_and_l2_ratio(tiny_lm):
 def test_bos_positions_stay_clean_in_every_splice(tiny_lm):
     """Under the exclude policy a splice leaves BOS positions untouched: zero ablation of every other
     position changes CE, and ablating only covered positions of an all-BOS row changes nothing."""
-    from saelab.evaluate import clean_pass, spliced_ce
-    from saelab.hooks import covered_positions
+    from saelab.data.hooks import covered_positions
+    from saelab.eval.evaluate import clean_pass, spliced_ce
 
     path, rows = tiny_lm
     lm = load_lm(path)
@@ -151,4 +176,6 @@ def test_bos_positions_stay_clean_in_every_splice(tiny_lm):
     assert not cov.any()
     assert torch.equal(spliced_ce(lm.model, tokens, "blocks.0.mlp.hook_post", torch.zeros_like(x), cov), clean)
     everywhere = torch.ones_like(cov)
-    assert not torch.equal(spliced_ce(lm.model, tokens, "blocks.0.mlp.hook_post", torch.zeros_like(x), everywhere), clean)
+    assert not torch.equal(
+        spliced_ce(lm.model, tokens, "blocks.0.mlp.hook_post", torch.zeros_like(x), everywhere), clean
+    )

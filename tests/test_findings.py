@@ -1,15 +1,22 @@
 """The findings gatherer: regimes recognised by their one changed param, verdicts by hand."""
 
-from saelab.findings import QUANTITIES, gather, regime_of, table, verdict
+from research.findings import QUANTITIES, gather, regime_of, table, verdict
 
 DEFAULTS = {"seeds": [0, 1], "sae": {"lr": 0.003, "l1_coeff": 1.0, "n_tokens": 2_000_000}}
 
 
 def _run(sae, ce, name="exp", rev=None):
     rev = rev or str(ce)
-    return {"rev": rev, "name": name, "data": {"rev": rev, "timestamp": "2026-11-23T12:00:00",
-                                               "params": {"params.yaml": {"data": {"seeds": [0], "sae": sae}}},
-                                               "metrics": {"metrics/evaluate.json": {"data": {}}}}}
+    return {
+        "rev": rev,
+        "name": name,
+        "data": {
+            "rev": rev,
+            "timestamp": "2026-11-23T12:00:00",
+            "params": {"params.yaml": {"data": {"seeds": [0], "sae": sae}}},
+            "metrics": {"metrics/evaluate.json": {"data": {}}},
+        },
+    }
 
 
 def _read(rev):
@@ -35,9 +42,12 @@ def test_verdicts_by_hand():
 
 def test_table_applies_each_criterion_per_regime():
     """CE recovered 0.95 (default) and 0.7 (l1 2.0) against ">= 0.90": holds in some, naming the default."""
-    runs = [_run(DEFAULTS["sae"], 0.95, "workspace", "workspace"), _run({**DEFAULTS["sae"], "l1_coeff": 2.0}, 0.7),
-            _run({**DEFAULTS["sae"], "lr": 0.001}, 0.5, "running-lr", "workspace"),  # queued/running: skipped
-            _run(DEFAULTS["sae"], 0.1, "old-commit")]  # a baseline that is not the workspace: skipped
+    runs = [
+        _run(DEFAULTS["sae"], 0.95, "workspace", "workspace"),
+        _run({**DEFAULTS["sae"], "l1_coeff": 2.0}, 0.7),
+        _run({**DEFAULTS["sae"], "lr": 0.001}, 0.5, "running-lr", "workspace"),  # queued/running: skipped
+        _run(DEFAULTS["sae"], 0.1, "old-commit"),
+    ]  # a baseline that is not the workspace: skipped
     found = gather(runs, DEFAULTS, lambda rev: _read(rev if rev != "workspace" else "0.95"))
     row = next(r for r in table(found) if r["quantity"] == QUANTITIES[0].name)
     assert row["default"] == 0.95 and row["l1_coeff 2.0"] == 0.7

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from saelab.config import ARCHITECTURES
-from saelab.interchange import export_saelens, load_seed, main
-from saelab.sae import SAE
+from saelab.saes import BUILTINS as ARCHITECTURES
+from saelab.interop.saelens import export_saelens, load_seed, main
+from saelab.saes.base import SAE
 
 
 def test_saelens_export_keys_shapes_and_config(tmp_path):
@@ -22,16 +22,27 @@ def test_saelens_export_keys_shapes_and_config(tmp_path):
     assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"]) == (8, 32, "float32")
     assert cfg["normalize_activations"] == "none" and cfg["metadata"]["hook_name"] == "blocks.0.mlp.hook_post"
     w = load_file(str(tmp_path / "sae_weights.safetensors"))
-    assert {k: tuple(v.shape) for k, v in w.items()} == {"W_enc": (8, 32), "W_dec": (32, 8), "b_enc": (32,), "b_dec": (8,)}
+    assert {k: tuple(v.shape) for k, v in w.items()} == {
+        "W_enc": (8, 32),
+        "W_dec": (32, 8),
+        "b_enc": (32,),
+        "b_dec": (8,),
+    }
     assert torch.equal(w["W_dec"], sae.W_dec.detach())
 
 
 def _seed_files(tmp_path, d_mlp=16, mult=4):
     g = torch.Generator().manual_seed(0)
-    state = {"W_enc": torch.randn(d_mlp, d_mlp * mult, generator=g), "W_dec": torch.randn(d_mlp * mult, d_mlp, generator=g),
-             "b_enc": torch.randn(d_mlp * mult, generator=g), "b_dec": torch.randn(d_mlp, generator=g)}
+    state = {
+        "W_enc": torch.randn(d_mlp, d_mlp * mult, generator=g),
+        "W_dec": torch.randn(d_mlp * mult, d_mlp, generator=g),
+        "b_enc": torch.randn(d_mlp * mult, generator=g),
+        "b_dec": torch.randn(d_mlp, generator=g),
+    }
     torch.save(state, tmp_path / "25.pt")
-    (tmp_path / "25_cfg.json").write_text(json.dumps({"d_mlp": d_mlp, "dict_mult": mult, "l1_coeff": 3e-4, "layer": 0, "site": "post"}))
+    (tmp_path / "25_cfg.json").write_text(
+        json.dumps({"d_mlp": d_mlp, "dict_mult": mult, "l1_coeff": 3e-4, "layer": 0, "site": "post"})
+    )
     return state
 
 
@@ -59,6 +70,7 @@ def test_seed_import_rejects_wrong_shapes(tmp_path):
 
 def test_seed_import_refuses_pickled_objects(tmp_path):
     """A checkpoint that needs arbitrary unpickling is refused (weights_only=True)."""
+
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
@@ -94,28 +106,50 @@ def _saelens_ready() -> str | None:
 def test_real_saelens_loads_every_export_with_its_metadata(tmp_path, arch):
     """SAELens 6.54's SAE.load_from_disk reads our export of each architecture: hook_name, model_name and
     context_size survive in cfg.metadata, and its encode/decode equal ours within 1e-5 on cached activations."""
-    from saelab.architectures import build
-    from saelab.cache import ActivationCache
     from saelab.config import SAEConfig
-    from saelab.train import train_sae
+    from saelab.data.cache import ActivationCache
+    from saelab.registry import build
+    from saelab.training.trainer import train_sae
     from tests.conftest import make_cache
 
     make_cache(tmp_path / "cache", n_tokens=4000, d=16)
     cache = ActivationCache(tmp_path / "cache")
-    cfg = SAEConfig(architecture=arch, expansion=4, l1_coeff=0.05, batch_size=128, n_tokens=128 * 30, lr_warmup_tokens=0,
-                    checkpoint_every=0, topk={"k": 6}, batchtopk={"k": 6, "threshold_frac": 0.5},
-                    jumprelu={"l0_coeff": 0.05, "threshold_init": 0.05})
+    cfg = SAEConfig(
+        architecture=arch,
+        expansion=4,
+        l1_coeff=0.05,
+        batch_size=128,
+        n_tokens=128 * 30,
+        lr_warmup_tokens=0,
+        checkpoint_every=0,
+        topk={"k": 6},
+        batchtopk={"k": 6, "threshold_frac": 0.5},
+        jumprelu={"l0_coeff": 0.05, "threshold_init": 0.05},
+    )
     sae = build(cfg, cache.d, seed=0)
     train_sae(sae, cache.batches(128, seed=0), cfg, torch.device("cpu"))  # trained: thresholds and norms not at init
     x = next(cache.batches(512, seed=1)).float()
     export_saelens(sae, tmp_path / "export", "blocks.0.mlp.hook_post", "gelu-1l", 128)
     save_file({"x": x.contiguous()}, str(tmp_path / "x.safetensors"))
-    res = subprocess.run([str(SAELENS_PY), str(Path(__file__).parent / "saelens_roundtrip.py"), str(tmp_path / "export"),
-                          str(tmp_path / "x.safetensors"), str(tmp_path / "out.safetensors"), str(tmp_path / "meta.json")],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            str(SAELENS_PY),
+            str(Path(__file__).parent / "saelens_roundtrip.py"),
+            str(tmp_path / "export"),
+            str(tmp_path / "x.safetensors"),
+            str(tmp_path / "out.safetensors"),
+            str(tmp_path / "meta.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     meta = json.loads((tmp_path / "meta.json").read_text())
-    assert meta["hook_name"] == "blocks.0.mlp.hook_post" and meta["model_name"] == "gelu-1l" and meta["context_size"] == 128
+    assert (
+        meta["hook_name"] == "blocks.0.mlp.hook_post"
+        and meta["model_name"] == "gelu-1l"
+        and meta["context_size"] == 128
+    )
     assert meta["architecture"] == {"standard_april": "standard", "batchtopk": "jumprelu"}.get(arch, arch)
     theirs = load_file(str(tmp_path / "out.safetensors"))
     with torch.no_grad():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from saelab import lm
-from saelab.hub import HubUnavailable
+from saelab.data import lm
+from saelab.interop.hub import HubUnavailable
 
 
 def test_pretrained_without_network_fails_fast(monkeypatch):
@@ -45,8 +45,8 @@ def test_tokenizer_vocab_mismatch_is_caught(tiny_lm, tmp_path):
 
 def test_training_lowers_loss_below_unigram():
     """A few dozen steps on a repetitive corpus beat the unigram baseline."""
+    from saelab.data.tokens import tokenize_texts
     from tests.conftest import CORPUS, TINY_LM
-    from saelab.tokens import tokenize_texts
 
     tok = lm.train_tokenizer(CORPUS, 300)
     rows = tokenize_texts(tok, CORPUS, 16, tok.token_to_id(lm.BOS))

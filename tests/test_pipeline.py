@@ -23,15 +23,22 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) else v
+        out[k] = merge(base.get(k, {}), v) if isinstance(v, dict) else v
     return out
 
 
+def _code_root(cwd: Path) -> Path:
+    """The copy of the repository ``cwd`` lies in (the nearest folder above it holding src/)."""
+    return next(p for p in (cwd, *cwd.parents) if (p / "src").is_dir())
+
+
 def _run(cmd, cwd, check=True, **kw):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(cwd / "src")}
+    """``cmd`` with this venv's dvc and python, importing saelab and research from the copy under test."""
+    root = _code_root(Path(cwd))
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": f"{root / 'src'}:{root}"}
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
     if check and res.returncode != 0:
         raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
@@ -42,10 +49,16 @@ def _git(cwd, *args):
     return _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd)
 
 
+def copy_code(dest: Path) -> None:
+    """The code of the repository (library, stages, research pipelines without their results) into ``dest``."""
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "results", "dvc.lock", "metrics.json", "FINDINGS.md")
+    for name in ("stages", "src", "research"):
+        shutil.copytree(REPO / name, dest / name, ignore=skip)
+
+
 def make_repo(dest: Path, overrides: dict | None = None) -> Path:
     """A copy of the pipeline (code, dvc.yaml, tiny params over the defaults), committed to git."""
-    for name in ("stages", "src"):
-        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    copy_code(dest)
     shutil.copy(REPO / "dvc.yaml", dest)
     shutil.copy(REPO / ".gitignore", dest)
     corpus = dest / "corpus"
@@ -55,7 +68,7 @@ def make_repo(dest: Path, overrides: dict | None = None) -> Path:
         shutil.copy(f, corpus / f"{f.parent.name}_{f.name}")
     tiny = yaml.safe_load((REPO / "tests/tiny_params.yaml").read_text())
     tiny["text"]["source"] = "dir:corpus"  # relative to the repo root, so two copies hash alike
-    params = _merge(_merge(yaml.safe_load((REPO / "params.yaml").read_text()), tiny), overrides or {})
+    params = merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), tiny), overrides or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _git(dest, "init", "-q")
     _run(["dvc", "init", "-q"], dest)
@@ -73,12 +86,27 @@ def repo(tmp_path_factory):
 
 def test_repro_produces_every_output(repo):
     """A full `dvc repro` writes models, cache, metrics and plots, and leaves nothing to rerun."""
-    for p in ("models/lm/model.safetensors", "models/lm/tokenizer.json", "data/tokens/train.parquet",
-              "data/activations/manifest.json", "models/saes/seed-0/sae.safetensors", "models/saes/seed-1/config.json",
-              "reports/figures/report/density.png", "reports/figures/report/training_curves.png", "plots/report/density.csv",
-              "plots/train/seed-0/plots/metrics/l0.tsv", "metrics/compare.json", "reports/figures/compare/best_match_cosine.png",
-              "models/saes/seed-0/saelens/cfg.json", "models/saes/seed-0/saelens/sae_weights.safetensors", "metrics/analysis.json",
-              "data/analysis/examples.parquet", "reports/figures/analysis/topk.png", "plots/analysis/topk.csv", "reports/index.html"):
+    for p in (
+        "models/lm/model.safetensors",
+        "models/lm/tokenizer.json",
+        "data/tokens/train.parquet",
+        "data/activations/manifest.json",
+        "models/saes/seed-0/sae.safetensors",
+        "models/saes/seed-1/config.json",
+        "reports/figures/report/density.png",
+        "reports/figures/report/training_curves.png",
+        "plots/report/density.csv",
+        "plots/train/seed-0/plots/metrics/l0.tsv",
+        "metrics/compare.json",
+        "reports/figures/compare/best_match_cosine.png",
+        "models/saes/seed-0/saelens/cfg.json",
+        "models/saes/seed-0/saelens/sae_weights.safetensors",
+        "metrics/analysis.json",
+        "data/analysis/examples.parquet",
+        "reports/figures/analysis/topk.png",
+        "plots/analysis/topk.csv",
+        "reports/index.html",
+    ):
         assert (repo / p).exists(), p
     c = json.loads((repo / "metrics/compare.json").read_text())
     for key in ("best_cos_median", "share_matched_above_0.9", "share_matched_above_0.7", "matching_exact"):
@@ -86,8 +114,19 @@ def test_repro_produces_every_output(repo):
     m = json.loads((repo / "metrics/evaluate.json").read_text())
     for key in ("ce_recovered_zero", "ce_recovered_mean", "explained_variance", "l0", "l2_ratio", "frac_dead", "mse"):
         assert isinstance(m[key], float)
-    for stage in ("text", "tokens", "lm", "activations", "train/seed-0", "train/seed-1", "compare", "evaluate", "analyze",
-                  "report", "browser"):
+    for stage in (
+        "text",
+        "tokens",
+        "lm",
+        "activations",
+        "train/seed-0",
+        "train/seed-1",
+        "compare",
+        "evaluate",
+        "analyze",
+        "report",
+        "browser",
+    ):
         assert json.loads((repo / f"timings/{stage}.json").read_text())["peak_rss_mb"] > 50, stage
     assert "up to date" in _run(["dvc", "status"], repo).stdout
     assert not list(repo.rglob(".*.tmp"))
@@ -124,10 +163,34 @@ def test_stream_mode_trains_from_the_lm_without_the_cache(repo, tmp_path):
     params["sae"] |= {"source": "stream", "stream_buffer_tokens": 2048, "stream_batch_rows": 8}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "sae"
-    res = _run([sys.executable, "-m", "stages.train", "--params", str(tmp_path / "params.yaml"), "--seed", "0",
-                "--activations", str(tmp_path / "no-cache-here"), "--lm", "models/lm", "--tokens", "data/tokens",
-                "--out", str(out), "--live", str(tmp_path / "live"), "--metrics", str(tmp_path / "m.json"), "--timing", str(tmp_path / "t.json"),
-                "--checkpoints", str(tmp_path / "ck")], repo)
+    res = _run(
+        [
+            sys.executable,
+            "-m",
+            "stages.train",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--seed",
+            "0",
+            "--activations",
+            str(tmp_path / "no-cache-here"),
+            "--lm",
+            "models/lm",
+            "--tokens",
+            "data/tokens",
+            "--out",
+            str(out),
+            "--live",
+            str(tmp_path / "live"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--timing",
+            str(tmp_path / "t.json"),
+            "--checkpoints",
+            str(tmp_path / "ck"),
+        ],
+        repo,
+    )
     assert "stream tokens" in res.stderr
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["source"] == "stream" and m["train_tokens"] == params["sae"]["n_tokens"]
@@ -149,9 +212,31 @@ def test_bad_params_fail_before_work(tmp_path):
     bad["sae"]["l1_coeff"] = -1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
     start = time.time()
-    res = _run([sys.executable, "-m", "stages.train", "--seed", "0", "--params", str(tmp_path / "params.yaml"), "--activations",
-                str(tmp_path / "none"), "--out", str(tmp_path / "sae"), "--live", str(tmp_path / "live"),
-                "--metrics", str(tmp_path / "m.json"), "--timing", str(tmp_path / "t.json"), "--checkpoints", str(tmp_path / "ck")], REPO, check=False)
+    res = _run(
+        [
+            sys.executable,
+            "-m",
+            "stages.train",
+            "--seed",
+            "0",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--activations",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "sae"),
+            "--live",
+            str(tmp_path / "live"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--timing",
+            str(tmp_path / "t.json"),
+            "--checkpoints",
+            str(tmp_path / "ck"),
+        ],
+        REPO,
+        check=False,
+    )
     assert res.returncode == 2 and time.time() - start < 30
     assert "sae.l1_coeff: -1 must be greater than 0" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "sae").exists()
@@ -162,8 +247,23 @@ def test_missing_text_source_fails_clearly(tmp_path):
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     p["text"]["source"] = f"dir:{tmp_path / 'nowhere'}"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
-    res = _run([sys.executable, "-m", "stages.text", "--params", str(tmp_path / "params.yaml"),
-                "--out", str(tmp_path / "text"), "--metrics", str(tmp_path / "m.json"), "--timing", str(tmp_path / "t.json")], REPO, check=False)
+    res = _run(
+        [
+            sys.executable,
+            "-m",
+            "stages.text",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--out",
+            str(tmp_path / "text"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--timing",
+            str(tmp_path / "t.json"),
+        ],
+        REPO,
+        check=False,
+    )
     assert res.returncode == 2 and "nowhere: no such directory" in res.stderr
     assert not (tmp_path / "text").exists()
 
@@ -195,7 +295,9 @@ def test_killed_stage_leaves_no_complete_output(tmp_path):
 
 
 def _outs(lock: dict) -> dict:
-    return {o["path"]: o["md5"] for st in lock["stages"].values() for o in [*st.get("outs", []), *st.get("metrics", [])]}
+    return {
+        o["path"]: o["md5"] for st in lock["stages"].values() for o in [*st.get("outs", []), *st.get("metrics", [])]
+    }
 
 
 def test_two_runs_are_byte_identical(tmp_path):
@@ -248,10 +350,13 @@ def _queue(repo, values) -> str:
 
 def _swept_l1(repo) -> set[float]:
     """The ``sae.l1_coeff`` values of the experiments that finished with metrics."""
-    from saelab.frontier import points
+    from research.frontier import points
 
-    return {p["value"] for p in points(json.loads(_run(["dvc", "exp", "show", "--json"], repo).stdout))
-            if p["knob"] == "l1_coeff"}
+    return {
+        p["value"]
+        for p in points(json.loads(_run(["dvc", "exp", "show", "--json"], repo).stdout))
+        if p["knob"] == "l1_coeff"
+    }
 
 
 def test_queued_sweep_gathers_a_frontier(repo, tmp_path):
@@ -266,8 +371,11 @@ def test_queued_sweep_gathers_a_frontier(repo, tmp_path):
     wanted = {0.2, 5.0}
     status = _queue(repo, sorted(wanted))
     if missing := wanted - _swept_l1(repo):
-        logs = [_run(["dvc", "queue", "logs", line.split()[0]], repo, check=False).stdout[-3000:]
-                for line in status.splitlines() if "Failed" in line]
+        logs = [
+            _run(["dvc", "queue", "logs", line.split()[0]], repo, check=False).stdout[-3000:]
+            for line in status.splitlines()
+            if "Failed" in line
+        ]
         workers = [f.read_text()[-3000:] for f in (repo / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.out")]
         warnings.warn(f"queued sweep: {sorted(missing)} failed, retrying once\n{status}\n" + "\n".join(logs + workers))
         status = _queue(repo, sorted(missing))
@@ -291,7 +399,11 @@ def test_every_architecture_runs_the_whole_pipeline(repo, tmp_path, arch):
     _git(clone, "add", "-A")
     _git(clone, "commit", "-qm", "baseline", "--allow-empty")
     out = _run(["dvc", "exp", "run", "-S", f"sae.architecture={arch}"], clone).stdout
-    assert "Running stage 'train@0'" in out and "Running stage 'lm'" not in out and "Running stage 'activations'" not in out
+    assert (
+        "Running stage 'train@0'" in out
+        and "Running stage 'lm'" not in out
+        and "Running stage 'activations'" not in out
+    )
     for seed in (0, 1):
         cfg = json.loads((clone / f"models/saes/seed-{seed}/config.json").read_text())
         assert cfg["architecture"] == arch
@@ -302,6 +414,11 @@ def test_every_architecture_runs_the_whole_pipeline(repo, tmp_path, arch):
     assert json.loads((clone / "metrics/train/seed-0.json").read_text())["architecture"] == arch
     d_sae = cfg["d_sae"]
     assert m["l0"] < d_sae / 4, "a sparse code at inference (BatchTopK: its threshold was estimated)"
-    for p in ("metrics/analysis.json", "metrics/compare.json", "reports/index.html", "reports/figures/analysis/topk.png"):
+    for p in (
+        "metrics/analysis.json",
+        "metrics/compare.json",
+        "reports/index.html",
+        "reports/figures/analysis/topk.png",
+    ):
         assert (clone / p).exists(), p
     assert "up to date" in _run(["dvc", "status"], clone).stdout

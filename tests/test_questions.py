@@ -13,13 +13,14 @@ import pytest
 import torch
 import yaml
 
-from saelab import answers as A
-from saelab.config import ConfigError, SAEConfig
+from research.questions import answers as A
+from research.questions.experiment import QParams, load_question_params, rates_after
+from research.questions.probes import DensityHistory, EncoderPenalty, GradientSum, Holdout, Orthogonalize, Tie
+from saelab.config import SAEConfig
 from saelab.errors import InputError
-from saelab.probes import DensityHistory, EncoderPenalty, GradientSum, Holdout, Orthogonalize, Tie
-from saelab.questions import QParams, load_question_params, rates_after
-from saelab.sae import SAE
-from saelab.train import Trainer
+from saelab.saes.base import SAE
+from saelab.section import ConfigError
+from saelab.training.trainer import Trainer
 from tests.test_pipeline import REPO, _run, make_repo
 from tests.test_train import _batches, _cfg
 
@@ -118,9 +119,11 @@ def test_tied_sae_keeps_w_enc_equal_to_w_dec_transposed_and_learns():
     # updating a transposed gradient) left it at 428 -> 379
     assert rows[-1]["mse"] < 0.1 * rows[0]["mse"]
     untied = []
-    Trainer(SAE(16, 64, seed=0, l1_coeff=0.05), cfg, CPU).run(lambda skip: _batches(), log=lambda s, r: untied.append(r))
+    Trainer(SAE(16, 64, seed=0, l1_coeff=0.05), cfg, CPU).run(
+        lambda skip: _batches(), log=lambda s, r: untied.append(r)
+    )
     assert rows[-1]["mse"] < 5 * untied[-1]["mse"]
-    from saelab.architectures import build
+    from saelab.registry import build
 
     with pytest.raises(InputError, match="standard"):
         Tie(build(SAEConfig(architecture="topk"), 16))
@@ -225,7 +228,7 @@ def test_direction_origin_signs_on_a_hand_built_cluster():
     g = torch.Generator().manual_seed(0)
     d, n = 8, 6
     m = torch.linspace(1.0, 2.0, d)
-    x = (m + 0.1 * torch.randn(4, 16, d, generator=g))
+    x = m + 0.1 * torch.randn(4, 16, d, generator=g)
     sae = SAE(d, n, seed=0)
     with torch.no_grad():
         sae.W_enc[:, :4] = -m[:, None] + 0.05 * torch.randn(d, 4, generator=g)  # the cluster
@@ -270,15 +273,21 @@ def test_splitting_finds_a_partition():
 
 def test_density_curve_and_held_dying_on_a_hand_built_history():
     # 4 features over 6 intervals of 1000 tokens; checks at 2000 and 4000 (window 2000)
-    fires = {0: [0, 1, 0, 0, 0, 0],       # dying at the first check, then silent: steadily rarer
-             1: [50, 60, 55, 40, 50, 50],  # healthy
-             2: [0, 0, 3, 2, 20, 50],      # dying at the first check, then revives
-             3: [9, 9, 0, 0, 0, 0]}        # healthy at the first check, dying at the second
+    fires = {
+        0: [0, 1, 0, 0, 0, 0],  # dying at the first check, then silent: steadily rarer
+        1: [50, 60, 55, 40, 50, 50],  # healthy
+        2: [0, 0, 3, 2, 20, 50],  # dying at the first check, then revives
+        3: [9, 9, 0, 0, 0, 0],
+    }  # healthy at the first check, dying at the second
     T = 6
-    t = pa.table({"tokens": [1000 * (i + 1) for i in range(T) for _ in range(4)],
-                  "feature": [f for _ in range(T) for f in range(4)],
-                  "fires": [fires[f][i] for i in range(T) for f in range(4)],
-                  "interval_tokens": [1000] * (4 * T)})
+    t = pa.table(
+        {
+            "tokens": [1000 * (i + 1) for i in range(T) for _ in range(4)],
+            "feature": [f for _ in range(T) for f in range(4)],
+            "fires": [fires[f][i] for i in range(T) for f in range(4)],
+            "interval_tokens": [1000] * (4 * T),
+        }
+    )
     curve = A.density_curve(t, 1e-2)
     assert [c["frac_ultra_low"] for c in curve] == pytest.approx([0.75, 0.75, 0.75, 0.75, 0.5, 0.5])
     assert [c["frac_zero_fires"] for c in curve] == pytest.approx([0.5, 0.25, 0.5, 0.5, 0.5, 0.5])
@@ -342,25 +351,28 @@ def test_finetune_keeps_l0_and_cuts_the_error_of_a_shrunk_decoder():
 
 
 def _params(**over) -> dict:
-    q = yaml.safe_load((REPO / "questions/params.yaml").read_text())
+    q = yaml.safe_load((REPO / "research/questions/params.yaml").read_text())
     for k, v in over.items():
         q[k] = v
     return q
 
 
 def test_committed_question_params_load(tmp_path):
-    q = load_question_params(REPO / "questions/params.yaml")
+    q = load_question_params(REPO / "research/questions/params.yaml")
     assert q.sae_config("base") == q.default.sae.model_copy(update={"checkpoint_every": 0})
     assert q.sae_config("width-8").expansion == 8 and q.sae_config("seed-3").seed == 3
     assert q.hook("mlp-out-a") == "blocks.0.hook_mlp_out" and q.hook("base") == q.default.activations.hook
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"derived_runs": {"orthogonal": {"probes": {"orthogonalize": "seed-1"}}}}, "density: true"),
-    ({"derived_runs": {"orthogonal": {"probes": {"density": True}}}}, "orthogonalize exactly"),
-    ({"hook_runs": {"mlp-out-a": {"sae": {"l1_coeff": 1.0}}}}, "hook"),
-    ({"runs": {"base": {"probes": {"density": True}}}}, "grad_sum"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"derived_runs": {"orthogonal": {"probes": {"orthogonalize": "seed-1"}}}}, "density: true"),
+        ({"derived_runs": {"orthogonal": {"probes": {"density": True}}}}, "orthogonalize exactly"),
+        ({"hook_runs": {"mlp-out-a": {"sae": {"l1_coeff": 1.0}}}}, "hook"),
+        ({"runs": {"base": {"probes": {"density": True}}}}, "grad_sum"),
+    ],
+)
 def test_bad_question_params_are_refused_with_the_fix(change, match):
     q = _params()
     for section, runs in change.items():
@@ -386,38 +398,51 @@ def test_a_bad_run_override_is_named(tmp_path):
 
 TINY_QUESTIONS = {
     "density_every": 2048,
-    "hook_runs": {f"mlp-out-{c}": {"hook": "blocks.0.hook_mlp_out", "sae": {"d_sae": 64, "l1_coeff": v}}
-                  for c, v in zip("abc", (0.3, 1.0, 3.0))},
+    "hook_runs": {
+        f"mlp-out-{c}": {"hook": "blocks.0.hook_mlp_out", "sae": {"d_sae": 64, "l1_coeff": v}}
+        for c, v in zip("abc", (0.3, 1.0, 3.0))
+    },
     "answer": {"eval_tokens": 2048, "finetune_tokens": 4096, "drop_k": [1, 2], "n_contexts": 3, "batch_rows": 16},
 }
 
 
 def test_tiny_questions_pipeline_runs_with_dvc_repro(tmp_path):
-    """The default tiny pipeline, then `dvc repro` in questions/ (every stage, every question answered,
+    """The default tiny pipeline, then `dvc repro` in research/questions/ (every stage, every question answered,
     the base run bit-identical to the default pipeline's SAE), then nothing left to rerun."""
     import shutil
 
     repo = make_repo(tmp_path / "repo")
     _run(["dvc", "repro", "train@0"], repo)
-    (repo / "questions").mkdir()
-    shutil.copy(REPO / "questions/dvc.yaml", repo / "questions")
     q = _params(**TINY_QUESTIONS)
-    (repo / "questions/params.yaml").write_text(yaml.safe_dump(q, sort_keys=False))
-    _run(["dvc", "repro"], repo / "questions")
-    res = json.loads((repo / "questions/results/answers.json").read_text())
-    for key in ("q1_direction", "q2_orthogonal", "q3_resampling", "q4_dying", "q5_cluster_ablation", "q6_bias_supersets",
-                "q7_hook", "q8_encoder", "q9_shrinkage", "q10_drop_k", "q11_width", "q12_consensus", "q4_dying_unresampled"):
+    (repo / "research/questions/params.yaml").write_text(yaml.safe_dump(q, sort_keys=False))
+    _run(["dvc", "repro"], repo / "research/questions")
+    res = json.loads((repo / "research/questions/results/answers.json").read_text())
+    for key in (
+        "q1_direction",
+        "q2_orthogonal",
+        "q3_resampling",
+        "q4_dying",
+        "q5_cluster_ablation",
+        "q6_bias_supersets",
+        "q7_hook",
+        "q8_encoder",
+        "q9_shrinkage",
+        "q10_drop_k",
+        "q11_width",
+        "q12_consensus",
+        "q4_dying_unresampled",
+    ):
         assert res[key], key
-    assert set(res["runs"]) == set(load_question_params(repo / "questions/params.yaml").every)
+    assert set(res["runs"]) == set(load_question_params(repo / "research/questions/params.yaml").every)
     for name, r in res["runs"].items():  # every run scored on the sample
         assert np.isfinite(r["ce_recovered_zero"]) and r["l0"] > 0 and 0 <= r["frac_ultra_low"] <= 1, name
     assert {f"{mode}_{k}" for mode in ("drop_lowest", "keep_top") for k in (1, 2)} <= set(res["q10_drop_k"])
     assert {"width-1_to_width-2", "width-2_to_base", "base_to_width-8"} <= set(res["q11_width"])
     assert res["q12_consensus"]["n_saes"] == 5 and len(res["q3_resampling"]) == 3
     assert res["q9_shrinkage"]["after_decoder"]["l0"] == pytest.approx(res["q9_shrinkage"]["before"]["l0"])
-    base = SAE.load(repo / "questions/models/base")[0].state_dict()
+    base = SAE.load(repo / "research/questions/models/base")[0].state_dict()
     default = SAE.load(repo / "models/saes/seed-0")[0].state_dict()
     assert all(torch.equal(v, default[k]) for k, v in base.items())
-    assert (repo / "questions/results/q4_ultra_low_share.png").exists()
-    status = _run(["dvc", "status", "dvc.yaml"], repo / "questions").stdout  # this pipeline's stages only
+    assert (repo / "research/questions/results/q4_ultra_low_share.png").exists()
+    status = _run(["dvc", "status", "dvc.yaml"], repo / "research/questions").stdout  # this pipeline's stages only
     assert "changed" not in status and "modified" not in status, status

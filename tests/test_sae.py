@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from saelab.sae import SAE, l0, l1_loss, mse_loss
+from saelab.saes.base import SAE, l0, l1_loss, mse_loss
 
 
 def test_forward_matches_equations():

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from saelab.config import ConfigError, SAEConfig, load_params
-from saelab.lm import load_lm
-from saelab.stream import ActivationStream
-from saelab.train import Trainer
+from saelab.config import SAEConfig, load_params
+from saelab.data.lm import load_lm
+from saelab.data.stream import ActivationStream
+from saelab.section import ConfigError
+from saelab.training.trainer import Trainer
 
 
 class IdLM:
@@ -26,8 +27,18 @@ ROWS = np.arange(N_ROWS * N_CTX, dtype=np.int32).reshape(N_ROWS, N_CTX)
 
 
 def _stream(buffer_tokens=160, batch_rows=3, seed=0):
-    return ActivationStream(IdLM(), ROWS, "blocks.0.mlp.hook_post", 0, 2, buffer_tokens=buffer_tokens,
-                            batch_rows=batch_rows, dtype="fp32", seed=seed, device=torch.device("cpu"))
+    return ActivationStream(
+        IdLM(),
+        ROWS,
+        "blocks.0.mlp.hook_post",
+        0,
+        2,
+        buffer_tokens=buffer_tokens,
+        batch_rows=batch_rows,
+        dtype="fp32",
+        seed=seed,
+        device=torch.device("cpu"),
+    )
 
 
 def _take(it, n):
@@ -81,17 +92,39 @@ def test_unknown_source_is_refused(tmp_path):
 @pytest.mark.parametrize("arch", ["standard", "topk"])
 def test_sae_trains_from_the_stream_of_a_real_lm(tiny_lm, arch):
     """The tiny LM's hook_post activations, streamed, train an SAE (of either architecture) whose loss falls."""
-    from saelab.architectures import build
+    from saelab.registry import build
 
     path, rows = tiny_lm
     loaded = load_lm(path)
     d = loaded.config["tl_config"]["d_mlp"]
-    stream = ActivationStream(loaded.model, rows, "blocks.0.mlp.hook_post", 0, d, buffer_tokens=512, batch_rows=4,
-                              dtype="fp32", seed=0, device=torch.device("cpu"))
-    cfg = SAEConfig(architecture=arch, expansion=2, l1_coeff=1e-3, lr=3e-3, batch_size=64, n_tokens=64 * 60,
-                    resample_stop=0.0, lr_warmup_tokens=0, log_every=10, source="stream", stream_buffer_tokens=512,
-                    topk={"k": 8})
+    stream = ActivationStream(
+        loaded.model,
+        rows,
+        "blocks.0.mlp.hook_post",
+        0,
+        d,
+        buffer_tokens=512,
+        batch_rows=4,
+        dtype="fp32",
+        seed=0,
+        device=torch.device("cpu"),
+    )
+    cfg = SAEConfig(
+        architecture=arch,
+        expansion=2,
+        l1_coeff=1e-3,
+        lr=3e-3,
+        batch_size=64,
+        n_tokens=64 * 60,
+        resample_stop=0.0,
+        lr_warmup_tokens=0,
+        log_every=10,
+        source="stream",
+        stream_buffer_tokens=512,
+        topk={"k": 8},
+    )
     rows_logged = []
-    Trainer(build(cfg, d, seed=0), cfg, torch.device("cpu")).run(lambda skip: stream.batches(64, skip),
-                                                         lambda step, row: rows_logged.append(row))
+    Trainer(build(cfg, d, seed=0), cfg, torch.device("cpu")).run(
+        lambda skip: stream.batches(64, skip), lambda step, row: rows_logged.append(row)
+    )
     assert rows_logged[-1]["mse"] < 0.5 * rows_logged[0]["mse"]

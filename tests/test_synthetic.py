@@ -13,13 +13,37 @@ import pytest
 import torch
 import yaml
 
-from saelab.cache import ActivationCache
-from saelab.config import ConfigError
-from saelab.recovery import (absorption, at_l0, by_decile, matched_l0, chance_mcc, firing_pr, hungarian, mcc, pos_cos, recovered,
-                             score, shrinkage, task_usage, verdict)
-from saelab.sae import SAE
-from saelab.synthetic import (EVAL, TRAIN, RecoverConfig, SynthParams, World, WorldConfig, firing_probs, load_world,
-                              write_world)
+from tests.test_pipeline import copy_code
+
+from research.synthetic.recovery import (
+    absorption,
+    at_l0,
+    by_decile,
+    chance_mcc,
+    firing_pr,
+    hungarian,
+    matched_l0,
+    mcc,
+    pos_cos,
+    recovered,
+    score,
+    shrinkage,
+    task_usage,
+    verdict,
+)
+from research.synthetic.worlds import (
+    EVAL,
+    TRAIN,
+    RecoverConfig,
+    SynthParams,
+    World,
+    WorldConfig,
+    firing_probs,
+    load_world,
+    write_world,
+)
+from saelab.data.cache import ActivationCache
+from saelab.saes.base import SAE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +53,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_firing_laws_sum_to_l0_and_zipf_decreases():
     z = firing_probs(WorldConfig(n_features=100, l0=3.0, zipf_exponent=1.0))
-    assert z.sum() == pytest.approx(3.0, rel=1e-6) and (np.diff(z) <= 0).all() and z[0] / z[9] == pytest.approx(10, rel=1e-6)
+    assert (
+        z.sum() == pytest.approx(3.0, rel=1e-6)
+        and (np.diff(z) <= 0).all()
+        and z[0] / z[9] == pytest.approx(10, rel=1e-6)
+    )
     c = firing_probs(WorldConfig(n_features=10, firing="constant", l0=2.0))
     np.testing.assert_allclose(c, 0.2)
     capped = firing_probs(WorldConfig(n_features=10, l0=9.0, zipf_exponent=2.0))  # c r_0 > 1: clipped, sum still l0
@@ -48,13 +76,27 @@ def test_geometry(geometry, kw):
         pairs = torch.tensor([g[i, i + 1] for i in range(0, 16, 2)])
         assert pairs.mean() == pytest.approx(0.5, abs=0.1) and off[0, 2:].abs().mean() < 0.25
     if geometry == "random":  # independent directions: off-diagonal cosines spread around 0 at ~1/sqrt(d)
-        assert off.abs().max() > 0.05 and off.abs().sum() / (16 * 15) == pytest.approx((2 / math.pi / 32) ** 0.5, rel=0.35)
+        assert off.abs().max() > 0.05 and off.abs().sum() / (16 * 15) == pytest.approx(
+            (2 / math.pi / 32) ** 0.5, rel=0.35
+        )
         assert not torch.equal(w.D, World(WorldConfig(d=32, n_features=16, geometry=geometry, seed=1)).D)
 
 
 def test_hierarchy_tasks_and_correlation_follow_their_laws():
-    cfg = WorldConfig(d=32, n_features=8, l0=4.0, firing="constant", n_parents=2, children=2, child_prob=0.5,
-                      n_tasks=2, task_size=3, task_prob=0.2, correlation=0.5, correlation_group=2)
+    cfg = WorldConfig(
+        d=32,
+        n_features=8,
+        l0=4.0,
+        firing="constant",
+        n_parents=2,
+        children=2,
+        child_prob=0.5,
+        n_tasks=2,
+        task_size=3,
+        task_prob=0.2,
+        correlation=0.5,
+        correlation_group=2,
+    )
     w = World(cfg)
     x, c = w.sample(20000)
     on = c > 0
@@ -114,7 +156,9 @@ def _perm_dictionary(D, seed=0):
 def test_mcc_is_one_for_the_true_dictionary_in_any_order_and_scale_but_not_flipped():
     D = World(WorldConfig(d=32, n_features=20)).D
     assert mcc(pos_cos(D, D)) == pytest.approx(1.0)
-    W = _perm_dictionary(D) * (torch.rand(20, 1, generator=torch.Generator().manual_seed(1)) * 3 + 0.1)  # permuted, rescaled
+    W = _perm_dictionary(D) * (
+        torch.rand(20, 1, generator=torch.Generator().manual_seed(1)) * 3 + 0.1
+    )  # permuted, rescaled
     assert mcc(pos_cos(W, D)) == pytest.approx(1.0)
     feats, lats = hungarian(pos_cos(W, D))
     assert torch.allclose(W[lats] / W[lats].norm(dim=-1, keepdim=True), D[feats], atol=1e-6)
@@ -172,8 +216,12 @@ def test_task_usage_tells_directions_from_combinations():
     codes = torch.rand(6, 3, generator=torch.Generator().manual_seed(0)) + 0.5
     # directions: one latent per true direction
     u = task_usage(codes, D.clone(), D, on, 0.5)
-    assert u["n_eff"] == pytest.approx(3, rel=0.2) and u["dir_align"] == pytest.approx(1.0) and u["span_align"] == pytest.approx(1.0)
-    assert u["sum_align"] == pytest.approx(3 ** -0.5)  # each direction has cos 1/sqrt(3) with the sum
+    assert (
+        u["n_eff"] == pytest.approx(3, rel=0.2)
+        and u["dir_align"] == pytest.approx(1.0)
+        and u["span_align"] == pytest.approx(1.0)
+    )
+    assert u["sum_align"] == pytest.approx(3**-0.5)  # each direction has cos 1/sqrt(3) with the sum
     assert verdict(u["dir_align"], u["span_align"], u["n_eff_per_direction"], 0.8) == "directions"
     # combinations: one latent per sign pattern of two directions (sums), all inside the span
     combos = torch.stack([D[0] + D[1], D[1] + D[2], D[0] + D[2], D.sum(0)])
@@ -183,7 +231,7 @@ def test_task_usage_tells_directions_from_combinations():
     assert verdict(u["dir_align"], u["span_align"], u["n_eff_per_direction"], 0.8) == "combinations"
     # merged: one latent on the task's sum direction, fewer latents than directions
     u = task_usage(torch.ones(6, 1), D.sum(0, keepdim=True), D, on, 0.5)
-    assert u["n_eff_per_direction"] == pytest.approx(1 / 3) and u["dir_align"] == pytest.approx(3 ** -0.5)
+    assert u["n_eff_per_direction"] == pytest.approx(1 / 3) and u["dir_align"] == pytest.approx(3**-0.5)
     assert u["sum_align"] == pytest.approx(1.0)  # the merged code is measured, not inferred from n_eff
     assert verdict(u["dir_align"], u["span_align"], u["n_eff_per_direction"], 0.8) == "merged"
     # latents outside the task's span do not count; mostly-outside latents give "neither"
@@ -191,7 +239,9 @@ def test_task_usage_tells_directions_from_combinations():
     assert task_usage(torch.ones(6, 2), out, D, on, 0.5)["n_latents"] == 0
     tilted = torch.stack([D[0] + 1.5 * torch.eye(8)[6]])  # 55% of its norm in the span: a task latent, poorly aligned
     u = task_usage(torch.ones(6, 1), tilted, D, on, 0.5)
-    assert u["span_align"] < 0.8 and verdict(u["dir_align"], u["span_align"], u["n_eff_per_direction"], 0.8) == "neither"
+    assert (
+        u["span_align"] < 0.8 and verdict(u["dir_align"], u["span_align"], u["n_eff_per_direction"], 0.8) == "neither"
+    )
     assert verdict(None, None, None, 0.8) == "neither"
 
 
@@ -230,8 +280,11 @@ def test_score_of_the_true_dictionary_as_an_sae():
 
 def _run(cmd, cwd, root=None, check=True):
     """``cmd`` with this venv's dvc and python, importing saelab from ``root``/src (the copy under test)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PYTHONPATH": str(Path(root or cwd) / "src")}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": f"{Path(root or cwd) / 'src'}:{Path(root or cwd)}",
+    }
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and res.returncode:
         raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
@@ -239,18 +292,15 @@ def _run(cmd, cwd, root=None, check=True):
 
 
 def test_tiny_synthetic_pipeline_runs_with_dvc_repro(tmp_path):
-    """`dvc repro` inside synthetic/ (tiny params): generate -> train matrix -> recover; nothing left to rerun;
+    """`dvc repro` inside research/synthetic/ (tiny params): generate -> train matrix -> recover; nothing left to rerun;
     the orthogonal sanity world is recovered by the standard recipe."""
-    for name in ("stages", "src"):
-        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (tmp_path / "synthetic").mkdir()
-    shutil.copy(REPO / "synthetic/dvc.yaml", tmp_path / "synthetic")
-    shutil.copy(REPO / "tests/synthetic_tiny_params.yaml", tmp_path / "synthetic/params.yaml")
+    copy_code(tmp_path)
+    shutil.copy(REPO / "tests/synthetic_tiny_params.yaml", tmp_path / "research/synthetic/params.yaml")
     _run(["git", "init", "-q"], tmp_path)
     _run(["dvc", "init", "-q"], tmp_path)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny", "--allow-empty"], tmp_path)
-    _run(["dvc", "repro"], tmp_path / "synthetic", tmp_path)
-    out = json.loads((tmp_path / "synthetic/results/recovery.json").read_text())
+    _run(["dvc", "repro"], tmp_path / "research/synthetic", tmp_path)
+    out = json.loads((tmp_path / "research/synthetic/results/recovery.json").read_text())
     runs = {r["run"]: r for r in out["runs"]}
     assert set(runs) == set(yaml.safe_load((REPO / "tests/synthetic_tiny_params.yaml").read_text())["runs"])
     assert runs["ortho-standard"]["mcc"] > 0.9
@@ -258,13 +308,14 @@ def test_tiny_synthetic_pipeline_runs_with_dvc_repro(tmp_path):
     for r in runs.values():  # the mixed world's hierarchy and tasks reach the scores
         assert (r.get("absorption_pairs") is not None) == (r["world"] == "mixed")
         assert (r.get("task_n_eff") is not None) == (r["world"] == "mixed")
-        assert (r.get("task_sum_align") is not None) == (r["world"] == "mixed")  # every task_usage measure reaches the row
+        # every task_usage measure reaches the row
+        assert (r.get("task_sum_align") is not None) == (r["world"] == "mixed")
         assert 0 < r["mcc_chance"] < 1 and 0 <= r["mcc"] <= 1
     for f in ("recovery.md", "recovery.csv", "compositional.png", "mcc_vs_l0_mixed.png"):
-        assert (tmp_path / "synthetic/results" / f).exists(), f
-    metrics = json.loads((tmp_path / "synthetic/metrics.json").read_text())
+        assert (tmp_path / "research/synthetic/results" / f).exists(), f
+    metrics = json.loads((tmp_path / "research/synthetic/metrics.json").read_text())
     assert "ortho-standard.mcc" in metrics
-    assert "up to date" in _run(["dvc", "status"], tmp_path / "synthetic", tmp_path).stdout
+    assert "up to date" in _run(["dvc", "status"], tmp_path / "research/synthetic", tmp_path).stdout
     assert not list(tmp_path.rglob(".*.tmp"))
 
 
@@ -273,6 +324,20 @@ def test_bad_synthetic_params_stop_before_any_work(tmp_path):
     bad["runs"]["oops"] = {"world": "nowhere"}
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump(bad))
-    res = _run([sys.executable, str(REPO / "stages/synth_generate.py"), "--params", str(p), "--world", "ortho",
-                "--out", str(tmp_path / "out")], tmp_path, REPO, check=False)
+    res = _run(
+        [
+            sys.executable,
+            "-m",
+            "research.synthetic.stages.generate",
+            "--params",
+            str(p),
+            "--world",
+            "ortho",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        tmp_path,
+        REPO,
+        check=False,
+    )
     assert res.returncode == 2 and "runs.oops.world" in res.stderr and not (tmp_path / "out").exists()

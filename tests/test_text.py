@@ -4,9 +4,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from saelab import text
 from saelab.config import TextConfig
-from saelab.hub import HubUnavailable
+from saelab.data import text
+from saelab.interop.hub import HubUnavailable
 
 
 def test_stdlib_source_is_sorted_and_excludes_site_packages():

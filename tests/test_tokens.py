@@ -1,6 +1,6 @@
 import numpy as np
 
-from saelab.tokens import pack_rows, read_rows, write_rows
+from saelab.data.tokens import pack_rows, read_rows, write_rows
 
 
 def test_rows_start_with_bos_and_follow_the_stream():

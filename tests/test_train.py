@@ -1,10 +1,9 @@
-
 import pytest
 import torch
 
 from saelab.config import SAEConfig
-from saelab.sae import SAE
-from saelab.train import Schedule, resample_, train_sae
+from saelab.saes.base import SAE
+from saelab.training.trainer import Schedule, resample_, train_sae
 
 
 def _batches(d=16, b=64, seed=0):
@@ -17,8 +16,17 @@ def _batches(d=16, b=64, seed=0):
 
 
 def _cfg(**kw):
-    base = dict(expansion=4, l1_coeff=0.05, lr=3e-3, batch_size=64, n_tokens=64 * 300, resample_every=64 * 100,
-                resample_window=64 * 100, lr_warmup_tokens=0, log_every=10)
+    base = dict(
+        expansion=4,
+        l1_coeff=0.05,
+        lr=3e-3,
+        batch_size=64,
+        n_tokens=64 * 300,
+        resample_every=64 * 100,
+        resample_window=64 * 100,
+        lr_warmup_tokens=0,
+        log_every=10,
+    )
     return SAEConfig(**(base | kw))
 
 
@@ -90,7 +98,13 @@ def test_training_is_deterministic():
 def test_logged_rows_see_a_full_window():
     """A log that coincides with a window reset reports the window that just closed, not an empty one."""
     rows = []
-    train_sae(SAE(16, 64, seed=0, l1_coeff=0.05), _batches(), _cfg(), torch.device("cpu"), log=lambda s, r: rows.append((s, r)))
+    train_sae(
+        SAE(16, 64, seed=0, l1_coeff=0.05),
+        _batches(),
+        _cfg(),
+        torch.device("cpu"),
+        log=lambda s, r: rows.append((s, r)),
+    )
     step, last = rows[-1]
     assert step == 300 and last["window_tokens"] == 64 * 100 and last["frac_dead_window"] < 0.5
 
@@ -115,7 +129,7 @@ def test_compiled_step_matches_eager():
 
 def _one_step(sae, x, project: bool):
     """Reference step: Adam on mse + l1, the decoder gradient projected (or not), rows renormalised."""
-    from saelab.sae import l1_loss, mse_loss
+    from saelab.saes.base import l1_loss, mse_loss
 
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2, betas=(0.9, 0.99))
     x_hat, f = sae(x)
@@ -130,10 +144,13 @@ def _one_step(sae, x, project: bool):
 
 def test_train_step_projects_the_decoder_gradient():
     """train_step equals the reference step with the W_dec gradient projection, and not the one without it."""
-    from saelab.train import train_step
+    from saelab.training.trainer import train_step
 
     x = next(_batches())
-    with_proj, without = _one_step(SAE(16, 64, seed=0, l1_coeff=0.05), x, True), _one_step(SAE(16, 64, seed=0, l1_coeff=0.05), x, False)
+    with_proj, without = (
+        _one_step(SAE(16, 64, seed=0, l1_coeff=0.05), x, True),
+        _one_step(SAE(16, 64, seed=0, l1_coeff=0.05), x, False),
+    )
     assert not torch.allclose(with_proj, without, atol=1e-6)  # the projection changes the step
     sae = SAE(16, 64, seed=0, l1_coeff=0.05)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2, betas=(0.9, 0.99))
@@ -174,7 +191,7 @@ def test_resample_scales_encoder_zeroes_moments_and_weights_by_loss_squared():
 
 def test_resample_probabilities_are_loss_squared():
     """Inputs are drawn with weight proportional to their loss (squared error) squared: losses 1 and 3 weigh 1 : 9, not 1 : 3."""
-    from saelab.train import resample_probabilities
+    from saelab.training.trainer import resample_probabilities
 
     w = resample_probabilities(torch.tensor([1.0, 3.0, 0.0]))
     assert w[1] / w[0] == pytest.approx(9.0) and 0 < w[2] < 1e-9
@@ -182,9 +199,11 @@ def test_resample_probabilities_are_loss_squared():
 
 def test_log_rows_average_the_steps_they_saw_after_a_cadence_change():
     """A resumed run logging at a new cadence divides its first row by the steps actually summed, not by log_every."""
-    from saelab.train import Trainer
+    from saelab.training.trainer import Trainer
 
     trainer = Trainer(SAE(16, 64, seed=0, l1_coeff=0.05), _cfg(log_every=7), torch.device("cpu"))
-    trainer.sums += torch.tensor([3.0, 3.0, 3.0, 3.0])  # loss, mse, l0, l1  # three steps of loss 1 were summed under the old cadence
+    trainer.sums += torch.tensor(
+        [3.0, 3.0, 3.0, 3.0]
+    )  # loss, mse, l0, l1  # three steps of loss 1 were summed under the old cadence
     trainer.state.steps_in_sums = 3
     assert trainer._log_row(10)["loss"] == pytest.approx(1.0)

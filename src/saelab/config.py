@@ -8,31 +8,24 @@ cannot silently fall back to a default.
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
-from saelab.errors import InputError
-
-
-class ConfigError(InputError):
-    """A params value is invalid; the message says which key and what is allowed."""
+from saelab import registry
+from saelab.section import ConfigError, Section, format_errors
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TextConfig(_Section):
+class TextConfig(Section):
     source: str = "python-stdlib"
     """``python-stdlib``, ``dir:<path>`` or ``hf:<dataset>[:<config>]``."""
     eval_fraction: float = Field(0.1, gt=0, lt=1)
     """Share of documents (by hash of their id) held out for evaluation."""
-    max_docs: Optional[int] = Field(None, gt=0)
+    max_docs: int | None = Field(None, gt=0)
     """Cap on documents for ``hf:`` sources (streamed); ``None`` = all."""
     text_column: str = "text"
     """Column / JSON field holding the text for jsonl, parquet and hf sources."""
@@ -45,7 +38,7 @@ class TextConfig(_Section):
         raise ValueError("must be 'python-stdlib', 'dir:<path>' or 'hf:<dataset>'")
 
 
-class LMConfig(_Section):
+class LMConfig(Section):
     source: Literal["embedded", "pretrained"] = "embedded"
     """``embedded``: train tokenizer + 1-layer GELU LM here; ``pretrained``: load ``name``."""
     name: str = "gelu-1l"
@@ -66,18 +59,18 @@ class LMConfig(_Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "LMConfig":
+    def _heads_divide(self) -> LMConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"lm.d_model ({self.d_model}) must be divisible by lm.n_heads ({self.n_heads})")
         return self
 
 
-class TokensConfig(_Section):
+class TokensConfig(Section):
     n_ctx: int = Field(128, gt=1)
     """Tokens per row, BOS included; must not exceed the LM's context."""
 
 
-class ActivationsConfig(_Section):
+class ActivationsConfig(Section):
     hook: str = "blocks.0.mlp.hook_post"
     n_tokens: int = Field(2_000_000, gt=0)
     """Activations to cache (capped by the train split)."""
@@ -94,131 +87,32 @@ class ActivationsConfig(_Section):
     like any other token."""
 
 
-class AprilParams(_Section):
-    """``sae.standard_april``: Anthropic's April 2024 recipe (docs/metrics.md, "Architectures")."""
-    dec_init_norm: float = Field(0.1, gt=0)
-    """Norm of every decoder row at initialisation (random directions; W_enc = W_dec^T)."""
-    l1_warmup_frac: float = Field(0.05, ge=0, le=1)
-    """The L1 coefficient rises linearly from 0 over this first fraction of training."""
-    grad_clip: float = Field(1.0, ge=0)
-    """Gradient-norm clipping before each step (0 = off)."""
+def _relocated(err: ValidationError, prefix: tuple) -> list:
+    """``err``'s errors as InitErrorDetails under ``prefix`` (to raise them again from a wrap validator)."""
+    return [
+        InitErrorDetails(type=e["type"], loc=(*prefix, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
+        for e in err.errors()
+    ]
 
 
-class DecoderParams(_Section):
-    """How the decoder rows are kept (topk, batchtopk, jumprelu; docs/metrics.md, "Architectures")."""
-    decoder: Literal["unit", "free"] = "free"
-    """``unit``: rows renormalised to norm 1 after every step, the gradient along each row removed (Gao et
-    al. 2024, sparsify). ``free``: rows of any norm, initialised at ``dec_init_norm``, gradients clipped at
-    ``grad_clip`` (SAELens's recipe); TopK and BatchTopK then select and decode with pre-activations scaled
-    by the row norms (SAELens's ``rescale_acts_by_decoder_norm``). Either way the saved SAE has unit rows:
-    at the end of training the norms are folded into the encoder (and JumpReLU's thresholds)."""
-    dec_init_norm: float = Field(0.1, gt=0)
-    """``free`` only: norm of every decoder row at initialisation (W_enc = W_dec^T)."""
-    grad_clip: float = Field(1.0, ge=0)
-    """``free`` only: gradient-norm clipping before each step (0 = off)."""
+# _DEFERRED: the stages before train (text, lm, tokens, activations) import no architecture, so that
+# dvc.yaml need not rerun them when an architecture's module changes; there the architecture name and
+# sections are accepted unchecked, and every stage that builds or reads an SAE (it imports saelab.saes,
+# which registers them all) checks them before any work. tests/test_config.py holds both sides.
 
 
-K_ANNEAL_FRAC = 0.8  # k_anneal_frac's default
+class SAEConfig(Section):
+    """``sae``: the SAE and its training. Besides the keys below it holds one section per registered
+    architecture (``sae.topk``, ...: its class's ``Params``, saelab.registry), validated here with the
+    rest and dumped after them in registration order, so a new architecture needs no edit of this class."""
 
+    model_config = ConfigDict(extra="allow", frozen=True)  # the architecture sections; _sections refuses the rest
 
-def anneal_problem(k: int, start: int | None, frac: float, threshold_frac: float | None = None,
-                   d_sae: int | None = None) -> str | None:
-    """What is wrong with a k-annealing setting, or None. One check for the params (TopKParams,
-    BatchTopKParams) and the classes (TopK, BatchTopK), which can also be built without params;
-    ``threshold_frac``: BatchTopK's; ``d_sae``: known to the classes only."""
-    if not 0 < frac < 1:  # the params' Field says so too; the classes can be built without them
-        return f"k_anneal_frac ({frac}) must lie in (0, 1): the last steps train at k"
-    if start is None:
-        if frac != K_ANNEAL_FRAC:
-            return (f"k_anneal_frac ({frac}) has no effect without k_anneal_start: set k_anneal_start (the k training "
-                    f"starts at) or leave k_anneal_frac at {K_ANNEAL_FRAC}")
-        return None
-    if start < k:
-        return f"k_anneal_start ({start}) must be >= k ({k}): the schedule falls to k; null turns it off"
-    if d_sae is not None and start > d_sae:
-        return f"k_anneal_start ({start}) must be <= d_sae ({d_sae}); null turns the schedule off"
-    if threshold_frac is not None and frac > 1 - threshold_frac:
-        return (f"k_anneal_frac ({frac}) must end before the inference threshold's window, the last threshold_frac "
-                f"({threshold_frac}) of training: lower one of them")
-    return None
-
-
-class TopKParams(DecoderParams):
-    """``sae.topk``: TopK with the AuxK dead-latent loss (Gao et al. 2024)."""
-    k: int = Field(32, gt=0)
-    """Active latents per token."""
-    k_aux: Optional[int] = Field(None, ge=0)
-    """Dead latents the AuxK loss reconstructs the residual with (null = d_in / 2)."""
-    aux_coeff: float = Field(1.0, ge=0)
-    """Weight of the AuxK loss (0 = off); un-normalised like the mse term. 1 is SAELens's coefficient, without
-    its min(n_dead / k_aux, 1) factor (docs/metrics.md, "Architectures")."""
-    dead_tokens: int = Field(200_000, gt=0)
-    """A latent that has not fired for this many training tokens is dead (for AuxK)."""
-    k_anneal_start: Optional[int] = Field(None, gt=0)
-    """null: k from the first step. Else training starts at this many active latents per token and k falls
-    geometrically to ``k`` over the first ``k_anneal_frac`` of training (docs/metrics.md, "k annealing");
-    fewer dead latents at small k, measured in benchmarks/results/frontier_cpu."""
-    k_anneal_frac: float = Field(K_ANNEAL_FRAC, gt=0, lt=1)
-    """Fraction of training over which k anneals (only with ``k_anneal_start``; another value without it is
-    refused); below 1, so the last steps train at k."""
-
-    @model_validator(mode="after")
-    def _anneal_checks(self) -> "TopKParams":
-        problem = anneal_problem(self.k, self.k_anneal_start, self.k_anneal_frac, getattr(self, "threshold_frac", None))
-        if problem:
-            raise ValueError(problem)
-        return self
-
-    @model_serializer(mode="wrap")
-    def _omit_anneal_when_off(self, handler):
-        """Saved configs carry the schedule only when it is on, so SAEs saved before it existed keep their files."""
-        out = handler(self)
-        if self.k_anneal_start is None:
-            out.pop("k_anneal_start", None)
-            out.pop("k_anneal_frac", None)
-        return out
-
-
-class BatchTopKParams(TopKParams):
-    """``sae.batchtopk``: k x batch latents per batch (Bussmann et al. 2024), JumpReLU at inference."""
-    threshold_frac: float = Field(0.1, gt=0, le=1)
-    """The inference threshold is the mean smallest selected activation over this last fraction of training;
-    k annealing must end before it (TopKParams' check)."""
-
-
-class JumpReLUParams(DecoderParams):
-    """``sae.jumprelu``: learned per-feature thresholds, straight-through estimators (Rajamanoharan et al. 2024)."""
-    l0_coeff: float = Field(1.0, gt=0)
-    """Weight of the sparsity penalty."""
-    bandwidth: float = Field(0.05, gt=0)
-    """Width ε of the straight-through estimators' rectangle kernel (SAELens's default)."""
-    threshold_init: float = Field(0.01, gt=0)
-    sparsity: Literal["step", "tanh"] = "tanh"
-    """``tanh``: Σ tanh(tanh_scale · f · ‖W_dec[i]‖) (Anthropic, January 2025); ``step``: L0 = Σ H(pre − θ)
-    (the paper's; in the CPU frontier's 150-step runs its L0 responded to l0_coeff only from ``b_dec_init: zero``:
-    benchmarks/results/frontier_cpu)."""
-    tanh_scale: float = Field(4.0, gt=0)
-    b_dec_init: Literal["mean", "zero"] = "mean"
-    """b_dec at the start: the first batch's mean, or 0 as SAELens's trainer starts it. With ``step`` the start
-    decides the L0 of short runs (docs/metrics.md, "b_dec's start"). Saved configs carry it only when ``zero``."""
-
-    @model_serializer(mode="wrap")
-    def _omit_default_start(self, handler):
-        out = handler(self)
-        if self.b_dec_init == "mean":  # as TopKParams: SAEs saved before the key existed keep their files
-            out.pop("b_dec_init", None)
-        return out
-
-
-ARCHITECTURES = ("standard", "standard_april", "topk", "batchtopk", "jumprelu")
-
-
-class SAEConfig(_Section):
-    architecture: Literal[ARCHITECTURES] = "standard"
-    """Registered SAE architecture (src/saelab/architectures.py); ``standard`` is the seed's recipe."""
-    expansion: Optional[int] = Field(4, gt=0)
+    architecture: str = "standard"
+    """Registered SAE architecture (src/saelab/saes/); ``standard`` is the reference recipe."""
+    expansion: int | None = Field(4, gt=0)
     """d_sae = expansion * d_in, unless ``d_sae`` is given."""
-    d_sae: Optional[int] = Field(None, gt=0)
+    d_sae: int | None = Field(None, gt=0)
     l1_coeff: float = Field(1.0, gt=0)
     """Multiplies mean over the batch of sum over features of |f| (batch-size independent)."""
     lr: float = Field(3e-3, gt=0)
@@ -259,25 +153,63 @@ class SAEConfig(_Section):
     initialisation, what the seed did), ``none``; ``auto`` = anthropic for standard, none for the others."""
     normalize_activations: Literal["none", "mean_norm"] = "none"
     """``mean_norm``: train on x · s with E‖s·x‖² = d_in (s from the first batch), folded into the saved weights."""
-    standard_april: AprilParams = AprilParams()
-    topk: TopKParams = TopKParams()
-    batchtopk: BatchTopKParams = BatchTopKParams()
-    jumprelu: JumpReLUParams = JumpReLUParams()
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _sections(cls, data, handler):
+        """Validate the keys above with ``handler`` and each architecture's section with its own model;
+        every error of both, with its key path, is raised together (an unknown key is one of them)."""
+        if not isinstance(data, dict):
+            return handler(data)
+        known, strict = registry.sections(), registry.builtins_loaded()
+        errors, found = [], {}
+        for key in data:
+            if key in cls.model_fields or key in known:
+                continue
+            if strict or not isinstance(data[key], dict):
+                errors.append(InitErrorDetails(type="extra_forbidden", loc=(key,), input=data[key]))
+            else:  # an architecture section, checked by the stages that import saelab.saes (_DEFERRED)
+                found[key] = data[key]
+        for name, model in known.items():
+            try:
+                found[name] = model.model_validate(data.get(name, {}))
+            except ValidationError as err:
+                errors += _relocated(err, (name,))
+        try:
+            out = handler({k: v for k, v in data.items() if k in cls.model_fields})
+        except ValidationError as err:
+            errors = _relocated(err, ()) + errors
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        out.__pydantic_extra__.update(found)
+        out._check_sections()
+        return out
+
+    @field_validator("architecture")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if registry.builtins_loaded() and v not in registry.REGISTRY:
+            raise ValueError(f"must be a registered architecture: {', '.join(registry.REGISTRY)}")
+        return v
+
+    def section(self, name: str | None = None):
+        """The params section of architecture ``name`` (default: the chosen one), or None if it has none."""
+        return (self.__pydantic_extra__ or {}).get(name or self.architecture)
+
+    def _check_sections(self) -> None:
+        """The chosen architecture's own checks against the rest of the section (``check_with``)."""
+        own = self.section()
+        if own is not None and hasattr(own, "check_with"):
+            own.check_with(self)
 
     @model_validator(mode="after")
-    def _width(self) -> "SAEConfig":
+    def _width(self) -> SAEConfig:
         if self.expansion is None and self.d_sae is None:
             raise ValueError("set sae.expansion or sae.d_sae")
         if self.source == "stream" and self.stream_buffer_tokens < 2 * self.batch_size:
             raise ValueError(
                 f"sae.stream_buffer_tokens ({self.stream_buffer_tokens}) must be at least 2 x sae.batch_size "
                 f"({self.batch_size}): half the buffer is handed out per refill"
-            )
-        steps = self.n_tokens // self.batch_size
-        if self.architecture == "batchtopk" and steps - math.ceil(steps * (1 - self.batchtopk.threshold_frac)) < 1:
-            raise ValueError(
-                f"sae.batchtopk.threshold_frac ({self.batchtopk.threshold_frac}) x {steps} training steps leaves no "
-                "step to estimate the inference threshold from; raise it or sae.n_tokens"
             )
         if self.resample_window > self.resample_every:
             raise ValueError(
@@ -289,12 +221,10 @@ class SAEConfig(_Section):
         return self.d_sae if self.d_sae is not None else self.expansion * d_in
 
     def arch_params(self) -> dict:
-        """Constructor arguments of the chosen architecture (its section; l1_coeff for the L1 ones)."""
-        if self.architecture == "standard":
-            return {"l1_coeff": self.l1_coeff}
-        if self.architecture == "standard_april":
-            return {"l1_coeff": self.l1_coeff, **self.standard_april.model_dump()}
-        return getattr(self, self.architecture).model_dump()
+        """Constructor arguments of the chosen architecture: its COMMON_PARAMS (l1_coeff for the L1 ones),
+        then its section."""
+        cls, own = registry.get(self.architecture), self.section()
+        return {k: getattr(self, k) for k in cls.COMMON_PARAMS} | (own.model_dump() if own is not None else {})
 
     def resample_mode(self) -> str:
         if self.resample != "auto":
@@ -302,10 +232,10 @@ class SAEConfig(_Section):
         return "anthropic" if self.architecture == "standard" else "none"
 
 
-class EvaluateConfig(_Section):
-    max_tokens: Optional[int] = Field(None, gt=0)
+class EvaluateConfig(Section):
+    max_tokens: int | None = Field(None, gt=0)
     """Eval tokens for feature statistics (frequency, L0, MSE, ...); ``None`` = the whole eval split."""
-    ce_max_tokens: Optional[int] = Field(131_072, gt=0)
+    ce_max_tokens: int | None = Field(131_072, gt=0)
     """Eval tokens for every CE metric (evaluate's 4 passes, analysis's top-k and per-token CE);
     ``None`` = same as max_tokens."""
     seed: int = 0
@@ -318,8 +248,8 @@ class EvaluateConfig(_Section):
     device: str = "auto"
 
 
-class AnalysisConfig(_Section):
-    max_tokens: Optional[int] = Field(None, gt=0)
+class AnalysisConfig(Section):
+    max_tokens: int | None = Field(None, gt=0)
     """Eval tokens for max-activating examples and ultra-low co-firing; ``None`` = whole eval split."""
     topk: tuple[int, ...] = (1, 2, 5, 10, 20)
     """k values for top-k ablation; "all" (plain reconstruction) is always added."""
@@ -341,8 +271,8 @@ class AnalysisConfig(_Section):
         return tuple(sorted(set(v)))
 
 
-class CompareConfig(_Section):
-    max_tokens: Optional[int] = Field(None, gt=0)
+class CompareConfig(Section):
+    max_tokens: int | None = Field(None, gt=0)
     """Eval tokens (a prefix of evaluate's seeded sample) for each seed's frequencies and baselines; ``None`` =
     the whole eval split, the rows on which evaluate measures frequencies, so both stages find the same ultra-low set."""
     hungarian_max: int = Field(8192, gt=0)
@@ -353,18 +283,18 @@ class CompareConfig(_Section):
     device: str = "auto"
 
 
-class ReportConfig(_Section):
+class ReportConfig(Section):
     density_bins: int = Field(60, gt=0)
 
 
-class Params(_Section):
+class Params(Section):
     seeds: tuple[int, ...] = (0, 1)
     """One SAE per seed (the dvc.yaml matrix); the first is evaluated and analysed."""
     text: TextConfig = TextConfig()
     lm: LMConfig = LMConfig()
     tokens: TokensConfig = TokensConfig()
     activations: ActivationsConfig = ActivationsConfig()
-    sae: SAEConfig = SAEConfig()
+    sae: SAEConfig = Field(default_factory=SAEConfig)  # built at validation: the registry is complete by then
     evaluate: EvaluateConfig = EvaluateConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     compare: CompareConfig = CompareConfig()
@@ -378,7 +308,7 @@ class Params(_Section):
         return v
 
     @model_validator(mode="after")
-    def _ctx(self) -> "Params":
+    def _ctx(self) -> Params:
         if "seed" in self.sae.model_fields_set:
             raise ValueError("sae.seed: the SAE seeds come from the top-level `seeds` list (one SAE per seed)")
         if self.lm.source == "embedded" and self.tokens.n_ctx > self.lm.n_ctx:
@@ -386,26 +316,12 @@ class Params(_Section):
         return self
 
 
-def _format(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        msg = msg.replace("Input should be", "must be").replace("Extra inputs are not permitted", "unknown key (typo?)")
-        if key:  # the value when it is one; a section's check (a dict input) names its own keys in the message
-            show = e["type"] != "extra_forbidden" and not isinstance(e["input"], dict)
-            lines.append(f"{key}: {e['input']!r} {msg}" if show else f"{key}: {msg}")
-        else:
-            lines.append(msg)
-    return "invalid params:\n  " + "\n  ".join(lines)
-
-
 def parse_params(raw: dict) -> Params:
     """Validate a params mapping; raise ConfigError listing every bad key."""
     try:
         return Params.model_validate(raw or {})
     except ValidationError as err:
-        raise ConfigError(_format(err)) from None
+        raise ConfigError(format_errors(err)) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -1,59 +1,136 @@
-"""The library modules a stage script imports, found from its source: what dvc.yaml must list.
+"""The code a stage runs, found from its source: what each dvc.yaml must list as the stage's deps.
 
-``tests/test_dvc_deps.py`` compares this closure with each stage's ``deps`` in dvc.yaml, so
-an import added anywhere (lazy imports inside functions included) fails the suite until the
-stage depends on the module, and a stale entry fails it too. Print the expected lists with::
+Every stage of every pipeline follows one convention: its ``cmd`` runs ``python -m <module>``, a
+module of ``stages`` (the root pipeline) or of ``research.<pipeline>.stages``, and its deps list that
+module's file and the files of every ``saelab`` and ``research`` module it imports, directly or
+through other modules (lazy imports inside functions included), as ``${lib}/...`` and
+``${research}/...`` (the two vars each dvc.yaml defines). ``tests/test_dvc_deps.py`` fails when a
+list drifts; this module prints the expected lists, or rewrites them in place::
 
-    python -m saelab.deps
+    python -m saelab.deps            # every pipeline: stage, module, expected code deps
+    python -m saelab.deps --fix      # rewrite the code deps of every stage in every dvc.yaml
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import re
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1]  # src/
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository: src/saelab/deps.py -> ../../
+PACKAGES = {"saelab": ROOT / "src", "research": ROOT, "stages": ROOT}
+PIPELINES = ("dvc.yaml", "research/questions/dvc.yaml", "research/synthetic/dvc.yaml")
+CMD_MODULE = re.compile(r"python -m ([\w.]+)")
+CODE_DEP = re.compile(r"^\s*- (\$\{(lib|research)\}/|stages/\w+\.py\s*$)")
 
 
-def _module_file(name: str) -> Path | None:
-    parts = name.split(".")
-    base = SRC.joinpath(*parts)
+def module_file(name: str) -> Path | None:
+    """The file of module ``name`` of one of our packages, or None (third-party, or not a module)."""
+    top = name.split(".")[0]
+    if top not in PACKAGES:
+        return None
+    base = PACKAGES[top].joinpath(*name.split("."))
     for cand in (base.with_suffix(".py"), base / "__init__.py"):
         if cand.exists():
             return cand
     return None
 
 
-def _imports(path: Path) -> set[str]:
-    """Every ``saelab`` module named by an import statement anywhere in ``path``."""
+def imports(path: Path) -> set[str]:
+    """Every module of our packages named by an import statement anywhere in ``path``."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.split(".")[0] == "saelab"}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "saelab":
+            found |= {a.name for a in node.names if a.name.split(".")[0] in PACKAGES}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
             found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names if _module_file(f"{node.module}.{a.name}")}
+            found |= {f"{node.module}.{a.name}" for a in node.names if module_file(f"{node.module}.{a.name}")}
     # importing a.b.c runs the __init__ of a and a.b as well
     return found | {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 1)}
 
 
 def closure(script: Path) -> set[Path]:
-    """Files of every saelab module that ``script`` imports, directly or through other modules."""
-    todo, seen = list(_imports(script)), set()
+    """Files of every saelab and research module that ``script`` imports, directly or transitively."""
+    todo, seen = list(imports(script)), set()
     while todo:
-        f = _module_file(todo.pop())
-        if f is not None and f not in seen:
+        f = module_file(todo.pop())
+        if f is not None and f not in seen and f != script:
             seen.add(f)
-            todo += _imports(f)
-    return seen
+            todo += imports(f)
+    return {f for f in seen if f.parts[len(ROOT.parts)] != "stages"}
 
 
-def main() -> None:
-    root = SRC.parent
-    for script in sorted((root / "stages").glob("*.py")):
-        if script.name != "__init__.py":
-            print(script.stem, sorted(str(p.relative_to(root)) for p in closure(script)))
+def stage_module(cmd: str) -> str:
+    """The module a stage's ``cmd`` runs; a cmd that does not follow the convention is refused."""
+    m = CMD_MODULE.search(" ".join(cmd.split()))
+    if m is None:
+        raise ValueError(f"cmd {cmd!r} does not run `python -m <module>` (saelab.deps: one stage convention)")
+    return m.group(1)
+
+
+def code_deps(cmd: str) -> list[str]:
+    """The code deps a stage with ``cmd`` must list, as written in dvc.yaml: its own module's file first
+    (``stages/<name>.py`` or ``${research}/<pipeline>/stages/<name>.py``), then its closure sorted."""
+    script = module_file(stage_module(cmd))
+    if script is None:
+        raise ValueError(f"cmd {cmd!r}: module {stage_module(cmd)} not found in stages/ or research/")
+    return [_written(script)] + sorted(_written(f) for f in closure(script))
+
+
+def _written(f: Path) -> str:
+    rel = f.relative_to(ROOT).as_posix()
+    if rel.startswith("src/saelab/"):
+        return "${lib}/" + rel.removeprefix("src/saelab/")
+    if rel.startswith("research/"):
+        return "${research}/" + rel.removeprefix("research/")
+    return rel
+
+
+def stages(dvc_yaml: Path) -> dict[str, dict]:
+    """Stage name -> its definition (the ``do`` body of foreach stages)."""
+    raw = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    return {name: st.get("do", st) for name, st in raw.items()}
+
+
+def fix(dvc_yaml: Path) -> bool:
+    """Rewrite every stage's code deps in ``dvc_yaml`` to its closure (comments and order elsewhere kept)."""
+    text = dvc_yaml.read_text()
+    lines, out, changed = text.splitlines(keepends=True), [], False
+    want = {name: code_deps(st["cmd"]) for name, st in stages(dvc_yaml).items()}
+    current = None
+    for line in lines:
+        m = re.match(r"^  (\w+):\s*$", line)
+        if m and m.group(1) in want:
+            current, written = m.group(1), False
+        if current and CODE_DEP.match(line):
+            if not written:
+                indent = line[: line.index("-")]
+                out += [f"{indent}- {d}\n" for d in want[current]]
+                written = True
+            continue
+        out.append(line)
+    new = "".join(out)
+    if new != text:
+        dvc_yaml.write_text(new)
+        changed = True
+    return changed
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fix", action="store_true", help="rewrite the code deps of every dvc.yaml in place")
+    args = p.parse_args(argv)
+    for rel in PIPELINES:
+        path = ROOT / rel
+        if args.fix:
+            print(rel, "rewritten" if fix(path) else "up to date")
+            continue
+        for name, st in stages(path).items():
+            print(f"{rel} {name} ({stage_module(st['cmd'])}):", *code_deps(st["cmd"]))
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
+
 from saelab.errors import InputError, MissingInput
 
 

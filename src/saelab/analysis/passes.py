@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from saelab.evaluate import EvalSample, clean_pass, spliced_ce
-from saelab.hooks import capture, covered_positions
-from saelab.sae import SAE
+from saelab.data.hooks import capture, covered_positions
+from saelab.eval.evaluate import EvalSample, clean_pass, spliced_ce
+from saelab.saes.base import SAE
 
 
 def topk_mask(f: torch.Tensor, k: int | None) -> torch.Tensor:
@@ -51,8 +51,18 @@ class PassResult:
 
 
 @torch.no_grad()
-def run_pass(model, sae: SAE, rows: np.ndarray, hook: str, ultra: torch.Tensor, cfg, sample: EvalSample, device,
-             exclude_token: int | None = None, progress=None) -> PassResult:
+def run_pass(
+    model,
+    sae: SAE,
+    rows: np.ndarray,
+    hook: str,
+    ultra: torch.Tensor,
+    cfg,
+    sample: EvalSample,
+    device,
+    exclude_token: int | None = None,
+    progress=None,
+) -> PassResult:
     """Examples and co-firing on every row of ``sample``; top-k and per-token CE on its CE rows.
 
     Positions outside the SAE's domain (``exclude_token``) count nowhere: their feature
@@ -116,6 +126,8 @@ def run_pass(model, sae: SAE, rows: np.ndarray, hook: str, ultra: torch.Tensor, 
     )
     if n_pred:
         res.ce_clean, res.ce_zero = ce_clean / n_pred, ce_zero / n_pred
-        res.topk = {("all" if k is None else k): {"ce": s["ce"] / n_pred, "mse": s["sse"] / n_cov} for k, s in sums.items()}
+        res.topk = {
+            ("all" if k is None else k): {"ce": s["ce"] / n_pred, "mse": s["sse"] / n_cov} for k, s in sums.items()
+        }
         res.ce_diff, res.ce_diff_index = np.concatenate(diffs), np.concatenate(diff_idx)
     return res

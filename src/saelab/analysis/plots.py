@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -27,7 +27,9 @@ def bin_edges(values: np.ndarray, bins: int) -> np.ndarray:
     return np.linspace(lo, hi, bins + 1)
 
 
-def hist(path: Path, series: dict[str, np.ndarray], xlabel: str, title: str, bins: int = 60, log_y: bool = False) -> None:
+def hist(
+    path: Path, series: dict[str, np.ndarray], xlabel: str, title: str, bins: int = 60, log_y: bool = False
+) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     finite = [np.asarray(v, dtype=np.float64)[np.isfinite(v)] for v in series.values()]
     edges = bin_edges(np.concatenate(finite) if finite else np.zeros(0), bins)
@@ -39,7 +41,7 @@ def hist(path: Path, series: dict[str, np.ndarray], xlabel: str, title: str, bin
     if log_y:
         ax.set_yscale("log")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def scatter(path: Path, x, y, xlabel: str, ylabel: str, title: str, c=None, clabel: str | None = None) -> None:
@@ -50,7 +52,7 @@ def scatter(path: Path, x, y, xlabel: str, ylabel: str, title: str, c=None, clab
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def topk_curve(png: Path, csv_path: Path, table: list[dict]) -> None:
@@ -70,4 +72,4 @@ def topk_curve(png: Path, csv_path: Path, table: list[dict]) -> None:
     ax.set_xticks(xs, [str(k) for k in ks])
     ax.set_xlabel("k (largest feature activations kept per token)")
     ax.set_title("Top-k ablation")
-    _save(fig, png)
+    save_figure(fig, png)

@@ -88,8 +88,9 @@ def pairwise_cosine_stats(W_dec: torch.Tensor) -> tuple[float, float, int]:
     return float(off.mean()), float(off.var(unbiased=False)), n
 
 
-def logit_effects(W_dec: torch.Tensor, W_U: torch.Tensor, W_out: torch.Tensor | None = None,
-                  ln_weight: torch.Tensor | None = None) -> torch.Tensor:
+def logit_effects(
+    W_dec: torch.Tensor, W_U: torch.Tensor, W_out: torch.Tensor | None = None, ln_weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Direct logit effect of each feature through the final LayerNorm: (d_sae, d_vocab).
 
     u = centre(W_dec · W_out) · diag(ln_weight) · W_U for neuron-space hooks (no W_out for

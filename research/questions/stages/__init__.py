@@ -1,0 +1,1 @@
+"""Stages of the questions pipeline, each run as ``python -m research.questions.stages.<name>``."""

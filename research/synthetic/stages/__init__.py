@@ -1,0 +1,1 @@
+"""Stages of the synthetic pipeline, each run as ``python -m research.synthetic.stages.<name>``."""

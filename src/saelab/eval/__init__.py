@@ -1,0 +1,1 @@
+"""Evaluation: reconstruction and CE metrics on held-out tokens, and cross-seed comparison (docs/metrics.md)."""

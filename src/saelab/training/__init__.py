@@ -1,0 +1,1 @@
+"""Training: the architecture-agnostic Trainer (resampling, schedules, DDP) and resumable checkpoints."""

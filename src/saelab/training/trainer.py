@@ -1,0 +1,402 @@
+"""SAE training loop, for every architecture (docs/metrics.md, "Training algorithm", "Architectures").
+
+Per step: Adam on the architecture's loss (for the standard one, the seed's algorithm with
+its bug fixed: mse_loss + l1_coeff * l1_loss, both means over the batch; before the step the
+component of W_dec.grad along each row is removed, after it the rows are renormalised to
+exactly unit norm, which the seed forgot). Every ``resample_every`` tokens, features that
+fired on less than ``resample_threshold`` of the last ``resample_window`` tokens are
+re-initialised (``sae.resample``; see :func:`resample_`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from saelab.config import EvaluateConfig, SAEConfig
+from saelab.errors import InputError, NonFinite
+from saelab.saes.base import SAE
+from saelab.training.checkpoint import generator_state, set_generator_state
+
+
+@dataclass
+class Schedule:
+    """Step arithmetic of a run, derived once from the config (all in steps)."""
+
+    n_steps: int
+    every: int
+    window: int
+    stop: int
+    warmup: int
+    decay_start: int
+
+    @classmethod
+    def from_config(cls, cfg: SAEConfig) -> Schedule:
+        b = cfg.batch_size
+        n_steps = max(1, cfg.n_tokens // b)
+        return cls(
+            n_steps=n_steps,
+            every=max(1, cfg.resample_every // b),
+            window=max(1, cfg.resample_window // b),
+            stop=int(cfg.resample_stop * n_steps),
+            warmup=cfg.lr_warmup_tokens // b,
+            decay_start=int((1 - cfg.lr_decay_frac) * n_steps),
+        )
+
+    def lr_scale(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if step >= self.decay_start:
+            return max(0.0, (self.n_steps - step) / max(1, self.n_steps - self.decay_start))
+        return 1.0
+
+    def opens_window(self, step: int) -> bool:
+        """After ``step`` (1-based count of steps done), start counting fires afresh."""
+        return step % self.every == (self.every - self.window) % self.every
+
+    def resamples(self, step: int) -> bool:
+        return step % self.every == 0 and step <= self.stop
+
+
+def resample_probabilities(sq_err: torch.Tensor) -> torch.Tensor:
+    """Sampling weights of inputs for resampling from their squared reconstruction errors (B,):
+    proportional to the loss squared (Anthropic), plus a tiny floor so a perfect batch can still be drawn."""
+    return sq_err.pow(2) + 1e-12
+
+
+@torch.no_grad()
+def resample_(
+    sae: SAE, opt: torch.optim.Adam, dead: torch.Tensor, x: torch.Tensor, gen: torch.Generator, mode: str = "anthropic"
+) -> int:
+    """Re-initialise ``dead`` features; zero Adam's moments for the touched slices so stale momentum
+    does not undo it. ``mode``:
+
+    * ``anthropic`` (Towards Monosemanticity): score each input of ``x`` (B, d_in) by its squared
+      reconstruction loss, squared; sample one input per dead feature with probability proportional
+      to that score; decoder row = unit vector of (input - b_dec), encoder column = that vector times
+      0.2 x the mean norm of the alive encoder columns, encoder bias = 0 (``sae.resample_rows_``);
+    * ``reinit`` (the seed's code): a fresh draw of the architecture's initialisation for those features.
+    """
+    idx = dead.nonzero().squeeze(-1)
+    if idx.numel() == 0:
+        return 0
+    if mode == "reinit":
+        touched = sae.reinit_rows_(idx, gen)
+    else:
+        x_hat = sae.decode(sae.train_activations(x))  # the model being trained (BatchTopK: batch top-k, not θ)
+        weights = resample_probabilities((x_hat - x).pow(2).sum(-1)).float().cpu()
+        picks = torch.multinomial(weights, idx.numel(), replacement=idx.numel() > len(x), generator=gen)
+        dirs = x[picks.to(x.device)].float() - sae.b_dec
+        dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (n_dead, d_in)
+        alive = ~dead
+        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+        touched = sae.resample_rows_(idx, dirs, enc_norm)
+    for p, sl in touched:
+        state = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key][sl] = 0.0
+    return idx.numel()
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and Adam that a run needs to continue exactly."""
+
+    step: int = 0
+    window_tokens: int = 0
+    n_resampled: int = 0
+    resample_events: list = field(default_factory=list)
+    log_rows: list = field(default_factory=list)  # [(step, row)], replayed into DVCLive on resume
+    steps_in_sums: int = 0  # steps accumulated in the logged sums since the last log row
+    seconds: float = 0.0
+    input_scale: float = 1.0  # sae.normalize_activations: x is multiplied by this while training
+
+
+def train_step(
+    sae: SAE,
+    opt: torch.optim.Adam,
+    x: torch.Tensor,
+    autocast: bool = False,
+    step: int = 0,
+    forward=None,
+    check: bool = True,
+    progress: float = 0.0,
+    probes: tuple = (),
+) -> tuple:
+    """One optimiser step: (loss, mse, terms, fired, l0, bad). ``forward`` is the DDP wrapper of ``sae``
+    (or its compiled form); the architecture supplies the loss and the gradient surgery around the step.
+
+    With ``check`` the loss is tested for NaN/inf before the weights move (a host sync: free on
+    CPU). Without it the caller accumulates the returned ``bad`` flag on the device and reads it
+    every ``log_every`` steps, so an accelerator never waits on the host in the hot loop.
+    ``probes`` (saelab.probes) may add loss terms and act around the step; none by default.
+    """
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        out = (sae if forward is None else forward)(x, train=True, progress=progress)
+    bad = ~torch.isfinite(out.loss)
+    if check and bad:
+        raise NonFinite(
+            f"non-finite SAE loss at step {step} (mse={out.mse.item()}, "
+            + ", ".join(f"{n}={t.item()}" for n, t in zip(sae.TERMS, out.terms))
+            + "); training stopped before updating the weights, the last checkpoint is kept. "
+            "Lower sae.lr or check the activation cache"
+        )
+    loss = out.loss
+    for p in probes:
+        if (extra := p.loss(sae)) is not None:
+            loss = loss + extra
+    loss.backward()
+    for p in probes:
+        p.before_step(sae)
+    sae.before_step()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sae.after_step()
+    for p in probes:
+        p.after_step(sae)
+    return (
+        out.loss.detach(),
+        out.mse.detach(),
+        [t.detach() for t in out.terms],
+        out.fired.detach(),
+        out.l0.detach(),
+        bad,
+    )
+
+
+class Trainer:
+    """Owns the SAE, Adam, the resampling RNG and the counters; can checkpoint and resume.
+
+    Under ``torchrun`` (an initialised process group of W ranks) every rank reads the same
+    global batch, trains on its 1/W slice through DistributedDataParallel (gradients are
+    averaged, so the step equals the single-process step on the global batch), and
+    resampling decisions use fire counts and inputs gathered from all ranks, so every
+    rank applies the same re-initialisation.
+    """
+
+    def __init__(
+        self,
+        sae: SAE,
+        cfg: SAEConfig,
+        device: torch.device,
+        ultra_low_threshold: float = EvaluateConfig().ultra_low_threshold,
+        probes: tuple = (),
+    ):
+        if sae.architecture != cfg.architecture or sae.arch_params() != cfg.arch_params():
+            raise InputError(
+                f"the SAE ({sae.architecture}, {sae.arch_params()}) is not the one sae params describe "
+                f"({cfg.architecture}, {cfg.arch_params()}); build it with saelab.architectures.build(cfg, d_in)"
+            )
+        self.sae, self.cfg, self.device = sae, cfg, device
+        self.probes = tuple(probes)  # saelab.probes; their state is not checkpointed (questions/ runs restart)
+        if self.probes and (cfg.checkpoint_every or dist.is_initialized()):
+            raise InputError(
+                "training probes (questions/) keep state that checkpoints and DDP do not carry; "
+                "set sae.checkpoint_every: 0 and train in one process"
+            )
+        self.resample_mode = cfg.resample_mode()
+        self.ultra_low = ultra_low_threshold  # evaluate.ultra_low_threshold, for the training curve only
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        if cfg.batch_size % self.world:
+            raise InputError(f"sae.batch_size: {cfg.batch_size} must be divisible by the {self.world} processes")
+        # broadcast_buffers off: training buffers are either identical on every rank by construction
+        # (TopK's dead counters, from fire counts summed over ranks) or per-rank sums averaged at the end
+        # (BatchTopK's threshold), which rank 0's copy must not overwrite every step
+        self.forward = (
+            torch.nn.parallel.DistributedDataParallel(sae, broadcast_buffers=False) if self.world > 1 else None
+        )
+        self.sched = Schedule.from_config(cfg)
+        # Fused Adam (one kernel for all parameters) where the device has it; same maths as the loop version.
+        self.opt = torch.optim.Adam(
+            sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cuda", "cpu")
+        )
+        model = sae if self.forward is None else self.forward
+        self.call = torch.compile(model) if cfg.compile else model
+        self.check_each_step = device.type == "cpu"  # a host sync costs nothing on CPU
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)  # NaN/inf seen since the last check
+        self.checked = 0  # steps done at the last check
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.state = TrainState()
+        self.fired = torch.zeros(sae.d_sae, device=device)  # fires since the window opened
+        self.sums = torch.zeros(3 + len(sae.TERMS), device=device)  # loss, mse, l0, *TERMS since the last log
+
+    # ------------------------------------------------------------ across ranks
+
+    def _sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return t
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return x
+        parts = [torch.empty_like(x) for _ in range(self.world)]
+        dist.all_gather(parts, x)
+        return torch.cat(parts)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def snapshot(self) -> tuple[dict, dict]:
+        """Tensors and state of the whole run (fire counts summed, log sums averaged over ranks)."""
+        tensors = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
+        tensors |= {"fired": self._sum(self.fired), "sums": self._sum(self.sums) / self.world}
+        for name in self.sae.TRAIN_BUFFERS:  # identical on every rank, or per-rank sums kept as their mean
+            t = getattr(self.sae, name)
+            tensors[f"train.{name}"] = self._sum(t) / self.world if t.is_floating_point() else t
+        names = {id(p): n for n, p in self.sae.named_parameters()}
+        for p, st in self.opt.state.items():
+            for k, v in st.items():
+                tensors[f"adam.{names[id(p)]}.{k}"] = v
+        state = {**self.state.__dict__, "generator": generator_state(self.gen)}
+        return tensors, state
+
+    def restore(self, tensors: dict, state: dict) -> None:
+        self.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
+        self.fired.copy_(
+            tensors["fired"] if self.rank == 0 else torch.zeros_like(self.fired)
+        )  # summed over ranks later
+        self.sums.copy_(tensors["sums"])
+        for name in self.sae.TRAIN_BUFFERS:
+            getattr(self.sae, name).copy_(tensors[f"train.{name}"])
+        for name, p in self.sae.named_parameters():
+            keys = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"adam.{name}.")}
+            if keys:
+                self.opt.state[p] = {k: v.to(self.device) if k != "step" else v for k, v in keys.items()}
+        set_generator_state(self.gen, state.pop("generator"))
+        self.state = TrainState(**{k: v for k, v in state.items() if k in TrainState.__dataclass_fields__})
+
+    # ------------------------------------------------------------ loop
+
+    def run(self, make_batches, log=None, checkpointer=None) -> TrainState:
+        """Train to the end from the current step; ``make_batches(skip_tokens)`` gives the data stream."""
+        cfg, sched, st = self.cfg, self.sched, self.state
+        batches = make_batches(st.step * cfg.batch_size)
+        start = time.perf_counter() - st.seconds
+        bar = tqdm(
+            total=sched.n_steps * cfg.batch_size,
+            initial=st.step * cfg.batch_size,
+            desc="sae train",
+            unit="tok",
+            unit_scale=True,
+            disable=self.rank != 0,
+        )
+        local = cfg.batch_size // self.world
+        self.checked = st.step
+        for step in range(st.step, sched.n_steps):
+            x = next(batches)
+            if self.check_each_step and not torch.isfinite(x).all():
+                lo = step * cfg.batch_size
+                raise NonFinite(f"non-finite activations in cache tokens [{lo}, {lo + len(x)}) at step {step}")
+            if cfg.normalize_activations == "mean_norm" and step == 0:  # global batch: every rank gets the same s
+                st.input_scale = float((x.shape[-1] / x.float().pow(2).sum(-1).mean()).sqrt())
+            if step == 0:  # the global batch, so every rank initialises alike
+                self.sae.init_from_data_(x.to(self.device).float() * st.input_scale)
+                for p in self.probes:
+                    p.start(self.sae)
+            x = x[self.rank * local : (self.rank + 1) * local].to(self.device, non_blocking=True).float()
+            if st.input_scale != 1.0:
+                x = x * st.input_scale
+            if not self.check_each_step:
+                self.bad |= ~torch.isfinite(x).all()
+            for group in self.opt.param_groups:
+                group["lr"] = cfg.lr * sched.lr_scale(step)
+            loss, mse, terms, fired, l0, bad = train_step(
+                self.sae,
+                self.opt,
+                x,
+                cfg.dtype == "bf16",
+                step,
+                self.call,
+                self.check_each_step,
+                step / sched.n_steps,
+                self.probes,
+            )
+            self.bad |= bad
+            fired = self._sum(fired)
+            self.sae.observe_(fired, cfg.batch_size)
+            for p in self.probes:
+                p.observe(fired, cfg.batch_size, (step + 1) * cfg.batch_size)
+            self.fired += fired if self.rank == 0 else 0  # summed over ranks when read
+            st.window_tokens += cfg.batch_size
+            self.sums += torch.stack([loss, mse, l0, *terms])
+            st.steps_in_sums += 1
+            done = st.step = step + 1
+            if not self.check_each_step and (
+                done % cfg.log_every == 0
+                or done == sched.n_steps
+                or (checkpointer is not None and checkpointer.due(done))
+            ):
+                self._raise_if_bad(done)
+            if self.resample_mode != "none" and sched.resamples(done):
+                dead = self._sum(self.fired) / st.window_tokens < cfg.resample_threshold
+                for p in self.probes:
+                    dead = p.keep(dead)
+                n = resample_(self.sae, self.opt, dead, self._gather(x), self.gen, self.resample_mode)
+                for p in self.probes:
+                    p.after_resample(self.sae, dead.nonzero().squeeze(-1), done * cfg.batch_size)
+                st.n_resampled += n
+                st.resample_events.append({"step": done, "n": n})
+            if done % cfg.log_every == 0 or done == sched.n_steps:  # before a window reset, so it sees a full window
+                row = self._log_row(done)
+                st.log_rows.append((done, row))
+                bar.set_postfix(mse=f"{row['mse']:.2f}", l0=f"{row['l0']:.1f}", dead=f"{row['frac_dead_window']:.3f}")
+                if log is not None and self.rank == 0:
+                    log(done, row)
+            if sched.opens_window(done):
+                self.fired.zero_()
+                st.window_tokens = 0
+            bar.update(len(x))
+            st.seconds = time.perf_counter() - start
+            if checkpointer is not None and checkpointer.due(done) and done < sched.n_steps:
+                snap = self.snapshot()  # collective: every rank takes part, rank 0 writes
+                if self.rank == 0:
+                    checkpointer.save(*snap)
+        bar.close()
+        self.sae.finish_training_(lambda t: self._sum(t) / self.world)
+        if st.input_scale != 1.0:
+            self.sae.fold_input_scale_(st.input_scale)  # the saved SAE reads raw activations
+        return st
+
+    def _raise_if_bad(self, done: int) -> None:
+        """Read the device-side NaN/inf flag (one host sync every ``log_every`` steps)."""
+        if self._sum(self.bad.int()).item():
+            lo, hi = self.checked * self.cfg.batch_size, done * self.cfg.batch_size
+            raise NonFinite(
+                f"non-finite activations or SAE loss between steps {self.checked} and {done} (cache tokens [{lo}, {hi})); "
+                "training stopped before writing a checkpoint or the SAE, the last checkpoint is kept. "
+                "Lower sae.lr or check the activation cache"
+            )
+        self.checked = done
+
+    def _log_row(self, done: int) -> dict:
+        n_logged = max(
+            1, self.state.steps_in_sums
+        )  # not derived from log_every: a resumed run may log at another cadence
+        loss_m, mse_m, l0_m, *terms = (self._sum(self.sums) / (n_logged * self.world)).tolist()
+        self.sums.zero_()
+        self.state.steps_in_sums = 0
+        fired = self._sum(self.fired)
+        freq = fired / max(1, self.state.window_tokens)
+        return {
+            "loss": loss_m,
+            "mse": mse_m,
+            **dict(zip(self.sae.TERMS, terms)),
+            "l0": l0_m,
+            "lr": self.opt.param_groups[0]["lr"],
+            "frac_dead_window": (fired == 0).float().mean().item(),
+            "frac_ultra_low_window": (freq < self.ultra_low).float().mean().item(),
+            "window_tokens": self.state.window_tokens,
+        }
+
+
+def train_sae(sae: SAE, batches, cfg: SAEConfig, device: torch.device, log=None) -> TrainState:
+    """Train ``sae`` on an endless iterator of (B, d_in) batches (no checkpoints); ``log(step, row)``."""
+    return Trainer(sae, cfg, device).run(lambda skip: batches, log)
