@@ -54,7 +54,7 @@ test: $(STAMP) lint
 	-$(MAKE) --no-print-directory saelens-venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
-# Trainer benchmark: saelab vs SAELens (own venv: it pins transformer-lens < 4) vs the seed's loop,
+# Trainer benchmark: saelab vs SAELens (own venv: it pins transformer-lens < 4) vs the reference code's loop,
 # on the first tokens of data/activations (run `make repro` first). BENCH_ARGS adds flags.
 SAELENS := sae-lens==6.54.12
 BENCH_VENV := .venv-saelens

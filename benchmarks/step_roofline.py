@@ -7,7 +7,7 @@ device) and then saelab's ``train_step`` (eager and, with --compile, compiled), 
 tokens/s, achieved FLOP/s and the fraction of the ceiling.
 
     python benchmarks/step_roofline.py                       # the default run's shape, on CPU
-    python benchmarks/step_roofline.py --shape seed --dtype bf16 --compile   # on a GPU
+    python benchmarks/step_roofline.py --shape reference --dtype bf16 --compile   # on a GPU
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from saelab.config import SAEConfig
 from saelab.registry import build
 from saelab.training.trainer import Trainer, train_step
 
-SHAPES = {"default": (512, 2048, 2048), "seed": (2048, 16384, 4096)}  # d_in, d_sae, batch
+SHAPES = {
+    "default": (512, 2048, 2048),
+    "reference": (2048, 16384, 4096),
+}  # d_in, d_sae, batch (the reference gelu-1l run)
 
 
 def clock(fn, device: torch.device, seconds: float) -> float:

@@ -1,4 +1,4 @@
-"""SAE trainers side by side on the same cached activations: saelab, SAELens and the seed's loop.
+"""SAE trainers side by side on the same cached activations: saelab, SAELens and the reference code's loop.
 
     make benchmark          # creates .venv-saelens (SAELens + torch 2.13.0) and runs this
     python benchmarks/trainers.py --cache data/activations --saelens-python .venv-saelens/bin/python \
@@ -14,7 +14,7 @@ L1 coefficient (in saelab's per-token convention) and a constant lr. Trainers:
 - ``saelab-parquet``  the same, reading the Parquet cache through ActivationCache instead of the .npy;
 - ``sae-lens``        SAELens's StandardTrainingSAE + SAETrainer (its own defaults otherwise:
                       decoder init norm 0.1, grad-norm clipping at 1, L1 weighted by decoder norms);
-- ``seed``            the seed's reference loop (benchmarks/seed_loop.py).
+- ``reference``       the reference code's training loop (benchmarks/reference_loop.py).
 
 tokens/s leaves out the first ``--warmup`` steps of each. Every trained SAE is then scored
 here, by one function, on ``--eval-tokens`` cache tokens that no trainer saw: MSE (mean
@@ -82,11 +82,11 @@ def run_saelab(spec: dict) -> None:
     finish(Path(spec["out"]), batches, dict(trainer.sae.named_parameters()), spec["device"])
 
 
-def run_seed(spec: dict) -> None:
-    import seed_loop
+def run_reference(spec: dict) -> None:
+    import reference_loop
 
     batches = TimedBatches(Path(spec["data"]), spec["batch_size"], spec["n_steps"], spec["warmup"])
-    enc = seed_loop.train(
+    enc = reference_loop.train(
         batches,
         spec["d_in"],
         spec["d_sae"],
@@ -100,7 +100,7 @@ def run_seed(spec: dict) -> None:
     finish(Path(spec["out"]), batches, dict(enc.named_parameters()), spec["device"])
 
 
-WORKERS = {"saelab": run_saelab, "saelab-parquet": run_saelab, "seed": run_seed}
+WORKERS = {"saelab": run_saelab, "saelab-parquet": run_saelab, "reference": run_reference}
 
 
 # ---------------------------------------------------------------- orchestration
@@ -195,7 +195,7 @@ def main() -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--compile", action="store_true", help="saelab with sae.compile: true")
     p.add_argument("--device", default="auto")
-    p.add_argument("--trainers", nargs="+", default=["saelab", "saelab-parquet", "sae-lens", "seed"])
+    p.add_argument("--trainers", nargs="+", default=["saelab", "saelab-parquet", "sae-lens", "reference"])
     p.add_argument("--out", type=Path)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()

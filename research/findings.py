@@ -2,8 +2,8 @@
 
 Each regime is a `dvc exp run` of the default pipeline with one param changed; every run trains
 its own seeds with their own data orders (docs/metrics.md, "Data order"). The table gives, per
-quantity, its value in each regime, the seed's value, the criterion a value must meet to count as
-replicating the seed's claim, and a verdict (**holds in every regime**, **holds in some**,
+quantity, its value in each regime, the reference's value, the criterion a value must meet to count as
+replicating the reference's claim, and a verdict (**holds in every regime**, **holds in some**,
 **does not replicate**, **holds in every measured regime**, **holds / fails in the one regime
 measured**, **not measured**, or **reported, no claim tested**; docs/metrics.md, "Findings criteria")::
 
@@ -46,7 +46,7 @@ class Quantity:
     name: str
     file: str
     key: str
-    seed: str  # the seed's value or claim, as text
+    reference: str  # the reference post's value or claim, as text
     criterion: str  # what a value must satisfy to replicate the claim, as text
     holds: Callable[[float, dict], bool] | None  # (value, all metrics of the run) -> bool; None = no claim to test
 
@@ -294,7 +294,7 @@ def table(found: dict[str, dict]) -> list[dict]:
     names = [r for r in REGIMES if r in found]
     rows = []
     for q in QUANTITIES:
-        row = {"quantity": q.name, "seed": q.seed, "criterion": q.criterion}
+        row = {"quantity": q.name, "reference": q.reference, "criterion": q.criterion}
         results = []
         for r in names:
             v = _m(found[r], q.file, q.key)
@@ -317,7 +317,7 @@ def _fmt(v) -> str:
 def write(rows: list[dict], found: dict[str, dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     names = [r for r in REGIMES if r in found]
-    cols = ["quantity", "seed", *names, "criterion", "verdict"]
+    cols = ["quantity", "reference", *names, "criterion", "verdict"]
     with open(out / "regimes.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()

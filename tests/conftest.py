@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from saelab.config import LMConfig
 import saelab.saes  # noqa: F401  (registers the built-in architectures: params checks are strict)
+from saelab.config import LMConfig
 from saelab.data import cache as acts
 from saelab.data import lm
 from saelab.data.tokens import tokenize_texts

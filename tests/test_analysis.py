@@ -6,7 +6,7 @@ import torch
 
 from saelab.analysis import weights as W
 from saelab.analysis.passes import merge_topk, topk_mask
-from saelab.eval.evaluate import frequency_fractions
+from saelab.eval.metrics import frequency_fractions
 from saelab.saes.base import SAE
 
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from saelab.config import SAEConfig
-from saelab.saes import BUILTINS as ARCHITECTURES
 from saelab.errors import InputError
+from saelab.registry import REGISTRY, build
+from saelab.saes import BUILTINS as ARCHITECTURES
 from saelab.saes.base import SAE, l1_loss, mse_loss
 from saelab.saes.batchtopk import BatchTopK
 from saelab.saes.jumprelu import JumpReLU, JumpReLUFn, StepFn
-from saelab.registry import REGISTRY, build
 from saelab.saes.standard_april import StandardApril
 from saelab.saes.topk import TopK
 from saelab.training.trainer import Trainer, resample_, train_sae

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from saelab.config import EvaluateConfig
 from saelab.data.hooks import hook_activations
 from saelab.data.lm import load_lm
-from saelab.eval.evaluate import ce_recovered, evaluate, explained_variance, l2_ratios, token_ce
+from saelab.eval.evaluate import evaluate, token_ce
+from saelab.eval.metrics import ce_recovered, explained_variance, l2_ratios
 from saelab.saes.base import SAE
 
 

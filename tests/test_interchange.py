@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from saelab.interop.saelens import export_saelens, load_reference, main
 from saelab.saes import BUILTINS as ARCHITECTURES
-from saelab.interop.saelens import export_saelens, load_seed, main
 from saelab.saes.base import SAE
 
 
@@ -49,9 +49,9 @@ def _seed_files(tmp_path, d_mlp=16, mult=4):
 def test_seed_import_round_trip(tmp_path):
     """A seed checkpoint imports with identical tensors and computes the same forward pass."""
     state = _seed_files(tmp_path)
-    main(["import-seed", str(tmp_path / "25.pt"), str(tmp_path / "25_cfg.json"), str(tmp_path / "out")])
+    main(["import-reference", str(tmp_path / "25.pt"), str(tmp_path / "25_cfg.json"), str(tmp_path / "out")])
     sae, meta = SAE.load(tmp_path / "out")
-    assert meta["hook"] == "blocks.0.mlp.hook_post" and meta["seed_config"]["dict_mult"] == 4
+    assert meta["hook"] == "blocks.0.mlp.hook_post" and meta["reference_config"]["dict_mult"] == 4
     for k, v in state.items():
         assert torch.equal(getattr(sae, k).detach(), v)
     x = torch.randn(3, 16)
@@ -65,7 +65,7 @@ def test_seed_import_rejects_wrong_shapes(tmp_path):
     state["W_dec"] = state["W_dec"].T.contiguous()
     torch.save(state, tmp_path / "25.pt")
     with pytest.raises(ValueError, match="W_dec has shape"):
-        load_seed(tmp_path / "25.pt", tmp_path / "25_cfg.json")
+        load_reference(tmp_path / "25.pt", tmp_path / "25_cfg.json")
 
 
 def test_seed_import_refuses_pickled_objects(tmp_path):
@@ -78,7 +78,7 @@ def test_seed_import_refuses_pickled_objects(tmp_path):
     torch.save({"W_enc": Evil()}, tmp_path / "evil.pt")
     (tmp_path / "cfg.json").write_text("{}")
     with pytest.raises(ValueError, match="not a loadable tensor-only state dict"):
-        load_seed(tmp_path / "evil.pt", tmp_path / "cfg.json")
+        load_reference(tmp_path / "evil.pt", tmp_path / "cfg.json")
 
 
 def test_export_cli_from_our_format(tmp_path):

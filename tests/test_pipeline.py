@@ -35,10 +35,11 @@ def _code_root(cwd: Path) -> Path:
     return next(p for p in (cwd, *cwd.parents) if (p / "src").is_dir())
 
 
-def _run(cmd, cwd, check=True, **kw):
+def _run(cmd, cwd, check=True, env_extra=None, **kw):
     """``cmd`` with this venv's dvc and python, importing saelab and research from the copy under test."""
     root = _code_root(Path(cwd))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": f"{root / 'src'}:{root}"}
+    env |= env_extra or {}
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
     if check and res.returncode != 0:
         raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
@@ -422,3 +423,28 @@ def test_every_architecture_runs_the_whole_pipeline(repo, tmp_path, arch):
     ):
         assert (clone / p).exists(), p
     assert "up to date" in _run(["dvc", "status"], clone).stdout
+
+
+def test_root_views_show_the_root_pipeline(repo):
+    """In the root, `dvc exp show` (through its pager, as a terminal user sees it) opens with Experiment, the
+    headline metrics and the SAE params within 200 columns, and `dvc metrics show` lists the root's file only:
+    the research pipelines are DVC projects of their own (their own views, from their folders)."""
+    assert (repo / "research/questions/.dvc").is_dir() and (repo / "research/synthetic/.dvc").is_dir()
+    env = {"COLUMNS": "200", "DVC_PAGER": "cat", "PAGER": "cat"}
+    shown = _run(["dvc", "exp", "show"], repo, env_extra=env).stdout.splitlines()
+    header = next(line for line in shown if "Experiment" in line)[:200]
+    for col in (
+        "Experiment",
+        "ce_recovered_zero",
+        "l0",
+        "explained_variance",
+        "mse",
+        "frac_dead",
+        "frac_ultra_low",
+        "sae.architecture",
+        "sae.l1_coeff",
+    ):
+        assert f" {col} " in f" {header} ", (col, header)
+    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    files = {f for rev in metrics.values() for f in rev.get("data", {})}
+    assert files == {"metrics/evaluate.json"}, files

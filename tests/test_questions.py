@@ -1,4 +1,4 @@
-"""The seed's open questions: training probes, the answer functions on hand-built cases, the
+"""The reference post's open questions: training probes, the answer functions on hand-built cases, the
 params checks, and the tiny questions pipeline end to end."""
 
 from __future__ import annotations
@@ -409,7 +409,6 @@ TINY_QUESTIONS = {
 def test_tiny_questions_pipeline_runs_with_dvc_repro(tmp_path):
     """The default tiny pipeline, then `dvc repro` in research/questions/ (every stage, every question answered,
     the base run bit-identical to the default pipeline's SAE), then nothing left to rerun."""
-    import shutil
 
     repo = make_repo(tmp_path / "repo")
     _run(["dvc", "repro", "train@0"], repo)
@@ -446,3 +445,24 @@ def test_tiny_questions_pipeline_runs_with_dvc_repro(tmp_path):
     assert (repo / "research/questions/results/q4_ultra_low_share.png").exists()
     status = _run(["dvc", "status", "dvc.yaml"], repo / "research/questions").stdout  # this pipeline's stages only
     assert "changed" not in status and "modified" not in status, status
+
+
+def test_every_question_is_one_registered_module():
+    """The twelve questions are registered in order, each by its own module, and the answer stage names none."""
+    import importlib
+
+    keys = list(A.QUESTIONS)
+    assert [int(k.split("_")[0][1:]) for k in keys] == list(range(1, 13))
+    mods = [A.QUESTIONS[k].__module__ for k in keys]
+    assert len(set(mods)) == 12 and all(m.rsplit(".", 1)[1].startswith(f"q{i:02d}_") for i, m in enumerate(mods, 1))
+    for m in mods:
+        assert [k for k, fn in A.QUESTIONS.items() if fn.__module__ == m] == [keys[mods.index(m)]]
+        assert importlib.import_module(m).__doc__.startswith("Question")
+    stage = (REPO / "research/questions/stages/answer.py").read_text()
+    assert not any(k in stage for k in keys), "the stage loops over the registry; a question lives in its module"
+
+
+def test_a_question_key_cannot_be_registered_twice():
+    """Registering a second answer under a taken key is refused (two modules would write one entry)."""
+    with pytest.raises(ValueError, match="registered twice"):
+        A.question("q1_direction")(lambda c: None)

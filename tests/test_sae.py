@@ -27,7 +27,7 @@ def test_losses_by_hand():
 
 
 def test_l1_is_batch_size_independent():
-    """Duplicating a batch leaves the L1 term unchanged (the seed's summed L1 doubled)."""
+    """Duplicating a batch leaves the L1 term unchanged (the reference's summed L1 doubled)."""
     f = torch.rand(5, 7)
     assert l1_loss(torch.cat([f, f])).item() == pytest.approx(l1_loss(f).item())
 

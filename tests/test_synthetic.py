@@ -13,8 +13,6 @@ import pytest
 import torch
 import yaml
 
-from tests.test_pipeline import copy_code
-
 from research.synthetic.recovery import (
     absorption,
     at_l0,
@@ -44,6 +42,7 @@ from research.synthetic.worlds import (
 )
 from saelab.data.cache import ActivationCache
 from saelab.saes.base import SAE
+from tests.test_pipeline import copy_code
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -58,8 +58,19 @@ def toy():
 
 
 def _params(**sae):
-    return parse_params({"sae": {"architecture": "toy", "expansion": 2, "batch_size": 32, "n_tokens": 32 * 20,
-                                 "lr_warmup_tokens": 0, "checkpoint_every": 0, **sae}})
+    return parse_params(
+        {
+            "sae": {
+                "architecture": "toy",
+                "expansion": 2,
+                "batch_size": 32,
+                "n_tokens": 32 * 20,
+                "lr_warmup_tokens": 0,
+                "checkpoint_every": 0,
+                **sae,
+            }
+        }
+    )
 
 
 def test_toy_section_is_validated_like_a_builtin(toy):
@@ -88,8 +99,9 @@ def test_toy_trains_evaluates_saves_exports_and_sweeps(toy, tiny_lm, tmp_path):
     state = trainer.run(lambda skip: (torch.randn(32, 64, generator=g) for _ in range(20)))
     assert state.step == 20
     ev = EvaluateConfig(max_tokens=64, ce_max_tokens=32, batch_rows=4)
-    m, _ = evaluate(lm.model, sae, rows, "blocks.0.mlp.hook_post", torch.zeros(64), ev, "cpu", lm.bos_token_id,
-                    progress=False)
+    m, _ = evaluate(
+        lm.model, sae, rows, "blocks.0.mlp.hook_post", torch.zeros(64), ev, "cpu", lm.bos_token_id, progress=False
+    )
     assert 0 < m["l0"] <= 128 and m["mse"] > 0
     sae.save(tmp_path / "sae", {"hook": "blocks.0.mlp.hook_post"})
     again, meta = SAE.load(tmp_path / "sae")

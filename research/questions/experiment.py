@@ -1,4 +1,4 @@
-"""The seed's open questions as experiments (questions/dvc.yaml, docs/questions.md).
+"""The reference post's open questions as experiments (questions/dvc.yaml, docs/questions.md).
 
 Every run starts from the default pipeline's params (``base``: ../../params.yaml): its ``sae``
 section, its activation cache and LM, with the run's overrides, a hook (question 7), a seed
@@ -19,7 +19,8 @@ from pydantic import Field, ValidationError, model_validator
 from research.questions.probes import DensityHistory, EncoderPenalty, GradientSum, Holdout, Orthogonalize, Tie
 from saelab.config import Params, SAEConfig, load_params
 from saelab.data.hooks import covered_positions
-from saelab.eval.evaluate import EvalSample, ce_recovered, clean_pass, spliced_ce
+from saelab.eval.evaluate import EvalSample, clean_pass, spliced_ce
+from saelab.eval.metrics import ReconSums, ce_recovered
 from saelab.section import ConfigError, Section, format_errors, merge
 
 
@@ -273,10 +274,10 @@ class EvalSet:
 
     @torch.no_grad()
     def score(self, sae, transform=None, ce: bool = True) -> dict:
-        """CE recovered (zero ablation), MSE, L2 ratio, L0 and per-feature frequencies of ``sae`` with
-        ``transform(f) -> f`` applied before decoding (the features as read for L0 and frequencies)."""
-        fired = torch.zeros(sae.d_sae, dtype=torch.float64)
-        sse = l0 = n = l2 = 0.0
+        """CE recovered (zero ablation) and the reconstruction metrics (saelab.eval.metrics: MSE, EV, L0, L2 ratio,
+        per-feature frequencies) of ``sae`` with ``transform(f) -> f`` applied before decoding (the features
+        as read for L0 and frequencies)."""
+        sums = ReconSums()
         ce_sae = 0.0
         for tokens, covered, x in zip(self.tokens, self.covered, self.x):
             flat = x.reshape(-1, x.shape[-1])
@@ -285,17 +286,11 @@ class EvalSet:
                 f = transform(f)
             x_hat = sae.decode(f)
             keep = covered.reshape(-1)
-            xc, hc, fc = flat[keep], x_hat[keep], f[keep]
-            sse += (hc - xc).pow(2).sum().item()
-            l0 += (fc > 0).sum().item()
-            fired += (fc > 0).sum(0).double().cpu()
-            l2 += (hc.norm(dim=-1) / xc.norm(dim=-1).clamp_min(1e-12)).sum().item()
-            n += len(xc)
+            sums.add(flat[keep], x_hat[keep], f[keep])
             if ce:
-                ce_sae += (
-                    spliced_ce(self.model, tokens, self.hook, x_hat.reshape(x.shape), covered).double().sum().item()
-                )
-        out = {"mse": sse / n, "l0": l0 / n, "l2_ratio": l2 / n, "freq": (fired / n).numpy(), "eval_tokens": int(n)}
+                values = x_hat.reshape(x.shape)
+                ce_sae += spliced_ce(self.model, tokens, self.hook, values, covered).double().sum().item()
+        out = sums.result() | {"freq": sums.freq()}
         if ce:
             ce_sae /= self.n_ce
             out |= {

@@ -1,4 +1,4 @@
-"""Probes: optional instruments and interventions around the trainer's step, for the seed's open
+"""Probes: optional instruments and interventions around the trainer's step, for the reference post's open
 questions (questions/, docs/questions.md). None of them runs in the default pipeline; with no
 probes the trainer does exactly what it did without them (same operations, same bits).
 
@@ -162,7 +162,7 @@ class GradientSum(Probe):
 
 class Orthogonalize(Probe):
     """Keep every encoder column orthogonal to the unit ``direction`` (d_in,): projected out at the
-    start, after every step and after every resampling (the seed's fix for the ultra-low cluster)."""
+    start, after every step and after every resampling (the reference's fix for the ultra-low cluster)."""
 
     def __init__(self, direction: torch.Tensor):
         n = direction.norm()

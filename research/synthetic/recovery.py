@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from saelab.eval.metrics import ReconSums
+
 
 def pos_cos(W: torch.Tensor, D: torch.Tensor) -> np.ndarray:
     """(d_sae, F) max(cos, 0) between every decoder row and every true direction. Codes and activations
@@ -199,11 +201,13 @@ def score(sae, world, x: torch.Tensor, c: torch.Tensor, cfg) -> dict:
     good = pair_cos >= cfg.pair_cos
     freq = (c > 0).double().mean(0).numpy()
     prec, rec = firing_pr(f, c, feats[good], lats[good])
+    recon = ReconSums().add(x, x_hat, f).result()  # the one definition (saelab.eval.metrics)
     out = {
-        "l0": float((f > 0).double().sum(-1).mean()),
+        "l0": recon["l0"],
         "true_l0": float((c > 0).double().sum(-1).mean()),
-        "mse": float((x_hat - x).pow(2).sum(-1).mean()),
-        "explained_variance": float(1 - (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()),
+        "mse": recon["mse"],
+        "explained_variance": recon["explained_variance"],
+        "l2_ratio": recon["l2_ratio"],
         "d_sae": int(W.shape[0]),
         "n_true": int(D.shape[0]),
         "mcc": mcc(cos),
@@ -213,6 +217,7 @@ def score(sae, world, x: torch.Tensor, c: torch.Tensor, cfg) -> dict:
         "recall": _nanmean(rec),
         "shrinkage": _nanmean(shrinkage(f, c, W, D, feats[good], lats[good])),
     }
+    out |= {k: v for k, v in recon.items() if k not in out and k != "eval_tokens"}  # metrics added there reach here
     for t in cfg.cos_thresholds:
         hit = recovered(cos, t)
         out[f"recovered_{t:g}"] = float(hit.mean())

@@ -150,7 +150,7 @@ class SAEConfig(Section):
     """Steps between resumable checkpoints (0 = never)."""
     resample: Literal["auto", "anthropic", "reinit", "none"] = "auto"
     """Dead-feature resampling: ``anthropic`` (Towards Monosemanticity), ``reinit`` (a fresh draw of the
-    initialisation, what the seed did), ``none``; ``auto`` = anthropic for standard, none for the others."""
+    initialisation, what the reference did), ``none``; ``auto`` = anthropic for standard, none for the others."""
     normalize_activations: Literal["none", "mean_norm"] = "none"
     """``mean_norm``: train on x · s with E‖s·x‖² = d_in (s from the first batch), folded into the saved weights."""
 

@@ -80,7 +80,7 @@ def knob_params(name: str, value, fixed: dict | None = None) -> dict:
     return {section: {key: value, **(fixed or {})}}
 
 
-def build(cfg, d_in: int, seed: int | None = None) :
+def build(cfg, d_in: int, seed: int | None = None):
     """The SAE ``cfg`` (an SAEConfig) describes: its architecture, width and params; seeded by ``seed``
     (default: ``cfg.seed``)."""
     return get(cfg.architecture)(d_in, cfg.width(d_in), seed=cfg.seed if seed is None else seed, **cfg.arch_params())

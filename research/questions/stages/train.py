@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 from research.questions.experiment import load_question_params, probes_for, rates_after, training_direction
 from saelab.data.cache import ActivationCache
 from saelab.io import atomic_dir, resolve_device, save_weights
-from saelab.saes.base import SAE
 from saelab.registry import build
+from saelab.saes.base import SAE
 from saelab.stage import log, parser, run_stage
 from saelab.training.trainer import Schedule, Trainer
 

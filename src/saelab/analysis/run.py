@@ -15,7 +15,8 @@ from saelab.analysis import weights as W
 from saelab.analysis.contexts import context, token_pieces
 from saelab.analysis.passes import PassResult, run_pass
 from saelab.data.hooks import is_mlp_post
-from saelab.eval.evaluate import EvalSample, ce_recovered, frequency_fractions
+from saelab.eval.evaluate import EvalSample
+from saelab.eval.metrics import ce_recovered, frequency_fractions
 from saelab.io import save_weights
 
 

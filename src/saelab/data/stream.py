@@ -1,6 +1,6 @@
 """Streaming activations: train straight from the LM through an on-device shuffle buffer.
 
-The seed's design (docs/metrics.md, "Training algorithm"): a buffer of many prompts' activations is shuffled, the
+The reference's design (docs/metrics.md, "Training algorithm"): a buffer of many prompts' activations is shuffled, the
 first half is handed out as training batches, the unused half is kept and the buffer is
 topped up with fresh prompts and reshuffled. A batch therefore rarely holds two tokens
 of one prompt, and a run of any length needs no disk for activations.

@@ -1,4 +1,4 @@
-"""Cross-seed comparison of SAEs trained on the same activations (the seed matrix; docs/metrics.md).
+"""Cross-seed comparison of SAEs trained on the same activations (the matrix of random seeds; docs/metrics.md).
 
 Each seed initialises its SAE and reads the cache in its own order, so agreement between
 seeds is not an artefact of shared batches. For each pair of seeds (a, b):
@@ -6,7 +6,7 @@ seeds is not an artefact of shared batches. For each pair of seeds (a, b):
   * a one-to-one matching that maximises the summed cosine (Hungarian; greedy above
     ``hungarian_max`` features) and the share of features matched above 0.9 and 0.7,
     also within a's ultra-low and non-ultra-low features;
-  * the cosine between the two ultra-low clusters' mean encoder directions (the seed
+  * the cosine between the two ultra-low clusters' mean encoder directions (the reference
     found 0.96 on gelu-1l), and the same after removing the mean activation direction from both;
   * whether matched features (cos > 0.7) also match on firing frequency: Spearman
     correlation of their frequencies and the median |log10 ratio|.
@@ -137,7 +137,7 @@ def frequencies(
 
 
 def direction_baselines(direction: torch.Tensor, b_dec: torch.Tensor, acts: dict) -> dict:
-    """How an ultra-low encoder direction relates to what the seed ruled out on gelu-1l."""
+    """How an ultra-low encoder direction relates to what the reference ruled out on gelu-1l."""
     pcs = acts["pcs"].double()
     u = direction.double() / direction.double().norm().clamp_min(1e-12)
     return {

@@ -20,30 +20,10 @@ from tqdm.auto import tqdm
 
 from saelab.data.hooks import capture, covered_positions, splice
 from saelab.data.tokens import sample_rows
+from saelab.eval.metrics import ReconSums, ce_recovered, frequency_fractions
 from saelab.saes.base import SAE
 
 # ---------------------------------------------------------------- pure metrics
-
-
-def ce_recovered(ce_clean: float, ce_sae: float, ce_ablated: float) -> float:
-    """(CE_ablated - CE_sae) / (CE_ablated - CE_clean): 1 = perfect splice, 0 = as bad as ablation."""
-    return (ce_ablated - ce_sae) / (ce_ablated - ce_clean)
-
-
-def explained_variance(sse: float, sum_sq: float, sum_x: np.ndarray, n: int) -> float:
-    """1 - Σ‖x - x̂‖² / Σ‖x - mean(x)‖², with the centred denominator from streamed sums.
-
-    Σ‖x - μ‖² = Σ‖x‖² - n‖μ‖² where μ = Σx / n.
-    """
-    mu = np.asarray(sum_x, dtype=np.float64) / n
-    return 1.0 - sse / (sum_sq - n * float(mu @ mu))
-
-
-def l2_ratios(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Per-token ‖x̂‖ / ‖x‖ (B,); tokens with x = 0 are dropped."""
-    nx = x.norm(dim=-1)
-    keep = nx > 0
-    return x_hat.norm(dim=-1)[keep] / nx[keep]
 
 
 def token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -57,34 +37,11 @@ def token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Sums:
-    """Running sums over eval tokens (float64)."""
+    """Running sums over eval tokens: the reconstruction metrics (saelab.eval.metrics) and the CE losses."""
 
-    n: int = 0
-    sse: float = 0.0
-    sum_sq: float = 0.0
-    sum_x: np.ndarray | None = None
-    l0: float = 0.0
-    l2_ratio: float = 0.0
-    l2_n: int = 0
-    fired: torch.Tensor | None = None
-    act_sum: torch.Tensor | None = None
+    recon: ReconSums = field(default_factory=ReconSums)
     ce: dict = field(default_factory=lambda: {"clean": 0.0, "sae": 0.0, "zero": 0.0, "mean": 0.0})
     ce_n: int = 0
-
-    def add_recon(self, x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor) -> None:
-        x64, err = x.double(), (x_hat - x).double()
-        self.n += len(x)
-        self.sse += err.pow(2).sum().item()
-        self.sum_sq += x64.pow(2).sum().item()
-        sx = x64.sum(0).cpu().numpy()
-        self.sum_x = sx if self.sum_x is None else self.sum_x + sx
-        self.l0 += (f > 0).sum().item()
-        r = l2_ratios(x_hat.float(), x.float())
-        self.l2_ratio += r.double().sum().item()
-        self.l2_n += len(r)
-        fired, acts = (f > 0).sum(0).double().cpu(), f.sum(0).double().cpu()
-        self.fired = fired if self.fired is None else self.fired + fired
-        self.act_sum = acts if self.act_sum is None else self.act_sum + acts
 
 
 @dataclass(frozen=True)
@@ -174,15 +131,15 @@ def evaluate(
                 s.ce[name] += ce.double().sum().item()
             s.ce_n += clean.numel()
         keep = covered.reshape(-1)
-        s.add_recon(x.reshape(-1, x.shape[-1])[keep], x_hat[keep], f[keep])
+        s.recon.add(x.reshape(-1, x.shape[-1])[keep], x_hat[keep], f[keep])
         bar.update(tokens.numel())
     bar.close()
     seconds = time.perf_counter() - start
     metrics = summarize(s, cfg.ultra_low_threshold, cfg.dense_threshold)
     timing = {"eval_seconds": seconds, "eval_tokens_per_s": sample.n_rows * n_ctx / seconds}
     return metrics | {"eval_rows": sample.n_rows, "ce_eval_rows": len(sample.ce)}, {
-        "fired": s.fired.numpy(),
-        "act_sum": s.act_sum.numpy(),
+        "fired": s.recon.fired.numpy(),
+        "act_sum": s.recon.act_sum.numpy(),
         "timing": timing,
     }
 
@@ -205,7 +162,7 @@ HEADLINE = (
 
 def summarize(s: Sums, ultra_low: float, dense: float) -> dict:
     ce = {k: v / s.ce_n for k, v in s.ce.items()}
-    freq = s.fired.numpy() / s.n
+    recon = s.recon.result()
     return {
         "ce_clean": ce["clean"],
         "ce_sae": ce["sae"],
@@ -215,19 +172,14 @@ def summarize(s: Sums, ultra_low: float, dense: float) -> dict:
         "ce_recovered_mean": ce_recovered(ce["clean"], ce["sae"], ce["mean"]),
         "mean_ablation_recovered_zero": ce_recovered(ce["clean"], ce["mean"], ce["zero"]),
         "ce_eval_tokens": s.ce_n,
-        "mse": s.sse / s.n,
-        "explained_variance": explained_variance(s.sse, s.sum_sq, s.sum_x, s.n),
-        "l0": s.l0 / s.n,
-        "l2_ratio": s.l2_ratio / max(1, s.l2_n),
-        **frequency_fractions(freq, ultra_low, dense),
-        "eval_tokens": s.n,
+        "mse": recon["mse"],
+        "explained_variance": recon["explained_variance"],
+        "l0": recon["l0"],
+        "l2_ratio": recon["l2_ratio"],
+        **frequency_fractions(s.recon.freq(), ultra_low, dense),
+        "eval_tokens": recon["eval_tokens"],
+        **{k: v for k, v in recon.items() if k not in RECON_SHOWN},  # a metric added there reaches this file too
     }
 
 
-def frequency_fractions(freq: np.ndarray, ultra_low: float, dense: float) -> dict:
-    """Fractions of features dead (never fired), ultra-low (freq < ultra_low, dead included) and dense (> dense)."""
-    return {
-        "frac_dead": float((freq == 0).mean()),
-        "frac_ultra_low": float((freq < ultra_low).mean()),
-        "frac_dense": float((freq > dense).mean()),
-    }
+RECON_SHOWN = ("mse", "explained_variance", "l0", "l2_ratio", "eval_tokens")  # placed by summarize itself

@@ -11,14 +11,14 @@
   pre-6.0 config and rebuilds ``metadata`` from top-level keys only, dropping hook_name,
   model_name and context_size (sae_lens/loading/pretrained_sae_loaders.py,
   handle_config_defaulting -> handle_pre_6_0_config).
-* **The seed's checkpoints** (Neel Nanda's gelu-1l replication): a torch state dict with
+* **The reference code's checkpoints** (Neel Nanda's gelu-1l replication): a torch state dict with
   ``W_enc``, ``W_dec``, ``b_enc``, ``b_dec`` plus a JSON config (``d_mlp``, ``dict_mult``,
   ``l1_coeff``, ...). Read with ``torch.load(weights_only=True)``: never unpickled.
 
 CLI::
 
     python -m saelab.interchange export-saelens models/sae out/saelens --context-size 128
-    python -m saelab.interchange import-seed 25.pt 25_cfg.json models/seed-sae
+    python -m saelab.interchange import-reference 25.pt 25_cfg.json models/seed-sae
 """
 
 from __future__ import annotations
@@ -74,15 +74,15 @@ def export_saelens(sae: SAE, out: Path, hook: str, model_name: str, context_size
     write_json(out / SAELENS_CFG, saelens_config(sae, hook, model_name, context_size))
 
 
-def load_seed(weights: Path, config: Path) -> tuple[SAE, dict]:
-    """An SAE saved by the seed's code: state dict (W_enc, W_dec, b_enc, b_dec) + JSON config."""
+def load_reference(weights: Path, config: Path) -> tuple[SAE, dict]:
+    """An SAE saved by the reference code: state dict (W_enc, W_dec, b_enc, b_dec) + JSON config."""
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or unsafe files
         raise InputError(f"{weights}: not a loadable tensor-only state dict ({err})") from None
     missing = [k for k in KEYS if k not in state]
     if missing:
-        raise InputError(f"{weights}: missing {missing}; the seed's format has {list(KEYS)}")
+        raise InputError(f"{weights}: missing {missing}; the reference code's format has {list(KEYS)}")
     d_in, d_sae = state["W_enc"].shape
     expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
     for k, shape in expected.items():
@@ -94,8 +94,8 @@ def load_seed(weights: Path, config: Path) -> tuple[SAE, dict]:
     return sae, cfg
 
 
-def _seed_hook(cfg: dict) -> str:
-    """The seed's ``site``/``layer`` (``mlp_out``, ``post``, ...) as a TransformerLens hook name."""
+def _reference_hook(cfg: dict) -> str:
+    """The reference code's ``site``/``layer`` (``mlp_out``, ``post``, ...) as a TransformerLens hook name."""
     layer, site = cfg.get("layer", 0), cfg.get("site", "post")
     return f"blocks.{layer}.mlp.hook_{site}" if site in ("post", "pre") else f"blocks.{layer}.hook_{site}"
 
@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     e.add_argument("out", type=Path)
     e.add_argument("--model-name", default="saelab-embedded")
     e.add_argument("--context-size", type=int, default=128)
-    i = sub.add_parser("import-seed", help="the seed's .pt + JSON config -> our models/sae format")
+    i = sub.add_parser("import-reference", help="the reference code's .pt + JSON config -> our models/sae format")
     i.add_argument("weights", type=Path)
     i.add_argument("config", type=Path)
     i.add_argument("out", type=Path)
@@ -118,9 +118,9 @@ def main(argv=None) -> None:
         with atomic_dir(args.out) as tmp:
             export_saelens(sae, tmp, meta["hook"], args.model_name, args.context_size)
     else:
-        sae, cfg = load_seed(args.weights, args.config)
+        sae, cfg = load_reference(args.weights, args.config)
         with atomic_dir(args.out) as tmp:
-            sae.save(tmp, {"hook": _seed_hook(cfg), "imported_from": str(args.weights), "seed_config": cfg})
+            sae.save(tmp, {"hook": _reference_hook(cfg), "imported_from": str(args.weights), "reference_config": cfg})
     print(f"wrote {args.out}")
 
 

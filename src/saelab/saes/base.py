@@ -31,9 +31,9 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from saelab import registry
 from saelab.errors import InputError
 from saelab.io import load_weights, read_json, save_weights, write_json
-from saelab import registry
 
 WEIGHTS = "sae.safetensors"
 CONFIG = "config.json"
@@ -88,7 +88,7 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def init_weights_(self, gen: torch.Generator) -> None:
-        # Kaiming-uniform as in the seed's code: bound = sqrt(6 / fan_in), fan_in = size(1).
+        # Kaiming-uniform as in the reference code: bound = sqrt(6 / fan_in), fan_in = size(1).
         self.W_enc.uniform_(-((6 / self.d_sae) ** 0.5), (6 / self.d_sae) ** 0.5, generator=gen)
         self.W_dec.uniform_(-((6 / self.d_in) ** 0.5), (6 / self.d_in) ** 0.5, generator=gen)
         self.b_enc.zero_()
@@ -187,7 +187,7 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def reinit_rows_(self, idx: torch.Tensor, gen: torch.Generator) -> list[tuple]:
-        """The seed's resampling: features ``idx`` get a fresh draw of this architecture's initialisation."""
+        """The reference's resampling: features ``idx`` get a fresh draw of this architecture's initialisation."""
         fresh = copy.deepcopy(self)
         fresh.init_weights_(gen)
         touched = []

@@ -9,8 +9,8 @@ import torch
 from pydantic import Field
 
 from saelab.errors import InputError
-from saelab.saes.base import SAE, TrainOutput, fires, l0, mse_loss
 from saelab.registry import register
+from saelab.saes.base import SAE, TrainOutput, fires, l0, mse_loss
 from saelab.saes.topk import K_ANNEAL_FRAC, TopK, TopKParams
 
 

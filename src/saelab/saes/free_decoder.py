@@ -43,7 +43,7 @@ def tied_init_(sae: SAE, gen: torch.Generator, norm: float = 1.0) -> None:
 class FreeDecoderMixin:
     """``decoder: unit | free`` (saelab.saes.free_decoder.DecoderParams) for TopK, BatchTopK and JumpReLU.
 
-    ``unit``: the seed's constraint (rows renormalised after each step, parallel gradient removed).
+    ``unit``: the reference's constraint (rows renormalised after each step, parallel gradient removed).
     ``free``: SAELens's recipe: rows initialised at ``dec_init_norm`` (W_enc = W_dec^T), any norm during
     training, gradient-norm clipping; ``rescale`` classes (TopK, BatchTopK) multiply pre-activations by
     the row norms and decode with unit rows, so f is measured as if the rows were unit (TopK compares

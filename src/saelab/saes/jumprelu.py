@@ -11,9 +11,9 @@ from pydantic import Field, model_serializer
 from torch import nn
 
 from saelab.errors import InputError
+from saelab.registry import register
 from saelab.saes.base import SAE, TrainOutput, fires, l0, mse_loss
 from saelab.saes.free_decoder import DecoderParams, FreeDecoderMixin, tied_init_
-from saelab.registry import register
 
 
 class JumpReLUParams(DecoderParams):

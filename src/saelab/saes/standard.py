@@ -4,7 +4,7 @@ rows, Anthropic resampling), whose behaviour is :class:`saelab.saes.base.SAE`'s 
 
 from __future__ import annotations
 
-from saelab.saes.base import SAE
 from saelab.registry import register
+from saelab.saes.base import SAE
 
 Standard = register(SAE)

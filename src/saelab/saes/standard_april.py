@@ -8,9 +8,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from saelab.registry import register
 from saelab.saes.base import SAE, TrainOutput, fires, l0, mse_loss
 from saelab.saes.free_decoder import resample_free_rows_, tied_init_
-from saelab.registry import register
 from saelab.section import Section
 
 

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from pydantic import Field, model_serializer, model_validator
 
 from saelab.errors import InputError
+from saelab.registry import register
 from saelab.saes.base import SAE, TrainOutput, mse_loss
 from saelab.saes.free_decoder import DecoderParams, FreeDecoderMixin, tied_init_
-from saelab.registry import register
 
 K_ANNEAL_FRAC = 0.8  # k_anneal_frac's default
 

@@ -1,9 +1,9 @@
 """SAE training loop, for every architecture (docs/metrics.md, "Training algorithm", "Architectures").
 
-Per step: Adam on the architecture's loss (for the standard one, the seed's algorithm with
+Per step: Adam on the architecture's loss (for the standard one, the reference algorithm with
 its bug fixed: mse_loss + l1_coeff * l1_loss, both means over the batch; before the step the
 component of W_dec.grad along each row is removed, after it the rows are renormalised to
-exactly unit norm, which the seed forgot). Every ``resample_every`` tokens, features that
+exactly unit norm, which the reference forgot). Every ``resample_every`` tokens, features that
 fired on less than ``resample_threshold`` of the last ``resample_window`` tokens are
 re-initialised (``sae.resample``; see :func:`resample_`).
 """
@@ -79,7 +79,7 @@ def resample_(
       reconstruction loss, squared; sample one input per dead feature with probability proportional
       to that score; decoder row = unit vector of (input - b_dec), encoder column = that vector times
       0.2 x the mean norm of the alive encoder columns, encoder bias = 0 (``sae.resample_rows_``);
-    * ``reinit`` (the seed's code): a fresh draw of the architecture's initialisation for those features.
+    * ``reinit`` (the reference code): a fresh draw of the architecture's initialisation for those features.
     """
     idx = dead.nonzero().squeeze(-1)
     if idx.numel() == 0:

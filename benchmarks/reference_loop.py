@@ -1,15 +1,15 @@
-"""A faithful plain-PyTorch re-implementation of the seed's reference training loop.
+"""A faithful plain-PyTorch re-implementation of the reference code's training loop.
 
-The seed (Neel Nanda's 1L-Sparse-Autoencoder, the open replication of "Towards
-Monosemanticity") trains with this loop; docs/metrics.md ("Training algorithm") describes it. Kept as the seed wrote it:
+The reference (Neel Nanda's 1L-Sparse-Autoencoder, the open replication of "Towards
+Monosemanticity") trains with this loop; docs/metrics.md ("Training algorithm") describes it. Kept as the reference wrote it:
 
 - loss = mean over batch of sum_dims (x_hat - x)^2 + l1 * sum over batch AND features |f|
   (so its l1 scales with batch size: pass ``l1_coeff / batch_size`` to match ours);
 - the decoder rows are normalised and the parallel gradient removed *before*
-  ``optim.step()``, so the rows drift off unit norm after every step (the seed's bug);
-- ``loss.item()`` and friends are read every step, as the seed logs them;
+  ``optim.step()``, so the rows drift off unit norm after every step (the reference's bug);
+- ``loss.item()`` and friends are read every step, as the reference logs them;
 - dead features (fire rate below 10^-5.5) are re-initialised with Kaiming-uniform every
-  ``resample_every`` steps (the seed's 30,000; a benchmark run usually ends before).
+  ``resample_every`` steps (the reference's 30,000; a benchmark run usually ends before).
 
 Only the parts a benchmark needs are here (no W&B, no LM-based eval every 1,000 steps).
 It imports nothing but torch, so the SAELens environment could run it too.
@@ -72,7 +72,7 @@ def train(
     device: str = "cpu",
     resample_every: int = 30_000,
 ) -> SeedAutoEncoder:
-    """Run the seed's loop for ``n_steps`` on ``batches`` (an iterator of (batch_size, d_in) tensors)."""
+    """Run the reference code's loop for ``n_steps`` on ``batches`` (an iterator of (batch_size, d_in) tensors)."""
     encoder = SeedAutoEncoder(d_in, d_sae, l1_coeff_per_token / batch_size).to(device)
     encoder_optim = torch.optim.Adam(encoder.parameters(), lr=lr, betas=betas)
     fired = torch.zeros(d_sae, device=device)
@@ -84,7 +84,7 @@ def train(
         encoder.make_decoder_weights_and_grad_unit_norm()
         encoder_optim.step()
         encoder_optim.zero_grad()
-        loss_dict = {"loss": loss.item(), "l2_loss": l2_loss.item(), "l1_loss": l1_loss.item()}  # noqa: F841 - the seed logs these
+        loss_dict = {"loss": loss.item(), "l2_loss": l2_loss.item(), "l1_loss": l1_loss.item()}  # noqa: F841 - the reference logs these
         fired += (mid_acts > 0).float().sum(0)
         seen += len(acts)
         del loss, x_reconstruct, mid_acts, l2_loss, l1_loss, acts

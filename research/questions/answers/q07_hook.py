@@ -1,0 +1,27 @@
+"""Question 7 of the reference post: which activations: the MLP's output instead of its hidden layer.
+
+Its computation (``answer``), registered by name; the answer stage runs
+every registered question in order and writes ``results/answers.json`` (docs/questions.md, question 7;
+verdicts in research/questions/FINDINGS.md)."""
+
+from __future__ import annotations
+
+from research.questions.answers.base import Context, question
+from research.synthetic.recovery import at_l0
+
+
+@question("q7_hook")
+def answer(c: Context) -> None:
+    """Question 7: which activations: the MLP's output instead of its hidden layer (docs/questions.md, question 7)."""
+    a, runs, base, res = c.a, c.runs, c.base, c.res
+    base_l0 = runs[base]["l0"]
+    pts = [(runs[n]["l0"], runs[n]) for n in a.hook_runs]
+    res["q7_hook"] = {
+        "base": runs[base],
+        "runs": {n: runs[n] for n in a.hook_runs},
+        "base_l0": base_l0,
+        **{
+            f"{k}_at_base_l0": at_l0([(l0, r[k]) for l0, r in pts], base_l0)
+            for k in ("frac_ultra_low", "ce_recovered_zero", "mse")
+        },
+    }

@@ -1,0 +1,103 @@
+"""The reconstruction metrics: one definition each, one streaming implementation for every caller.
+
+evaluate (the root pipeline), the questions' eval set and the synthetic pipeline's recovery scores all
+accumulate :class:`ReconSums` over their tokens and read :meth:`ReconSums.result`, so a metric added
+here reaches all three. Definitions (docs/metrics.md, "Reconstruction metrics"):
+
+* ``mse``: mean over tokens of Σ_dims (x̂ − x)²;
+* ``explained_variance``: 1 − Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over the tokens (centred);
+* ``l0``: mean number of nonzero features per token;
+* ``l2_ratio`` (shrinkage): mean over tokens of ‖x̂‖ / ‖x‖; tokens with x = 0 have no ratio and are left
+  out of the mean (their count is ``l2_tokens``);
+* ``fired`` / ``act_sum``: per feature, tokens on which it fired (f > 0) and the sum of its activations.
+
+Sums are float64, taken per batch, so a streamed result does not depend on the batch's precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def ce_recovered(ce_clean: float, ce_sae: float, ce_ablated: float) -> float:
+    """(CE_ablated - CE_sae) / (CE_ablated - CE_clean): 1 = perfect splice, 0 = as bad as ablation."""
+    return (ce_ablated - ce_sae) / (ce_ablated - ce_clean)
+
+
+def explained_variance(sse: float, sum_sq: float, sum_x: np.ndarray, n: int) -> float:
+    """1 - Σ‖x - x̂‖² / Σ‖x - mean(x)‖², with the centred denominator from streamed sums.
+
+    Σ‖x - μ‖² = Σ‖x‖² - n‖μ‖² where μ = Σx / n.
+    """
+    mu = np.asarray(sum_x, dtype=np.float64) / n
+    return 1.0 - sse / (sum_sq - n * float(mu @ mu))
+
+
+def l2_ratios(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-token ‖x̂‖ / ‖x‖ (B,); tokens with x = 0 are dropped."""
+    nx = x.norm(dim=-1)
+    keep = nx > 0
+    return x_hat.norm(dim=-1)[keep] / nx[keep]
+
+
+def frequency_fractions(freq: np.ndarray, ultra_low: float, dense: float) -> dict:
+    """Fractions of features dead (never fired), ultra-low (freq < ultra_low, dead included) and dense (> dense)."""
+    return {
+        "frac_dead": float((freq == 0).mean()),
+        "frac_ultra_low": float((freq < ultra_low).mean()),
+        "frac_dense": float((freq > dense).mean()),
+    }
+
+
+@dataclass
+class ReconSums:
+    """Running float64 sums of the reconstruction metrics over tokens: ``add`` batches, read ``result``."""
+
+    n: int = 0
+    sse: float = 0.0
+    sum_sq: float = 0.0
+    sum_x: np.ndarray | None = None
+    l0: float = 0.0
+    l2_ratio: float = 0.0
+    l2_n: int = 0
+    fired: torch.Tensor | None = None
+    act_sum: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor) -> ReconSums:
+        """Add tokens x (N, d_in), their reconstruction x̂ (N, d_in) and features f (N, d_sae)."""
+        x64, err = x.double(), (x_hat - x).double()
+        self.n += len(x)
+        self.sse += err.pow(2).sum().item()
+        self.sum_sq += x64.pow(2).sum().item()
+        sx = x64.sum(0).cpu().numpy()
+        self.sum_x = sx if self.sum_x is None else self.sum_x + sx
+        self.l0 += (f > 0).sum().item()
+        r = l2_ratios(x_hat.float(), x.float())
+        self.l2_ratio += r.double().sum().item()
+        self.l2_n += len(r)
+        fired, acts = (f > 0).sum(0).double().cpu(), f.sum(0).double().cpu()
+        self.fired = fired if self.fired is None else self.fired + fired
+        self.act_sum = acts if self.act_sum is None else self.act_sum + acts
+        return self
+
+    def freq(self) -> np.ndarray:
+        """(d_sae,) fraction of the tokens on which each feature fired."""
+        return self.fired.numpy() / self.n
+
+    def result(self) -> dict:
+        """mse, explained_variance, l0, l2_ratio and the token counts (module docstring)."""
+        return {
+            "mse": self.sse / self.n,
+            "explained_variance": explained_variance(self.sse, self.sum_sq, self.sum_x, self.n),
+            "l0": self.l0 / self.n,
+            "l2_ratio": self.l2_ratio / max(1, self.l2_n),
+            "eval_tokens": self.n,
+        }
+
+
+def reconstruction_metrics(x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor) -> dict:
+    """:meth:`ReconSums.result` of one batch of tokens."""
+    return ReconSums().add(x, x_hat, f).result()
