@@ -13,7 +13,7 @@ TORCH_INDEX ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || \
 	 echo --extra-index-url https://download.pytorch.org/whl/cpu))
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro synthetic questions lint format test benchmark frontier topk-speed saelens-venv clean-venv
+.PHONY: setup repro synthetic questions lint format docs test benchmark frontier topk-speed saelens-venv clean-venv
 
 setup: $(STAMP)
 
@@ -47,6 +47,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix $(LINTED)
 	$(BIN)/ruff format $(LINTED)
+
+# The documentation site (mkdocs, Material theme) into site/; --strict: a broken link or page fails
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The SAELens interchange test runs the real SAELens in its own venv (it pins transformer-lens < 4);
 # where it cannot be installed (no network) that test is skipped with the reason, the rest still runs.

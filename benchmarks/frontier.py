@@ -13,7 +13,7 @@ Every trainer reads the same first ``--n-tokens`` of the activation cache in the
 else is each recipe's own (SAELens: decoder init norm 0.1, gradient clipping, its AuxK; saelab:
 params.yaml's defaults of each architecture). Sparsity settings per architecture: ``GRID``.
 
-Each trained SAE is then scored by saelab's evaluate code (src/saelab/evaluate.py; definitions
+Each trained SAE is then scored by saelab's evaluate code (src/saelab/eval/evaluate.py; definitions
 in docs/metrics.md) on held-out tokens: the seeded eval sample of the eval split, which no
 trainer saw; CE loss recovered on its first ``--ce-tokens`` tokens. SAELens's SAEs are scored
 through the same saelab classes, built from SAELens's inference weights (TopK with its k;
@@ -371,7 +371,8 @@ def write_outputs(report: dict, out: Path) -> None:
     seed = f", seed {report['seed']}" if report.get("seed") else ""  # seed 0 unnamed, as in the files before --seed
     lines = [
         f"Hardware: {report['hardware']}. {report['train_tokens']:,} training tokens per run, d_sae {report['d_sae']}, "
-        f"batch {report['batch_size']}, lr {report['lr']} constant{seed}, AuxK dead window {report.get('dead_tokens', 204_800):,} "
+        f"batch {report['batch_size']}, lr {report['lr']} constant{seed}, "
+        f"AuxK dead window {report.get('dead_tokens', 204_800):,} "
         f"tokens (both tools); scored on {res[0]['eval_tokens']:,} held-out "
         f"tokens (CE on {res[0]['ce_eval_tokens']:,}). Regenerate: `{report['command']}`.",
         "",
@@ -387,7 +388,8 @@ def write_outputs(report: dict, out: Path) -> None:
     lines += best_vs_standard_lines(g)
     lines += [
         "",
-        "Goal 3, TopK / BatchTopK with AuxK (dead < 5%, ultra-low < 10%; -noaux families: AuxK off, listed for reference):",
+        "Goal 3, TopK / BatchTopK with AuxK (dead < 5%, ultra-low < 10%; "
+        "-noaux families: AuxK off, listed for reference):",
         "",
     ]
     lines += [
@@ -489,7 +491,8 @@ def main() -> None:
     unknown = sorted(set(args.only or []) - {f"{t}:{a}" for t, a in table})
     if unknown:
         p.error(
-            f"--only {' '.join(unknown)}: not in --grid {args.grid}; its pairs: {' '.join(f'{t}:{a}' for t, a in table)}"
+            f"--only {' '.join(unknown)}: not in --grid {args.grid}; "
+            f"its pairs: {' '.join(f'{t}:{a}' for t, a in table)}"
         )
     grid = [(t, a) for t, a in table if not args.only or f"{t}:{a}" in args.only]
     # run folders: other budgets and seeds get their own (the default budget and seed 0 keep the old names)

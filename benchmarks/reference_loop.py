@@ -1,7 +1,8 @@
 """A faithful plain-PyTorch re-implementation of the reference code's training loop.
 
 The reference (Neel Nanda's 1L-Sparse-Autoencoder, the open replication of "Towards
-Monosemanticity") trains with this loop; docs/metrics.md ("Training algorithm") describes it. Kept as the reference wrote it:
+Monosemanticity") trains with this loop; docs/metrics.md ("Training algorithm") describes it.
+Kept as the reference wrote it:
 
 - loss = mean over batch of sum_dims (x_hat - x)^2 + l1 * sum over batch AND features |f|
   (so its l1 scales with batch size: pass ``l1_coeff / batch_size`` to match ours);

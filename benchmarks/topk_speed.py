@@ -398,7 +398,7 @@ def main() -> None:
     failed = {n: r for n, r in results.items() if "error" in r}
     results = {n: r for n, r in results.items() if "error" not in r}
     ref = results.get("saelab")
-    for name, r in results.items():
+    for r in results.values():
         if ref:
             r["saelab_speedup"] = ref["tokens_per_s"] / r["tokens_per_s"]
             r["mse_vs_saelab"] = r["mse"] / ref["mse"] - 1

@@ -12,7 +12,7 @@ of eval rows, the candidate causes side by side:
 
 CLI (writes findings/mean_ablation.json, cited by the README)::
 
-    python -m saelab.diagnose --lm models/lm --tokens data/tokens --activations data/activations \\
+    python -m research.diagnose --lm models/lm --tokens data/tokens --activations data/activations \\
         --out findings/mean_ablation.json
 """
 

@@ -10,8 +10,8 @@ measured**, **not measured**, or **reported, no claim tested**; docs/metrics.md,
     dvc exp run -n regime-lr1e-3 -S sae.lr=0.001
     dvc exp run -n regime-l1-2 -S sae.l1_coeff=2.0
     dvc exp run -n regime-tokens-5x -S sae.n_tokens=10000000 -S 'seeds=[0]'   # one seed: time
-    python -m saelab.findings --out findings          # reads `dvc exp show --json` and each run's metrics files
-    python -m saelab.findings --json findings/runs.json --out findings       # from the committed copy
+    python -m research.findings --out findings          # reads `dvc exp show --json` and each run's metrics files
+    python -m research.findings --json findings/runs.json --out findings       # from the committed copy
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     dvc exp run --queue -S 'sae.l1_coeff=0.5,1.0,2.0'
     dvc exp run --queue -S sae.architecture=topk -S 'sae.topk.k=16,32,64'
     dvc queue start -j 1          # then wait: dvc queue status
-    python -m saelab.frontier --out plots/frontier     # table (CSV + Markdown) and PNG
+    python -m research.frontier --out plots/frontier     # table (CSV + Markdown) and PNG
 
 Each run is labelled by its architecture and that architecture's sparsity knob (``KNOB``); the
 plot draws one line per architecture.

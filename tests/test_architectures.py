@@ -164,7 +164,7 @@ def test_sparse_and_dense_topk_train_alike(decoder):
             _batches(),
             cfg.model_copy(update={"n_tokens": 64 * 20, "log_every": 1}),
             torch.device("cpu"),
-            lambda step, row: rows.append(row),
+            lambda step, row, rows=rows: rows.append(row),
         )
         trained.append(sae)
         auxk_steps.append(sum(r["auxk"] > 0 for r in rows))

@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -11,17 +12,25 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from saelab.analysis.browser import build
 from saelab.analysis.run import Inputs, pass_analyses, weight_analyses, write_figures, write_tables
-from saelab.browser import build
-from saelab.config import AnalysisConfig
-from saelab.evaluate import EvalSample
-from saelab.config import EvaluateConfig
-from saelab.lm import load_lm
-from saelab.sae import SAE
+from saelab.config import AnalysisConfig, EvaluateConfig
+from saelab.data.lm import load_lm
+from saelab.eval.evaluate import EvalSample
+from saelab.saes.base import SAE
 
+REPO = Path(__file__).resolve().parents[1]
 EVIL = "<script>window.pwned=1</script>&\"'"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +43,30 @@ def analysis(tiny_lm, tmp_path_factory):
         sae.b_enc[:128] = -100.0  # half the features never fire: an ultra-low cluster
     freq = np.r_[np.zeros(128), np.full(128, 0.05)]
     cfg = AnalysisConfig(topk=(1, 5), n_examples=3, batch_rows=8)
-    inp = Inputs(lm.model, lm.tokenizer, sae, "blocks.0.mlp.hook_post", 0, freq, rows.size, rows,
-                 lm.model.state_dict()["ln_final.weight"], 1e-4, 1e-2, lm.bos_token_id)
+    inp = Inputs(
+        lm.model,
+        lm.tokenizer,
+        sae,
+        "blocks.0.mlp.hook_post",
+        0,
+        freq,
+        rows.size,
+        rows,
+        lm.model.state_dict()["ln_final.weight"],
+        1e-4,
+        1e-2,
+        lm.bos_token_id,
+    )
     weights, cols, extra = weight_analyses(inp, cfg)
-    passed, res = pass_analyses(inp, cfg, EvalSample.draw(len(rows), rows.shape[1], None, EvaluateConfig(ce_max_tokens=128)), "cpu")
+    passed, res = pass_analyses(
+        inp, cfg, EvalSample.draw(len(rows), rows.shape[1], None, EvaluateConfig(ce_max_tokens=128)), "cpu"
+    )
     m, pm = weights.as_dict(), passed.as_dict()
-    out, figs, csvs = tmp_path_factory.mktemp("analysis"), tmp_path_factory.mktemp("figs"), tmp_path_factory.mktemp("csv")
+    out, figs, csvs = (
+        tmp_path_factory.mktemp("analysis"),
+        tmp_path_factory.mktemp("figs"),
+        tmp_path_factory.mktemp("csv"),
+    )
     write_tables(out, inp, cfg, cols, extra, res)
     write_figures(figs, csvs, cols, extra, res, m | pm, cfg)
     return out, figs, m | pm
@@ -48,10 +75,25 @@ def analysis(tiny_lm, tmp_path_factory):
 def test_analysis_metrics_are_complete(analysis):
     """The stage's metrics hold every one of the twelve quantities."""
     _, figs, m = analysis
-    for key in ("frac_dead", "frac_ultra_low", "frac_dense", "ultra_low_enc_share_cos_above", "ultra_low_cofire_max_share",
-                "enc_dec_cos_median", "neuron_frac_dense", "kurtosis_median", "null_share_enc_mean", "null_share_baseline",
-                "de_projection_median_non_ultra_low", "frequent_cos_var", "logit_skew_median", "topk_1_ce_recovered_zero",
-                "topk_all_mse", "ce_diff_p99", "n_features_with_examples"):
+    for key in (
+        "frac_dead",
+        "frac_ultra_low",
+        "frac_dense",
+        "ultra_low_enc_share_cos_above",
+        "ultra_low_cofire_max_share",
+        "enc_dec_cos_median",
+        "neuron_frac_dense",
+        "kurtosis_median",
+        "null_share_enc_mean",
+        "null_share_baseline",
+        "de_projection_median_non_ultra_low",
+        "frequent_cos_var",
+        "logit_skew_median",
+        "topk_1_ce_recovered_zero",
+        "topk_all_mse",
+        "ce_diff_p99",
+        "n_features_with_examples",
+    ):
         assert key in m, key
     assert m["ultra_low_cofire_max_share"] == 0.0  # the ultra-low half never fires
     assert m["null_share_baseline"] == pytest.approx(1 - 32 / 64)
@@ -77,8 +119,14 @@ def chromium():
     if exe is None and shutil.which("apt-get") and os.geteuid() == 0:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         try:
-            subprocess.run("apt-get update -qq && apt-get install -y -qq chromium", shell=True, env=env,
-                           capture_output=True, timeout=900, check=True)
+            subprocess.run(
+                "apt-get update -qq && apt-get install -y -qq chromium",
+                shell=True,
+                env=env,
+                capture_output=True,
+                timeout=900,
+                check=True,
+            )
         except (subprocess.SubprocessError, OSError) as err:
             pytest.skip(f"chromium is not installed and `apt-get install chromium` failed: {err}")
         exe = shutil.which("chromium")
@@ -93,16 +141,21 @@ def test_page_renders_in_headless_chromium(analysis, chromium, tmp_path):
     page = tmp_path / "index.html"
     page.write_text(build(out, [figs], {"analysis": m}))
     common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*common, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [*common, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     total = re.search(r'data-images-total="(\d+)"', dom)
     loaded = re.search(r'data-images-loaded="(\d+)"', dom)
     assert total and loaded and int(total.group(1)) >= 6 and loaded.group(1) == total.group(1)
     first = pq.read_table(out / "examples.parquet").to_pylist()[0]
     assert f'id="f{first["feature"]}"' in dom and "<mark>" in dom
     shot = tmp_path / "browser.png"
-    subprocess.run([*common, "--window-size=1280,1600", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [*common, "--window-size=1280,1600", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120
+    )
     assert shot.exists() and shot.stat().st_size > 10_000
     keep = os.environ.get("SAELAB_SCREENSHOT_DIR")
     if keep:
@@ -111,8 +164,46 @@ def test_page_renders_in_headless_chromium(analysis, chromium, tmp_path):
 
 def test_control_characters_are_rendered_visibly():
     """NUL, ESC, DEL and C1 controls from the corpus never reach the HTML raw; newline and tab show as arrows."""
-    from saelab.browser import _ctx
+    from saelab.analysis.browser import context_html
 
-    html = _ctx("a\x00b\x1b[31m", "\x7f", "\x85\n\t<")
+    html = context_html("a\x00b\x1b[31m", "\x7f", "\x85\n\t<")
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in html)
     assert "␀" in html and "␛" in html and "␡" in html and "\\x85" in html and "⏎→&lt;" in html
+
+
+def _anchors(md: str) -> set[str]:
+    """Anchors of a Markdown file's headings, as mkdocs's toc (and GitHub) make them."""
+    import re
+
+    out = set()
+    for line in md.splitlines():
+        if line.startswith("#"):
+            text = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"\s+", "-", re.sub(r"[^\w\s-]", "", text)).strip("-"))
+    return out
+
+
+def test_neuron_basis_class_is_never_shown_unlabelled():
+    """The header names the decoder's neuron-basis class as such: no bare '· dense' beside the frequency."""
+    from saelab.analysis.browser import feature_header
+
+    for cls in ("dense", "1-sparse", "10-ish"):
+        f = {"frequency": 7.619e-06, "enc_dec_cos": 0.5, "kurtosis": 3.0, "fve_top_1": 0.1, "sparsity_class": cls}
+        html = feature_header(f, 1_048_576)
+        assert f"· {cls}" not in html and f"neuron-basis class of W_dec</a>: {cls}" in html
+        assert "8 of 1,048,576 tokens" in html  # the frequency says how many tokens it stands for
+
+
+def test_every_label_links_to_a_definition_that_exists(analysis, tmp_path):
+    """Every field label on the page links to docs/metrics.md at an anchor its headings define."""
+    import re
+
+    from saelab.analysis.browser import DOCS, FIELDS
+
+    page = build(analysis[0], [analysis[1]], {"analysis": analysis[2]})
+    anchors = _anchors((REPO / "docs/metrics.md").read_text())
+    linked = set(re.findall(re.escape(DOCS) + r"#([\w-]+)", page))
+    assert linked and linked <= anchors, linked - anchors
+    assert {a for _, a in FIELDS.values()} <= anchors
+    for name, _ in FIELDS.values():
+        assert name in page, name

@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from saelab.config import SAEConfig, load_params, parse_params
 from saelab.section import ConfigError
@@ -45,7 +46,7 @@ def test_missing_params_file(tmp_path):
 def test_sections_are_frozen():
     """Configs are immutable once validated."""
     p = parse_params({})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         p.sae.l1_coeff = 3.0
 
 

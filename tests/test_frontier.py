@@ -1,4 +1,4 @@
-"""saelab.frontier on a hand-built `dvc exp show --json`: each run labelled by its architecture's knob."""
+"""research.frontier on a hand-built `dvc exp show --json`: each run labelled by its architecture's knob."""
 
 import csv
 

@@ -31,8 +31,8 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def _code_root(cwd: Path) -> Path:
-    """The copy of the repository ``cwd`` lies in (the nearest folder above it holding src/)."""
-    return next(p for p in (cwd, *cwd.parents) if (p / "src").is_dir())
+    """The copy of the repository ``cwd`` lies in (the nearest folder above it holding src/; ``cwd`` if none)."""
+    return next((p for p in (cwd, *cwd.parents) if (p / "src").is_dir()), cwd)
 
 
 def _run(cmd, cwd, check=True, env_extra=None, **kw):
@@ -131,6 +131,31 @@ def test_repro_produces_every_output(repo):
         assert json.loads((repo / f"timings/{stage}.json").read_text())["peak_rss_mb"] > 50, stage
     assert "up to date" in _run(["dvc", "status"], repo).stdout
     assert not list(repo.rglob(".*.tmp"))
+
+
+def test_root_views_show_the_root_pipeline(repo):
+    """In the root, `dvc exp show` (through its pager, as a terminal user sees it) opens with Experiment, the
+    headline metrics and the SAE params within 200 columns, and `dvc metrics show` lists the root's file only:
+    the research pipelines are DVC projects of their own (their own views, from their folders)."""
+    assert (repo / "research/questions/.dvc").is_dir() and (repo / "research/synthetic/.dvc").is_dir()
+    env = {"COLUMNS": "200", "DVC_PAGER": "cat", "PAGER": "cat"}
+    shown = _run(["dvc", "exp", "show"], repo, env_extra=env).stdout.splitlines()
+    header = next(line for line in shown if "Experiment" in line)[:200]
+    for col in (
+        "Experiment",
+        "ce_recovered_zero",
+        "l0",
+        "explained_variance",
+        "mse",
+        "frac_dead",
+        "frac_ultra_low",
+        "sae.architecture",
+        "sae.l1_coeff",
+    ):
+        assert f" {col} " in f" {header} ", (col, header)
+    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    files = {f for rev in metrics.values() for f in rev.get("data", {})}
+    assert files == {"metrics/evaluate.json"}, files
 
 
 def test_changing_cadence_retrains_nothing(repo):
@@ -361,7 +386,8 @@ def _swept_l1(repo) -> set[float]:
 
 
 def test_queued_sweep_gathers_a_frontier(repo, tmp_path):
-    """`dvc exp run --queue -S sae.l1_coeff=a,b` + `dvc queue start` run; saelab.frontier tabulates L0 vs CE recovered.
+    """`dvc exp run --queue -S sae.l1_coeff=a,b` + `dvc queue start` run; research.frontier tabulates L0 vs CE
+    recovered.
 
     DVC's celery queue now and then fails a task before any stage runs, leaving no log (treeverse/dvc#9143).
     A value whose task failed is queued once more, after its logs are printed as a warning; a
@@ -378,10 +404,13 @@ def test_queued_sweep_gathers_a_frontier(repo, tmp_path):
             if "Failed" in line
         ]
         workers = [f.read_text()[-3000:] for f in (repo / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.out")]
-        warnings.warn(f"queued sweep: {sorted(missing)} failed, retrying once\n{status}\n" + "\n".join(logs + workers))
+        warnings.warn(
+            stacklevel=2,
+            message=f"queued sweep: {sorted(missing)} failed, retrying once\n{status}\n" + "\n".join(logs + workers),
+        )
         status = _queue(repo, sorted(missing))
     assert wanted <= _swept_l1(repo), status
-    res = _run([sys.executable, "-m", "saelab.frontier", "--out", str(tmp_path / "frontier")], repo)
+    res = _run([sys.executable, "-m", "research.frontier", "--out", str(tmp_path / "frontier")], repo)
     rows = list(csv.DictReader(open(tmp_path / "frontier" / "frontier.csv")))
     assert {r["architecture"] for r in rows} == {"standard"} and {r["knob"] for r in rows} == {"l1_coeff"}
     l1 = [float(r["value"]) for r in rows]
@@ -423,28 +452,3 @@ def test_every_architecture_runs_the_whole_pipeline(repo, tmp_path, arch):
     ):
         assert (clone / p).exists(), p
     assert "up to date" in _run(["dvc", "status"], clone).stdout
-
-
-def test_root_views_show_the_root_pipeline(repo):
-    """In the root, `dvc exp show` (through its pager, as a terminal user sees it) opens with Experiment, the
-    headline metrics and the SAE params within 200 columns, and `dvc metrics show` lists the root's file only:
-    the research pipelines are DVC projects of their own (their own views, from their folders)."""
-    assert (repo / "research/questions/.dvc").is_dir() and (repo / "research/synthetic/.dvc").is_dir()
-    env = {"COLUMNS": "200", "DVC_PAGER": "cat", "PAGER": "cat"}
-    shown = _run(["dvc", "exp", "show"], repo, env_extra=env).stdout.splitlines()
-    header = next(line for line in shown if "Experiment" in line)[:200]
-    for col in (
-        "Experiment",
-        "ce_recovered_zero",
-        "l0",
-        "explained_variance",
-        "mse",
-        "frac_dead",
-        "frac_ultra_low",
-        "sae.architecture",
-        "sae.l1_coeff",
-    ):
-        assert f" {col} " in f" {header} ", (col, header)
-    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
-    files = {f for rev in metrics.values() for f in rev.get("data", {})}
-    assert files == {"metrics/evaluate.json"}, files

@@ -108,7 +108,7 @@ def test_hierarchy_tasks_and_correlation_follow_their_laws():
         assert (on[:, idx].all(1) == on[:, idx].any(1)).all()  # a task's features fire together
         assert on[:, idx[0]].float().mean() == pytest.approx(0.2, abs=0.02)
         assert c[on[:, idx[0]]][:, idx].std(1).min() > 0  # ... with their own magnitudes
-    lead, member = 0, 1  # member fires alone w.p. 0.5, and with its leader's fires w.p. 0.5
+    member = 1  # leader 0; member fires alone w.p. 0.5, and with its leader's fires w.p. 0.5
     assert on[:, member].float().mean() == pytest.approx(0.5 + 0.5 * 0.5 * 0.5, abs=0.02)
     torch.testing.assert_close(x, c @ w.D)  # no noise: x is exactly the codes times the dictionary
 

@@ -190,7 +190,7 @@ def test_resample_scales_encoder_zeroes_moments_and_weights_by_loss_squared():
 
 
 def test_resample_probabilities_are_loss_squared():
-    """Inputs are drawn with weight proportional to their loss (squared error) squared: losses 1 and 3 weigh 1 : 9, not 1 : 3."""
+    """Inputs are drawn with weight (squared error) squared: losses 1 and 3 weigh 1 : 9, not 1 : 3."""
     from saelab.training.trainer import resample_probabilities
 
     w = resample_probabilities(torch.tensor([1.0, 3.0, 0.0]))

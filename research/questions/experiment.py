@@ -1,8 +1,8 @@
-"""The reference post's open questions as experiments (questions/dvc.yaml, docs/questions.md).
+"""The reference post's open questions as experiments (research/questions/dvc.yaml, docs/questions.md).
 
 Every run starts from the default pipeline's params (``base``: ../../params.yaml): its ``sae``
 section, its activation cache and LM, with the run's overrides, a hook (question 7), a seed
-(question 12) and training probes (saelab.probes). ``questions/params.yaml`` holds the runs
+(question 12) and training probes (research.questions.probes). ``research/questions/params.yaml`` holds the runs
 and the knobs of the answers; ``python -m research.questions.stages.answer`` (the ``answer`` stage) turns
 the trained runs into one JSON per question, tables and figures.
 """
@@ -217,7 +217,7 @@ def rates_after(density, start_tokens: int) -> np.ndarray:
 
 
 def training_direction(W_enc: torch.Tensor, rates: np.ndarray, threshold: float) -> torch.Tensor | None:
-    """The ultra-low direction (saelab.compare.ultra_low_direction) of the features whose training
+    """The ultra-low direction (saelab.eval.compare.ultra_low_direction) of the features whose training
     rate is below ``threshold``; None when there are none (the orthogonal run then has nothing to avoid)."""
     from saelab.eval.compare import ultra_low_direction
 

@@ -2,7 +2,7 @@
 
 A world is a dictionary of F unit directions d_i in R^d and a law for the codes c (n, F) >= 0;
 an "activation" is x = c @ D + noise. Definitions of every option and of the recovery metrics:
-docs/synthetic.md. The pipeline that uses this module is synthetic/dvc.yaml.
+docs/synthetic.md. The pipeline that uses this module is research/synthetic/dvc.yaml.
 
 Feature index layout (``World.layout``), in this order:
 
@@ -17,7 +17,7 @@ Feature index layout (``World.layout``), in this order:
 a group's first feature fires, each other member also fires with probability ``correlation``.
 Magnitudes are |N(magnitude_mean, magnitude_std)|, independent per token and feature.
 
-The cache is the ordinary activation-cache format (src/saelab/cache.py), so the SAE trainer reads
+The cache is the ordinary activation-cache format (src/saelab/data/cache.py), so the SAE trainer reads
 it unchanged; the true dictionary goes next to it (``dictionary.safetensors``, ``world.json``).
 Samples are drawn chunk by chunk, each chunk from its own seed (world seed, stream, chunk index),
 so a world of any size is written in bounded memory and any chunk can be redrawn alone.
@@ -48,7 +48,7 @@ TRAIN, EVAL = 0, 1  # sample streams: the cache, and the held-out sample the rec
 
 
 class WorldConfig(Section):
-    """One synthetic world (``worlds.<name>`` in synthetic/params.yaml; docs/synthetic.md)."""
+    """One synthetic world (``worlds.<name>`` in research/synthetic/params.yaml; docs/synthetic.md)."""
 
     d: int = Field(64, gt=0)
     """Width of an activation."""
@@ -340,7 +340,7 @@ def write_world(world: World, out: Path) -> dict:
 
 
 def load_world(path: str | Path) -> tuple[World, dict]:
-    """The world a generate stage wrote to ``path``: rebuilt from its config and checked against the saved dictionary."""
+    """The world a generate stage wrote to ``path``: rebuilt from its config, checked against the saved dictionary."""
     path = Path(path)
     info = read_json(path / WORLD)
     world = World(WorldConfig.model_validate(info["config"]))

@@ -274,7 +274,8 @@ class AnalysisConfig(Section):
 class CompareConfig(Section):
     max_tokens: int | None = Field(None, gt=0)
     """Eval tokens (a prefix of evaluate's seeded sample) for each seed's frequencies and baselines; ``None`` =
-    the whole eval split, the rows on which evaluate measures frequencies, so both stages find the same ultra-low set."""
+    the whole eval split, the rows on which evaluate measures frequencies, so both stages find the same ultra-low
+    set."""
     hungarian_max: int = Field(8192, gt=0)
     """Largest d_sae matched exactly (Hungarian); wider SAEs get a greedy one-to-one matching."""
     n_components: int = Field(5, gt=0)

@@ -32,7 +32,7 @@ def keep_top(k: int):
 
 @question("q10_drop_k")
 def answer(c: Context) -> None:
-    """Question 10: dropping the k smallest active features or keeping the k largest (docs/questions.md, question 10)."""
+    """Question 10: dropping the k smallest active features or keeping the k largest (docs/questions.md)."""
     a, thr, ev, scores, base, B = c.a, c.thr, c.ev, c.scores, c.base, c.B
     res, figs, tables = c.res, c.figs, c.tables
     curve = [{"k": 0, "mode": "none", **summary(scores[base], thr)}]

@@ -1,6 +1,7 @@
 """Questions stage activations: the default activation cache's recipe on another hook (question 7).
 
-python -m research.questions.stages.activations --hook blocks.0.hook_mlp_out --lm ../../models/lm --tokens ../../data/tokens --out data/blocks.0.hook_mlp_out
+python -m research.questions.stages.activations --hook blocks.0.hook_mlp_out --lm ../../models/lm \\
+    --tokens ../../data/tokens --out data/blocks.0.hook_mlp_out
 """
 
 from pathlib import Path

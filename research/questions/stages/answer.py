@@ -2,8 +2,8 @@
 question (research/questions/answers/, one module each) and writes their numbers, tables and figures
 (docs/questions.md; the verdicts are in research/questions/FINDINGS.md).
 
-    python -m research.questions.stages.answer --models models --data data --lm ../../models/lm --tokens ../../data/tokens \
-        --activations ../../data/activations --out results --metrics metrics.json
+    python -m research.questions.stages.answer --models models --data data --lm ../../models/lm \\
+        --tokens ../../data/tokens --activations ../../data/activations --out results --metrics metrics.json
 """
 
 from pathlib import Path

@@ -1,8 +1,9 @@
 """Questions stage train: one SAE of the question runs, the default recipe with the run's overrides
-and training probes (saelab.probes; their records are written next to the SAE).
+and training probes (research.questions.probes; their records are written next to the SAE).
 
     python -m research.questions.stages.train --run holdout --activations ../../data/activations --out models/holdout
-    python -m research.questions.stages.train --run orthogonal --activations ../../data/activations --direction-from models/base --out models/orthogonal
+    python -m research.questions.stages.train --run orthogonal --activations ../../data/activations \\
+        --direction-from models/base --out models/orthogonal
 """
 
 from pathlib import Path
@@ -20,7 +21,7 @@ from saelab.training.trainer import Schedule, Trainer
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--run", required=True, help="a key of `runs` in questions/params.yaml")
+    p.add_argument("--run", required=True, help="a key of `runs` in research/questions/params.yaml")
     p.add_argument("--activations", type=Path, required=True, help="the run's activation cache")
     p.add_argument("--direction-from", type=Path, help="probes.orthogonalize: the named run's output directory")
     p.add_argument("--out", type=Path, required=True)

@@ -1,4 +1,4 @@
-"""Synthetic stage generate: one world's training cache and true dictionary (synthetic/dvc.yaml).
+"""Synthetic stage generate: one world's training cache and true dictionary (research/synthetic/dvc.yaml).
 
 python -m research.synthetic.stages.generate --world standard --out data/standard     # run from research/synthetic/
 """

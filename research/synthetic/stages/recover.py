@@ -64,7 +64,7 @@ def write_tables(rows: list[dict], matched: list[dict], out: Path) -> None:
         w.writeheader()
         w.writerows(rows)
     lines = [
-        "Regenerate: `cd synthetic && dvc repro` (definitions: docs/synthetic.md).",
+        "Regenerate: `cd research/synthetic && dvc repro` (definitions: docs/synthetic.md).",
         "",
         "| " + " | ".join(COLS) + " |",
         "|---" * len(COLS) + "|",
@@ -101,7 +101,8 @@ def write_tables(rows: list[dict], matched: list[dict], out: Path) -> None:
             "",
             "Compositional tasks (per run: latents per task direction, alignment, verdict):",
             "",
-            "| run | architecture | d_sae / F | competing features | n_eff / m | dir_align | span_align | sum_align | verdict |",
+            "| run | architecture | d_sae / F | competing features | n_eff / m "
+            "| dir_align | span_align | sum_align | verdict |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [

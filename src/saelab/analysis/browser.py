@@ -27,12 +27,14 @@ mark{background:#ffd54f;font-weight:bold}
 .feature{border-top:1px solid #ccc;margin-top:1em}
 .tok{font-family:ui-monospace,monospace;background:#eef;padding:0 3px;margin:1px;display:inline-block}
 #features-wrap{max-height:480px;overflow:auto}
+.def{font-size:10px;text-decoration:none}
 """
 
 JS = """
 function sortTable(th){const t=th.closest('table'),i=[...th.parentNode.children].indexOf(th),
  asc=th.dataset.asc!=='1';th.dataset.asc=asc?'1':'0';const b=t.tBodies[0];
- [...b.rows].sort((a,c)=>{const x=a.cells[i].dataset.v??a.cells[i].textContent,y=c.cells[i].dataset.v??c.cells[i].textContent;
+ [...b.rows].sort((a,c)=>{const x=a.cells[i].dataset.v??a.cells[i].textContent,
+ y=c.cells[i].dataset.v??c.cells[i].textContent;
  const nx=parseFloat(x),ny=parseFloat(y);const r=(isNaN(nx)||isNaN(ny))?x.localeCompare(y):nx-ny;return asc?r:-r})
  .forEach(r=>b.appendChild(r))}
 function filterTable(){const q=document.getElementById('q').value.toLowerCase(),
@@ -74,7 +76,7 @@ def _img(path: Path) -> str:
     return f'<img alt="{e(path.stem)}" title="{e(path.stem)}" src="data:image/png;base64,{data}">'
 
 
-def _ctx(left: str, token: str, right: str) -> str:
+def context_html(left: str, token: str, right: str) -> str:
     return f'<span class="ctx">{_visible(left)}<mark>{_visible(token)}</mark>{_visible(right)}</span>'
 
 
@@ -91,25 +93,78 @@ def _fmt(v) -> str:
     return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4g}"
 
 
+# Every per-feature field the page shows, by what it is, each linked to its definition (docs/metrics.md,
+# "Browser fields"): field -> (label, anchor). The page lives in reports/, the docs in docs/.
+DOCS = "../docs/metrics.md"
+FIELDS = {
+    "frequency": ("firing frequency", "firing-frequency"),
+    "ultra_low": ("ultra-low", "ultra-low"),
+    "enc_dec_cos": ("encoder-decoder cosine", "encoder-decoder-cosine"),
+    "kurtosis": ("neuron kurtosis of W_dec", "neuron-kurtosis"),
+    "fve_top_1": ("top-neuron share of W_dec (fve_top_1)", "top-neuron-share"),
+    "sparsity_class": ("neuron-basis class of W_dec", "neuron-basis-class"),
+    "top_promoted": ("top promoted tokens (logit lens)", "top-logit-tokens"),
+    "top_suppressed": ("top suppressed tokens (logit lens)", "top-logit-tokens"),
+    "examples": ("top activations in context", "activation-examples"),
+}
+
+
+def label(field: str) -> str:
+    """The field's name, linked to its definition."""
+    name, anchor = FIELDS[field]
+    return f'<a href="{DOCS}#{anchor}" title="definition">{e(name)}</a>'
+
+
+def th_label(field: str) -> str:
+    """A table header: the field's name, and a link to its definition that does not take the sorting click."""
+    name, anchor = FIELDS[field]
+    return f'{e(name)} <a class="def" href="{DOCS}#{anchor}" title="definition" onclick="event.stopPropagation()">?</a>'
+
+
+def _frequency(v, n_tokens: int | None) -> str:
+    """The firing frequency, with the token count it stands for when the sample size is known."""
+    if n_tokens is None or v is None or not np.isfinite(v):
+        return _fmt(v)
+    return f"{_fmt(v)} ({round(v * n_tokens):,} of {n_tokens:,} tokens)"
+
+
 def feature_table(feats: list[dict]) -> str:
-    head = ["id", "frequency", "ultra-low", "enc/dec cos", "kurtosis", "fve_top_1", "top logit tokens"]
+    head = [
+        "id",
+        *(label(k) for k in ("frequency", "ultra_low", "enc_dec_cos", "kurtosis", "fve_top_1", "top_promoted")),
+    ]
     body = []
     for f in feats:
         toks = "".join(f'<span class="tok">{_visible(t)}</span>' for t in (f.get("top_promoted") or [])[:5])
+        i = f["feature"]
         body.append(
-            f'<tr data-ultra="{int(f["ultra_low"])}"><td data-v="{f["feature"]}"><a href="#f{f["feature"]}">{f["feature"]}</a></td>'
+            f'<tr data-ultra="{int(f["ultra_low"])}"><td data-v="{i}"><a href="#f{i}">{i}</a></td>'
             f'<td data-v="{f["frequency"]}">{_fmt(f["frequency"])}</td><td>{"yes" if f["ultra_low"] else ""}</td>'
-            f"<td>{_fmt(f['enc_dec_cos'])}</td><td>{_fmt(f['kurtosis'])}</td><td>{_fmt(f['fve_top_1'])}</td><td>{toks}</td></tr>"
+            f"<td>{_fmt(f['enc_dec_cos'])}</td><td>{_fmt(f['kurtosis'])}</td><td>{_fmt(f['fve_top_1'])}</td>"
+            f"<td>{toks}</td></tr>"
         )
-    ths = "".join(f'<th onclick="sortTable(this)">{e(h)}</th>' for h in head)
+    ths = "".join(f'<th onclick="sortTable(this)">{h}</th>' for h in head)  # labels are built HTML
     return (
         '<p><input id="q" placeholder="filter (id, token, ...)" oninput="filterTable()"> '
         '<label><input type="checkbox" id="hide-ultra" onchange="filterTable()"> hide ultra-low</label></p>'
-        f'<div id="features-wrap"><table id="features"><thead><tr>{ths}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+        f'<div id="features-wrap"><table id="features"><thead><tr>{ths}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
-def feature_sections(feats: list[dict], examples: dict[int, list[dict]]) -> str:
+def feature_header(f: dict, n_tokens: int | None = None) -> str:
+    """One feature's fields, each named by what it is (the neuron-basis class describes W_dec, not firing)."""
+    parts = [
+        f"{label('frequency')} {_frequency(f['frequency'], n_tokens)}",
+        f"{label('enc_dec_cos')} {_fmt(f['enc_dec_cos'])}",
+        f"{label('kurtosis')} {_fmt(f['kurtosis'])}",
+        f"{label('fve_top_1')} {_fmt(f['fve_top_1'])}",
+        f"{label('sparsity_class')}: {e(str(f['sparsity_class']))}",
+    ]
+    return "<p>" + " · ".join(parts) + "</p>"
+
+
+def feature_sections(feats: list[dict], examples: dict[int, list[dict]], n_tokens: int | None = None) -> str:
     out = []
     for f in feats:
         ex = examples.get(f["feature"])
@@ -117,12 +172,14 @@ def feature_sections(feats: list[dict], examples: dict[int, list[dict]]) -> str:
             continue
         promoted = "".join(f'<span class="tok">{_visible(t)}</span>' for t in f.get("top_promoted") or [])
         suppressed = "".join(f'<span class="tok">{_visible(t)}</span>' for t in f.get("top_suppressed") or [])
-        lines = "".join(f"<li>{r['activation']:.3g}: {_ctx(r['left'], r['token'], r['right'])}</li>" for r in ex)
+        lines = "".join(
+            f"<li>{r['activation']:.3g}: {context_html(r['left'], r['token'], r['right'])}</li>" for r in ex
+        )
         out.append(
             f'<section class="feature" id="f{f["feature"]}"><h3>Feature {f["feature"]}</h3>'
-            f"<p>frequency {_fmt(f['frequency'])} · enc/dec cos {_fmt(f['enc_dec_cos'])} · kurtosis {_fmt(f['kurtosis'])}"
-            f" · fve_top_1 {_fmt(f['fve_top_1'])} · {e(str(f['sparsity_class']))}</p>"
-            f"<p>promotes: {promoted}</p><p>suppresses: {suppressed}</p><ol>{lines}</ol></section>"
+            f"{feature_header(f, n_tokens)}"
+            f"<p>{label('top_promoted')}: {promoted}</p><p>{label('top_suppressed')}: {suppressed}</p>"
+            f"<p>{label('examples')}:</p><ol>{lines}</ol></section>"
         )
     return "".join(out)
 
@@ -132,8 +189,16 @@ def _context_list(table_path: Path, value: str) -> str:
         return "<p>(not computed)</p>"
     rows = pq.read_table(table_path).to_pylist()
     return (
-        "<ol>" + "".join(f"<li>{r[value]:.3g}: {_ctx(r['left'], r['token'], r['right'])}</li>" for r in rows) + "</ol>"
+        "<ol>"
+        + "".join(f"<li>{r[value]:.3g}: {context_html(r['left'], r['token'], r['right'])}</li>" for r in rows)
+        + "</ol>"
     )
+
+
+def _freq_tokens(metrics: dict[str, dict]) -> int | None:
+    """The number of eval tokens the frequencies were measured on (analysis metrics), if given."""
+    found = [m["freq_eval_tokens"] for m in metrics.values() if isinstance(m.get("freq_eval_tokens"), int)]
+    return found[0] if found else None
 
 
 def build(
@@ -151,9 +216,9 @@ def build(
         f"{''.join(_metrics_table(k, v) for k, v in metrics.items())}</details>"
         f"<h2>Figures</h2><div id='figures'>{figures}</div>"
         f"<h2>Features</h2>{feature_table(feats)}"
-        f"<h2>Worst tokens (CE with reconstruction minus clean)</h2>{_context_list(analysis_dir / 'worst_tokens.parquet', 'ce_diff')}"
-        f"<h2>Where the most ultra-low features fire together</h2>{_context_list(analysis_dir / 'cofire.parquet', 'share')}"
-        f"<h2>Features that fire</h2>{feature_sections(feats, examples)}"
+        f"<h2>Worst tokens (CE with reconstruction minus clean)</h2>{_context_list(analysis_dir / 'worst_tokens.parquet', 'ce_diff')}"  # noqa: E501
+        f"<h2>Where the most ultra-low features fire together</h2>{_context_list(analysis_dir / 'cofire.parquet', 'share')}"  # noqa: E501
+        f"<h2>Features that fire</h2>{feature_sections(feats, examples, _freq_tokens(metrics))}"
         f"<script type='application/json' id='meta'>{e(json.dumps({'n_features': len(feats)}))}</script>"
         "</body></html>"
     )

@@ -5,7 +5,7 @@ the running top activations of every feature (max-activating examples) and how m
 ultra-low features fire together. On the CE rows of the same sample, which are exactly
 the evaluate stage's CE rows: top-k ablation (CE and MSE per k) and the per-token CE
 difference between the spliced reconstruction and the clean model, through the same
-:func:`~saelab.evaluate.clean_pass` / :func:`~saelab.evaluate.spliced_ce` as evaluate.
+:func:`~saelab.eval.evaluate.clean_pass` / :func:`~saelab.eval.evaluate.spliced_ce` as evaluate.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@
 
 CLI::
 
-    python -m saelab.interchange export-saelens models/sae out/saelens --context-size 128
-    python -m saelab.interchange import-reference 25.pt 25_cfg.json models/seed-sae
+    python -m saelab.interop.saelens export-saelens models/sae out/saelens --context-size 128
+    python -m saelab.interop.saelens import-reference 25.pt 25_cfg.json models/seed-sae
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pydantic import Field
 from saelab.errors import InputError
 from saelab.registry import register
 from saelab.saes.base import SAE, TrainOutput, fires, l0, mse_loss
-from saelab.saes.topk import K_ANNEAL_FRAC, TopK, TopKParams
+from saelab.saes.topk import TopK, TopKParams
 
 
 class BatchTopKParams(TopKParams):
@@ -43,37 +43,11 @@ class BatchTopK(TopK):
     KNOB = ("batchtopk", "k")
     TRAIN_BUFFERS = ("since_fired", "theta_sum", "theta_n")
 
-    def __init__(
-        self,
-        d_in: int,
-        d_sae: int,
-        seed: int | None = 0,
-        k: int = 32,
-        k_aux: int | None = None,
-        aux_coeff: float = 1.0,
-        dead_tokens: int = 200_000,
-        threshold_frac: float = 0.1,
-        decoder: str = "free",
-        dec_init_norm: float = 0.1,
-        grad_clip: float = 1.0,
-        k_anneal_start: int | None = None,
-        k_anneal_frac: float = K_ANNEAL_FRAC,
-    ):
+    def __init__(self, d_in: int, d_sae: int, seed: int | None = 0, threshold_frac: float = 0.1, **topk):
+        """TopK's arguments (``k``, ``k_aux``, ``aux_coeff``, ``dead_tokens``, the decoder's and the anneal's) and
+        ``threshold_frac``, BatchTopKParams' fields."""
         self.threshold_frac = threshold_frac  # before TopK's __init__, whose anneal check reads it
-        super().__init__(
-            d_in,
-            d_sae,
-            seed,
-            k,
-            k_aux,
-            aux_coeff,
-            dead_tokens,
-            decoder,
-            dec_init_norm,
-            grad_clip,
-            k_anneal_start,
-            k_anneal_frac,
-        )
+        super().__init__(d_in, d_sae, seed, **topk)
         self.register_buffer("threshold", torch.zeros(d_sae))  # saved: inference reads it
         self.register_buffer("theta_sum", torch.zeros((), dtype=torch.float64), persistent=False)
         self.register_buffer("theta_n", torch.zeros((), dtype=torch.float64), persistent=False)

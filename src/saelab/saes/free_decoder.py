@@ -47,7 +47,8 @@ class FreeDecoderMixin:
     ``free``: SAELens's recipe: rows initialised at ``dec_init_norm`` (W_enc = W_dec^T), any norm during
     training, gradient-norm clipping; ``rescale`` classes (TopK, BatchTopK) multiply pre-activations by
     the row norms and decode with unit rows, so f is measured as if the rows were unit (TopK compares
-    the sizes of the features' contributions) while Adam sees a small parametrisation. At the end the norms are folded into the encoder (the function is
+    the sizes of the features' contributions) while Adam sees a small parametrisation. At the end the norms are
+    folded into the encoder (the function is
     unchanged, the saved rows are unit), so evaluation and analysis read every SAE the same way.
     """
 

@@ -134,7 +134,8 @@ def train_step(
     With ``check`` the loss is tested for NaN/inf before the weights move (a host sync: free on
     CPU). Without it the caller accumulates the returned ``bad`` flag on the device and reads it
     every ``log_every`` steps, so an accelerator never waits on the host in the hot loop.
-    ``probes`` (saelab.probes) may add loss terms and act around the step; none by default.
+    ``probes`` (objects with the Probe interface, e.g. research.questions.probes) may add loss terms and act
+    around the step; none by default.
     """
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         out = (sae if forward is None else forward)(x, train=True, progress=progress)
@@ -190,10 +191,10 @@ class Trainer:
         if sae.architecture != cfg.architecture or sae.arch_params() != cfg.arch_params():
             raise InputError(
                 f"the SAE ({sae.architecture}, {sae.arch_params()}) is not the one sae params describe "
-                f"({cfg.architecture}, {cfg.arch_params()}); build it with saelab.architectures.build(cfg, d_in)"
+                f"({cfg.architecture}, {cfg.arch_params()}); build it with saelab.registry.build(cfg, d_in)"
             )
         self.sae, self.cfg, self.device = sae, cfg, device
-        self.probes = tuple(probes)  # saelab.probes; their state is not checkpointed (questions/ runs restart)
+        self.probes = tuple(probes)  # research.questions.probes; state not checkpointed (question runs restart)
         if self.probes and (cfg.checkpoint_every or dist.is_initialized()):
             raise InputError(
                 "training probes (questions/) keep state that checkpoints and DDP do not carry; "
@@ -370,7 +371,8 @@ class Trainer:
         if self._sum(self.bad.int()).item():
             lo, hi = self.checked * self.cfg.batch_size, done * self.cfg.batch_size
             raise NonFinite(
-                f"non-finite activations or SAE loss between steps {self.checked} and {done} (cache tokens [{lo}, {hi})); "
+                f"non-finite activations or SAE loss between steps {self.checked} and {done} "
+                f"(cache tokens [{lo}, {hi})); "
                 "training stopped before writing a checkpoint or the SAE, the last checkpoint is kept. "
                 "Lower sae.lr or check the activation cache"
             )
