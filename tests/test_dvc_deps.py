@@ -6,7 +6,6 @@ import pytest
 import yaml
 
 from saelab import deps
-from saelab.config import SAEConfig
 from saelab.training.checkpoint import CADENCE_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,12 +63,31 @@ def test_stages_before_train_import_no_architecture():
 
 
 def test_training_params_are_per_key_without_cadence():
-    """train depends on every sae key that changes the SAE and on none of the logging/checkpoint cadence."""
-    import saelab.saes
-
-    params = set(STAGES["train"]["params"])
-    fields = [*SAEConfig.model_fields, *saelab.saes.BUILTINS[1:]]  # the sections of the built-ins but standard
-    training = {f"sae.{k}" for k in fields if k not in ("seed", "log_every", "checkpoint_every")}
-    assert training <= params
-    assert not {"sae", "sae.log_every", "sae.checkpoint_every"} & params
+    """train depends on every sae key that changes the SAE (every registered architecture's section included),
+    in the order saelab.deps writes them, and on none of the logging/checkpoint cadence."""
+    params = [p for p in STAGES["train"]["params"] if str(p).startswith("sae.")]
+    assert params == deps.train_params()
+    assert {"sae.topk", "sae.jumprelu", "sae.l1_coeff"} <= set(params)
+    assert not {"sae", "sae.log_every", "sae.checkpoint_every", "sae.seed"} & set(params)
     assert {"log_every", "checkpoint_every"} <= set(CADENCE_KEYS)
+
+
+def test_fix_adds_a_new_architecture_section_to_train(tmp_path):
+    """A newly registered architecture's section reaches train's params through `saelab.deps --fix`."""
+    from saelab import registry
+    from saelab.saes.base import SAE
+
+    class Extra(SAE):
+        architecture = "extra_for_deps"
+        Params = type(registry.get("topk").Params)("ExtraParams", (registry.get("topk").Params,), {})
+        COMMON_PARAMS = ()
+        KNOB = ("extra_for_deps", "k")
+
+    registry.register(Extra)
+    try:
+        path = tmp_path / "dvc.yaml"
+        path.write_text((REPO / "dvc.yaml").read_text())
+        deps.fix(path)
+        assert "sae.extra_for_deps" in yaml.safe_load(path.read_text())["stages"]["train"]["params"]
+    finally:
+        del registry.REGISTRY["extra_for_deps"]

@@ -96,6 +96,45 @@ def stages(dvc_yaml: Path) -> dict[str, dict]:
     return {name: st.get("do", st) for name, st in raw.items()}
 
 
+CADENCE = ("seed", "log_every", "checkpoint_every")  # sae keys that change no SAE (seeds come from `seeds`)
+
+
+def train_params() -> list[str]:
+    """The ``sae`` keys the root train stage depends on: every SAEConfig key but the cadence, then every
+    registered architecture's section (dvc.yaml cannot pick one by ``sae.architecture``), in that order."""
+    import saelab.saes  # noqa: F401  (registers the built-in architectures)
+    from saelab import registry
+    from saelab.config import SAEConfig
+
+    keys = [f"sae.{k}" for k in SAEConfig.model_fields if k not in CADENCE]
+    return keys + [f"sae.{name}" for name in registry.sections()]
+
+
+SAE_KEYS_NOTE = "  # each architecture's section (all of them: dvc.yaml cannot pick by architecture)"
+
+
+def _first_section() -> str:
+    from saelab import registry
+
+    return f"sae.{next(iter(registry.sections()))}"
+
+
+def _fix_train_params(text: str) -> str:
+    """The root train stage's ``sae.*`` param lines rewritten to :func:`train_params` (other lines kept)."""
+    lines, out, in_train, written = text.splitlines(keepends=True), [], False, False
+    for line in lines:
+        if line.startswith("  ") and not line.startswith("   "):
+            in_train = line.strip() == "train:"
+        if in_train and line.lstrip().startswith("- sae.") and line.startswith("      - "):
+            if not written:
+                keys, first_section = train_params(), _first_section()
+                out += [f"      - {k}{SAE_KEYS_NOTE if k == first_section else ''}\n" for k in keys]
+                written = True
+            continue
+        out.append(line)
+    return "".join(out)
+
+
 def fix(dvc_yaml: Path) -> bool:
     """Rewrite every stage's code deps in ``dvc_yaml`` to its closure (comments and order elsewhere kept)."""
     text = dvc_yaml.read_text()
@@ -114,6 +153,9 @@ def fix(dvc_yaml: Path) -> bool:
             continue
         out.append(line)
     new = "".join(out)
+    train = stages(dvc_yaml).get("train")
+    if train is not None and stage_module(train["cmd"]) == "stages.train":  # the root pipeline's SAE stage
+        new = _fix_train_params(new)
     if new != text:
         dvc_yaml.write_text(new)
         changed = True
