@@ -112,3 +112,24 @@ def test_k_anneal_frac_without_a_start_is_refused(arch):
     SAEConfig(
         architecture=arch, **{arch: {"k": 4, "k_anneal_frac": 0.8}}
     )  # the default value, as params.yaml writes it
+
+
+def test_architecture_sections_are_checked_where_saes_are_imported():
+    """Stages before train (no saelab.saes import) accept the sae.<arch> sections unchecked; once saelab.saes
+    is imported (train and every later stage) a bad value in them is refused."""
+    import subprocess
+    import sys
+
+    code = (
+        "from saelab.config import parse_params\n"
+        "raw = {'sae': {'topk': {'k': -1}}}\n"
+        "parse_params(raw)\n"
+        "print('deferred ok')\n"
+        "import saelab.saes\n"
+        "try:\n"
+        "    parse_params(raw)\n"
+        "except Exception as err:\n"
+        "    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "deferred ok" in out and "sae.topk.k: -1" in out
