@@ -382,6 +382,36 @@ def test_bad_question_params_are_refused_with_the_fix(change, match):
         QParams.model_validate(q)
 
 
+@pytest.mark.parametrize(
+    "answer, match",
+    [
+        ({"q10_drop_k": {"drop_k": [1], "drop_kk": 2}}, r"answer\.q10_drop_k\.drop_kk: unknown key"),
+        ({"q10_dropk": {"drop_k": [1]}}, r"answer\.q10_dropk: not a registered question"),
+        ({"q12_consensus": {"consensus_cos": 1.5}}, r"answer\.q12_consensus\.consensus_cos"),
+        ({"q11_width": {"widths": ["width-1", "width-3"]}}, r"answer\.q11_width\.widths: \['width-3'\] are not runs"),
+        ({"q4_dying": {"holdout": "seed-1"}}, r"answer\.q4_dying: runs\.seed-1\.probes: the holdout run needs"),
+        ({"q2_orthogonal": {"run": "tied"}}, r"answer\.q2_orthogonal: run 'tied' sets no probes\.orthogonalize"),
+    ],
+)
+def test_each_question_checks_its_own_section(answer, match):
+    """A question's section is validated by its own module's Params (research/questions/registry.py): a typo, an
+    unknown question, a bad value and a run that is missing or lacks the question's probe are refused by name."""
+    q = _params()
+    q["answer"] = {**q["answer"], **answer}
+    with pytest.raises(Exception, match=match):
+        QParams.model_validate(q)
+
+
+def test_question_params_reach_the_question():
+    """Each registered question gets its own validated section; a key left out takes the module's default."""
+    q = _params()
+    q["answer"] = {**q["answer"], "q10_drop_k": {"drop_k": [3]}}
+    a = QParams.model_validate(q).answer
+    assert a.params("q10_drop_k").drop_k == (3,)
+    assert a.params("q12_consensus") == A.PARAMS["q12_consensus"].model_validate(q["answer"]["q12_consensus"])
+    assert set(A.PARAMS) == set(A.QUESTIONS) and all(isinstance(a.params(k), A.PARAMS[k]) for k in A.QUESTIONS)
+
+
 def test_a_bad_run_override_is_named(tmp_path):
     q = _params()
     q["runs"]["width-1"] = {"sae": {"expansion": -1}}
@@ -402,7 +432,13 @@ TINY_QUESTIONS = {
         f"mlp-out-{c}": {"hook": "blocks.0.hook_mlp_out", "sae": {"d_sae": 64, "l1_coeff": v}}
         for c, v in zip("abc", (0.3, 1.0, 3.0))
     },
-    "answer": {"eval_tokens": 2048, "finetune_tokens": 4096, "drop_k": [1, 2], "n_contexts": 3, "batch_rows": 16},
+    "answer": {
+        "eval_tokens": 2048,
+        "batch_rows": 16,
+        "q1_direction": {"n_contexts": 3},
+        "q9_shrinkage": {"finetune_tokens": 4096},
+        "q10_drop_k": {"drop_k": [1, 2]},
+    },
 }
 
 
@@ -465,4 +501,4 @@ def test_every_question_is_one_registered_module():
 def test_a_question_key_cannot_be_registered_twice():
     """Registering a second answer under a taken key is refused (two modules would write one entry)."""
     with pytest.raises(ValueError, match="registered twice"):
-        A.question("q1_direction")(lambda c: None)
+        A.question("q1_direction")(lambda c, p: None)

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
+from research.questions import registry
 from research.questions.probes import DensityHistory, EncoderPenalty, GradientSum, Holdout, Orthogonalize, Tie
 from saelab.config import Params, SAEConfig, load_params
 from saelab.data.hooks import covered_positions
@@ -54,31 +55,23 @@ class QRun(Section):
 
 
 class AnswerConfig(Section):
+    """The answer stage's shared knobs; every other key is a registered question's own section (``answer.<key>``,
+    research/questions/registry.py), checked by that question's params model once the answers are loaded."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     eval_tokens: int = Field(262_144, gt=0)
     """Eval tokens (a seeded sample of the eval split, evaluate.seed) for every run's frequencies, MSE, L0 and CE."""
-    consensus_cos: float = Field(0.9, gt=0, le=1)
-    """Question 12: a consensus feature has decoder cos above this with its match in every pair of seeds."""
-    split_cos: float = Field(0.7, gt=0, le=1)
-    """Question 11: a wide feature is a child of its best-matching narrow feature at decoder cos >= this."""
-    finetune_tokens: int = Field(500_000, gt=0)
-    """Question 9: training tokens for the decoder / scale fine-tune with the encoder frozen."""
-    finetune_lr: float = Field(1e-3, gt=0)
-    drop_k: tuple[int, ...] = (1, 2, 5, 10, 20)
-    """Question 10: the k smallest active features dropped per token (and, for contrast, the k largest kept)."""
-    n_contexts: int = Field(20, gt=0)
-    """Question 1: eval tokens with the largest projection on the ultra-low direction, shown in context."""
     batch_rows: int = Field(64, gt=0)
-    # Which runs answer which question (names of ``runs``)
     base: str = "base"
-    """The default recipe with density history and gradient sums: questions 1, 3-6, 9-12."""
-    holdout: str = "holdout"
-    orthogonal: str = "orthogonal"
-    resampling: dict[str, str] = {"anthropic": "base", "reinit": "resample-reinit", "none": "resample-none"}
-    hook_runs: tuple[str, ...] = ("mlp-out-a", "mlp-out-b", "mlp-out-c")
-    encoder_runs: tuple[str, ...] = ("enc-l1", "enc-l2", "tied")
-    widths: tuple[str, ...] = ("width-1", "width-2", "base", "width-8")
-    """Narrowest first."""
-    seeds: tuple[str, ...] = ("base", "seed-1", "seed-2", "seed-3", "seed-4")
+    """The default recipe with density history and gradient sums: the run most questions read."""
+
+    def params(self, key: str) -> registry.QuestionParams:
+        """Question ``key``'s validated params (the answers package must be imported)."""
+        p = (self.__pydantic_extra__ or {}).get(key)
+        if not isinstance(p, registry.QuestionParams):
+            raise RuntimeError(f"answer.{key}: not validated; import research.questions.answers before loading params")
+        return p
 
 
 class QParams(Section):
@@ -124,28 +117,14 @@ class QParams(Section):
                     "(its training-time ultra-low direction is read from its density history)"
                 )
         a = self.answer
-        named = {
-            "base": [a.base],
-            "holdout": [a.holdout],
-            "orthogonal": [a.orthogonal],
-            "resampling": list(a.resampling.values()),
-            "hook_runs": list(a.hook_runs),
-            "encoder_runs": list(a.encoder_runs),
-            "widths": list(a.widths),
-            "seeds": list(a.seeds),
-        }
-        for key, names in named.items():
-            missing = [n for n in names if n not in self.every]
-            if missing:
-                raise ValueError(f"answer.{key}: {missing} are not runs (runs: {sorted(self.every)})")
+        if a.base not in self.every:
+            raise ValueError(f"answer.base: {a.base!r} is not a run (runs: {sorted(self.every)})")
         if not self.every[a.base].probes.density or not self.every[a.base].probes.grad_sum:
             raise ValueError(
                 f"runs.{a.base}.probes: the base run needs density: true and grad_sum: true (questions 1 and 4)"
             )
-        if not self.every[a.holdout].probes.density or self.every[a.holdout].probes.holdout is None:
-            raise ValueError(
-                f"runs.{a.holdout}.probes: the holdout run needs density: true and a holdout share (question 4)"
-            )
+        if registry.loaded():  # each question's own section, checked by its own model (registry.validate)
+            a.__pydantic_extra__.update(registry.validate(a.__pydantic_extra__, self.every))
         return self
 
     def sae_config(self, run: str) -> SAEConfig:

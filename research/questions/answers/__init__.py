@@ -18,6 +18,8 @@ from research.questions.answers import (  # noqa: F401, I001
 )
 
 # isort: on
+from research.questions import registry
+from research.questions.registry import PARAMS
 from research.questions.answers.base import HEADLINE, QUESTIONS, Context, cluster_stats, question, summary
 from research.questions.answers.q01_direction import direction_origin
 from research.questions.answers.q01_direction import top_projections
@@ -35,9 +37,12 @@ from research.questions.answers.q12_consensus import consensus
 from research.questions.answers.q12_consensus import feature_profile
 from research.questions.answers.q12_consensus import compare_groups
 
+registry.mark_loaded()  # every question is registered: params.yaml's answer sections are checked from here on
+
 __all__ = [
     "Context",
     "HEADLINE",
+    "PARAMS",
     "QUESTIONS",
     "cluster_stats",
     "compare_groups",

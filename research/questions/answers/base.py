@@ -8,28 +8,15 @@ included, as in docs/metrics.md); the ultra-low direction is the mean encoder co
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from research.questions.registry import QUESTIONS, QuestionParams, question  # noqa: F401 (re-exported)
 from saelab.analysis.weights import cluster_sameness
 
 HEADLINE = ("ce_recovered_zero", "mse", "l0", "l2_ratio", "frac_ultra_low", "frac_dead")
-QUESTIONS: dict[str, Callable] = {}  # answer key -> its function, in the order they run and are written
-
-
-def question(key: str):
-    """Register a question's ``answer(context)`` under ``key``, its entry in answers.json."""
-
-    def add(fn):
-        if key in QUESTIONS:
-            raise ValueError(f"question {key!r} is registered twice")
-        QUESTIONS[key] = fn
-        return fn
-
-    return add
 
 
 @dataclass
@@ -40,7 +27,7 @@ class Context:
 
     args: object
     q: object
-    a: object
+    a: object  # the shared answer knobs (experiment.AnswerConfig); a question's own params come as its second argument
     thr: object
     device: object
     lm: object

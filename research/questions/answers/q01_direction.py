@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from research.questions.answers.base import Context, question
+from research.questions.answers.base import Context, QuestionParams, question
 from saelab.analysis.contexts import context, token_pieces
 from saelab.analysis.weights import (
     null_space_share,
@@ -101,11 +102,15 @@ def top_projections(ev, u: torch.Tensor, k: int) -> list[tuple[float, int]]:
     return sorted(best, reverse=True)[:k]
 
 
-@question("q1_direction")
-def answer(c: Context) -> None:
+class Params(QuestionParams):
+    n_contexts: int = Field(20, gt=0)
+    """Eval tokens with the largest projection on the ultra-low direction, shown in context."""
+
+
+@question("q1_direction", Params)
+def answer(c: Context, p: Params) -> None:
     """Question 1: the shared ultra-low direction: where it comes from (docs/questions.md, question 1)."""
     args = c.args
-    a = c.a
     thr = c.thr
     lm = c.lm
     ev = c.ev
@@ -122,7 +127,7 @@ def answer(c: Context) -> None:
     res["q1_direction"] = m1
     if u is not None:
         pieces = token_pieces(lm.tokenizer)
-        top = top_projections(ev(base), u, a.n_contexts)
+        top = top_projections(ev(base), u, p.n_contexts)
         tables["q1_top_contexts"] = [
             {"projection": v, "left": left, "token": t, "right": r}
             for v, i in top

@@ -6,16 +6,27 @@ verdicts in research/questions/FINDINGS.md)."""
 
 from __future__ import annotations
 
-from research.questions.answers.base import Context, question
+from research.questions.answers.base import Context, QuestionParams, question
 from saelab.eval.compare import cosine, ultra_low_direction
 from saelab.io import load_weights
 
 
-@question("q2_orthogonal")
-def answer(c: Context) -> None:
+class Params(QuestionParams):
+    run: str = "orthogonal"
+    """The run trained with its encoder orthogonal to the base run's training-time ultra-low direction."""
+
+    def runs(self) -> dict[str, list[str]]:
+        return {"run": [self.run]}
+
+    def check(self, every) -> None:
+        if every[self.run].probes.orthogonalize is None:
+            raise ValueError(f"run {self.run!r} sets no probes.orthogonalize")
+
+
+@question("q2_orthogonal", Params)
+def answer(c: Context, p: Params) -> None:
     """Question 2: the orthogonality fix (the first direction removed in training) (docs/questions.md, question 2)."""
     args = c.args
-    a = c.a
     thr = c.thr
     saes = c.saes
     freq = c.freq
@@ -24,7 +35,7 @@ def answer(c: Context) -> None:
     cache_mean = c.cache_mean
     res = c.res
     u = c.shared["u"]
-    o = a.orthogonal
+    o = p.run
     to = args.models / o / "orthogonal_to.safetensors"
     first = load_weights(to)["direction"].double() if to.exists() else None  # None: base had no cluster
     u2 = ultra_low_direction(saes[o].W_enc.detach(), freq[o], thr)

@@ -6,11 +6,19 @@ verdicts in research/questions/FINDINGS.md)."""
 
 from __future__ import annotations
 
-from research.questions.answers.base import Context, question
+from research.questions.answers.base import Context, QuestionParams, question
 
 
-@question("q3_resampling")
-def answer(c: Context) -> None:
+class Params(QuestionParams):
+    runs_by_mode: dict[str, str] = {"anthropic": "base", "reinit": "resample-reinit", "none": "resample-none"}
+    """Resampling mode -> the run trained with it."""
+
+    def runs(self) -> dict[str, list[str]]:
+        return {"runs_by_mode": list(self.runs_by_mode.values())}
+
+
+@question("q3_resampling", Params)
+def answer(c: Context, p: Params) -> None:
     """Question 3: resampling as the cause of the cluster (docs/questions.md, question 3)."""
-    a, runs, res = c.a, c.runs, c.res
-    res["q3_resampling"] = {mode: runs[name] for mode, name in a.resampling.items()}
+    runs, res = c.runs, c.res
+    res["q3_resampling"] = {mode: runs[name] for mode, name in p.runs_by_mode.items()}

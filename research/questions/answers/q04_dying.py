@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import stats
 
-from research.questions.answers.base import Context, question
+from research.questions.answers.base import Context, QuestionParams, question
 from research.questions.experiment import density_grid
 from saelab.training.trainer import Schedule
 
@@ -110,10 +110,24 @@ def held_dying(
     return m, rows
 
 
-@question("q4_dying")
-def answer(c: Context) -> None:
+class Params(QuestionParams):
+    holdout: str = "holdout"
+    """The run whose held-out features (probes.holdout) are never resampled."""
+    unresampled: str | None = "resample-none"
+    """A run that never resamples, watched the same way over every feature (None: skip)."""
+
+    def runs(self) -> dict[str, list[str]]:
+        return {"holdout": [self.holdout], "unresampled": [self.unresampled] if self.unresampled else []}
+
+    def check(self, every) -> None:
+        if not every[self.holdout].probes.density or every[self.holdout].probes.holdout is None:
+            raise ValueError(f"runs.{self.holdout}.probes: the holdout run needs density: true and a holdout share")
+
+
+@question("q4_dying", Params)
+def answer(c: Context, p: Params) -> None:
     """Question 4: dying features and the phase transition (docs/questions.md, question 4)."""
-    args, q, a, thr, runs, base, res, figs, tables = c.args, c.q, c.a, c.thr, c.runs, c.base, c.res, c.figs, c.tables
+    args, q, thr, runs, base, res, figs, tables = c.args, c.q, c.thr, c.runs, c.base, c.res, c.figs, c.tables
     density = {n: pq.read_table(args.models / n / "density.parquet") for n in q.every if q.every[n].probes.density}
     curves = {n: density_curve(t, thr) for n, t in density.items()}
     for n, c in curves.items():
@@ -124,7 +138,7 @@ def answer(c: Context) -> None:
         "share of features below 1e-4 in the interval",
         "Ultra-low share during training (density history)",
     ]
-    h = a.holdout
+    h = p.holdout
     held = pq.read_table(args.models / h / "holdout.parquet")["feature"].to_numpy()
     hcfg = q.sae_config(h)
     sched = Schedule.from_config(hcfg)
@@ -136,7 +150,7 @@ def answer(c: Context) -> None:
         "ultra_low_share_by_run": {n: runs[n]["frac_ultra_low"] for n in (base, h)},
         "ce_recovered_by_run": {n: runs[n]["ce_recovered_zero"] for n in (base, h)},
     }
-    none = a.resampling.get("none")
+    none = p.unresampled
     if none in density:  # the same watch over every feature of a run that never resamples: no mass resampling nearby
         res["q4_dying_unresampled"], tables["q4_dying_unresampled"] = held_dying(
             density[none],

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from research.questions.answers.base import Context, question, summary
+from research.questions.answers.base import Context, QuestionParams, question, summary
 
 
 @question("q5_cluster_ablation")
-def answer(c: Context) -> None:
+def answer(c: Context, p: QuestionParams) -> None:
     """Question 5: ablating the ultra-low cluster (docs/questions.md, question 5)."""
     thr, ev, scores, freq, base, B, res = c.thr, c.ev, c.scores, c.freq, c.base, c.B, c.res
     ultra = torch.from_numpy(freq[base] < thr)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from research.questions.answers.base import Context, question
+from research.questions.answers.base import Context, QuestionParams, question
 
 
 @torch.no_grad()
@@ -54,7 +54,7 @@ def superset_shares(sets: list[set], bias: np.ndarray, seed: int = 0) -> dict:
 
 
 @question("q6_bias_supersets")
-def answer(c: Context) -> None:
+def answer(c: Context, p: QuestionParams) -> None:
     """Question 6: the encoder bias and the firing sets of ultra-low features (docs/questions.md, question 6)."""
     thr, ev, freq, base, B, res = c.thr, c.ev, c.freq, c.base, c.B, c.res
     cluster = np.flatnonzero(freq[base] < thr)

@@ -6,19 +6,27 @@ verdicts in research/questions/FINDINGS.md)."""
 
 from __future__ import annotations
 
-from research.questions.answers.base import Context, question
+from research.questions.answers.base import Context, QuestionParams, question
 from research.synthetic.recovery import at_l0
 
 
-@question("q7_hook")
-def answer(c: Context) -> None:
+class Params(QuestionParams):
+    hook_runs: tuple[str, ...] = ("mlp-out-a", "mlp-out-b", "mlp-out-c")
+    """Runs on the other hook (hook_runs of params.yaml)."""
+
+    def runs(self) -> dict[str, list[str]]:
+        return {"hook_runs": list(self.hook_runs)}
+
+
+@question("q7_hook", Params)
+def answer(c: Context, p: Params) -> None:
     """Question 7: which activations: the MLP's output instead of its hidden layer (docs/questions.md, question 7)."""
-    a, runs, base, res = c.a, c.runs, c.base, c.res
+    runs, base, res = c.runs, c.base, c.res
     base_l0 = runs[base]["l0"]
-    pts = [(runs[n]["l0"], runs[n]) for n in a.hook_runs]
+    pts = [(runs[n]["l0"], runs[n]) for n in p.hook_runs]
     res["q7_hook"] = {
         "base": runs[base],
-        "runs": {n: runs[n] for n in a.hook_runs},
+        "runs": {n: runs[n] for n in p.hook_runs},
         "base_l0": base_l0,
         **{
             f"{k}_at_base_l0": at_l0([(l0, r[k]) for l0, r in pts], base_l0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from research.questions.answers.base import Context, question
+from research.questions.answers.base import Context, QuestionParams, question
 from saelab.analysis.weights import (
     enc_dec_cosine,
 )
@@ -27,8 +27,16 @@ def enc_dec_profile(sae, freq: np.ndarray, threshold: float) -> dict:
     }
 
 
-@question("q8_encoder")
-def answer(c: Context) -> None:
+class Params(QuestionParams):
+    encoder_runs: tuple[str, ...] = ("enc-l1", "enc-l2", "tied")
+    """Runs with an encoder penalty or a tied encoder, compared with the base run."""
+
+    def runs(self) -> dict[str, list[str]]:
+        return {"encoder_runs": list(self.encoder_runs)}
+
+
+@question("q8_encoder", Params)
+def answer(c: Context, p: Params) -> None:
     """Question 8: encoder regularisation and tying (docs/questions.md, question 8)."""
-    a, thr, saes, freq, runs, base, res = c.a, c.thr, c.saes, c.freq, c.runs, c.base, c.res
-    res["q8_encoder"] = {n: runs[n] | enc_dec_profile(saes[n], freq[n], thr) for n in (base, *a.encoder_runs)}
+    thr, saes, freq, runs, base, res = c.thr, c.saes, c.freq, c.runs, c.base, c.res
+    res["q8_encoder"] = {n: runs[n] | enc_dec_profile(saes[n], freq[n], thr) for n in (base, *p.encoder_runs)}

@@ -9,8 +9,9 @@ from __future__ import annotations
 import copy
 
 import torch
+from pydantic import Field
 
-from research.questions.answers.base import Context, question, summary
+from research.questions.answers.base import Context, QuestionParams, question, summary
 
 
 def finetune(sae, batches, n_tokens: int, lr: float, mode: str):
@@ -52,11 +53,16 @@ def finetune(sae, batches, n_tokens: int, lr: float, mode: str):
     return out
 
 
-@question("q9_shrinkage")
-def answer(c: Context) -> None:
+class Params(QuestionParams):
+    finetune_tokens: int = Field(500_000, gt=0)
+    """Training tokens for the decoder / scale fine-tune with the encoder frozen."""
+    finetune_lr: float = Field(1e-3, gt=0)
+
+
+@question("q9_shrinkage", Params)
+def answer(c: Context, p: Params) -> None:
     """Question 9: shrinkage and a decoder / scale fine-tune (docs/questions.md, question 9)."""
     q = c.q
-    a = c.a
     thr = c.thr
     device = c.device
     ev = c.ev
@@ -68,6 +74,6 @@ def answer(c: Context) -> None:
     cfg = q.sae_config(base)
     res["q9_shrinkage"] = {"before": summary(scores[base], thr)}
     for mode in ("decoder", "scale"):
-        tuned = finetune(B.cpu(), cache.batches(cfg.batch_size, seed=1000), a.finetune_tokens, a.finetune_lr, mode)
+        tuned = finetune(B.cpu(), cache.batches(cfg.batch_size, seed=1000), p.finetune_tokens, p.finetune_lr, mode)
         res["q9_shrinkage"][f"after_{mode}"] = summary(ev(base).score(tuned.to(device)), thr)
-    res["q9_shrinkage"]["finetune_tokens"] = a.finetune_tokens
+    res["q9_shrinkage"]["finetune_tokens"] = p.finetune_tokens

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from research.questions.answers.base import Context, question, summary
+from research.questions.answers.base import Context, QuestionParams, question, summary
 
 
 def drop_lowest(k: int):
@@ -30,13 +30,18 @@ def keep_top(k: int):
     return lambda f: topk_mask(f, k)
 
 
-@question("q10_drop_k")
-def answer(c: Context) -> None:
+class Params(QuestionParams):
+    drop_k: tuple[int, ...] = (1, 2, 5, 10, 20)
+    """The k smallest active features dropped per token (and, for contrast, the k largest kept)."""
+
+
+@question("q10_drop_k", Params)
+def answer(c: Context, p: Params) -> None:
     """Question 10: dropping the k smallest active features or keeping the k largest (docs/questions.md)."""
-    a, thr, ev, scores, base, B = c.a, c.thr, c.ev, c.scores, c.base, c.B
+    thr, ev, scores, base, B = c.thr, c.ev, c.scores, c.base, c.B
     res, figs, tables = c.res, c.figs, c.tables
     curve = [{"k": 0, "mode": "none", **summary(scores[base], thr)}]
-    for k in a.drop_k:
+    for k in p.drop_k:
         for mode, fn in (("drop_lowest", drop_lowest(k)), ("keep_top", keep_top(k))):
             curve.append({"k": k, "mode": mode, **summary(ev(base).score(B, fn), thr)})
     tables["q10_drop_k"] = [{k: v for k, v in r.items()} for r in curve]

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from research.questions.answers.base import Context, question
+from research.questions.answers.base import Context, QuestionParams, question
 from saelab.eval.compare import decoder_cosines
 
 
@@ -72,10 +73,19 @@ def splitting(
     return m, rows
 
 
-@question("q11_width")
-def answer(c: Context) -> None:
+class Params(QuestionParams):
+    widths: tuple[str, ...] = ("width-1", "width-2", "base", "width-8")
+    """Runs of growing width, narrowest first."""
+    split_cos: float = Field(0.7, gt=0, le=1)
+    """A wide feature is a child of its best-matching narrow feature at decoder cos >= this."""
+
+    def runs(self) -> dict[str, list[str]]:
+        return {"widths": list(self.widths)}
+
+
+@question("q11_width", Params)
+def answer(c: Context, p: Params) -> None:
     """Question 11: width and feature splitting (docs/questions.md, question 11)."""
-    a = c.a
     thr = c.thr
     ev = c.ev
     saes = c.saes
@@ -86,11 +96,11 @@ def answer(c: Context) -> None:
     res = c.res
     figs = c.figs
     tables = c.tables
-    w = list(a.widths)
+    w = list(p.widths)
     res["q11_width"] = {"runs": {n: runs[n] | {"ce_gap": scores[n]["ce_sae"] - scores[n]["ce_clean"]} for n in w}}
     for narrow, wide in zip(w, w[1:]):
         m, split_rows = splitting(
-            saes[narrow], saes[wide], ev(base), a.split_cos, freq[narrow] >= thr, freq[wide] >= thr
+            saes[narrow], saes[wide], ev(base), p.split_cos, freq[narrow] >= thr, freq[wide] >= thr
         )
         res["q11_width"][f"{narrow}_to_{wide}"] = m
         tables[f"q11_splits_{narrow}_to_{wide}"] = split_rows

@@ -7,9 +7,10 @@ verdicts in research/questions/FINDINGS.md)."""
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 from scipy import stats
 
-from research.questions.answers.base import Context, question
+from research.questions.answers.base import Context, QuestionParams, question
 from saelab.analysis.weights import (
     logit_effects,
     moments,
@@ -73,10 +74,19 @@ def compare_groups(profile: dict, a: np.ndarray, b: np.ndarray, prefix_a: str, p
     return out
 
 
-@question("q12_consensus")
-def answer(c: Context) -> None:
+class Params(QuestionParams):
+    seeds: tuple[str, ...] = ("base", "seed-1", "seed-2", "seed-3", "seed-4")
+    """Runs of the default recipe in different seeds."""
+    consensus_cos: float = Field(0.9, gt=0, le=1)
+    """A consensus feature has decoder cos above this with its match in every pair of seeds."""
+
+    def runs(self) -> dict[str, list[str]]:
+        return {"seeds": list(self.seeds)}
+
+
+@question("q12_consensus", Params)
+def answer(c: Context, p: Params) -> None:
     """Question 12: consensus features over seeds (docs/questions.md, question 12)."""
-    a = c.a
     thr = c.thr
     saes = c.saes
     freq = c.freq
@@ -87,10 +97,10 @@ def answer(c: Context) -> None:
     W_U = c.W_U
     ln_w = c.ln_w
     res = c.res
-    seeds = [saes[n] for n in a.seeds]
-    ok, m12 = consensus(seeds, a.consensus_cos)
+    seeds = [saes[n] for n in p.seeds]
+    ok, m12 = consensus(seeds, p.consensus_cos)
     prof = feature_profile(B.cpu(), freq[base], W_out, W_U, ln_w)
     alive = freq[base] >= thr
     m12 |= compare_groups(prof, ok, alive & ~ok, "consensus", "other_non_ultra_low")
     m12["n_consensus_ultra_low"] = int((ok & ~alive).sum())
-    res["q12_consensus"] = m12 | {"runs": {n: runs[n] for n in a.seeds}}
+    res["q12_consensus"] = m12 | {"runs": {n: runs[n] for n in p.seeds}}

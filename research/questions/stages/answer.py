@@ -97,7 +97,7 @@ def main() -> None:
         )  # fmt: skip
         for key, answer in QUESTIONS.items():
             log.info("answering %s", key)
-            answer(c)
+            answer(c, a.params(key))
         res, figs, tables = c.res, c.figs, c.tables
 
         res["runs"] = runs
