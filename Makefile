@@ -12,8 +12,10 @@ TORCH_INDEX ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || \
 	(curl -s --max-time 5 -o /dev/null https://download.pytorch.org/whl/cpu/ && \
 	 echo --extra-index-url https://download.pytorch.org/whl/cpu))
 STAMP := $(VENV)/.installed
+MUTMUT := mutmut==3.8.1
+MUTMUT_STAMP := $(VENV)/.mutmut
 
-.PHONY: setup repro synthetic questions lint format docs test benchmark frontier topk-speed saelens-venv clean-venv
+.PHONY: setup repro synthetic questions lint format docs test mutation benchmark frontier topk-speed saelens-venv clean-venv
 
 setup: $(STAMP)
 
@@ -54,9 +56,19 @@ docs: $(STAMP)
 
 # The SAELens interchange test runs the real SAELens in its own venv (it pins transformer-lens < 4);
 # where it cannot be installed (no network) that test is skipped with the reason, the rest still runs.
-test: $(STAMP) lint
+test: $(STAMP) $(MUTMUT_STAMP) lint
 	-$(MAKE) --no-print-directory saelens-venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+# Mutation testing of the formula modules (benchmarks/mutation.py, docs/benchmarks.md "Mutation testing"): slow,
+# not part of `make test` (tests/test_mutation.py runs a small smoke case); MUTATION_ARGS adds flags (--only ...).
+$(MUTMUT_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q $(MUTMUT)
+	touch $@
+
+mutation: $(MUTMUT_STAMP)
+	-$(MAKE) --no-print-directory saelens-venv
+	$(BIN)/python benchmarks/mutation.py $(MUTATION_ARGS)
 
 # Trainer benchmark: saelab vs SAELens (own venv: it pins transformer-lens < 4) vs the reference code's loop,
 # on the first tokens of data/activations (run `make repro` first). BENCH_ARGS adds flags.

@@ -14,7 +14,8 @@ from saelab.saes.batchtopk import BatchTopK
 from saelab.saes.jumprelu import JumpReLU, JumpReLUFn, StepFn
 from saelab.saes.standard_april import StandardApril
 from saelab.saes.topk import TopK
-from saelab.training.trainer import Trainer, resample_, train_sae
+from saelab.training.resample import resample_
+from saelab.training.trainer import Trainer, train_sae
 
 D, W = 16, 64
 

@@ -1,6 +1,7 @@
 """SAELens export and seed-checkpoint import, against the formats' documented key names and shapes."""
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -90,7 +91,10 @@ def test_export_cli_from_our_format(tmp_path):
 
 # ---------------------------------------------------------------- the real SAELens
 
-SAELENS_PY = Path(__file__).resolve().parents[1] / ".venv-saelens" / "bin" / "python"
+# SAELAB_SAELENS_PYTHON: another venv's python (benchmarks/mutation.py runs the tests in a copy of the tree)
+SAELENS_PY = Path(
+    os.environ.get("SAELAB_SAELENS_PYTHON") or Path(__file__).resolve().parents[1] / ".venv-saelens" / "bin" / "python"
+)
 
 
 def _saelens_ready() -> str | None:

@@ -3,7 +3,8 @@ import torch
 
 from saelab.config import SAEConfig
 from saelab.saes.base import SAE
-from saelab.training.trainer import Schedule, resample_, train_sae
+from saelab.training.resample import resample_
+from saelab.training.trainer import Schedule, train_sae
 
 
 def _batches(d=16, b=64, seed=0):
@@ -191,7 +192,7 @@ def test_resample_scales_encoder_zeroes_moments_and_weights_by_loss_squared():
 
 def test_resample_probabilities_are_loss_squared():
     """Inputs are drawn with weight (squared error) squared: losses 1 and 3 weigh 1 : 9, not 1 : 3."""
-    from saelab.training.trainer import resample_probabilities
+    from saelab.training.resample import resample_probabilities
 
     w = resample_probabilities(torch.tensor([1.0, 3.0, 0.0]))
     assert w[1] / w[0] == pytest.approx(9.0) and 0 < w[2] < 1e-9

@@ -71,7 +71,8 @@ def shrinkage(
     f: torch.Tensor, c: torch.Tensor, W: torch.Tensor, D: torch.Tensor, feats: np.ndarray, lats: np.ndarray
 ) -> np.ndarray:
     """Per matched pair, over tokens where both fire: median of the latent's contribution along the
-    true direction, f_j (W_j · d_i), over the true magnitude c_i. 1 = no shrinkage; NaN if never co-active."""
+    true direction, f_j (W_j · d_i), over the true magnitude c_i (the lower middle value for an even count, as
+    torch.median). 1 = no shrinkage; NaN if never co-active."""
     out = np.full(len(feats), np.nan)
     along = (W[lats] * D[feats]).sum(-1)  # W_j · d_i (d_i unit)
     for k, (i, j) in enumerate(zip(feats, lats)):

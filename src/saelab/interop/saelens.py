@@ -100,7 +100,7 @@ def _reference_hook(cfg: dict) -> str:
     return f"blocks.{layer}.mlp.hook_{site}" if site in ("post", "pre") else f"blocks.{layer}.hook_{site}"
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> None:  # pragma: no mutate block (the command line, not a formula)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("export-saelens", help="our models/sae folder -> SAELens folder")

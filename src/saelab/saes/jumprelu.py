@@ -1,6 +1,7 @@
 """``jumprelu``: f = pre * H(pre - θ) with a learned per-feature θ >= 0, trained through
 straight-through estimators of bandwidth ε (Rajamanoharan et al. 2024) with an L0 penalty in the
-"step" form (the paper's) or the "tanh" form (Anthropic, January 2025) (docs/metrics.md)."""
+"step" form (the paper's) or the "tanh" form (the penalty alone of Anthropic's January 2025 update, not its
+straight-through gradient to the pre-activations nor its pre-activation loss) (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ class JumpReLUParams(DecoderParams):
     """Width ε of the straight-through estimators' rectangle kernel (SAELens's default)."""
     threshold_init: float = Field(0.01, gt=0)
     sparsity: Literal["step", "tanh"] = "tanh"
-    """``tanh``: Σ tanh(tanh_scale · f · ‖W_dec[i]‖) (Anthropic, January 2025); ``step``: L0 = Σ H(pre − θ)
+    """``tanh``: Σ tanh(tanh_scale · f · ‖W_dec[i]‖) (the penalty of Anthropic's January 2025 update, without
+    its other parts: docs/metrics.md); ``step``: L0 = Σ H(pre − θ)
     (the paper's; in the CPU frontier's 150-step runs its L0 responded to l0_coeff only from ``b_dec_init: zero``:
     benchmarks/results/frontier_cpu)."""
     tanh_scale: float = Field(4.0, gt=0)

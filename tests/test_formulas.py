@@ -1,0 +1,705 @@
+"""Formulas against independent computations: values by hand, reference formulas written out here, and points
+chosen where a wrong formula gives a different number (θ ≠ 1, ε ≠ 1, points at the edge of a kernel, upstream
+gradients ≠ 1, batch ≠ width). These tests were written to kill the mutants that survived the rest of the suite
+(benchmarks/mutation.py, benchmarks/results/mutation.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from saelab.errors import InputError
+from saelab.registry import REGISTRY
+from saelab.saes.jumprelu import JumpReLU, JumpReLUFn, StepFn
+
+THETA = torch.tensor([2.0, 3.0])
+EPS = 0.5
+U = torch.tensor([-0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75])  # (pre - θ) / ε: outside, edge, inside, centre, ...
+KERNEL = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0])  # the rectangle 1{-1/2 < u < 1/2}: 0 at the edges
+
+
+def _points():
+    """pre (7, 2) at θ + ε·u, exactly representable; an upstream gradient ≠ 1 that differs per entry."""
+    pre = (THETA + EPS * U[:, None]).clone().requires_grad_(True)
+    g = torch.arange(1, 15, dtype=torch.float32).reshape(7, 2) * torch.tensor([0.5, -1.5])
+    return pre, THETA.clone().requires_grad_(True), g
+
+
+def test_jumprelu_function_by_hand():
+    """f = pre · H(pre − θ) (strict: 0 at pre = θ); ∂f/∂pre = H(pre − θ); ∂/∂θ = −(θ/ε)·K((pre − θ)/ε), summed
+    over the batch (Rajamanoharan et al. 2024, eq. 11), with θ ≠ 1 so θ/ε differs from 1/ε."""
+    pre, theta, g = _points()
+    f = JumpReLUFn.apply(pre, theta, EPS)
+    on = (U > 0).float()[:, None].expand(7, 2)
+    torch.testing.assert_close(f, pre.detach() * on)
+    (f * g).sum().backward()
+    torch.testing.assert_close(pre.grad, g * on)
+    expected = torch.stack([-(THETA[j] / EPS) * (KERNEL * g[:, j]).sum() for j in range(2)])
+    torch.testing.assert_close(theta.grad, expected)
+    assert expected.abs().min() > 0  # the kernel's inside points carry weight
+
+
+def test_step_function_by_hand():
+    """H(pre − θ) (0 at pre = θ); no gradient to pre; ∂/∂θ = −(1/ε)·K((pre − θ)/ε), summed over the batch."""
+    pre, theta, g = _points()
+    h = StepFn.apply(pre, theta, EPS)
+    torch.testing.assert_close(h, (U > 0).float()[:, None].expand(7, 2))
+    (h * g).sum().backward()
+    assert pre.grad is None
+    torch.testing.assert_close(theta.grad, torch.stack([-(1 / EPS) * (KERNEL * g[:, j]).sum() for j in range(2)]))
+
+
+def _jumprelu(sparsity: str) -> tuple[JumpReLU, torch.Tensor]:
+    """A JumpReLU with batch (5) ≠ width (3) ≠ d_in (4), thresholds ≠ 1 and decoder norms ≠ 1."""
+    torch.manual_seed(0)
+    sae = JumpReLU(4, 3, seed=0, l0_coeff=0.7, bandwidth=0.3, threshold_init=0.2, sparsity=sparsity, tanh_scale=2.5)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.tensor([[0.5], [2.0], [1.5]]))
+        sae.threshold.copy_(torch.tensor([0.05, 0.3, 0.1]))
+    return sae, torch.randn(5, 4)
+
+
+@pytest.mark.parametrize("sparsity", ["step", "tanh"])
+def test_jumprelu_loss_by_hand(sparsity):
+    """loss = Σ_d (x̂ − x)² averaged over the batch + l0_coeff · penalty, penalty = batch mean of Σ_i H(pre_i − θ_i)
+    ("step") or of Σ_i tanh(c · f_i · ‖W_dec[i]‖) ("tanh"), written out here from docs/metrics.md."""
+    sae, x = _jumprelu(sparsity)
+    out = sae(x, train=True)
+    with torch.no_grad():
+        pre = sae.pre_acts(x)
+        f = pre * (pre > sae.threshold)
+        x_hat = f @ sae.W_dec + sae.b_dec
+        mse = ((x_hat - x) ** 2).sum(1).mean()
+        if sparsity == "step":
+            per_token = (pre > sae.threshold).float().sum(1)
+        else:
+            per_token = torch.tanh(2.5 * f * sae.W_dec.norm(dim=1)).sum(1)
+        penalty = per_token.mean()
+    assert 0 < float((pre > sae.threshold).float().mean()) < 1  # some features on, some off
+    torch.testing.assert_close(out.mse, mse)
+    torch.testing.assert_close(out.terms[0], penalty)
+    torch.testing.assert_close(out.loss, mse + 0.7 * penalty)
+    torch.testing.assert_close(out.l0, (f > 0).float().sum(1).mean())
+    torch.testing.assert_close(out.fired, (f > 0).float().sum(0))
+
+
+def test_jumprelu_step_penalty_gradient_reaches_theta_through_the_bandwidth():
+    """The step penalty's θ gradient is −(1/ε)·K((pre − θ)/ε) averaged over the batch, times l0_coeff, with the
+    SAE's own bandwidth ε (0.3 here)."""
+    sae, x = _jumprelu("step")
+    with torch.no_grad():
+        pre = sae.pre_acts(x)
+        sae.threshold.copy_(pre[0] - torch.tensor([0.1, -0.1, 0.05]))  # token 0 inside the kernel of each feature
+    sae.zero_grad()
+    sae(x, train=True).terms[0].backward()
+    u = (pre - sae.threshold.detach()) / 0.3
+    k = ((u > -0.5) & (u < 0.5)).float()
+    torch.testing.assert_close(sae.threshold.grad, -(1 / 0.3) * k.sum(0) / 5)
+    assert k.sum() > 0
+
+
+def test_jumprelu_inference_is_strict_at_the_threshold():
+    sae, _ = _jumprelu("step")
+    pre = torch.tensor([[0.05, 0.3, 0.1], [0.06, 0.29, 0.2]])
+    torch.testing.assert_close(sae.activate(pre), torch.tensor([[0.0, 0.0, 0.0], [0.06, 0.0, 0.2]]))
+
+
+def test_jumprelu_bad_start_is_named():
+    with pytest.raises(InputError, match=r"sae\.jumprelu\.b_dec_init: 'median' is not one of mean, zero"):
+        JumpReLU(4, 3, b_dec_init="median")
+
+
+@pytest.mark.parametrize("arch", sorted(REGISTRY))
+def test_class_defaults_are_the_params_defaults(arch):
+    """An SAE built without params is the default config's SAE: same arguments (arch_params, which rebuild it)
+    and, with the default seed 0, the same weights as ``saelab.registry.build`` of the default section."""
+    from saelab.config import SAEConfig
+    from saelab.registry import build
+
+    cls = REGISTRY[arch]
+    bare, built = cls(8, 64), build(SAEConfig(architecture=arch, d_sae=64), 8, seed=0)
+    assert bare.arch_params() == built.arch_params()
+    assert all(torch.equal(v, built.state_dict()[k]) for k, v in bare.state_dict().items())
+    assert not torch.equal(cls(8, 64, seed=1).W_enc, bare.W_enc)
+
+
+# ---------------------------------------------------------------- BatchTopK
+
+
+def _batchtopk():
+    """BatchTopK with free decoder rows of norms ≠ 1, three dead latents, aux_coeff ≠ 1, batch 4 ≠ k_aux 3 ≠ k 2."""
+    from saelab.saes.batchtopk import BatchTopK
+
+    torch.manual_seed(1)
+    sae = BatchTopK(6, 10, seed=0, k=2, k_aux=3, aux_coeff=0.25, dead_tokens=5, threshold_frac=0.25)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.linspace(0.5, 2.0, 10)[:, None])
+        sae.b_dec.copy_(torch.randn(6) * 0.1)
+        sae.b_enc.copy_(torch.randn(10) * 0.1)
+        sae.since_fired[[1, 4, 7]] = 10
+    return sae
+
+
+def _reference_batchtopk(sae, x, k):
+    """The reference computation written out: rescaled pre-activations, the k·B largest ReLU values of the batch,
+    unit rows, and the AuxK activations (per token, the k_aux largest pre-activations among dead latents, ReLU)."""
+    n = sae.W_dec.norm(dim=1)
+    pre = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc) * n
+    flat = pre.relu().flatten()
+    keep = flat.argsort(descending=True)[: k * len(x)]
+    f = torch.zeros_like(flat)
+    f[keep] = flat[keep]
+    f = f.view_as(pre)
+    rows = sae.W_dec / n[:, None]
+    x_hat = f @ rows + sae.b_dec
+    dead = torch.tensor([i in (1, 4, 7) for i in range(10)])
+    aux = torch.zeros_like(pre)
+    for b in range(len(x)):
+        cand = [(float(pre[b, i]), i) for i in range(10) if dead[i]]
+        for v, i in sorted(cand, reverse=True)[: sae.k_aux]:
+            aux[b, i] = max(v, 0.0)
+    return pre, f, x_hat, aux @ rows
+
+
+def test_batchtopk_loss_with_auxk_by_hand():
+    """loss = mse + aux_coeff · AuxK, AuxK = batch mean of ‖aux reconstruction − (x − x̂)‖² (Gao et al. 2024, as
+    in TopK), on the batch-level top-k activations."""
+    sae = _batchtopk()
+    x = torch.randn(4, 6)
+    out = sae(x, train=True, progress=0.0)
+    with torch.no_grad():
+        _, f, x_hat, aux_hat = _reference_batchtopk(sae, x, 2)
+        mse = ((x_hat - x) ** 2).sum(1).mean()
+        auxk = ((aux_hat - (x - x_hat)) ** 2).sum(1).mean()
+    assert auxk > 0
+    torch.testing.assert_close(out.mse, mse)
+    torch.testing.assert_close(out.terms[0], auxk)
+    torch.testing.assert_close(out.loss, mse + 0.25 * auxk)
+    torch.testing.assert_close(out.fired, (f > 0).float().sum(0))
+    torch.testing.assert_close(out.l0, (f > 0).float().sum(1).mean())
+    sae.zero_grad()
+    out.loss.backward()  # AuxK's gradient reaches only the dead latents' encoder columns (the residual is detached)
+    sae2 = _batchtopk()
+    sae2.aux_coeff = 0.0
+    sae2(x, train=True, progress=0.0).loss.backward()
+    moved = (sae.W_enc.grad - sae2.W_enc.grad).abs().sum(0) > 1e-7
+    assert moved[[1, 4, 7]].any() and not moved[[0, 2, 3, 5, 6, 8, 9]].any()
+
+
+def test_batchtopk_threshold_is_the_mean_smallest_selected_activation_of_the_last_steps():
+    """θ = mean, over the steps at progress >= 1 − threshold_frac (0.75 included), of each batch's smallest
+    selected (positive) activation; steps before do not count. After the fold, inference keeps exactly the
+    rescaled pre-activations above θ."""
+    sae = _batchtopk()
+    sae.aux_coeff = 0.0
+    mins = []
+    for i, progress in enumerate([0.0, 0.5, 0.74, 0.75, 0.8, 0.99]):
+        x = torch.randn(4, 6, generator=torch.Generator().manual_seed(i)) * (1 + i)
+        with torch.no_grad():
+            _, f, _, _ = _reference_batchtopk(sae, x, 2)
+        sae(x, train=True, progress=progress)
+        if progress >= 0.75:
+            mins.append(float(f[f > 0].min()))
+    assert len(mins) == 3 and len(set(mins)) == 3
+    x = torch.randn(8, 6) * 5
+    with torch.no_grad():
+        pre, _, _, _ = _reference_batchtopk(sae, x, 2)
+    sae.finish_training_()
+    assert float(sae.threshold[0]) == pytest.approx(sum(mins) / 3, rel=1e-6)
+    assert torch.equal(sae.threshold, torch.full((10,), sae.threshold[0].item()))
+    theta = sum(mins) / 3
+    expected = pre * (pre > theta)
+    torch.testing.assert_close(sae.encode(x), expected, atol=1e-5, rtol=1e-5)
+    assert 0 < int((expected > 0).sum()) < expected.numel()
+
+
+def test_batchtopk_saelens_export_is_jumprelu_with_the_threshold():
+    sae = _batchtopk()
+    with torch.no_grad():
+        sae.threshold.fill_(0.37)
+    cfg, w = sae.saelens()
+    assert cfg["architecture"] == "jumprelu" and torch.equal(w["threshold"], torch.full((10,), 0.37))
+    x = torch.randn(5, 6)
+    f = torch.relu(x @ w["W_enc"] + w["b_enc"] - w["b_dec"] @ w["W_enc"])
+    f = f * (f > w["threshold"])
+    torch.testing.assert_close(f @ w["W_dec"] + w["b_dec"], sae(x).x_hat, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- reconstruction metrics
+
+
+def test_recon_sums_streamed_over_uneven_batches_equal_the_definitions():
+    """docs/metrics.md, "Reconstruction metrics", written out in numpy on all tokens at once: mse = mean Σ_d (x̂ − x)²,
+    EV = 1 − Σ‖x − x̂‖² / Σ‖x − mean x‖², L0 = mean active count, L2 ratio = mean ‖x̂‖/‖x‖ over tokens with x ≠ 0,
+    fires and activation sums per feature; the same from batches of 3 and 4 tokens."""
+    from saelab.eval.metrics import ReconSums, reconstruction_metrics
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 5, generator=g) + 2.0  # mean far from 0: a centred EV differs from an uncentred one
+    x[2] = 0.0  # a token with no L2 ratio
+    x_hat = x * 0.8 + 0.1 * torch.randn(7, 5, generator=g)
+    f = torch.relu(torch.randn(7, 6, generator=g))
+    X, Xh, F = x.double().numpy(), x_hat.double().numpy(), f.double().numpy()
+    sse = ((Xh - X) ** 2).sum()
+    keep = np.linalg.norm(X, axis=1) > 0
+    expected = {
+        "mse": sse / 7,
+        "explained_variance": 1 - sse / ((X - X.mean(0)) ** 2).sum(),
+        "l0": (F > 0).sum(1).mean(),
+        "l2_ratio": (np.linalg.norm(Xh, axis=1)[keep] / np.linalg.norm(X, axis=1)[keep]).mean(),
+        "eval_tokens": 7,
+    }
+    streamed = ReconSums().add(x[:3], x_hat[:3], f[:3]).add(x[3:], x_hat[3:], f[3:])
+    for got in (streamed.result(), reconstruction_metrics(x, x_hat, f)):
+        assert got.keys() == expected.keys()
+        for k, v in expected.items():
+            assert got[k] == pytest.approx(v, rel=1e-6), k
+    np.testing.assert_array_equal(streamed.fired.numpy(), (F > 0).sum(0))
+    np.testing.assert_allclose(streamed.act_sum.numpy(), F.sum(0), rtol=1e-6)
+    np.testing.assert_allclose(streamed.freq(), (F > 0).mean(0))
+    assert streamed.l2_n == 6
+
+
+def test_frequency_fractions_at_their_boundaries():
+    """dead: freq == 0; ultra-low: freq < threshold (dead included, the threshold itself is not ultra-low);
+    dense: freq > threshold (the threshold itself is not dense)."""
+    from saelab.eval.metrics import frequency_fractions
+
+    freq = np.array([0.0, 0.0, 1e-5, 1e-4, 2e-4, 0.1, 0.2, 0.5])
+    assert frequency_fractions(freq, ultra_low=1e-4, dense=0.1) == {
+        "frac_dead": 2 / 8,
+        "frac_ultra_low": 3 / 8,
+        "frac_dense": 2 / 8,
+    }
+
+
+def test_ce_recovered_by_hand():
+    """(CE_ablated − CE_sae) / (CE_ablated − CE_clean): 0.75 for 2.0 / 2.5 / 4.0."""
+    from saelab.eval.metrics import ce_recovered
+
+    assert ce_recovered(2.0, 2.5, 4.0) == pytest.approx(0.75)
+    assert ce_recovered(ce_clean=1.0, ce_sae=4.0, ce_ablated=3.0) == pytest.approx(-0.5)
+
+
+# ---------------------------------------------------------------- synthetic recovery (docs/synthetic.md)
+
+
+class _World:
+    """A hand-built world: five true directions e0..e4 in R^8, feature 1 a child of feature 0, one task {2, 3}."""
+
+    D = torch.eye(8)[:5]
+
+    def layout(self) -> dict:
+        return {"parents": [0], "children": [[1]], "tasks": [[2, 3]]}
+
+
+B_ENC = torch.tensor([-0.6, 0, 0, 0, 0, 0, 0])  # latent 0 stays silent below 0.6: it can be absorbed
+
+
+def _w_enc(W: torch.Tensor) -> torch.Tensor:
+    """W^T, with latent 0 also reading e4: it fires where feature 4 does (its precision < 1)."""
+    out = W.T.clone()
+    out[4, 0] = 1.0
+    return out
+
+
+def _recovery_case():
+    """An SAE of 7 latents on R^8 (W_enc = _w_enc(W_dec), b_enc = B_ENC): e0, 0.8 e1 + 0.6 e5, e2, the task's sum
+    direction, −e4 (cos 0), 0.6 e4 + 0.8 e5 (matched to f4 at cos 0.6, under pair_cos) and e3; codes c on 9 tokens."""
+    from saelab.saes.base import SAE
+
+    s = 2**-0.5
+    W = torch.zeros(7, 8)
+    for j, row in enumerate(
+        [{0: 1.0}, {1: 0.8, 5: 0.6}, {2: 1.0}, {2: s, 3: s}, {4: -1.0}, {4: 0.6, 5: 0.8}, {3: 1.0}]
+    ):
+        for k, v in row.items():
+            W[j, k] = v
+    c = torch.tensor(
+        [
+            [0.5, 1.0, 0, 0, 0],
+            [2.0, 0, 0, 0, 0],
+            [1.0, 0.5, 0, 0, 0],
+            [0, 0, 1.0, 1.0, 0],
+            [0, 0, 2.0, 1.5, 0],
+            [0, 0, 0, 0, 1.0],
+            [0.5, 0, 0, 0, 0],
+            [0, 0, 1.0, 0, 0],  # f2 alone: the task's sum latent fires without feature 3 (its precision < 1)
+            [0, 0, 0, 1.0, 0],  # f3 alone: the task is "on" where its first feature fires, not here
+        ]
+    )
+    sae = SAE(8, 7, seed=None)
+    with torch.no_grad():
+        sae.W_dec.copy_(W), sae.W_enc.copy_(_w_enc(W)), sae.b_enc.copy_(B_ENC), sae.b_dec.zero_()
+    return sae, W.double().numpy(), c, c @ _World.D
+
+
+def test_score_on_a_hand_built_world_equals_the_definitions():
+    """Every key of research.synthetic.recovery.score against docs/synthetic.md's definitions written out in numpy:
+    the matching by brute force over all assignments, the pair metrics on pairs at cos >= pair_cos, absorption of
+    the (0, 1) pair, and the task's usage of its latents (three latents in a task of two: "combinations" at
+    verdict_align 0.95)."""
+    import itertools
+
+    from research.synthetic.recovery import score
+    from research.synthetic.worlds import RecoverConfig
+
+    sae, W, c, x = _recovery_case()
+    cfg = RecoverConfig(batch_tokens=4, verdict_align=0.95)  # three batches: the encode / decode loop is exercised
+    got = score(sae, _World(), x, c, cfg)
+    C, X, D = c.double().numpy(), x.double().numpy(), _World.D.double().numpy()
+    F = np.maximum(X @ _w_enc(torch.from_numpy(W)).numpy() + B_ENC.double().numpy(), 0)  # f = ReLU(x W_enc + b_enc)
+    Wn = W / np.linalg.norm(W, axis=1, keepdims=True)
+    cos = np.maximum(Wn @ D.T, 0)  # (latents, features)
+    best = max(itertools.permutations(range(7), 5), key=lambda p: sum(cos[p[i], i] for i in range(5)))
+    assert best == (0, 1, 2, 6, 5)
+    pairs = [(i, best[i]) for i in range(5) if cos[best[i], i] >= 0.7]  # (feature, latent)
+    assert [i for i, _ in pairs] == [0, 1, 2, 3]
+    prec = [((F[:, j] > 0) & (C[:, i] > 0)).sum() / (F[:, j] > 0).sum() for i, j in pairs]
+    rec = [((F[:, j] > 0) & (C[:, i] > 0)).sum() / (C[:, i] > 0).sum() for i, j in pairs]
+    shrink = []
+    for i, j in pairs:
+        both = (F[:, j] > 0) & (C[:, i] > 0)
+        ratios = np.sort(F[both, j] * (W[j] @ D[i]) / C[both, i])
+        shrink.append(ratios[(len(ratios) - 1) // 2])  # the lower middle value for an even count (docs)
+    both = (C[:, 0] > 0) & (C[:, 1] > 0)
+    alone = (C[:, 0] > 0) & ~(C[:, 1] > 0)
+    absorbed = ((F[both, 1] > 0) & ~(F[both, 0] > 0)).mean()
+    control = (F[alone, 0] <= 0).mean()
+    # the task {2, 3}: latents with >= half their norm in span(e2, e3); mass over the tokens where f2 fires
+    norms = np.linalg.norm(W, axis=1)
+    span = np.linalg.norm(W[:, 2:4], axis=1) / norms
+    cand = [j for j in range(7) if span[j] >= 0.5]
+    assert cand == [2, 3, 6]
+    on = C[:, 2] > 0
+    mass = np.array([F[on, j].sum() * norms[j] for j in cand])
+    q = mass / mass.sum()
+    n_eff = float(np.exp(-(q * np.log(q)).sum()))
+    dir_align = float((q * cos[cand][:, [2, 3]].max(1)).sum())
+    sum_dir = (D[2] + D[3]) / np.sqrt(2)
+    sum_align = float((q * np.maximum(Wn[cand] @ sum_dir, 0)).sum())
+    assert dir_align < 0.95 and n_eff / 2 >= 1
+    sse = ((F @ W - X) ** 2).sum()
+    nx = np.linalg.norm(X, axis=1)
+    expected = {
+        "l0": (F > 0).sum(1).mean(),
+        "true_l0": (C > 0).sum(1).mean(),
+        "mse": sse / 9,
+        "explained_variance": 1 - sse / ((X - X.mean(0)) ** 2).sum(),
+        "l2_ratio": (np.linalg.norm(F @ W, axis=1)[nx > 0] / nx[nx > 0]).mean(),
+        "d_sae": 7,
+        "n_true": 5,
+        "mcc": sum(cos[best[i], i] for i in range(5)) / 5,
+        "n_pairs": 4,
+        "precision": np.mean(prec),
+        "recall": np.mean(rec),
+        "shrinkage": np.mean(shrink),
+        "recovered_0.9": 3 / 5,
+        "recovered_0.7": 4 / 5,
+        "absorption": absorbed,
+        "absorption_control": control,
+        "absorption_pairs": "1/1",
+        "task_n_latents": 3,
+        "task_n_eff": n_eff,
+        "task_n_eff_per_direction": n_eff / 2,
+        "task_dir_align": dir_align,
+        "task_span_align": 1.0,
+        "task_sum_align": sum_align,
+        "task_size": 2,
+        "task_verdict": "combinations",
+    }
+    by_decile = {"recovered_0.9_by_decile", "recovered_0.7_by_decile"}
+    assert set(got) == set(expected) | by_decile | {"mcc_chance"}
+    for k, v in expected.items():
+        assert got[k] == (pytest.approx(v, rel=1e-5, abs=1e-6) if isinstance(v, float) else v), k
+    # deciles of the features' firing frequency, rarest first (stable order among ties); 5 features: 5 empty deciles
+    freq = (C > 0).mean(0)
+    order = np.argsort(freq, kind="stable")
+    hits = {0.9: [1, 0, 1, 1, 0], 0.7: [1, 1, 1, 1, 0]}
+    for t in (0.9, 0.7):
+        assert got[f"recovered_{t:g}_by_decile"] == [float(hits[t][i]) for i in order] + [None] * 5
+    assert 0 < got["mcc_chance"] < got["mcc"]
+    assert 0 < absorbed < 1 and 0 < control < 1 and len(set(prec)) > 1 and len(set(rec)) > 1
+    # pairs exactly at pair_cos count: at 1.0 only the exact latents e0, e2, e3 pair
+    assert score(sae, _World(), x, c, RecoverConfig(pair_cos=1.0))["n_pairs"] == 3
+
+
+def test_recovery_helpers_at_their_boundaries():
+    """Boundaries written into docs/synthetic.md: cos >= t recovers; a task latent has >= min_span of its norm in the
+    span and counts in n_latents at q >= 1%; at_l0 interpolates inside [first, last] L0 inclusive, from points with
+    L0 > 0 only; verdict thresholds are inclusive; chance MCC is seeded (default seed 0)."""
+    from research.synthetic import recovery as r
+
+    assert list(r.recovered(np.array([[0.9, 0.89], [0.1, 0.2]]), 0.9)) == [True, False]
+    # task usage: row (3, 4) has 3/5 = 0.6 of its norm in span(e0), exactly min_span; masses 1 : 99 give q = 1%
+    D = torch.eye(3)[:1]
+    W = torch.tensor([[3.0, 4.0, 0.0], [1.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    f = torch.tensor([[0.2, 99.0, 0.0]])  # mass f·‖W‖: 1 and 99; the third latent never fires (q = 0)
+    u = r.task_usage(f, W, D, torch.tensor([True]), 0.6)
+    assert u["n_latents"] == 2 and u["m"] == 1
+    q = np.array([0.01, 0.99])
+    assert u["n_eff"] == pytest.approx(float(np.exp(-(q * np.log(q)).sum())))
+    assert u["span_align"] == pytest.approx(0.01 * 0.6 + 0.99 * 1.0)
+    empty = {
+        "n_latents": 0,
+        "n_eff": 0.0,
+        "n_eff_per_direction": 0.0,
+        "dir_align": None,
+        "span_align": None,
+        "sum_align": None,
+        "m": 1,
+    }
+    assert r.task_usage(f, W, D, torch.tensor([True]), 0.61)["n_latents"] == 1  # (3, 4) left out; one latent fires
+    assert r.task_usage(f, W[:1], D, torch.tensor([True]), 0.61) == empty  # no task latent
+    assert r.task_usage(f, W, D, torch.tensor([False]), 0.6) == empty  # the task never fires
+    assert r.task_usage(torch.zeros(1, 3), W, D, torch.tensor([True]), 0.6) == empty  # its latents are silent
+    # at_l0
+    pts = [(0.0, 0.1), (1.0, 0.5), (2.0, 0.6), (4.0, 0.9), (3.0, None)]
+    assert r.at_l0(pts, 1.0) == pytest.approx(0.5) and r.at_l0(pts, 4.0) == pytest.approx(0.9)
+    assert r.at_l0(pts, 3.0) == pytest.approx(0.6 + 0.3 * (np.log(3) - np.log(2)) / (np.log(4) - np.log(2)))
+    assert r.at_l0(pts, 0.6) is None and r.at_l0(pts, 4.5) is None and r.at_l0([(1.0, 0.5)], 1.0) is None
+    assert r.matched_l0(
+        [
+            {"world": "w", "architecture": "a", "d_sae": 4, "true_l0": 2.0, "l0": 1.0, "mcc": 0.5},
+            {"world": "w", "architecture": "a", "d_sae": 4, "true_l0": 2.0, "l0": 4.0, "mcc": 0.9},
+        ]
+    ) == [
+        {
+            "world": "w",
+            "architecture": "a",
+            "d_sae": 4,
+            "true_l0": 2.0,
+            "n_runs": 2,
+            "mcc_at_true_l0": pytest.approx(0.7),
+            "best_mcc": 0.9,
+        }
+    ]
+    # verdict: inclusive thresholds; n_eff per direction exactly 1 is "combinations", unknown is "merged"
+    assert r.verdict(0.8, 1.0, 2.0, 0.8) == "directions"
+    assert r.verdict(0.5, 0.8, 1.0, 0.8) == "combinations"
+    assert r.verdict(0.5, 0.8, None, 0.8) == "merged"
+    assert r.verdict(0.5, 0.79, 2.0, 0.8) == "neither"
+    assert r.verdict(None, 0.9, 2.0, 0.8) == r.verdict(0.9, None, 2.0, 0.8) == "neither"
+    # _nanmean: nothing or only NaN has no mean
+    assert r._nanmean([]) is None and r._nanmean([np.nan, np.nan]) is None and r._nanmean([1, np.nan, 3]) == 2.0
+    # chance MCC: a seeded random dictionary, seed 0 by default
+    D = torch.eye(16)[:8]
+    assert r.chance_mcc(8, D) == r.chance_mcc(8, D, seed=0) != r.chance_mcc(8, D, seed=1)
+    g = torch.Generator().manual_seed(0)
+    assert r.chance_mcc(8, D) == pytest.approx(r.mcc(r.pos_cos(torch.randn(8, 16, generator=g), D)))
+
+
+def test_by_decile_keeps_the_order_of_tied_frequencies():
+    """Features of equal frequency stay in index order (a stable sort): with 40 ties, decile k holds features
+    4k .. 4k+3."""
+    from research.synthetic.recovery import by_decile
+
+    assert by_decile(np.arange(40.0), np.zeros(40)) == [4 * k + 1.5 for k in range(10)]
+
+
+def test_absorption_and_shrinkage_edge_cases():
+    """A pair never co-active has no absorption (NaN, not 0) and no shrinkage; a child latent firing at 0 is off."""
+    from research.synthetic.recovery import absorption, shrinkage
+
+    c = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    f = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    absorbed, control = absorption(f, c, [(0, 1), (1, 0)], {0: 0, 1: 1})
+    assert np.isnan(absorbed[0]) and control[0] == 0.5 and np.isnan(absorbed[1]) and np.isnan(control[1])
+    c2, f2 = torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 0.0]])  # both fire; neither latent does
+    assert absorption(f2, c2, [(0, 1)], {0: 0, 1: 1})[0][0] == 0.0
+    out = shrinkage(f, c, torch.eye(2), torch.eye(2), np.array([1]), np.array([1]))
+    assert out.dtype == np.float64 and np.isnan(out[0])
+    D, W = torch.tensor([[3.0, 4.0]]), torch.tensor([[6.0, 8.0]])
+    assert r_pos(W, D) == pytest.approx(1.0)
+
+
+def r_pos(W, D):
+    from research.synthetic.recovery import pos_cos
+
+    return float(pos_cos(W, D)[0, 0])
+
+
+# ---------------------------------------------------------------- replication formulas (saelab.analysis.weights)
+
+
+def test_weight_formulas_by_hand():
+    """docs/metrics.md's weight analyses on vectors small enough to do by hand."""
+    from saelab.analysis import weights as w
+
+    # cluster sameness: cos of each row with the rows' mean, share strictly above the threshold
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    mean, cos, share = w.cluster_sameness(v, threshold=0.5**0.5)
+    torch.testing.assert_close(mean, torch.tensor([2 / 3, 2 / 3]))
+    torch.testing.assert_close(cos, torch.tensor([0.5**0.5, 0.5**0.5, 1.0]))
+    assert share == pytest.approx(1 / 3)  # cos = 1/√2 exactly at the threshold is not above it
+    assert np.isnan(w.cluster_sameness(torch.zeros(0, 2))[2])
+    # encoder / decoder cosine and the D/E projection (un-normalised)
+    W_enc = torch.tensor([[3.0, 0.0], [4.0, 2.0]])  # columns (3, 4) and (0, 2)
+    W_dec = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
+    torch.testing.assert_close(w.enc_dec_cosine(W_enc, W_dec), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(w.de_projection(W_enc, W_dec), torch.tensor([5.0, 0.0]))
+    # neuron sparsity: squared weights sorted, over their sum; next_9 = ranks 2..10 only
+    row = torch.tensor([[4.0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    top1, next9 = w.neuron_sparsity(row)
+    total = 16 + 4 + 11
+    assert float(top1[0]) == pytest.approx(16 / total) and float(next9[0]) == pytest.approx((4 + 8) / total)
+    assert w.neuron_sparsity(torch.zeros(1, 3))[0].item() == 0  # an all-zero row: no division by zero
+    # sparsity classes at their boundaries: > 0.35 and < 0.1 for 1-sparse, sum < 0.35 for dense
+    # (a float32 tensor meets a Python scalar in float32: 0.35 and 0.1 below are exactly the thresholds)
+    t1, n9 = torch.tensor([0.36, 0.35, 0.36, 0.2, 0.35]), torch.tensor([0.09, 0.05, 0.1, 0.14, 0.0])
+    assert list(w.sparsity_class(t1, n9)) == ["1-sparse", "10-ish", "10-ish", "dense", "10-ish"]
+    # excess kurtosis (Fisher): m4 / m2² − 3 over each row
+    r = torch.tensor([[0.0, 0.0, 0.0, 1.0], [1.0, -1.0, 1.0, -1.0]])
+    for i, x in enumerate(r.double().numpy()):
+        d = x - x.mean()
+        assert w.excess_kurtosis(r)[i] == pytest.approx((d**4).mean() / (d**2).mean() ** 2 - 3)
+    assert w.gaussian_kurtosis_baseline((4, 20000)) == pytest.approx(np.zeros(4), abs=0.1)
+    assert not np.array_equal(w.gaussian_kurtosis_baseline((2, 50)), w.gaussian_kurtosis_baseline((2, 50), seed=1))
+    # null-space share: W_out's columns span e0, e1 of R^4; (1, 1, 1, 1) has half its ‖v‖² outside
+    W_out = torch.tensor([[1.0, 1.0], [0.0, 2.0], [0.0, 0.0], [0.0, 0.0]])
+    share = w.null_space_share(torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 3.0, 0.0, 0.0]]), W_out)
+    torch.testing.assert_close(share, torch.tensor([0.5, 0.0]))
+    # pairwise decoder cosines: mean and population variance over i < j
+    m, var, n = w.pairwise_cosine_stats(torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]))
+    cs = np.array([0.0, 0.5**0.5, 0.5**0.5])
+    assert (m, var, n) == (pytest.approx(cs.mean()), pytest.approx(cs.var()), 3)
+    m1, v1, n1 = w.pairwise_cosine_stats(torch.ones(1, 2))
+    assert np.isnan(m1) and np.isnan(v1) and n1 == 1
+
+
+def test_logit_effects_fold_the_final_layernorm_by_hand():
+    """u = centre(W_dec W_out) · diag(ln_weight) · W_U; without ln_weight, no centring."""
+    from saelab.analysis.weights import logit_effects, moments
+
+    W_dec = torch.tensor([[1.0, 2.0]])  # neuron space, d_mlp 2
+    W_out = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 3.0]])  # -> residual (1, 2, 6), mean 3
+    W_U = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    ln = torch.tensor([2.0, 1.0, 0.5])
+    # centred (−2, −1, 3), scaled (−4, −1, 1.5): logits (−4 + 1.5, −1 + 1.5)
+    torch.testing.assert_close(logit_effects(W_dec, W_U, W_out, ln), torch.tensor([[-2.5, 0.5]]))
+    torch.testing.assert_close(logit_effects(W_dec, W_U, W_out), torch.tensor([[7.0, 8.0]]))
+    torch.testing.assert_close(logit_effects(torch.tensor([[1.0, 2.0, 6.0]]), W_U), torch.tensor([[7.0, 8.0]]))
+    u = torch.tensor([[0.0, 0.0, 0.0, 4.0]])
+    got = moments(u)
+    d = np.array([-1.0, -1.0, -1.0, 3.0])
+    assert got["logit_mean"][0] == pytest.approx(1.0) and got["logit_std"][0] == pytest.approx(3**0.5)
+    assert got["logit_skew"][0] == pytest.approx((d**3).mean() / (d**2).mean() ** 1.5)
+    assert got["logit_kurtosis"][0] == pytest.approx((d**4).mean() / (d**2).mean() ** 2 - 3)
+
+
+# ---------------------------------------------------------------- exports (SAELens 6.54's on-disk format)
+
+
+@pytest.mark.parametrize("arch", sorted(REGISTRY))
+def test_saelens_export_writes_the_documented_config_and_our_weights(tmp_path, arch):
+    """cfg.json is SAELens 6.54's format written out here key by key (docs/usage.md, "Interchange"); the weights
+    file holds exactly W_enc, W_dec, b_enc, b_dec (and the threshold for jumprelu / batchtopk), equal to the SAE's."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from saelab.config import SAEConfig
+    from saelab.interop.saelens import export_saelens
+    from saelab.registry import build
+
+    sae = build(SAEConfig(architecture=arch, d_sae=64), 8, seed=3)
+    if hasattr(sae, "threshold"):
+        with torch.no_grad():
+            sae.threshold.copy_(torch.linspace(0.1, 0.7, 64))
+    export_saelens(sae, tmp_path, "blocks.0.mlp.hook_post", "gelu-1l", 96)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    saelens_arch = {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}.get(arch, "standard")
+    expected = {
+        "architecture": saelens_arch,
+        **({"k": sae.k} if arch == "topk" else {}),
+        "d_in": 8,
+        "d_sae": 64,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "model_name": "gelu-1l",
+            "hook_name": "blocks.0.mlp.hook_post",
+            "hook_head_index": None,
+            "context_size": 96,
+            "prepend_bos": True,
+            "dataset_path": None,
+            "sae_lens_version": "6.54.12",
+            "exported_by": "saelab",
+            "saelab_architecture": arch,
+            "saelab_arch_params": json.loads(json.dumps(sae.arch_params())),
+        },
+    }
+    assert cfg == expected
+    w = load_file(str(tmp_path / "sae_weights.safetensors"))
+    keys = {"W_enc", "W_dec", "b_enc", "b_dec"} | ({"threshold"} if saelens_arch == "jumprelu" else set())
+    assert set(w) == keys
+    for k in keys:
+        assert torch.equal(w[k], getattr(sae, k).detach().float()), k
+
+
+# ---------------------------------------------------------------- standard and standard_april losses
+
+
+def test_standard_loss_by_hand():
+    """loss = mean_batch Σ_d (x̂ − x)² + l1_coeff · mean_batch Σ_i |f_i| (docs/metrics.md), batch 5 ≠ width 3."""
+    from saelab.saes.base import SAE
+
+    sae = SAE(4, 3, seed=0, l1_coeff=0.3)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(2))
+    out = sae(x, train=True)
+    with torch.no_grad():
+        f = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+        mse = ((f @ sae.W_dec + sae.b_dec - x) ** 2).sum(1).mean()
+        l1 = f.abs().sum(1).mean()
+    assert l1 > 0
+    torch.testing.assert_close(out.loss, mse + 0.3 * l1)
+    torch.testing.assert_close(out.terms[0], l1)
+    torch.testing.assert_close(out.fired, (f > 0).float().sum(0))
+    torch.testing.assert_close(out.l0, (f > 0).float().sum(1).mean())
+
+
+@pytest.mark.parametrize("progress, warm", [(0.0, 0.0), (0.02, 0.4), (0.05, 1.0), (0.5, 1.0)])
+def test_april_loss_by_hand(progress, warm):
+    """loss = mse + λ · min(1, progress / l1_warmup_frac) · mean_batch Σ_i f_i ‖W_dec[i]‖ (Anthropic, April 2024)."""
+    from saelab.saes.standard_april import StandardApril
+
+    sae = StandardApril(4, 3, seed=0, l1_coeff=0.3, l1_warmup_frac=0.05)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.tensor([[0.5], [2.0], [3.0]]))
+        sae.b_enc.fill_(0.2)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(2))
+    out = sae(x, train=True, progress=progress)
+    with torch.no_grad():
+        f = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+        mse = ((f @ sae.W_dec + sae.b_dec - x) ** 2).sum(1).mean()
+        l1w = (f * sae.W_dec.norm(dim=1)).sum(1).mean()
+    assert l1w > 0
+    torch.testing.assert_close(out.terms[0], l1w)
+    torch.testing.assert_close(out.loss, mse + 0.3 * warm * l1w)
+    no_warmup = StandardApril(4, 3, seed=0, l1_coeff=0.3, l1_warmup_frac=0.0)
+    no_warmup.load_state_dict(sae.state_dict())
+    torch.testing.assert_close(no_warmup(x, train=True, progress=progress).loss, mse + 0.3 * l1w)
+
+
+def test_parallel_gradient_removal_and_renormalisation_by_hand():
+    """Before the step: W_dec.grad −= (grad · w) w per unit row; after it: rows back to norm 1."""
+    from saelab.saes.base import SAE
+
+    sae = SAE(2, 2, seed=0)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.tensor([[1.0, 0.0], [0.6, 0.8]]))
+    sae.W_dec.grad = torch.tensor([[3.0, 4.0], [1.0, 2.0]])
+    sae.before_step()
+    # row 0: (3, 4) − 3·(1, 0) = (0, 4); row 1: (1, 2) − 2.2·(0.6, 0.8) = (−0.32, 0.24)
+    torch.testing.assert_close(sae.W_dec.grad, torch.tensor([[0.0, 4.0], [-0.32, 0.24]]))
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.tensor([[3.0, 4.0], [0.0, -2.0]]))
+    sae.after_step()
+    torch.testing.assert_close(sae.W_dec, torch.tensor([[0.6, 0.8], [0.0, -1.0]]))
+    sae.W_dec.grad = None
+    sae.before_step()  # no gradient yet: nothing to project
+    assert sae.W_dec.grad is None
