@@ -25,7 +25,7 @@ sys.path[:0] = [str(REPO), str(REPO / "src")]
 
 from saelab.io import load_weights  # noqa: E402
 from tests.conftest import make_cache  # noqa: E402
-from tests.test_ddp import SAE, _cmd  # noqa: E402
+from tests.test_ddp import SAE, ddp_cmd  # noqa: E402
 
 torchrun = str(Path(sys.executable).parent / "torchrun")
 env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
@@ -49,10 +49,10 @@ for setting in sys.argv[2:] or ["none:60"]:
     }
     (tmp / "params.yaml").write_text(yaml.safe_dump({"sae": sae, "activations": {"bos": "include"}}))
     one = subprocess.run(
-        [sys.executable, *with_seed(_cmd(tmp, "one"), seed)], cwd=REPO, env=env, capture_output=True, text=True
+        [sys.executable, *with_seed(ddp_cmd(tmp, "one"), seed)], cwd=REPO, env=env, capture_output=True, text=True
     )
     two = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", *with_seed(_cmd(tmp, "two"), seed)],
+        [torchrun, "--standalone", "--nproc_per_node", "2", *with_seed(ddp_cmd(tmp, "two"), seed)],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -122,7 +122,7 @@ ANNEAL_GRID = {
         [4, 8],
         {"resample": "anthropic", "resample_every": 51_200, "resample_window": 51_200, "resample_stop": 0.9},
     ),
-    # the frontier's topk-unit with our AuxK weight (1, not 1/32): run at 4x the budget (README "Architectures")
+    # the frontier's topk-unit with our AuxK weight (1, not 1/32): run at 4x the budget (docs/architectures.md)
     ("saelab", "topk-unit-aux1"): _family("topk", [16, 32], {"decoder": "unit", "aux_coeff": 1.0}),
 }
 GRIDS = {"frontier": GRID, "anneal": ANNEAL_GRID}

@@ -6,7 +6,7 @@ mutants, killed, survived, equivalent (a survivor that cannot change any result,
 benchmarks/mutation_equivalent.yaml), no tests (no selected test calls the function) and timeouts. The score is
 killed / (mutants - equivalent). Mutants in the *critical* functions (losses, custom autograd gradients, folds,
 exports; ``CRITICAL`` below) are counted apart: all of them must be killed or accounted for. Definitions and the
-goal: docs/benchmarks.md, "Mutation testing".
+goal: docs/contributing.md, "Mutation testing".
 
     make mutation                                                # every module, report in benchmarks/results/
     python benchmarks/mutation.py --only src/saelab/saes/jumprelu.py --out /tmp/m   # one module, elsewhere
@@ -214,7 +214,7 @@ def summarise(rows: list[dict], modules: list[str]) -> dict:
 def report(summary: dict, rows: list[dict], seconds: float, machine: str) -> str:
     head = (
         "# Mutation testing of the formula modules\n\n"
-        'Regenerate: `make mutation` (benchmarks/mutation.py; definitions: docs/benchmarks.md, "Mutation '
+        'Regenerate: `make mutation` (benchmarks/mutation.py; definitions: docs/contributing.md, "Mutation '
         f'testing"). Machine: {machine}. Run time: {seconds / 60:.1f} min, one test process, torch on one thread.\n\n'
         "Score = killed / (mutants - equivalent). Critical = losses, custom gradients, folds, exports "
         "(`CRITICAL` in benchmarks/mutation.py).\n\n"

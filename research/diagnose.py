@@ -10,7 +10,7 @@ of eval rows, the candidate causes side by side:
    run's per-token scale, so the spliced constant can no longer change the normalisation;
 3. size: the norm of the MLP output under mean ablation against the clean residual.
 
-CLI (writes findings/mean_ablation.json, cited by the README)::
+CLI (writes findings/mean_ablation.json, cited by docs/results.md)::
 
     python -m research.diagnose --lm models/lm --tokens data/tokens --activations data/activations \\
         --out findings/mean_ablation.json

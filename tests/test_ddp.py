@@ -31,7 +31,7 @@ SAE = dict(
 )
 
 
-def _cmd(tmp, name):
+def ddp_cmd(tmp, name):
     return [
         "-m",
         "stages.train",
@@ -70,11 +70,11 @@ def test_two_gloo_processes_match_one_process(tmp_path, architecture):
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sae": sae, "activations": {"bos": "include"}}))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *_cmd(tmp_path, "one")], cwd=REPO, env=env, capture_output=True, text=True)
+    one = subprocess.run([sys.executable, *ddp_cmd(tmp_path, "one")], cwd=REPO, env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-2000:]
     torchrun = str(Path(sys.executable).parent / "torchrun")
     two = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", *_cmd(tmp_path, "two")],
+        [torchrun, "--standalone", "--nproc_per_node", "2", *ddp_cmd(tmp_path, "two")],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -25,6 +25,16 @@ def test_every_stage_of_every_pipeline_lists_exactly_its_code(pipeline):
         assert _code_deps(stage) == want, f"{pipeline} {name}: run `python -m saelab.deps --fix`"
 
 
+def test_every_pipeline_of_the_tree_is_checked():
+    """deps.PIPELINES names every dvc.yaml of the repository (tracked or new), so a new pipeline is never left out."""
+    import subprocess
+
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert sorted(f for f in files if Path(f).name == "dvc.yaml") == sorted(deps.PIPELINES)
+
+
 def test_stage_modules_follow_one_convention():
     """Root stages are modules of stages/, a research pipeline's are modules of its own stages/ package."""
     for pipeline in deps.PIPELINES:

@@ -5,6 +5,8 @@ gradients ≠ 1, batch ≠ width). These tests were written to kill the mutants 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -481,8 +483,8 @@ def test_recovery_helpers_at_their_boundaries():
     assert r.verdict(0.5, 0.8, None, 0.8) == "merged"
     assert r.verdict(0.5, 0.79, 2.0, 0.8) == "neither"
     assert r.verdict(None, 0.9, 2.0, 0.8) == r.verdict(0.9, None, 2.0, 0.8) == "neither"
-    # _nanmean: nothing or only NaN has no mean
-    assert r._nanmean([]) is None and r._nanmean([np.nan, np.nan]) is None and r._nanmean([1, np.nan, 3]) == 2.0
+    # nan_mean: nothing or only NaN has no mean
+    assert r.nan_mean([]) is None and r.nan_mean([np.nan, np.nan]) is None and r.nan_mean([1, np.nan, 3]) == 2.0
     # chance MCC: a seeded random dictionary, seed 0 by default
     D = torch.eye(16)[:8]
     assert r.chance_mcc(8, D) == r.chance_mcc(8, D, seed=0) != r.chance_mcc(8, D, seed=1)
@@ -703,3 +705,357 @@ def test_parallel_gradient_removal_and_renormalisation_by_hand():
     sae.W_dec.grad = None
     sae.before_step()  # no gradient yet: nothing to project
     assert sae.W_dec.grad is None
+
+
+# ---------------------------------------------------------------- cross-seed comparison (saelab.eval.compare)
+
+
+def test_frequencies_mean_and_principal_directions_by_hand():
+    """Firing frequencies of each SAE on the covered positions (the BOS id left out), over batches of rows; the
+    activations' mean and top principal directions (eigenvectors of the covariance, largest first), against numpy
+    on the same activations."""
+    from saelab.eval.compare import frequencies
+    from saelab.saes.base import SAE
+    from tests.conftest import FakeLM
+
+    d, exclude = 6, 3
+    rows = np.array([[3, 5, 8, 9], [3, 10, 11, 40], [3, 2, 7, 21], [3, 15, 1, 33], [3, 4, 6, 12]])
+    saes = [SAE(d, 5, seed=0), SAE(d, 7, seed=1)]
+    with torch.no_grad():
+        for s in saes:
+            s.b_enc.fill_(-0.3)  # some features off on some tokens
+    freqs, acts = frequencies(FakeLM(d), saes, rows, "hook", 2, "cpu", exclude_token=exclude, n_components=3)
+    x = FakeLM.expected(torch.from_numpy(rows).long(), d).reshape(-1, d)[torch.from_numpy(rows != exclude).reshape(-1)]
+    assert len(x) == 15
+    for s, got in zip(saes, freqs):
+        expected = (s.encode(x) > 0).double().mean(0).numpy()
+        assert 0 < expected.min() < expected.max() < 1 or 0 < expected.max() < 1
+        np.testing.assert_allclose(got, expected)
+    X = x.double().numpy()
+    np.testing.assert_allclose(acts["mean"].numpy(), X.mean(0), rtol=1e-6, atol=1e-9)
+    _, sv, vt = np.linalg.svd(X - X.mean(0), full_matrices=False)
+    assert sv[0] > sv[1] > sv[2] > sv[3]  # distinct: the directions are defined up to sign
+    np.testing.assert_allclose(np.abs((acts["pcs"].numpy() * vt[:3]).sum(1)), np.ones(3), atol=1e-6)
+    assert acts["pcs"].shape == (3, d)
+
+
+def test_compare_pair_by_hand():
+    """Two 4-feature SAEs: b's decoder is a's permuted, one row turned 60 degrees (cos 0.5) and one row tilted to
+    cos 0.8; best-match and matched shares counted by hand, the ultra-low split on a's frequencies, the frequency
+    agreement of the matched features (Spearman, median |log10 ratio|)."""
+    from saelab.eval.compare import compare_pair
+
+    e = torch.eye(3)
+    Wa = torch.stack([e[0], e[1], e[2], (e[0] + e[1]) / 2**0.5])
+    Wb = torch.stack([e[1], 0.5 * e[0] + 0.75**0.5 * e[2], 0.8 * e[2] + 0.6 * e[0], (e[0] + e[1]) / 2**0.5])
+    fa = np.array([0.1, 0.2, 0.00001, 0.4])
+    fb = np.array([0.25, 0.05, 0.00002, 0.5])
+    a = {"W_dec": Wa, "W_enc": Wa.T, "freq": fa}
+    b = {"W_dec": Wb, "W_enc": Wb.T, "freq": fb}
+    m, best = compare_pair(a, b, hungarian_max=10, threshold=1e-4)
+    A, B = Wa.double(), Wb.double()
+    cos = (A / A.norm(dim=1, keepdim=True)) @ (B / B.norm(dim=1, keepdim=True)).T
+    np.testing.assert_allclose(best, cos.max(1).values.numpy())
+    import itertools  # the one-to-one matching that maximises the summed cosine, by brute force
+
+    perm = max(itertools.permutations(range(4)), key=lambda p: sum(float(cos[i, p[i]]) for i in range(4)))
+    matched = np.array([float(cos[i, perm[i]]) for i in range(4)])
+    assert m["best_cos_median"] == pytest.approx(float(np.median(best)))
+    assert m["best_cos_mean"] == pytest.approx(float(best.mean()))
+    assert m["share_best_above_0.9"] == pytest.approx(float((best > 0.9).mean()))
+    assert m["share_matched_above_0.9"] == pytest.approx((matched > 0.9).sum() / 4)
+    assert m["share_matched_above_0.7"] == pytest.approx((matched > 0.7).sum() / 4)
+    assert m["matching_exact"] == 1.0
+    ultra = fa < 1e-4
+    assert m["share_matched_above_0.9_ultra_low"] == pytest.approx((matched[ultra] > 0.9).mean())
+    assert m["share_matched_above_0.9_non_ultra_low"] == pytest.approx((matched[~ultra] > 0.9).mean())
+    good = matched > 0.7
+    assert good.sum() >= 3
+    ga, gb = fa[good], fb[[perm[i] for i in range(4)]][good]
+    from scipy import stats
+
+    assert m["matched_freq_spearman"] == pytest.approx(stats.spearmanr(ga, gb).statistic)
+    assert m["matched_log10_freq_ratio_median"] == pytest.approx(float(np.median(np.abs(np.log10(ga / gb)))))
+    assert m["ultra_low_direction_cos"] == pytest.approx(
+        0.8
+    )  # the ultra-low features' encoder rows: e2, 0.8 e2 + 0.6 e0
+    m2, _ = compare_pair(a, b, hungarian_max=3, threshold=1e-4)
+    assert m2["matching_exact"] == 0.0
+
+
+# ---------------------------------------------------------------- CE metrics (saelab.eval.evaluate)
+
+
+def test_token_ce_by_hand():
+    """CE at position t = −log softmax(logits[t])[token t+1]; the last position predicts nothing."""
+    from saelab.eval.evaluate import token_ce
+
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 1.0, 3.0]]])
+    tokens = torch.tensor([[1, 0, 2]])
+    lse = np.log(np.exp([2.0, 0.0, 0.0]).sum())
+    torch.testing.assert_close(token_ce(logits, tokens), torch.tensor([[np.log(3.0), lse]], dtype=torch.float32))
+
+
+def test_summarize_by_hand():
+    """CE means over the CE tokens, CE recovered against zero and mean ablation, the reconstruction metrics and the
+    frequency shares, every key of metrics/evaluate.json and evaluate_detail.json."""
+    from saelab.eval.evaluate import Sums, summarize
+    from saelab.eval.metrics import ReconSums
+
+    s = Sums()
+    s.ce = {"clean": 20.0, "sae": 25.0, "zero": 40.0, "mean": 30.0}
+    s.ce_n = 10
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [2.0, 2.0], [1.0, 1.0]])
+    x_hat = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [1.0, 1.0]])
+    f = torch.tensor([[1.0, 0.0, 0.0], [1.0, 2.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    s.recon = ReconSums().add(x, x_hat, f)
+    got = summarize(s, ultra_low=0.3, dense=0.6)
+    expected = {
+        "ce_clean": 2.0,
+        "ce_sae": 2.5,
+        "ce_zero_ablation": 4.0,
+        "ce_mean_ablation": 3.0,
+        "ce_recovered_zero": 0.75,
+        "ce_recovered_mean": 0.5,
+        "mean_ablation_recovered_zero": 0.5,
+        "ce_eval_tokens": 10,
+        "mse": 0.5,  # squared errors 0, 1, 1, 0
+        "explained_variance": 1 - 2 / 5.0,  # Σ‖x − mean‖² with mean (1, 1.25): 1+1.5625+...
+        "l0": 1.5,
+        "l2_ratio": (1 + 0.5 + 5**0.5 / 8**0.5 + 1) / 4,
+        "frac_dead": 1 / 3,
+        "frac_ultra_low": 1 / 3,  # frequencies 1, 0.5, 0: only the dead one is below 0.3
+        "frac_dense": 1 / 3,  # above 0.6: the first
+        "eval_tokens": 4,
+    }
+    mu = x.double().mean(0)
+    expected["explained_variance"] = 1 - 2 / float(((x.double() - mu) ** 2).sum())
+    assert got.keys() == expected.keys()
+    for k, v in expected.items():
+        assert got[k] == pytest.approx(v), k
+
+
+# ---------------------------------------------------------------- TopK
+
+
+def _topk(decoder: str, sparse: bool):
+    """TopK (k 2) with three dead latents, aux_coeff ≠ 1, k_aux 3 ≠ batch 4, free rows of norms ≠ 1."""
+    from saelab.saes.topk import TopK
+
+    torch.manual_seed(3)
+    sae = TopK(6, 10, seed=0, k=2, k_aux=3, aux_coeff=0.25, dead_tokens=5, decoder=decoder)
+    sae.sparse_path = sparse
+    with torch.no_grad():
+        if decoder == "free":
+            sae.W_dec.mul_(torch.linspace(0.5, 2.0, 10)[:, None])
+        sae.b_dec.copy_(torch.randn(6) * 0.1)
+        sae.b_enc.copy_(torch.randn(10) * 0.1)
+        sae.since_fired[[1, 4, 7]] = 10
+    return sae
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("decoder", ["free", "unit"])
+def test_topk_loss_with_auxk_by_hand(decoder, sparse):
+    """Gao et al. 2024 written out: pre-activations (× the row norms with free rows), per token the k largest, ReLU;
+    x̂ from the unit rows; AuxK = batch mean of ‖ê − (x − x̂)‖², ê from the k_aux largest pre-activations of the dead
+    latents; loss = mse + aux_coeff · AuxK; fires and L0 of the selected positive activations. Both training paths."""
+    sae = _topk(decoder, sparse)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(5))
+    out = sae(x, train=True, progress=0.0)
+    with torch.no_grad():
+        n = sae.W_dec.norm(dim=1) if decoder == "free" else torch.ones(10)
+        pre = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc) * n
+        f = torch.zeros_like(pre)
+        aux = torch.zeros_like(pre)
+        for b in range(4):
+            order = sorted(range(10), key=lambda i: -float(pre[b, i]))
+            for i in order[:2]:
+                f[b, i] = max(float(pre[b, i]), 0.0)
+            for i in [i for i in order if i in (1, 4, 7)][:3]:
+                aux[b, i] = max(float(pre[b, i]), 0.0)
+        rows = sae.W_dec / n[:, None]
+        x_hat = f @ rows + sae.b_dec
+        mse = ((x_hat - x) ** 2).sum(1).mean()
+        auxk = ((aux @ rows - (x - x_hat)) ** 2).sum(1).mean()
+    assert auxk > 0 and (f > 0).sum() > 4
+    torch.testing.assert_close(out.mse, mse, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.terms[0], auxk, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss, mse + 0.25 * auxk, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.fired, (f > 0).float().sum(0))
+    torch.testing.assert_close(out.l0, (f > 0).float().sum(1).mean())
+
+
+def test_topk_without_dead_latents_or_with_auxk_off_has_no_auxk():
+    """No latent dead, aux_coeff 0 or k_aux 0: AuxK is 0 and the loss is the MSE."""
+    for change in ({"since_fired": 0}, {"aux_coeff": 0.0}, {"k_aux": 0}):
+        sae = _topk("free", True)
+        if "since_fired" in change:
+            sae.since_fired.zero_()
+        else:
+            setattr(sae, *next(iter(change.items())))
+        assert sae.auxk_dead() is None
+        out = sae(torch.randn(4, 6), train=True, progress=0.0)
+        assert float(out.terms[0]) == 0.0 and torch.equal(out.loss, out.mse)
+
+
+def test_topk_dead_window_and_k_schedule_by_hand():
+    """A latent is dead once it has not fired for dead_tokens tokens (>=); observe_ adds the step's tokens and
+    resets the latents that fired. k_at: geometric from k_anneal_start to k over k_anneal_frac, rounded, then k."""
+    from saelab.saes.topk import TopK
+
+    sae = TopK(6, 10, seed=0, k=2, dead_tokens=8, k_anneal_start=8, k_anneal_frac=0.5)
+    sae.observe_(torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0, 0, 2.0]), 5)
+    assert sae.since_fired.tolist() == [0, 5, 5, 5, 5, 5, 5, 5, 5, 0] and not sae.dead().any()
+    sae.observe_(torch.tensor([0.0, 3.0, 0, 0, 0, 0, 0, 0, 0, 0]), 3)
+    assert sae.dead().tolist() == [False, False] + [True] * 7 + [False]  # 8 tokens: dead exactly at the window
+    assert [sae.k_at(p) for p in (0.0, 0.125, 0.25, 0.49, 0.5, 0.9)] == [
+        8,
+        round(8**0.75 * 2**0.25),
+        round(8**0.5 * 2**0.5),
+        max(2, round(8 ** (1 - 0.98) * 2**0.98)),
+        2,
+        2,
+    ]
+    assert TopK(6, 10, seed=0, k=3).k_at(0.0) == 3  # no schedule: k from the start
+    inference = sae.activate(torch.tensor([[0.5, -1.0, 3.0, 2.0, -0.1, 0, 0, 0, 0, 0]]))
+    assert inference.tolist() == [[0.0, 0.0, 3.0, 2.0, 0.0, 0, 0, 0, 0, 0]]  # k = 2 at inference, schedule or not
+    assert sae.k_aux == 3  # default d_in // 2
+
+
+def test_anneal_problems_are_named():
+    from saelab.saes.topk import K_ANNEAL_FRAC, anneal_problem
+
+    assert anneal_problem(4, None, K_ANNEAL_FRAC) is None and anneal_problem(4, 4, 0.5, None, 4) is None
+    assert "must lie in (0, 1)" in anneal_problem(4, 8, 1.0) and "must lie in (0, 1)" in anneal_problem(4, 8, 0.0)
+    assert "has no effect without k_anneal_start" in anneal_problem(4, None, 0.5)
+    assert "must be >= k (4)" in anneal_problem(4, 3, 0.5)
+    assert "must be <= d_sae (8)" in anneal_problem(4, 9, 0.5, None, 8)
+    assert "before the inference threshold's window" in anneal_problem(4, 8, 0.5, 0.6)
+    assert anneal_problem(4, 8, 0.5, 0.5) is None  # ends exactly where the window starts
+
+
+def test_evaluate_sums_ce_over_several_batches_against_a_direct_computation(tiny_lm):
+    """evaluate() on CE rows spread over several batches equals CE computed here row by row: clean, the SAE's
+    splice, zero and mean ablation, as means over every predicted token; its per-feature arrays and keys."""
+    from saelab.config import EvaluateConfig
+    from saelab.data.hooks import capture, splice
+    from saelab.data.lm import load_lm
+    from saelab.eval.evaluate import EvalSample, evaluate, token_ce
+    from saelab.saes.base import SAE
+
+    path, rows = tiny_lm
+    lm = load_lm(path)
+    hook = "blocks.0.mlp.hook_post"
+    sae = SAE(64, 96, seed=0)
+    mean = torch.linspace(-0.1, 0.2, 64)
+    cfg = EvaluateConfig(ce_max_tokens=3 * 16, batch_rows=2)  # 3 CE rows: batches of 2 and 1
+    m, per = evaluate(lm.model, sae, rows, hook, mean, cfg, "cpu", progress=False)
+    sample = EvalSample.draw(len(rows), rows.shape[1], cfg.max_tokens, cfg)
+    assert len(sample.ce) == 3
+    sums, n, f_sum = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "mean": 0.0}, 0, torch.zeros(96, dtype=torch.float64)
+    with torch.no_grad():
+        for r in sample.ce:
+            tokens = torch.from_numpy(rows[r : r + 1].astype(np.int64))
+            logits, x = capture(lm.model, tokens, hook)
+            x_hat = sae(x.reshape(-1, 64)).x_hat.reshape(x.shape)
+            keep = torch.zeros(x.shape[:2], dtype=torch.bool)
+            sums["clean"] += token_ce(logits, tokens).double().sum().item()
+            for name, v in (("sae", x_hat), ("zero", torch.zeros_like(x)), ("mean", mean.expand_as(x))):
+                out = lm.model.run_with_hooks(tokens, fwd_hooks=[(hook, splice(v, keep=keep))])
+                sums[name] += token_ce(out, tokens).double().sum().item()
+            n += tokens.shape[1] - 1
+        for r in np.concatenate([sample.ce, sample.rest]):
+            x = capture(lm.model, torch.from_numpy(rows[r : r + 1].astype(np.int64)), hook)[1].reshape(-1, 64)
+            f_sum += sae.encode(x).double().sum(0)
+    ce = {k: v / n for k, v in sums.items()}
+    assert m["ce_eval_tokens"] == n
+    for key, name in (
+        ("ce_clean", "clean"),
+        ("ce_sae", "sae"),
+        ("ce_zero_ablation", "zero"),
+        ("ce_mean_ablation", "mean"),
+    ):
+        assert m[key] == pytest.approx(ce[name], rel=1e-5), key
+    assert m["eval_rows"] == sample.n_rows and m["ce_eval_rows"] == 3
+    np.testing.assert_allclose(per["act_sum"], f_sum.numpy(), rtol=1e-5, atol=1e-6)
+    t = per["timing"]
+    assert set(t) == {"eval_seconds", "eval_tokens_per_s"}
+    assert t["eval_tokens_per_s"] == pytest.approx(sample.n_rows * rows.shape[1] / t["eval_seconds"])
+
+
+# ---------------------------------------------------------------- persistence and formats
+
+
+def test_saved_sae_formats_and_their_errors(tmp_path):
+    """config.json without an architecture (files written before architectures existed) is the standard SAE, without
+    arch_params its defaults; an unknown architecture and a weight of the wrong shape or missing are named."""
+    import json
+
+    from saelab.saes.base import SAE
+
+    sae = SAE(4, 6, seed=1, l1_coeff=0.5)
+    sae.save(tmp_path / "a" / "b", {"hook": "h"})  # nested folders are created
+    cfg = json.loads((tmp_path / "a/b/config.json").read_text())
+    assert cfg == {"d_in": 4, "d_sae": 6, "architecture": "standard", "arch_params": {"l1_coeff": 0.5}, "hook": "h"}
+    del cfg["architecture"], cfg["arch_params"]
+    (tmp_path / "a/b/config.json").write_text(json.dumps(cfg))
+    back, meta = SAE.load(tmp_path / "a/b")
+    assert type(back) is SAE and back.l1_coeff == 1.0 and meta["hook"] == "h"
+    assert torch.equal(back.W_enc, sae.W_enc)
+    (tmp_path / "a/b/config.json").write_text(json.dumps(cfg | {"architecture": "nope"}))
+    known = str(sorted(REGISTRY))
+    with pytest.raises(InputError, match=rf"config\.json: unknown architecture 'nope'; known: {re.escape(known)}"):
+        SAE.load(tmp_path / "a/b")
+    (tmp_path / "a/b/config.json").write_text(json.dumps(cfg | {"d_sae": 7}))
+    with pytest.raises(InputError, match=r"W_enc is \(4, 6\), config says \(4, 7\); rerun `dvc repro train`"):
+        SAE.load(tmp_path / "a/b")
+    from saelab.io import load_weights, save_weights
+
+    w = load_weights(tmp_path / "a/b/sae.safetensors")
+    del w["b_dec"]
+    save_weights(tmp_path / "a/b/sae.safetensors", w)
+    (tmp_path / "a/b/config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match=r"b_dec is absent, config says \(4,\)"):
+        SAE.load(tmp_path / "a/b")
+
+
+def test_reference_checkpoints_and_their_hook_names(tmp_path):
+    """The reference code's site / layer name the TransformerLens hook (defaults: layer 0, post); a state dict
+    without the four keys is refused with the keys it needs."""
+    from saelab.interop.saelens import load_reference, reference_hook
+
+    assert reference_hook({}) == "blocks.0.mlp.hook_post"
+    assert reference_hook({"layer": 2, "site": "pre"}) == "blocks.2.mlp.hook_pre"
+    assert reference_hook({"layer": 1, "site": "mlp_out"}) == "blocks.1.hook_mlp_out"
+    torch.save({"W_enc": torch.zeros(3, 4), "W_dec": torch.zeros(4, 3)}, tmp_path / "w.pt")
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(
+        InputError,
+        match=r"missing \['b_enc', 'b_dec'\]; the reference code's format has \['W_enc', 'W_dec', 'b_enc', 'b_dec'\]",
+    ):
+        load_reference(tmp_path / "w.pt", tmp_path / "c.json")
+
+
+def test_free_row_resampling_takes_the_mean_norm_of_the_alive_rows():
+    """Resampled free rows get the mean norm of the rows not resampled (here rows 1-3: norms 2, 3, 4 -> 3);
+    with every row resampled, dec_init_norm."""
+    from saelab.saes.jumprelu import JumpReLU
+
+    sae = JumpReLU(2, 4, seed=0, dec_init_norm=0.25)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 4.0]]))
+    dirs = torch.tensor([[0.6, 0.8]])
+    sae.resample_rows_(torch.tensor([0]), dirs, torch.tensor(1.0))
+    torch.testing.assert_close(sae.W_dec[0], dirs[0] * 3.0)
+    sae.resample_rows_(torch.arange(4), dirs.expand(4, 2), torch.tensor(1.0))
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.full((4,), 0.25))
+
+
+def test_explained_variance_of_identical_tokens_is_nan_not_a_crash():
+    """Every token the same: Σ‖x − mean‖² = 0, nothing to explain; EV is NaN (docs/metrics.md), the stage goes on."""
+    from saelab.eval.metrics import reconstruction_metrics
+
+    x = torch.ones(4, 3)
+    m = reconstruction_metrics(x, x * 0.5, torch.ones(4, 2))
+    assert np.isnan(m["explained_variance"]) and m["mse"] == pytest.approx(0.75) and m["l2_ratio"] == 0.5

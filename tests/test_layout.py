@@ -79,7 +79,8 @@ def test_library_never_imports_research_or_stages():
 def _private_imports(f: Path) -> list[str]:
     bad = []
     for node in ast.walk(ast.parse(f.read_text(), str(f))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in deps.PACKAGES:
+        ours = (*deps.PACKAGES, "tests", "benchmarks")
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ours:
             bad += [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
     return bad
 

@@ -35,7 +35,7 @@ def _code_root(cwd: Path) -> Path:
     return next((p for p in (cwd, *cwd.parents) if (p / "src").is_dir()), cwd)
 
 
-def _run(cmd, cwd, check=True, env_extra=None, **kw):
+def run_cmd(cmd, cwd, check=True, env_extra=None, **kw):
     """``cmd`` with this venv's dvc and python, importing saelab and research from the copy under test."""
     root = _code_root(Path(cwd))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": f"{root / 'src'}:{root}"}
@@ -47,7 +47,7 @@ def _run(cmd, cwd, check=True, env_extra=None, **kw):
 
 
 def _git(cwd, *args):
-    return _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd)
+    return run_cmd(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd)
 
 
 def copy_code(dest: Path) -> None:
@@ -72,7 +72,7 @@ def make_repo(dest: Path, overrides: dict | None = None) -> Path:
     params = merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), tiny), overrides or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _git(dest, "init", "-q")
-    _run(["dvc", "init", "-q"], dest)
+    run_cmd(["dvc", "init", "-q"], dest)
     _git(dest, "add", "-A")
     _git(dest, "commit", "-qm", "tiny pipeline")
     return dest
@@ -81,7 +81,7 @@ def make_repo(dest: Path, overrides: dict | None = None) -> Path:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     dest = make_repo(tmp_path_factory.mktemp("pipeline"))
-    _run(["dvc", "repro"], dest)
+    run_cmd(["dvc", "repro"], dest)
     return dest
 
 
@@ -129,7 +129,7 @@ def test_repro_produces_every_output(repo):
         "browser",
     ):
         assert json.loads((repo / f"timings/{stage}.json").read_text())["peak_rss_mb"] > 50, stage
-    assert "up to date" in _run(["dvc", "status"], repo).stdout
+    assert "up to date" in run_cmd(["dvc", "status"], repo).stdout
     assert not list(repo.rglob(".*.tmp"))
 
 
@@ -139,7 +139,7 @@ def test_root_views_show_the_root_pipeline(repo):
     the research pipelines are DVC projects of their own (their own views, from their folders)."""
     assert (repo / "research/questions/.dvc").is_dir() and (repo / "research/synthetic/.dvc").is_dir()
     env = {"COLUMNS": "200", "DVC_PAGER": "cat", "PAGER": "cat"}
-    shown = _run(["dvc", "exp", "show"], repo, env_extra=env).stdout.splitlines()
+    shown = run_cmd(["dvc", "exp", "show"], repo, env_extra=env).stdout.splitlines()
     header = next(line for line in shown if "Experiment" in line)[:200]
     for col in (
         "Experiment",
@@ -153,7 +153,7 @@ def test_root_views_show_the_root_pipeline(repo):
         "sae.l1_coeff",
     ):
         assert f" {col} " in f" {header} ", (col, header)
-    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    metrics = json.loads(run_cmd(["dvc", "metrics", "show", "--json"], repo).stdout)
     files = {f for rev in metrics.values() for f in rev.get("data", {})}
     assert files == {"metrics/evaluate.json"}, files
 
@@ -166,7 +166,7 @@ def test_changing_cadence_retrains_nothing(repo):
     params["sae"] |= {"log_every": params["sae"]["log_every"] + 1, "checkpoint_every": 7}
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        assert "up to date" in _run(["dvc", "status"], repo).stdout
+        assert "up to date" in run_cmd(["dvc", "status"], repo).stdout
     finally:
         path.write_text(original)
 
@@ -176,7 +176,7 @@ def test_changing_l1_reruns_only_train_onwards(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["sae"]["l1_coeff"] = 2.0
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = _run(["dvc", "repro"], repo).stdout
+    out = run_cmd(["dvc", "repro"], repo).stdout
     for stage in ("text", "lm", "tokens", "activations"):
         assert f"Stage '{stage}' didn't change, skipping" in out
     for stage in ("train@0", "train@1", "compare", "evaluate", "report", "analyze", "browser"):
@@ -189,7 +189,7 @@ def test_stream_mode_trains_from_the_lm_without_the_cache(repo, tmp_path):
     params["sae"] |= {"source": "stream", "stream_buffer_tokens": 2048, "stream_batch_rows": 8}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "sae"
-    res = _run(
+    res = run_cmd(
         [
             sys.executable,
             "-m",
@@ -227,7 +227,7 @@ def test_stream_mode_trains_from_the_lm_without_the_cache(repo, tmp_path):
 
 def test_dvc_metrics_show_reads_flat_json(repo):
     """`dvc metrics show --json` reports the evaluate metrics."""
-    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    shown = json.loads(run_cmd(["dvc", "metrics", "show", "--json"], repo).stdout)
     data = next(iter(shown.values()))["data"]
     assert "ce_recovered_zero" in data["metrics/evaluate.json"]["data"]
 
@@ -238,7 +238,7 @@ def test_bad_params_fail_before_work(tmp_path):
     bad["sae"]["l1_coeff"] = -1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
     start = time.time()
-    res = _run(
+    res = run_cmd(
         [
             sys.executable,
             "-m",
@@ -273,7 +273,7 @@ def test_missing_text_source_fails_clearly(tmp_path):
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     p["text"]["source"] = f"dir:{tmp_path / 'nowhere'}"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
-    res = _run(
+    res = run_cmd(
         [
             sys.executable,
             "-m",
@@ -333,7 +333,7 @@ def test_two_runs_are_byte_identical(tmp_path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         repo = make_repo(tmp_path / name)
-        _run(["dvc", "repro"], repo)
+        run_cmd(["dvc", "repro"], repo)
         runs.append(repo)
     locks = [yaml.safe_load((r / "dvc.lock").read_text()) for r in runs]
     outs_a, outs_b = (_outs(lock) for lock in locks)
@@ -348,26 +348,26 @@ def test_two_runs_are_byte_identical(tmp_path):
 def test_push_clone_pull_recomputes_nothing(repo, tmp_path):
     """Push outputs and run-cache to a local remote; a fresh clone that pulls finds every stage up to date."""
     remote, clone = tmp_path / "remote", tmp_path / "clone"
-    _run(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
+    run_cmd(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "results")
-    _run(["dvc", "push", "--run-cache"], repo)
+    run_cmd(["dvc", "push", "--run-cache"], repo)
     _git(tmp_path, "clone", "-q", str(repo), str(clone))
     assert not (clone / "models/saes").exists()
-    _run(["dvc", "pull", "--run-cache"], clone)
+    run_cmd(["dvc", "pull", "--run-cache"], clone)
     sae = "models/saes/seed-0/sae.safetensors"
     assert (clone / sae).read_bytes() == (repo / sae).read_bytes()
-    out = _run(["dvc", "repro"], clone).stdout
-    assert "Running stage" not in out and "up to date" in _run(["dvc", "status"], clone).stdout
+    out = run_cmd(["dvc", "repro"], clone).stdout
+    assert "Running stage" not in out and "up to date" in run_cmd(["dvc", "status"], clone).stdout
 
 
 def _queue(repo, values) -> str:
     """Queue one experiment per ``sae.l1_coeff`` value, run the queue with one worker, return its status table."""
-    _run(["dvc", "exp", "run", "--queue", "-S", "sae.l1_coeff=" + ",".join(map(str, values))], repo)
-    _run(["dvc", "queue", "start", "-j", "1"], repo)
+    run_cmd(["dvc", "exp", "run", "--queue", "-S", "sae.l1_coeff=" + ",".join(map(str, values))], repo)
+    run_cmd(["dvc", "queue", "start", "-j", "1"], repo)
     deadline = time.time() + 600
     while time.time() < deadline:
-        status = _run(["dvc", "queue", "status"], repo).stdout
+        status = run_cmd(["dvc", "queue", "status"], repo).stdout
         if "Queued" not in status and "Running" not in status:
             return status
         time.sleep(3)
@@ -380,7 +380,7 @@ def _swept_l1(repo) -> set[float]:
 
     return {
         p["value"]
-        for p in points(json.loads(_run(["dvc", "exp", "show", "--json"], repo).stdout))
+        for p in points(json.loads(run_cmd(["dvc", "exp", "show", "--json"], repo).stdout))
         if p["knob"] == "l1_coeff"
     }
 
@@ -399,7 +399,7 @@ def test_queued_sweep_gathers_a_frontier(repo, tmp_path):
     status = _queue(repo, sorted(wanted))
     if missing := wanted - _swept_l1(repo):
         logs = [
-            _run(["dvc", "queue", "logs", line.split()[0]], repo, check=False).stdout[-3000:]
+            run_cmd(["dvc", "queue", "logs", line.split()[0]], repo, check=False).stdout[-3000:]
             for line in status.splitlines()
             if "Failed" in line
         ]
@@ -410,7 +410,7 @@ def test_queued_sweep_gathers_a_frontier(repo, tmp_path):
         )
         status = _queue(repo, sorted(missing))
     assert wanted <= _swept_l1(repo), status
-    res = _run([sys.executable, "-m", "research.frontier", "--out", str(tmp_path / "frontier")], repo)
+    res = run_cmd([sys.executable, "-m", "research.frontier", "--out", str(tmp_path / "frontier")], repo)
     rows = list(csv.DictReader(open(tmp_path / "frontier" / "frontier.csv")))
     assert {r["architecture"] for r in rows} == {"standard"} and {r["knob"] for r in rows} == {"l1_coeff"}
     l1 = [float(r["value"]) for r in rows]
@@ -428,7 +428,7 @@ def test_every_architecture_runs_the_whole_pipeline(repo, tmp_path, arch):
     shutil.copytree(repo, clone, symlinks=True)
     _git(clone, "add", "-A")
     _git(clone, "commit", "-qm", "baseline", "--allow-empty")
-    out = _run(["dvc", "exp", "run", "-S", f"sae.architecture={arch}"], clone).stdout
+    out = run_cmd(["dvc", "exp", "run", "-S", f"sae.architecture={arch}"], clone).stdout
     assert (
         "Running stage 'train@0'" in out
         and "Running stage 'lm'" not in out
@@ -451,4 +451,4 @@ def test_every_architecture_runs_the_whole_pipeline(repo, tmp_path, arch):
         "reports/figures/analysis/topk.png",
     ):
         assert (clone / p).exists(), p
-    assert "up to date" in _run(["dvc", "status"], clone).stdout
+    assert "up to date" in run_cmd(["dvc", "status"], clone).stdout

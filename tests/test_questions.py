@@ -3,6 +3,7 @@ params checks, and the tiny questions pipeline end to end."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -21,16 +22,16 @@ from saelab.errors import InputError
 from saelab.saes.base import SAE
 from saelab.section import ConfigError
 from saelab.training.trainer import Trainer
-from tests.test_pipeline import REPO, _run, make_repo
-from tests.test_train import _batches, _cfg
+from tests.test_pipeline import REPO, make_repo, run_cmd
+from tests.test_train import train_batches, train_cfg
 
 CPU = torch.device("cpu")
 
 
 def _train(probes=(), sae=None, **kw):
     sae = sae or SAE(16, 64, seed=0, l1_coeff=0.05)
-    cfg = _cfg(checkpoint_every=0, **kw)
-    Trainer(sae, cfg, CPU, probes=probes).run(lambda skip: _batches())
+    cfg = train_cfg(checkpoint_every=0, **kw)
+    Trainer(sae, cfg, CPU, probes=probes).run(lambda skip: train_batches())
     return sae
 
 
@@ -112,15 +113,15 @@ def test_encoder_penalty_adds_its_term_and_shrinks_the_encoder():
 def test_tied_sae_keeps_w_enc_equal_to_w_dec_transposed_and_learns():
     rows = []
     sae = SAE(16, 64, seed=0, l1_coeff=0.05)
-    cfg = _cfg(checkpoint_every=0, resample_stop=1.0)
-    Trainer(sae, cfg, CPU, probes=[Tie(sae)]).run(lambda skip: _batches(), log=lambda s, r: rows.append(r))
+    cfg = train_cfg(checkpoint_every=0, resample_stop=1.0)
+    Trainer(sae, cfg, CPU, probes=[Tie(sae)]).run(lambda skip: train_batches(), log=lambda s, r: rows.append(r))
     assert torch.equal(sae.W_enc, sae.W_dec.T)
     # learns: about 343 -> 13 here, against 236 -> 4 untied; the strides bug of a85f687 (fused Adam
     # updating a transposed gradient) left it at 428 -> 379
     assert rows[-1]["mse"] < 0.1 * rows[0]["mse"]
     untied = []
     Trainer(SAE(16, 64, seed=0, l1_coeff=0.05), cfg, CPU).run(
-        lambda skip: _batches(), log=lambda s, r: untied.append(r)
+        lambda skip: train_batches(), log=lambda s, r: untied.append(r)
     )
     assert rows[-1]["mse"] < 5 * untied[-1]["mse"]
     from saelab.registry import build
@@ -151,7 +152,7 @@ def test_tied_gradient_is_the_gradient_of_one_shared_matrix():
 
 def test_probes_refuse_checkpointing():
     with pytest.raises(InputError, match="checkpoint_every"):
-        Trainer(SAE(16, 64, l1_coeff=0.05), _cfg(checkpoint_every=10), CPU, probes=[GradientSum()])
+        Trainer(SAE(16, 64, l1_coeff=0.05), train_cfg(checkpoint_every=10), CPU, probes=[GradientSum()])
 
 
 # ------------------------------------------------------------------ answer functions
@@ -339,10 +340,10 @@ def test_finetune_keeps_l0_and_cuts_the_error_of_a_shrunk_decoder():
     sae = _train()
     with torch.no_grad():
         sae.W_dec.mul_(0.5)  # a decoder that undershoots
-    x = torch.cat([next(_batches(seed=9)) for _ in range(4)])
+    x = torch.cat([next(train_batches(seed=9)) for _ in range(4)])
     before = (sae(x).x_hat - x).pow(2).sum(-1).mean()
     for mode in ("scale", "decoder"):
-        tuned = A.finetune(sae, _batches(seed=5), 64 * 200, 1e-2, mode)
+        tuned = A.finetune(sae, train_batches(seed=5), 64 * 200, 1e-2, mode)
         assert torch.equal(tuned.encode(x) > 0, sae.encode(x) > 0)  # encoder frozen: same firing
         assert (tuned(x).x_hat - x).pow(2).sum(-1).mean() < 0.7 * before
 
@@ -391,6 +392,7 @@ def test_bad_question_params_are_refused_with_the_fix(change, match):
         ({"q11_width": {"widths": ["width-1", "width-3"]}}, r"answer\.q11_width\.widths: \['width-3'\] are not runs"),
         ({"q4_dying": {"holdout": "seed-1"}}, r"answer\.q4_dying: runs\.seed-1\.probes: the holdout run needs"),
         ({"q2_orthogonal": {"run": "tied"}}, r"answer\.q2_orthogonal: run 'tied' sets no probes\.orthogonalize"),
+        ({"q4_dying": {"unresampled": "seed-2"}}, r"answer\.q4_dying: runs\.seed-2\.probes: the unresampled run"),
     ],
 )
 def test_each_question_checks_its_own_section(answer, match):
@@ -447,10 +449,10 @@ def test_tiny_questions_pipeline_runs_with_dvc_repro(tmp_path):
     the base run bit-identical to the default pipeline's SAE), then nothing left to rerun."""
 
     repo = make_repo(tmp_path / "repo")
-    _run(["dvc", "repro", "train@0"], repo)
+    run_cmd(["dvc", "repro", "train@0"], repo)
     q = _params(**TINY_QUESTIONS)
     (repo / "research/questions/params.yaml").write_text(yaml.safe_dump(q, sort_keys=False))
-    _run(["dvc", "repro"], repo / "research/questions")
+    run_cmd(["dvc", "repro"], repo / "research/questions")
     res = json.loads((repo / "research/questions/results/answers.json").read_text())
     for key in (
         "q1_direction",
@@ -471,7 +473,10 @@ def test_tiny_questions_pipeline_runs_with_dvc_repro(tmp_path):
     assert set(res["runs"]) == set(load_question_params(repo / "research/questions/params.yaml").every)
     for name, r in res["runs"].items():  # every run scored on the sample
         assert np.isfinite(r["ce_recovered_zero"]) and r["l0"] > 0 and 0 <= r["frac_ultra_low"] <= 1, name
-    assert {f"{mode}_{k}" for mode in ("drop_lowest", "keep_top") for k in (1, 2)} <= set(res["q10_drop_k"])
+    # the tiny params' own sections reach their questions (drop_k [1, 2]; 3 contexts): not the defaults
+    assert set(res["q10_drop_k"]) == {"none_0"} | {f"{m}_{k}" for m in ("drop_lowest", "keep_top") for k in (1, 2)}
+    top = repo / "research/questions/results/q1_top_contexts.csv"  # written when base has an ultra-low direction
+    assert not top.exists() or len(list(csv.DictReader(top.open()))) == 3
     assert {"width-1_to_width-2", "width-2_to_base", "base_to_width-8"} <= set(res["q11_width"])
     assert res["q12_consensus"]["n_saes"] == 5 and len(res["q3_resampling"]) == 3
     assert res["q9_shrinkage"]["after_decoder"]["l0"] == pytest.approx(res["q9_shrinkage"]["before"]["l0"])
@@ -479,7 +484,7 @@ def test_tiny_questions_pipeline_runs_with_dvc_repro(tmp_path):
     default = SAE.load(repo / "models/saes/seed-0")[0].state_dict()
     assert all(torch.equal(v, default[k]) for k, v in base.items())
     assert (repo / "research/questions/results/q4_ultra_low_share.png").exists()
-    status = _run(["dvc", "status", "dvc.yaml"], repo / "research/questions").stdout  # this pipeline's stages only
+    status = run_cmd(["dvc", "status", "dvc.yaml"], repo / "research/questions").stdout  # this pipeline's stages only
     assert "changed" not in status and "modified" not in status, status
 
 

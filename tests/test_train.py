@@ -7,7 +7,7 @@ from saelab.training.resample import resample_
 from saelab.training.trainer import Schedule, train_sae
 
 
-def _batches(d=16, b=64, seed=0):
+def train_batches(d=16, b=64, seed=0):
     """Sparse synthetic data: each token is a sum of a few of 32 fixed directions."""
     g = torch.Generator().manual_seed(seed)
     dirs = torch.randn(32, d, generator=g)
@@ -16,7 +16,7 @@ def _batches(d=16, b=64, seed=0):
         yield codes @ dirs
 
 
-def _cfg(**kw):
+def train_cfg(**kw):
     base = dict(
         expansion=4,
         l1_coeff=0.05,
@@ -34,7 +34,7 @@ def _cfg(**kw):
 def test_decoder_rows_stay_unit_norm_after_many_steps():
     """After 300 Adam steps every decoder row has norm 1 to float precision."""
     sae = SAE(16, 64, seed=0, l1_coeff=0.05)
-    train_sae(sae, _batches(), _cfg(), torch.device("cpu"))
+    train_sae(sae, train_batches(), train_cfg(), torch.device("cpu"))
     assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(64), atol=1e-5)
 
 
@@ -51,7 +51,7 @@ def test_training_reduces_loss():
     """Training on sparse synthetic data cuts the MSE by over 5x."""
     rows = []
     sae = SAE(16, 64, seed=0, l1_coeff=0.05)
-    train_sae(sae, _batches(), _cfg(), torch.device("cpu"), log=lambda s, r: rows.append(r))
+    train_sae(sae, train_batches(), train_cfg(), torch.device("cpu"), log=lambda s, r: rows.append(r))
     assert rows[-1]["mse"] < rows[0]["mse"] / 5
 
 
@@ -61,7 +61,7 @@ def test_resampling_revives_a_dead_feature():
     with torch.no_grad():
         sae.b_enc[7] = -1e6
     opt = torch.optim.Adam(sae.parameters())
-    x = next(_batches())
+    x = next(train_batches())
     assert (sae(x).f[:, 7] == 0).all()
     dead = torch.zeros(64, dtype=torch.bool)
     dead[7] = True
@@ -75,13 +75,13 @@ def test_training_loop_resamples_dead_features():
     sae = SAE(16, 64, seed=0, l1_coeff=0.05)
     with torch.no_grad():
         sae.b_enc[3] = -1e6
-    state = train_sae(sae, _batches(), _cfg(n_tokens=64 * 100, resample_stop=1.0), torch.device("cpu"))
+    state = train_sae(sae, train_batches(), train_cfg(n_tokens=64 * 100, resample_stop=1.0), torch.device("cpu"))
     assert state.n_resampled >= 1 and sae.b_enc[3] > -1e3
 
 
 def test_schedule_windows():
     """The fire-count window opens `window` steps before each check."""
-    s = Schedule.from_config(_cfg(resample_every=64 * 10, resample_window=64 * 4, n_tokens=64 * 30))
+    s = Schedule.from_config(train_cfg(resample_every=64 * 10, resample_window=64 * 4, n_tokens=64 * 30))
     assert [t for t in range(1, 31) if s.opens_window(t)] == [6, 16, 26]
     assert [t for t in range(1, 31) if s.resamples(t)] == [10, 20]  # 30 > resample_stop * 30
 
@@ -91,7 +91,7 @@ def test_training_is_deterministic():
     outs = []
     for _ in range(2):
         sae = SAE(16, 64, seed=0, l1_coeff=0.05)
-        train_sae(sae, _batches(), _cfg(n_tokens=64 * 50), torch.device("cpu"))
+        train_sae(sae, train_batches(), train_cfg(n_tokens=64 * 50), torch.device("cpu"))
         outs.append(sae.state_dict())
     assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
 
@@ -101,8 +101,8 @@ def test_logged_rows_see_a_full_window():
     rows = []
     train_sae(
         SAE(16, 64, seed=0, l1_coeff=0.05),
-        _batches(),
-        _cfg(),
+        train_batches(),
+        train_cfg(),
         torch.device("cpu"),
         log=lambda s, r: rows.append((s, r)),
     )
@@ -114,7 +114,13 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_learns():
     """sae.dtype bf16 (the GPU path's mixed precision, here on CPU): weights stay fp32, loss falls."""
     sae = SAE(16, 64, seed=0, l1_coeff=0.05)
     rows = []
-    train_sae(sae, _batches(), _cfg(dtype="bf16", n_tokens=64 * 100), torch.device("cpu"), lambda s, r: rows.append(r))
+    train_sae(
+        sae,
+        train_batches(),
+        train_cfg(dtype="bf16", n_tokens=64 * 100),
+        torch.device("cpu"),
+        lambda s, r: rows.append(r),
+    )
     assert all(p.dtype == torch.float32 for p in sae.parameters())
     assert rows[-1]["mse"] < 0.5 * rows[0]["mse"]
 
@@ -122,8 +128,8 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_learns():
 def test_compiled_step_matches_eager():
     """sae.compile: torch.compile of forward + losses gives the eager run's weights (to float tolerance)."""
     eager, compiled = SAE(16, 64, seed=0, l1_coeff=0.05), SAE(16, 64, seed=0, l1_coeff=0.05)
-    train_sae(eager, _batches(), _cfg(n_tokens=64 * 20), torch.device("cpu"))
-    train_sae(compiled, _batches(), _cfg(n_tokens=64 * 20, compile=True), torch.device("cpu"))
+    train_sae(eager, train_batches(), train_cfg(n_tokens=64 * 20), torch.device("cpu"))
+    train_sae(compiled, train_batches(), train_cfg(n_tokens=64 * 20, compile=True), torch.device("cpu"))
     for a, b in zip(eager.parameters(), compiled.parameters()):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
@@ -147,7 +153,7 @@ def test_train_step_projects_the_decoder_gradient():
     """train_step equals the reference step with the W_dec gradient projection, and not the one without it."""
     from saelab.training.trainer import train_step
 
-    x = next(_batches())
+    x = next(train_batches())
     with_proj, without = (
         _one_step(SAE(16, 64, seed=0, l1_coeff=0.05), x, True),
         _one_step(SAE(16, 64, seed=0, l1_coeff=0.05), x, False),
@@ -202,7 +208,7 @@ def test_log_rows_average_the_steps_they_saw_after_a_cadence_change():
     """A resumed run logging at a new cadence divides its first row by the steps actually summed, not by log_every."""
     from saelab.training.trainer import Trainer
 
-    trainer = Trainer(SAE(16, 64, seed=0, l1_coeff=0.05), _cfg(log_every=7), torch.device("cpu"))
+    trainer = Trainer(SAE(16, 64, seed=0, l1_coeff=0.05), train_cfg(log_every=7), torch.device("cpu"))
     trainer.sums += torch.tensor(
         [3.0, 3.0, 3.0, 3.0]
     )  # loss, mse, l0, l1  # three steps of loss 1 were summed under the old cadence

@@ -181,7 +181,7 @@ def matched_l0(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _nanmean(a) -> float | None:
+def nan_mean(a) -> float | None:
     a = np.asarray(a, dtype=np.float64)
     return float(np.nanmean(a)) if a.size and not np.isnan(a).all() else None
 
@@ -214,9 +214,9 @@ def score(sae, world, x: torch.Tensor, c: torch.Tensor, cfg) -> dict:
         "mcc": mcc(cos),
         "mcc_chance": chance_mcc(int(W.shape[0]), D),
         "n_pairs": int(good.sum()),
-        "precision": _nanmean(prec),
-        "recall": _nanmean(rec),
-        "shrinkage": _nanmean(shrinkage(f, c, W, D, feats[good], lats[good])),
+        "precision": nan_mean(prec),
+        "recall": nan_mean(rec),
+        "shrinkage": nan_mean(shrinkage(f, c, W, D, feats[good], lats[good])),
     }
     out |= {k: v for k, v in recon.items() if k not in out and k != "eval_tokens"}  # metrics added there reach here
     for t in cfg.cos_thresholds:
@@ -228,13 +228,13 @@ def score(sae, world, x: torch.Tensor, c: torch.Tensor, cfg) -> dict:
     if pairs:
         latent_of = {int(i): int(j) for i, j, ok in zip(feats, lats, good) if ok}
         absorbed, control = absorption(f, c, pairs, latent_of)
-        out["absorption"] = _nanmean(absorbed)
-        out["absorption_control"] = _nanmean(control)
+        out["absorption"] = nan_mean(absorbed)
+        out["absorption_control"] = nan_mean(control)
         out["absorption_pairs"] = f"{int((~np.isnan(absorbed)).sum())}/{len(pairs)}"
     if lay["tasks"]:
         use = [task_usage(f, W, D[idx], c[:, idx[0]] > 0, cfg.task_latent_span) for idx in lay["tasks"]]
         for key in ("n_latents", "n_eff", "n_eff_per_direction", "dir_align", "span_align", "sum_align"):
-            out[f"task_{key}"] = _nanmean([u[key] if u[key] is not None else np.nan for u in use])
+            out[f"task_{key}"] = nan_mean([u[key] if u[key] is not None else np.nan for u in use])
         out["task_size"] = len(lay["tasks"][0])
         out["task_verdict"] = verdict(
             out["task_dir_align"], out["task_span_align"], out["task_n_eff_per_direction"], cfg.verdict_align

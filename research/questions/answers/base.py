@@ -15,6 +15,7 @@ import torch
 
 from research.questions.registry import QUESTIONS, QuestionParams, question  # noqa: F401 (re-exported)
 from saelab.analysis.weights import cluster_sameness
+from saelab.eval.metrics import frequency_fractions
 
 HEADLINE = ("ce_recovered_zero", "mse", "l0", "l2_ratio", "frac_ultra_low", "frac_dead")
 
@@ -53,9 +54,10 @@ def summary(score: dict, threshold: float) -> dict:
     """The headline numbers of a score (EvalSet.score) with the frequency fractions."""
     freq = score["freq"]
     out = {k: score[k] for k in ("ce_recovered_zero", "ce_sae", "mse", "l0", "l2_ratio") if k in score}
+    shares = frequency_fractions(freq, threshold, dense=1.0)  # the one definition (saelab.eval.metrics)
     return out | {
-        "frac_ultra_low": float((freq < threshold).mean()),
-        "frac_dead": float((freq == 0).mean()),
+        "frac_ultra_low": shares["frac_ultra_low"],
+        "frac_dead": shares["frac_dead"],
         "n_features": int(len(freq)),
     }
 

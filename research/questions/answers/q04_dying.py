@@ -122,6 +122,8 @@ class Params(QuestionParams):
     def check(self, every) -> None:
         if not every[self.holdout].probes.density or every[self.holdout].probes.holdout is None:
             raise ValueError(f"runs.{self.holdout}.probes: the holdout run needs density: true and a holdout share")
+        if self.unresampled and not every[self.unresampled].probes.density:
+            raise ValueError(f"runs.{self.unresampled}.probes: the unresampled run is watched through density: true")
 
 
 @question("q4_dying", Params)

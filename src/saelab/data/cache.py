@@ -23,7 +23,7 @@ Read it with pyarrow + numpy::
 
 or polars: ``pl.read_parquet(p)["x"]`` is a Binary column; ``np.frombuffer(b"".join(...))``.
 bf16 has no numpy dtype: view the bytes as ``uint16`` and use ``torch.frombuffer(...).view(torch.bfloat16)``.
-FixedSizeBinary of raw bytes reads at ~2 GB/s per core (README, "The activation cache");
+FixedSizeBinary of raw bytes reads at ~2 GB/s per core (docs/cache-format.md);
 fp16 FixedSizeList reads at 0.07-0.26.
 """
 

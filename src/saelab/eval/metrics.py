@@ -7,8 +7,9 @@ here reaches all three. Definitions (docs/metrics.md, "Reconstruction metrics"):
 * ``mse``: mean over tokens of Σ_dims (x̂ − x)²;
 * ``explained_variance``: 1 − Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over the tokens (centred);
 * ``l0``: mean number of nonzero features per token;
-* ``l2_ratio`` (shrinkage): mean over tokens of ‖x̂‖ / ‖x‖; tokens with x = 0 have no ratio and are left
-  out of the mean (their count is ``l2_tokens``);
+* ``l2_ratio``: mean over tokens of ‖x̂‖ / ‖x‖ (the reconstruction's norm shrinkage; not the synthetic
+  pipeline's per-feature ``shrinkage``); tokens with x = 0 have no ratio and are left out of the mean (0 when no
+  token has one);
 * ``fired`` / ``act_sum``: per feature, tokens on which it fired (f > 0) and the sum of its activations.
 
 Sums are float64, taken per batch, so a streamed result does not depend on the batch's precision.
@@ -30,10 +31,11 @@ def ce_recovered(ce_clean: float, ce_sae: float, ce_ablated: float) -> float:
 def explained_variance(sse: float, sum_sq: float, sum_x: np.ndarray, n: int) -> float:
     """1 - Σ‖x - x̂‖² / Σ‖x - mean(x)‖², with the centred denominator from streamed sums.
 
-    Σ‖x - μ‖² = Σ‖x‖² - n‖μ‖² where μ = Σx / n.
+    Σ‖x - μ‖² = Σ‖x‖² - n‖μ‖² where μ = Σx / n. NaN when that is 0 (every token the same).
     """
     mu = np.asarray(sum_x, dtype=np.float64) / n
-    return 1.0 - sse / (sum_sq - n * float(mu @ mu))
+    total = sum_sq - n * float(mu @ mu)
+    return 1.0 - sse / total if total > 0 else float("nan")  # every token the same: no variance to explain
 
 
 def l2_ratios(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@
 CLI::
 
     python -m saelab.interop.saelens export-saelens models/sae out/saelens --context-size 128
-    python -m saelab.interop.saelens import-reference 25.pt 25_cfg.json models/seed-sae
+    python -m saelab.interop.saelens import-reference 25.pt 25_cfg.json models/reference-sae
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def load_reference(weights: Path, config: Path) -> tuple[SAE, dict]:
     return sae, cfg
 
 
-def _reference_hook(cfg: dict) -> str:
+def reference_hook(cfg: dict) -> str:
     """The reference code's ``site``/``layer`` (``mlp_out``, ``post``, ...) as a TransformerLens hook name."""
     layer, site = cfg.get("layer", 0), cfg.get("site", "post")
     return f"blocks.{layer}.mlp.hook_{site}" if site in ("post", "pre") else f"blocks.{layer}.hook_{site}"
@@ -120,7 +120,7 @@ def main(argv=None) -> None:  # pragma: no mutate block (the command line, not a
     else:
         sae, cfg = load_reference(args.weights, args.config)
         with atomic_dir(args.out) as tmp:
-            sae.save(tmp, {"hook": _reference_hook(cfg), "imported_from": str(args.weights), "reference_config": cfg})
+            sae.save(tmp, {"hook": reference_hook(cfg), "imported_from": str(args.weights), "reference_config": cfg})
     print(f"wrote {args.out}")
 
 
