@@ -248,6 +248,34 @@ def report(summary: dict, rows: list[dict], seconds: float, machine: str) -> str
     return head + body + tail
 
 
+def reclassify(path: Path) -> None:
+    """The same mutants, their equivalence judged again from mutation_equivalent.yaml (the run is not repeated)."""
+    if not path.exists():
+        sys.exit(f"{path}: no report to reclassify; run `make mutation` first")
+    data = json.loads(path.read_text())
+    rows = data["mutants"]
+    for r in rows:
+        if r["status"] == "equivalent":
+            r["status"] = "survived"
+            r.pop("reason", None)
+    classify(rows, load_equivalent())
+    modules = list(data["modules"])
+    summary = summarise(rows, modules)
+    write_report(path.parent, "mutation", summary, rows, data["seconds"], data["machine"])
+
+
+def load_equivalent() -> list[dict]:
+    return (yaml.safe_load(EQUIVALENT.read_text()) or []) if EQUIVALENT.exists() else []
+
+
+def write_report(out: Path, stem: str, summary: dict, rows: list[dict], seconds: float, where: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    body = {"machine": where, "seconds": round(seconds), "modules": summary, "mutants": rows}
+    (out / f"{stem}.json").write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")
+    (out / f"{stem}.md").write_text(report(summary, rows, seconds, where))
+    print((out / f"{stem}.md").read_text().split("\n## ")[0])
+
+
 def machine() -> str:
     cpu = next(
         (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
@@ -263,10 +291,17 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="mutation.md / .json go here")
     p.add_argument("--jobs", type=int, default=1, help="test processes at once (each on one thread)")
     p.add_argument("--tests", nargs="*", default=TESTS, help="pytest selection (default: TESTS, the formula tests)")
+    p.add_argument(
+        "--reclassify",
+        action="store_true",
+        help="no run: read --out's mutation.json, apply mutation_equivalent.yaml again and rewrite the report",
+    )
     args = p.parse_args()
     unknown = [m for m in args.only if m not in MODULES]
     if unknown:
         sys.exit(f"--only: {unknown} are not formula modules (MODULES: {', '.join(MODULES)})")
+    if args.reclassify:
+        return reclassify(args.out / "mutation.json")
     copy_tree(args.work)
     write_config(args.work, args.only, args.tests)
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -276,16 +311,10 @@ def main() -> None:
     subprocess.run(cmd, cwd=args.work, env=env, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0
     rows = results(args.work, args.only)
-    classify(rows, yaml.safe_load(EQUIVALENT.read_text()) or [] if EQUIVALENT.exists() else [])
+    classify(rows, load_equivalent())
     summary = summarise(rows, args.only)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "mutation" if args.only == list(MODULES) and args.tests == TESTS else "mutation_partial"
-    (args.out / f"{stem}.json").write_text(
-        json.dumps({"machine": machine(), "seconds": round(seconds), "modules": summary, "mutants": rows}, indent=1)
-        + "\n"
-    )
-    (args.out / f"{stem}.md").write_text(report(summary, rows, seconds, machine()))
-    print((args.out / f"{stem}.md").read_text().split("\n## ")[0])
+    write_report(args.out, stem, summary, rows, seconds, machine())
 
 
 if __name__ == "__main__":

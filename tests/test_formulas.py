@@ -1059,3 +1059,125 @@ def test_explained_variance_of_identical_tokens_is_nan_not_a_crash():
     x = torch.ones(4, 3)
     m = reconstruction_metrics(x, x * 0.5, torch.ones(4, 2))
     assert np.isnan(m["explained_variance"]) and m["mse"] == pytest.approx(0.75) and m["l2_ratio"] == 0.5
+
+
+# ---------------------------------------------------------------- resampling (saelab.training.resample)
+
+
+def test_anthropic_resampling_draw_by_hand():
+    """The default mode is Anthropic's: inputs drawn (without replacement while there are enough) with weights
+    (Σ_d (x̂ − x)²)² from the same generator; decoder row = unit(x − b_dec), encoder column = that × 0.2 × the mean
+    alive encoder norm (1 when none is alive), encoder bias 0. Inputs of norm < 1, so a wrong clamp shows."""
+    from saelab.saes.base import SAE
+    from saelab.training.resample import resample_
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(5, 3, generator=g) * 0.3
+    for dead_idx in ([1, 3], [0, 1, 2, 3, 4, 5, 6]):
+        sae = SAE(3, 7, seed=0)
+        with torch.no_grad():
+            sae.b_dec.copy_(torch.tensor([0.05, -0.02, 0.01]))
+            sae.b_enc.fill_(0.3)
+        dead = torch.zeros(7, dtype=torch.bool)
+        dead[dead_idx] = True
+        with torch.no_grad():
+            err = ((sae.decode(sae.encode(x)) - x) ** 2).sum(1)
+            alive_norm = sae.W_enc[:, ~dead].norm(dim=0).mean() if (~dead).any() else torch.tensor(1.0)
+        n = len(dead_idx)
+        picks = torch.multinomial(err**2 + 1e-12, n, replacement=n > 5, generator=torch.Generator().manual_seed(9))
+        opt = torch.optim.Adam(sae.parameters())
+        assert resample_(sae, opt, dead, x, torch.Generator().manual_seed(9)) == n
+        dirs = x[picks] - torch.tensor([0.05, -0.02, 0.01])
+        dirs = dirs / dirs.norm(dim=1, keepdim=True)
+        assert float(dirs.norm(dim=1).max()) == pytest.approx(1.0)
+        torch.testing.assert_close(sae.W_dec[dead_idx], dirs)
+        torch.testing.assert_close(sae.W_enc[:, dead_idx], dirs.T * 0.2 * alive_norm)
+        assert (sae.b_enc[dead_idx] == 0).all() and (sae.b_enc[~dead] == 0.3).all()
+    sae = SAE(3, 7, seed=0)
+    before = sae.state_dict()
+    nothing = torch.zeros(7, dtype=torch.bool)
+    assert resample_(sae, torch.optim.Adam(sae.parameters()), nothing, x, torch.Generator()) == 0
+    assert all(torch.equal(v, sae.state_dict()[k]) for k, v in before.items())
+
+
+def test_resampling_draws_without_replacement_when_inputs_suffice():
+    """As many dead features as inputs: every input drawn once (no replacement), whatever the weights."""
+    from saelab.saes.base import SAE
+    from saelab.training.resample import resample_
+
+    sae = SAE(3, 4, seed=0)
+    x = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 0]]) * 0.5
+    resample_(sae, torch.optim.Adam(sae.parameters()), torch.ones(4, dtype=torch.bool), x, torch.Generator())
+    got = {tuple(r) for r in (sae.W_dec * 2**0.5).round(decimals=4).tolist()}
+    assert len(got) == 4
+
+
+def test_weight_formulas_on_small_rows_and_several_rows():
+    """The clamps only guard zero rows (rows of norm < 1 are divided by their own norms), the baseline kurtosis is
+    seeded, and LayerNorm centring is per written direction (per row)."""
+    from saelab.analysis import weights as w
+
+    top1, next9 = w.neuron_sparsity(torch.tensor([[0.3, 0.1, 0.0]]))
+    assert float(top1[0]) == pytest.approx(0.09 / 0.1) and float(next9[0]) == pytest.approx(0.01 / 0.1)
+    W_out = torch.tensor([[1.0], [0.0]])
+    torch.testing.assert_close(w.null_space_share(torch.tensor([[0.3, 0.4]]), W_out), torch.tensor([0.64]))
+    a, b = w.gaussian_kurtosis_baseline((2, 50)), w.gaussian_kurtosis_baseline((2, 50))
+    assert np.array_equal(a, b)
+    from saelab.analysis.weights import logit_effects
+
+    W_dec = torch.tensor([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])  # row means 3 and 1
+    W_U = torch.eye(3)
+    torch.testing.assert_close(
+        logit_effects(W_dec, W_U, None, torch.ones(3)), torch.tensor([[-2.0, -1.0, 3.0], [-1.0, -1.0, 2.0]])
+    )
+
+
+def test_batchtopk_threshold_window_check_counts_whole_steps():
+    """Steps are whole batches (n_tokens // batch_size): 1000 tokens in batches of 300 are 3 steps, and a
+    threshold_frac of 0.34 leaves one of them (3 − ceil(3 × 0.66) = 1); 0.2 leaves none and is refused by name."""
+    from saelab.config import SAEConfig
+    from saelab.section import ConfigError
+
+    base = {"architecture": "batchtopk", "n_tokens": 1000, "batch_size": 300, "lr_warmup_tokens": 0}
+    SAEConfig(**base, batchtopk={"k": 4, "threshold_frac": 0.34})
+    msg = (
+        r"sae\.batchtopk\.threshold_frac \(0\.2\) x 3 training steps leaves no step to estimate the inference "
+        r"threshold from; raise it or sae\.n_tokens"
+    )
+    with pytest.raises((ConfigError, ValueError), match=msg):
+        SAEConfig(**base, batchtopk={"k": 4, "threshold_frac": 0.2})
+
+
+def test_batchtopk_inference_is_strict_at_the_threshold_and_needs_an_estimate():
+    """Inference keeps pre > θ (θ itself is off); finishing without any step in the threshold window is refused."""
+    sae = _batchtopk()
+    with torch.no_grad():
+        sae.threshold.fill_(0.5)
+    pre = torch.tensor([[0.5, 0.6, 0.4, 0, 0, 0, 0, 0, 0, 0]])
+    assert sae.activate(pre)[0, :3].tolist() == [0.0, pytest.approx(0.6), 0.0]
+    with pytest.raises(
+        InputError,
+        match=r"batchtopk: no training step estimated the inference threshold; raise "
+        r"sae\.batchtopk\.threshold_frac or sae\.n_tokens",
+    ):
+        _batchtopk().finish_training_()
+
+
+def test_april_resampling_and_clipping():
+    """April's resampled rows take the mean alive decoder norm (its rows are free); grad_clip 0 leaves the
+    gradients as they are (no clipping), a positive one clips the total norm."""
+    from saelab.saes.standard_april import StandardApril
+
+    sae = StandardApril(2, 3, seed=0, grad_clip=0.0)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [4.0, 0.0]]))
+    sae.resample_rows_(torch.tensor([0]), torch.tensor([[0.6, 0.8]]), torch.tensor(1.0))
+    torch.testing.assert_close(sae.W_dec[0], torch.tensor([0.6, 0.8]) * 3.0)
+    for p in sae.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    sae.before_step()
+    assert all((p.grad == 10.0).all() for p in sae.parameters())
+    sae.grad_clip = 1.0
+    sae.before_step()
+    total = torch.sqrt(sum((p.grad**2).sum() for p in sae.parameters()))
+    assert float(total) == pytest.approx(1.0, rel=1e-4)
