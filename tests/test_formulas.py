@@ -1181,3 +1181,12 @@ def test_april_resampling_and_clipping():
     sae.before_step()
     total = torch.sqrt(sum((p.grad**2).sum() for p in sae.parameters()))
     assert float(total) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_recovery_cosines_of_short_vectors_and_means_with_gaps():
+    """Directions shorter than 1 are normalised by their own norms (the clamp only guards 0); nan_mean takes None
+    as a gap (NaN), as score's task keys pass them."""
+    from research.synthetic.recovery import nan_mean, pos_cos
+
+    assert float(pos_cos(torch.tensor([[0.06, 0.08]]), torch.tensor([[0.3, 0.4]]))[0, 0]) == pytest.approx(1.0)
+    assert nan_mean([None, 2.0, 4.0]) == 3.0 and nan_mean([None]) is None
