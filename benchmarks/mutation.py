@@ -11,8 +11,9 @@ goal: docs/contributing.md, "Mutation testing".
     make mutation                                                # every module, report in benchmarks/results/
     python benchmarks/mutation.py --only src/saelab/saes/jumprelu.py --out /tmp/m   # one module, elsewhere
 
-It runs in a copy of the working tree (``--work``), one test process at a time, torch on one thread: slow (minutes
-per module), so it is a command of its own, not part of ``make test``; tests/test_mutation.py runs a small smoke case.
+It runs in a copy of the working tree (``--work``), two test processes at once (``--jobs``), torch on one thread
+each: slow (about 20 minutes on 2 cores), so it is a command of its own, not part of ``make test``;
+tests/test_mutation.py runs a small smoke case.
 
 mutmut 3.8 leaves decorated functions unmutated except ``@staticmethod`` / ``@classmethod``; many formulas here are
 ``@torch.no_grad()`` methods (the folds among them), so ``--mutmut`` runs mutmut's command line with that decorator
@@ -211,11 +212,12 @@ def summarise(rows: list[dict], modules: list[str]) -> dict:
     return out
 
 
-def report(summary: dict, rows: list[dict], seconds: float, machine: str) -> str:
+def report(summary: dict, rows: list[dict], seconds: float, machine: str, jobs: int) -> str:
     head = (
         "# Mutation testing of the formula modules\n\n"
         'Regenerate: `make mutation` (benchmarks/mutation.py; definitions: docs/contributing.md, "Mutation '
-        f'testing"). Machine: {machine}. Run time: {seconds / 60:.1f} min, one test process, torch on one thread.\n\n'
+        f'testing"). Machine: {machine}. Run time: {seconds / 60:.1f} min ({jobs} test processes at once, torch on '
+        "one thread each).\n\n"
         "Score = killed / (mutants - equivalent). Critical = losses, custom gradients, folds, exports "
         "(`CRITICAL` in benchmarks/mutation.py).\n\n"
         "| module | mutants | killed | survived | equivalent | no tests | timeout | score | critical: mutants "
@@ -261,18 +263,18 @@ def reclassify(path: Path) -> None:
     classify(rows, load_equivalent())
     modules = list(data["modules"])
     summary = summarise(rows, modules)
-    write_report(path.parent, "mutation", summary, rows, data["seconds"], data["machine"])
+    write_report(path.parent, "mutation", summary, rows, data["seconds"], data["machine"], data.get("jobs", 1))
 
 
 def load_equivalent() -> list[dict]:
     return (yaml.safe_load(EQUIVALENT.read_text()) or []) if EQUIVALENT.exists() else []
 
 
-def write_report(out: Path, stem: str, summary: dict, rows: list[dict], seconds: float, where: str) -> None:
+def write_report(out: Path, stem: str, summary: dict, rows: list[dict], seconds: float, where: str, jobs: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    body = {"machine": where, "seconds": round(seconds), "modules": summary, "mutants": rows}
+    body = {"machine": where, "seconds": round(seconds), "jobs": jobs, "modules": summary, "mutants": rows}
     (out / f"{stem}.json").write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")
-    (out / f"{stem}.md").write_text(report(summary, rows, seconds, where))
+    (out / f"{stem}.md").write_text(report(summary, rows, seconds, where, jobs))
     print((out / f"{stem}.md").read_text().split("\n## ")[0])
 
 
@@ -289,7 +291,7 @@ def main() -> None:
     p.add_argument("--only", nargs="*", default=list(MODULES), help="modules to mutate (default: every one)")
     p.add_argument("--work", type=Path, default=Path("/tmp/saelab-mutation"), help="scratch copy of the tree")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="mutation.md / .json go here")
-    p.add_argument("--jobs", type=int, default=1, help="test processes at once (each on one thread)")
+    p.add_argument("--jobs", type=int, default=2, help="test processes at once (each on one thread)")
     p.add_argument("--tests", nargs="*", default=TESTS, help="pytest selection (default: TESTS, the formula tests)")
     p.add_argument(
         "--reclassify",
@@ -314,7 +316,7 @@ def main() -> None:
     classify(rows, load_equivalent())
     summary = summarise(rows, args.only)
     stem = "mutation" if args.only == list(MODULES) and args.tests == TESTS else "mutation_partial"
-    write_report(args.out, stem, summary, rows, seconds, machine())
+    write_report(args.out, stem, summary, rows, seconds, machine(), args.jobs)
 
 
 if __name__ == "__main__":

@@ -421,7 +421,9 @@ def test_score_on_a_hand_built_world_equals_the_definitions():
     hits = {0.9: [1, 0, 1, 1, 0], 0.7: [1, 1, 1, 1, 0]}
     for t in (0.9, 0.7):
         assert got[f"recovered_{t:g}_by_decile"] == [float(hits[t][i]) for i in order] + [None] * 5
-    assert 0 < got["mcc_chance"] < got["mcc"]
+    from research.synthetic.recovery import chance_mcc
+
+    assert got["mcc_chance"] == chance_mcc(7, _World.D) < got["mcc"]  # a random dictionary of d_sae (7) rows
     assert 0 < absorbed < 1 and 0 < control < 1 and len(set(prec)) > 1 and len(set(rec)) > 1
     # pairs exactly at pair_cos count: at 1.0 only the exact latents e0, e2, e3 pair
     assert score(sae, _World(), x, c, RecoverConfig(pair_cos=1.0))["n_pairs"] == 3
@@ -1190,3 +1192,173 @@ def test_recovery_cosines_of_short_vectors_and_means_with_gaps():
 
     assert float(pos_cos(torch.tensor([[0.06, 0.08]]), torch.tensor([[0.3, 0.4]]))[0, 0]) == pytest.approx(1.0)
     assert nan_mean([None, 2.0, 4.0]) == 3.0 and nan_mean([None]) is None
+
+
+def test_compare_all_keeps_every_pair_and_seed():
+    """compare_all over three seeds with the activations' statistics: every seed's baselines, every pair's
+    metrics (the agreement without the mean activation included) and every pair's best-match cosines; a seed
+    without ultra-low features gets no baselines and its pairs no direction cosines."""
+    from saelab.eval.compare import compare_all, compare_pair, direction_baselines, ultra_low_direction
+
+    g = torch.Generator().manual_seed(0)
+    saes = {}
+    for seed in (0, 1, 2):
+        W = torch.randn(6, 4, generator=g)
+        freq = np.array([0.0, 1e-5, 0.2, 0.3, 0.1, 0.05]) if seed != 2 else np.full(6, 0.1)
+        saes[seed] = {"W_dec": W, "W_enc": W.T + 0.1, "freq": freq, "b_dec": torch.randn(4, generator=g)}
+    acts = {"mean": torch.tensor([1.0, 0.5, 0.0, 0.0]), "pcs": torch.eye(4)[:2]}
+    metrics, best = compare_all(saes, hungarian_max=10, threshold=1e-4, acts=acts)
+    assert set(best) == {(0, 1), (0, 2), (1, 2)}
+    for (a, b), v in best.items():
+        m, want = compare_pair(saes[a], saes[b], 10, 1e-4)
+        np.testing.assert_array_equal(v, want)
+        for k, x in m.items():
+            assert metrics[f"seed{a}_vs_seed{b}_{k}"] == pytest.approx(x), (a, b, k)
+    for seed in (0, 1):
+        d = ultra_low_direction(saes[seed]["W_enc"], saes[seed]["freq"], 1e-4)
+        for k, x in direction_baselines(d, saes[seed]["b_dec"], acts).items():
+            assert metrics[f"seed{seed}_{k}"] == pytest.approx(x)
+    assert not any(k.startswith("seed2_") for k in metrics)
+    assert "seed0_vs_seed1_ultra_low_direction_cos_without_mean_activation" in metrics
+    assert not any("without_mean" in k for k in metrics if "seed2" in k)
+    assert not any("baseline" in k or "dir_cos" in k for k in compare_all(saes, 10, 1e-4)[0])  # no acts: none
+
+
+def test_compare_pair_edges():
+    """A frequency exactly at the threshold is not ultra-low; a matched feature that never fires has no frequency
+    ratio (left out, and 0 when none is left); one SAE without ultra-low features has no direction cosine."""
+    from saelab.eval.compare import compare_pair, direction_baselines, ultra_low_direction
+
+    W = torch.eye(4)
+    a = {"W_dec": W, "W_enc": W.T, "freq": np.array([1e-4, 0.0, 0.2, 0.4])}
+    b = {"W_dec": W, "W_enc": W.T, "freq": np.array([0.1, 0.0, 0.1, 0.1])}
+    m, _ = compare_pair(a, b, 10, 1e-4)
+    assert m["share_matched_above_0.9_ultra_low"] == 1.0  # only feature 1 (freq 0) is ultra-low
+    assert m["ultra_low_direction_cos"] == pytest.approx(1.0)  # both have feature 1 (dead) as their ultra-low one
+    m3, _ = compare_pair(a, {**b, "freq": np.full(4, 0.1)}, 10, 1e-4)
+    assert "ultra_low_direction_cos" not in m3  # b has no ultra-low feature: no direction to compare
+    torch.testing.assert_close(ultra_low_direction(W.T, a["freq"], 1e-4), torch.tensor([0.0, 1.0, 0, 0]).double())
+    # ratios: feature 0 (1e-4 / 0.1), 2 (0.2 / 0.1), 3 (0.4 / 0.1); feature 1 never fires in either: left out
+    assert m["matched_log10_freq_ratio_median"] == pytest.approx(float(np.log10(4.0)))  # median of 3, 0.30, 0.60
+    c = {"W_dec": W, "W_enc": W.T, "freq": np.array([0.0, 0.0, 0.0, 0.1])}
+    m2, _ = compare_pair(c, {**c, "freq": np.array([0.1, 0.1, 0.1, 0.0])}, 10, 1e-4)
+    assert m2["matched_log10_freq_ratio_median"] == 0.0  # no matched feature fires in both
+    short = torch.tensor([0.3, 0.4, 0.0, 0.0])  # norm 0.5: normalised by its own norm
+    base = direction_baselines(short, torch.tensor([0.6, 0.8, 0, 0]), {"mean": short, "pcs": torch.eye(4)[:1]})
+    assert base["ultra_low_dir_max_abs_cos_top_pcs"] == pytest.approx(0.6)
+
+
+def test_recovery_pair_metrics_skip_what_they_should():
+    """Shrinkage uses only tokens where both fire (a latent-only token would enter as f / 0); absorption goes on past
+    an unmatched pair; task usage keeps a small but positive mass; a latent at exactly 1% of the mass counts."""
+    from research.synthetic import recovery as r
+
+    c = torch.tensor([[1.0], [0.0], [2.0]])
+    f = torch.tensor([[0.5], [0.7], [1.0]])
+    assert r.shrinkage(f, c, torch.eye(1), torch.eye(1), np.array([0]), np.array([0]))[0] == pytest.approx(0.5)
+    cc = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
+    ff = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
+    absorbed, _ = r.absorption(ff, cc, [(0, 9), (2, 3)], {0: 0, 2: 2, 3: 3})  # pair (0, 9): 9 unmatched
+    assert np.isnan(absorbed[0]) and absorbed[1] == 1.0
+    D = torch.eye(3)[:1]
+    W = torch.tensor([[2.4, 3.2, 0.0], [1.0, 0.0, 0.0]])  # norms 4 and 1, both task latents at min_span 0.6
+    u = r.task_usage(torch.tensor([[0.25, 99.0]]), W, D, torch.tensor([True]), 0.6)  # masses 1 and 99: q = 1%, 99%
+    assert u["n_latents"] == 2
+    small = r.task_usage(torch.tensor([[0.01, 0.02]]), W, D, torch.tensor([True]), 0.6)  # total mass 0.06 < 1
+    assert small["n_latents"] == 2 and small["span_align"] == pytest.approx((0.04 * 0.6 + 0.02 * 1.0) / 0.06)
+
+
+def test_sorts_keep_ties_in_index_order():
+    """by_decile and the greedy matching order ties by index (stable sorts), also when tied values interleave."""
+    from research.synthetic.recovery import by_decile
+    from saelab.eval.compare import greedy_matching
+
+    freq = np.tile([0.5, 0.1], 20)  # 40 features, two interleaved tie groups
+    values = np.arange(40.0)
+    order = np.argsort(freq, kind="stable")
+    assert by_decile(values, freq) == [float(values[order[4 * k : 4 * k + 4]].mean()) for k in range(10)]
+    cos = np.tile([0.5, 0.9, 0.5], (3, 1))  # every row ties; the first of each tie wins
+    rows, cols = greedy_matching(cos)
+    assert rows.tolist() == [0, 1, 2] and cols.tolist() == [1, 0, 2]
+
+
+def test_topk_encoder_gradient_is_zero_where_a_selected_preactivation_is_negative():
+    """When fewer than k pre-activations are positive, TopK selects negative ones, ReLU makes them 0 and they pass no
+    gradient (nor count as fired), on both paths: the fused Function against dense autograd written out here."""
+    from saelab.saes.topk import TopK, TopKEncode
+
+    for sparse in (True, False):
+        sae = TopK(5, 8, seed=0, k=6, k_aux=1, aux_coeff=0.5, dead_tokens=1, decoder="unit")
+        sae.sparse_path = sparse
+        with torch.no_grad():
+            sae.b_enc.fill_(-0.8)  # most pre-activations negative
+            sae.since_fired[[2, 5]] = 3  # AuxK with k_aux 1 (> 0 counts)
+        x = torch.randn(4, 5, generator=torch.Generator().manual_seed(1))
+        out = sae(x, train=True, progress=1.0)
+        pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+        assert ((pre > 0).sum(1) < 6).all()
+        assert float(out.terms[0]) > 0  # AuxK on with k_aux = 1
+        with torch.no_grad():
+            f = torch.zeros_like(pre)
+            top = pre.topk(6, dim=1).indices
+            f.scatter_(1, top, pre.gather(1, top).relu())
+        torch.testing.assert_close(out.fired, (f > 0).float().sum(0))
+        torch.testing.assert_close(out.l0, (f > 0).float().sum(1).mean())
+    # the Function alone: only vals in the loss (no AuxK output used), negative selections get no gradient
+    W = torch.randn(5, 8, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    b = torch.full((8,), -0.8, requires_grad=True)
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(3))
+    dead = torch.zeros(8, dtype=torch.bool)
+    dead[[1, 6]] = True
+    vals, idx, aux_vals, aux_idx = TopKEncode.apply(x, torch.zeros(5), W, b, 6, dead, 2, {})
+    (vals * torch.arange(1.0, 7.0)).sum().backward()
+    W2, b2 = W.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True)
+    pre = x @ W2 + b2
+    sel = pre.gather(1, idx)
+    (sel.relu() * torch.arange(1.0, 7.0)).sum().backward()
+    torch.testing.assert_close(W.grad, W2.grad)
+    torch.testing.assert_close(b.grad, b2.grad)
+
+
+def test_topk_construction_and_what_it_saves():
+    """k = d_sae is allowed; an explicit k_aux is kept; CPU training takes the sparse path unless told otherwise;
+    the dead-window counter is a long that is not saved (state dict = the four weights)."""
+    from saelab.saes.topk import TopK
+
+    sae = TopK(4, 8, seed=0, k=8, k_aux=1)
+    assert sae.k_aux == 1 and TopK(4, 8, seed=0, k=2).k_aux == 2  # d_in // 2 when not given
+    assert TopK(6, 8, seed=0, k=2).k_aux == 3
+    assert sae.uses_sparse_path(torch.device("cpu")) is True
+    assert sae.uses_sparse_path(torch.device("cuda")) is False  # a device object: no GPU needed
+    sae.sparse_path = False
+    assert sae.uses_sparse_path(torch.device("cpu")) is False
+    sae.sparse_path = True
+    assert sae.uses_sparse_path(torch.device("cuda")) is True
+    assert sae.since_fired.dtype == torch.long
+    assert set(sae.state_dict()) == {"W_enc", "W_dec", "b_enc", "b_dec"}
+    with pytest.raises(InputError, match=r"sae\.topk\.k: 9 must be <= d_sae \(8\)"):
+        TopK(4, 8, seed=0, k=9)
+
+
+def test_custom_functions_pass_gradcheck_where_they_are_differentiable():
+    """torch.autograd.gradcheck (finite differences in float64): JumpReLU's f w.r.t. pre away from θ (θ ≠ 1, ε ≠ 1;
+    θ gets a straight-through gradient, so it is held fixed here), and the fused TopK encoder w.r.t. b_dec, W_enc and
+    b_enc at points where the top-k selection does not change within the step."""
+    from saelab.saes.topk import TopKEncode
+
+    theta = torch.tensor([2.0, 3.0], dtype=torch.float64)
+    pre = (theta + torch.tensor([[0.7, -0.9], [-1.1, 0.8], [1.3, 1.6]], dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p: JumpReLUFn.apply(p, theta, 0.5), (pre,))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    W = torch.randn(4, 6, generator=g, dtype=torch.float64).requires_grad_(True)
+    b_enc = (torch.randn(6, generator=g, dtype=torch.float64) * 0.1).requires_grad_(True)
+    b_dec = (torch.randn(4, generator=g, dtype=torch.float64) * 0.1).requires_grad_(True)
+    pre0 = (x - b_dec) @ W + b_enc
+    top = pre0.topk(3, dim=1).values
+    assert (top[:, -1] - pre0.topk(4, dim=1).values[:, -1]).min() > 1e-3  # a margin: the selection is stable
+
+    def vals(bd, w, be):
+        return TopKEncode.apply(x, bd, w, be, 3, None, 0, {})[0].sort(dim=1).values
+
+    assert torch.autograd.gradcheck(vals, (b_dec, W, b_enc))
