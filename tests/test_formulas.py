@@ -982,7 +982,7 @@ def test_evaluate_sums_ce_over_several_batches_against_a_direct_computation(tiny
     assert m["eval_rows"] == sample.n_rows and m["ce_eval_rows"] == 3
     np.testing.assert_allclose(per["act_sum"], f_sum.numpy(), rtol=1e-5, atol=1e-6)
     t = per["timing"]
-    assert set(t) == {"eval_seconds", "eval_tokens_per_s"}
+    assert set(t) == {"eval_seconds", "eval_tokens_per_s"} and 0 < t["eval_seconds"] < 600
     assert t["eval_tokens_per_s"] == pytest.approx(sample.n_rows * rows.shape[1] / t["eval_seconds"])
 
 
@@ -1362,3 +1362,57 @@ def test_custom_functions_pass_gradcheck_where_they_are_differentiable():
         return TopKEncode.apply(x, bd, w, be, 3, None, 0, {})[0].sort(dim=1).values
 
     assert torch.autograd.gradcheck(vals, (b_dec, W, b_enc))
+
+
+# ---------------------------------------------------------------- initialisation, guards, timing
+
+
+def test_standard_initialisation_by_hand():
+    """Kaiming-uniform as in the reference code: W_enc ~ U(±sqrt(6 / d_sae)), W_dec ~ U(±sqrt(6 / d_in)) drawn
+    in that order from the seed's generator, decoder rows then normalised, biases 0."""
+    from saelab.saes.base import SAE
+
+    sae = SAE(5, 7, seed=11)
+    g = torch.Generator().manual_seed(11)
+    W_enc = torch.empty(5, 7).uniform_(-((6 / 7) ** 0.5), (6 / 7) ** 0.5, generator=g)
+    W_dec = torch.empty(7, 5).uniform_(-((6 / 5) ** 0.5), (6 / 5) ** 0.5, generator=g)
+    torch.testing.assert_close(sae.W_enc, W_enc)
+    torch.testing.assert_close(sae.W_dec, W_dec / W_dec.norm(dim=1, keepdim=True))
+    assert not sae.b_enc.any() and not sae.b_dec.any()
+    with pytest.raises(InputError, match=r"architecture 'standard' takes no parameters \['bogus', 'k'\]"):
+        SAE(5, 7, k=3, bogus=1)
+
+
+def test_free_rows_are_not_clipped_at_grad_clip_zero():
+    """grad_clip 0 turns clipping off for free decoder rows (as for April): the gradients stay as they are."""
+    sae = _topk("free", True)
+    sae.grad_clip = 0.0
+    for p in sae.parameters():
+        p.grad = torch.full_like(p, 5.0)
+    sae.before_step()
+    assert all((p.grad == 5.0).all() for p in sae.parameters())
+
+
+def test_small_variance_and_unbounded_samples():
+    """EV on activations whose total centred variance is below 1 (no threshold but 0); evaluate's sample with no
+    token caps draws every row for CE too; the export writes into folders that do not exist yet."""
+    from saelab.config import EvaluateConfig
+    from saelab.eval.evaluate import EvalSample
+    from saelab.eval.metrics import reconstruction_metrics
+    from saelab.interop.saelens import export_saelens
+    from saelab.saes.base import SAE
+
+    x = torch.tensor([[0.1, 0.0], [0.0, 0.1], [0.1, 0.1]])
+    m = reconstruction_metrics(x, x * 0.5, torch.ones(3, 1))
+    X = x.double()
+    assert m["explained_variance"] == pytest.approx(
+        1 - float(((X * 0.5) ** 2).sum()) / float(((X - X.mean(0)) ** 2).sum())
+    )
+    s = EvalSample.draw(6, 4, None, EvaluateConfig(max_tokens=None, ce_max_tokens=None))
+    assert sorted(s.ce.tolist()) == list(range(6)) and len(s.rest) == 0
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        export_saelens(SAE(3, 4, seed=0), Path(d) / "a" / "b", "h", "m", 8)
+        assert (Path(d) / "a" / "b" / "cfg.json").exists()
