@@ -48,6 +48,7 @@ class FakeLM:
         return torch.sin(tokens.float()[..., None] * (k + 1) / 7) + 0.01 * pos[..., None] * k
 
     def run_with_hooks(self, tokens, fwd_hooks, stop_at_layer=None):
+        assert tokens.dtype == torch.long and isinstance(fwd_hooks[0][0], str), "token ids and a hook name, as an LM"
         x = self.expected(tokens, self.d)
         if self.poison:
             x[0, 0, 0] = float("nan")

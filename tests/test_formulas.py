@@ -1231,16 +1231,19 @@ def test_compare_pair_edges():
 
     W = torch.eye(4)
     a = {"W_dec": W, "W_enc": W.T, "freq": np.array([1e-4, 0.0, 0.2, 0.4])}
-    b = {"W_dec": W, "W_enc": W.T, "freq": np.array([0.1, 0.0, 0.1, 0.1])}
+    Wb = W.clone()
+    Wb[0] = torch.tensor([0.8, 0.6, 0.0, 0.0])  # feature 0 matches at cos 0.8 only
+    b = {"W_dec": Wb, "W_enc": Wb.T, "freq": np.array([0.1, 0.0, 0.1, 0.1])}
     m, _ = compare_pair(a, b, 10, 1e-4)
-    assert m["share_matched_above_0.9_ultra_low"] == 1.0  # only feature 1 (freq 0) is ultra-low
+    assert m["share_matched_above_0.9_ultra_low"] == 1.0  # only feature 1 (freq 0) is ultra-low, not 0 (at 1e-4)
+    assert m["share_matched_above_0.9_non_ultra_low"] == pytest.approx(2 / 3)
     assert m["ultra_low_direction_cos"] == pytest.approx(1.0)  # both have feature 1 (dead) as their ultra-low one
     m3, _ = compare_pair(a, {**b, "freq": np.full(4, 0.1)}, 10, 1e-4)
     assert "ultra_low_direction_cos" not in m3  # b has no ultra-low feature: no direction to compare
     torch.testing.assert_close(ultra_low_direction(W.T, a["freq"], 1e-4), torch.tensor([0.0, 1.0, 0, 0]).double())
     # ratios: feature 0 (1e-4 / 0.1), 2 (0.2 / 0.1), 3 (0.4 / 0.1); feature 1 never fires in either: left out
     assert m["matched_log10_freq_ratio_median"] == pytest.approx(float(np.log10(4.0)))  # median of 3, 0.30, 0.60
-    c = {"W_dec": W, "W_enc": W.T, "freq": np.array([0.0, 0.0, 0.0, 0.1])}
+    c = {"W_dec": W, "W_enc": W.T, "freq": np.array([0.0, 0.0, 0.0, 0.1])}  # identity rows
     m2, _ = compare_pair(c, {**c, "freq": np.array([0.1, 0.1, 0.1, 0.0])}, 10, 1e-4)
     assert m2["matched_log10_freq_ratio_median"] == 0.0  # no matched feature fires in both
     short = torch.tensor([0.3, 0.4, 0.0, 0.0])  # norm 0.5: normalised by its own norm
@@ -1253,19 +1256,20 @@ def test_recovery_pair_metrics_skip_what_they_should():
     an unmatched pair; task usage keeps a small but positive mass; a latent at exactly 1% of the mass counts."""
     from research.synthetic import recovery as r
 
-    c = torch.tensor([[1.0], [0.0], [2.0]])
-    f = torch.tensor([[0.5], [0.7], [1.0]])
-    assert r.shrinkage(f, c, torch.eye(1), torch.eye(1), np.array([0]), np.array([0]))[0] == pytest.approx(0.5)
+    c = torch.tensor([[1.0], [0.0], [4.0]])
+    f = torch.tensor([[0.5], [0.7], [1.0]])  # both fire on tokens 0 and 2: ratios 0.5, 0.25 -> lower middle 0.25
+    assert r.shrinkage(f, c, torch.eye(1), torch.eye(1), np.array([0]), np.array([0]))[0] == pytest.approx(0.25)
     cc = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
     ff = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
     absorbed, _ = r.absorption(ff, cc, [(0, 9), (2, 3)], {0: 0, 2: 2, 3: 3})  # pair (0, 9): 9 unmatched
     assert np.isnan(absorbed[0]) and absorbed[1] == 1.0
     D = torch.eye(3)[:1]
-    W = torch.tensor([[2.4, 3.2, 0.0], [1.0, 0.0, 0.0]])  # norms 4 and 1, both task latents at min_span 0.6
-    u = r.task_usage(torch.tensor([[0.25, 99.0]]), W, D, torch.tensor([True]), 0.6)  # masses 1 and 99: q = 1%, 99%
+    W = torch.tensor([[4.0, 0.0, 0.0], [0.5, 0.0, 0.0]])  # norms 4 and 0.5 (below 1: its own norm divides)
+    u = r.task_usage(torch.tensor([[0.25, 198.0]]), W, D, torch.tensor([True]), 0.6)  # masses 1 and 99: q = 1%, 99%
     assert u["n_latents"] == 2
-    small = r.task_usage(torch.tensor([[0.01, 0.02]]), W, D, torch.tensor([True]), 0.6)  # total mass 0.06 < 1
-    assert small["n_latents"] == 2 and small["span_align"] == pytest.approx((0.04 * 0.6 + 0.02 * 1.0) / 0.06)
+    small = r.task_usage(torch.tensor([[0.01, 0.04]]), W, D, torch.tensor([True]), 0.6)  # total mass 0.06 < 1
+    assert small["n_latents"] == 2 and small["dir_align"] == pytest.approx(1.0)
+    assert u["n_eff"] == pytest.approx(float(np.exp(-(0.01 * np.log(0.01) + 0.99 * np.log(0.99)))))
 
 
 def test_sorts_keep_ties_in_index_order():
@@ -1280,6 +1284,10 @@ def test_sorts_keep_ties_in_index_order():
     cos = np.tile([0.5, 0.9, 0.5], (3, 1))  # every row ties; the first of each tie wins
     rows, cols = greedy_matching(cos)
     assert rows.tolist() == [0, 1, 2] and cols.tolist() == [1, 0, 2]
+    big = np.full((6, 20), 0.5)  # 120 entries: beyond the sizes where numpy's default sort happens to be stable
+    big[:, 3] = 0.9
+    rows, cols = greedy_matching(big)
+    assert list(zip(rows.tolist(), cols.tolist())) == [(0, 3), (1, 0), (2, 1), (3, 2), (4, 4), (5, 5)]
 
 
 def test_topk_encoder_gradient_is_zero_where_a_selected_preactivation_is_negative():
@@ -1416,3 +1424,47 @@ def test_small_variance_and_unbounded_samples():
     with tempfile.TemporaryDirectory() as d:
         export_saelens(SAE(3, 4, seed=0), Path(d) / "a" / "b", "h", "m", 8)
         assert (Path(d) / "a" / "b" / "cfg.json").exists()
+
+
+def test_batchtopk_keeps_its_threshold_sums_in_float64_and_unsaved():
+    """The running threshold sums are float64 (many small minima) and training-only: the saved state is the weights
+    and the threshold."""
+    sae = _batchtopk()
+    assert sae.theta_sum.dtype == sae.theta_n.dtype == torch.float64
+    assert set(sae.state_dict()) == {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
+
+
+def test_frequency_statistics_survive_a_large_mean():
+    """Activations around 1000 with a small spread: the mean and covariance are summed in float64, so the principal
+    direction is still the direction of the spread (float32 sums would lose it to cancellation); 5 directions by
+    default; only the covered positions count."""
+    from saelab.eval.compare import frequencies
+    from saelab.saes.base import SAE
+
+    class Offset:
+        def run_with_hooks(self, tokens, fwd_hooks, stop_at_layer=None):
+            t = tokens.double()
+            x = 1000.0 + torch.stack([0.01 * torch.sin(t), 0.001 * torch.cos(t), t * 0, t * 0, t * 0, t * 0], -1)
+            fwd_hooks[0][1](x, hook=None)
+
+    rows = np.arange(200).reshape(20, 10)
+    freqs, acts = frequencies(Offset(), [SAE(6, 4, seed=0)], rows, "h", 7, "cpu")
+    assert acts["pcs"].shape == (5, 6)
+    assert abs(float(acts["pcs"][0, 0])) == pytest.approx(1.0, abs=1e-3)
+    t = torch.from_numpy(rows.reshape(-1)).double()
+    x0 = (1000.0 + 0.01 * torch.sin(t)).float().double()  # frequencies reads the activations in float32
+    assert float(acts["mean"][0]) == pytest.approx(float(x0.mean()), abs=1e-9)
+
+
+def test_compare_pair_thresholds_are_strict():
+    """Cosines of exactly 0.9 and 0.7 (exact in float64) are not "above" them: the shares count cos > 0.9 / > 0.7."""
+    from saelab.eval.compare import compare_pair
+
+    a = {"W_dec": torch.eye(2, dtype=torch.float64), "freq": np.array([0.1, 0.1])}
+    a["W_enc"] = a["W_dec"].T
+    Wb = torch.tensor([[0.9, 0.19**0.5], [0.51**0.5, 0.7]], dtype=torch.float64)  # cos 0.9 with e0, 0.7 with e1
+    b = {"W_dec": Wb, "W_enc": Wb.T, "freq": np.array([0.1, 0.1])}
+    m, best = compare_pair(a, b, 10, 1e-4)
+    assert best.tolist() == [0.9, 0.7]
+    assert m["share_best_above_0.9"] == 0.0 and m["share_matched_above_0.9"] == 0.0
+    assert m["share_matched_above_0.7"] == 0.5 and m["share_matched_above_0.9_non_ultra_low"] == 0.0
