@@ -241,6 +241,17 @@ def report(summary: dict, rows: list[dict], seconds: float, machine: str, jobs: 
         for r in rows
         if r["status"] == "equivalent"
     )
+    stale = [
+        e
+        for e in load_equivalent()
+        if e["module"] in summary
+        and not any(
+            (r["module"], r["function"], r.get("mutation")) == (e["module"], e["function"], e["mutation"]) for r in rows
+        )
+    ]
+    if stale:  # a listed equivalent whose mutant is gone (killed, or the line changed): remove it from the file
+        tail += "\n## Listed equivalents that match no surviving mutant\n\n"
+        tail += "".join(f"- `{e['module']}` `{e['function']}`: `{e['mutation']}`\n" for e in stale)
     tail += "\n## Functions that get no mutant\n\n"
     tail += "".join(
         f"- `{m}`: {', '.join(f'`{f}`' for f in s['functions_without_mutants'])}\n"
