@@ -60,7 +60,7 @@ test: $(STAMP) $(MUTMUT_STAMP) lint
 	-$(MAKE) --no-print-directory saelens-venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
-# Mutation testing of the formula modules (benchmarks/mutation.py, docs/benchmarks.md "Mutation testing"): slow,
+# Mutation testing of the formula modules (benchmarks/mutation.py, docs/contributing.md "Mutation testing"): slow,
 # not part of `make test` (tests/test_mutation.py runs a small smoke case); MUTATION_ARGS adds flags (--only ...).
 $(MUTMUT_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q $(MUTMUT)

@@ -59,9 +59,9 @@ MODULES = {  # the modules that hold formulas, and what they hold
 # Functions whose every mutant must be killed (or be equivalent): losses, gradients (custom autograd Functions and
 # gradient edits), folds (weights rewritten so that outputs stay the same) and exports.
 CRITICAL = re.compile(
-    r"(train_forward|_loss|^l0$"  # losses
-    r"|Fn\.(forward|backward)|Encode\.(forward|backward)|^_rect$|remove_parallel_grad_"  # gradients
-    r"|fold_"  # folds
+    r"(train_forward|_loss|^l0$|dense_aux_acts|sparse_decode|batch_topk|k_at"  # losses and what builds them
+    r"|Fn\.(forward|backward)|Encode\.(forward|backward)|^_rect$|remove_parallel_grad_|before_step"  # gradients
+    r"|fold_|finish_training_"  # folds (and BatchTopK's exported threshold)
     r"|saelens)"  # exports
 )
 
@@ -82,6 +82,7 @@ DESELECT = [  # end-to-end runs: each would cost tens of seconds per mutant; the
     "tests/test_train.py::test_compiled_step_matches_eager",
 ]
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout"}
+STATUS |= {-24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -9: "crash", -11: "crash", 35: "suspicious"}
 
 
 def neutral_decorators() -> None:
@@ -163,7 +164,9 @@ def results(work: Path, modules: list[str]) -> list[dict]:
     for m in modules:
         meta = json.loads((work / "mutants" / f"{m}.meta").read_text())
         for name, code in meta["exit_code_by_key"].items():
-            rows.append({"module": m, "name": name, "function": label(name, m), "status": STATUS.get(code, str(code))})
+            rows.append(
+                {"module": m, "name": name, "function": label(name, m), "status": STATUS.get(code, f"other {code}")}
+            )
     todo = [r["name"] for r in rows if r["status"] != "killed"]
     diffs = json.loads(
         subprocess.run(
@@ -205,6 +208,7 @@ def summarise(rows: list[dict], modules: list[str]) -> dict:
                 "equivalent": c["equivalent"],
                 "no_tests": c["no tests"],
                 "timeout": c["timeout"],
+                "other": len(mine) - sum(c[k] for k in ("killed", "survived", "equivalent", "no tests", "timeout")),
                 "score": round(c["killed"] / live, 4) if live else None,
             }
         seen = {r["function"] for r in rows if r["module"] == m}
@@ -216,12 +220,12 @@ def report(summary: dict, rows: list[dict], seconds: float, machine: str, jobs: 
     head = (
         "# Mutation testing of the formula modules\n\n"
         'Regenerate: `make mutation` (benchmarks/mutation.py; definitions: docs/contributing.md, "Mutation '
-        f'testing"). Machine: {machine}. Run time: {seconds / 60:.1f} min ({jobs} test processes at once, torch on '
-        "one thread each).\n\n"
+        f'testing"). Tree: {{COMMIT}}. Machine: {machine}. Run time: {seconds / 60:.1f} min ({jobs} test processes '
+        "at once, torch on one thread each).\n\n"
         "Score = killed / (mutants - equivalent). Critical = losses, custom gradients, folds, exports "
         "(`CRITICAL` in benchmarks/mutation.py).\n\n"
-        "| module | mutants | killed | survived | equivalent | no tests | timeout | score | critical: mutants "
-        "| critical: survived + no tests | critical score |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| module | mutants | killed | survived | equivalent | no tests | timeout | other | score | critical: mutants "
+        "| critical: not killed | critical score |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     body = ""
     for m, s in summary.items():
@@ -230,10 +234,11 @@ def report(summary: dict, rows: list[dict], seconds: float, machine: str, jobs: 
         cscore = f"{c['score']:.1%}" if c["score"] is not None else "n/a"
         body += (
             f"| `{m}` | {a['mutants']} | {a['killed']} | {a['survived']} | {a['equivalent']} | {a['no_tests']} "
-            f"| {a['timeout']} | {score} | {c['mutants']} | {c['survived'] + c['no_tests']} | {cscore} |\n"
+            f"| {a['timeout']} | {a['other']} | {score} | {c['mutants']} "
+            f"| {c['mutants'] - c['killed'] - c['equivalent']} | {cscore} |\n"
         )
     tail = "\n## Survivors and untested mutants\n\n"
-    left = [r for r in rows if r["status"] in ("survived", "no tests", "timeout")]
+    left = [r for r in rows if r["status"] not in ("killed", "equivalent")]
     tail += "".join(f"- `{r['module']}` `{r['function']}` ({r['status']}): `{r.get('mutation', '')}`\n" for r in left)
     tail += "\n## Equivalent mutants\n\n"
     tail += "".join(
@@ -274,19 +279,30 @@ def reclassify(path: Path) -> None:
     classify(rows, load_equivalent())
     modules = list(data["modules"])
     summary = summarise(rows, modules)
-    write_report(path.parent, "mutation", summary, rows, data["seconds"], data["machine"], data.get("jobs", 1))
+    at = data.get("commit", "e222941 (before the report recorded it)")
+    write_report(path.parent, "mutation", summary, rows, data["seconds"], data["machine"], data.get("jobs", 1), at)
 
 
 def load_equivalent() -> list[dict]:
     return (yaml.safe_load(EQUIVALENT.read_text()) or []) if EQUIVALENT.exists() else []
 
 
-def write_report(out: Path, stem: str, summary: dict, rows: list[dict], seconds: float, where: str, jobs: int) -> None:
+def write_report(
+    out: Path, stem: str, summary: dict, rows: list[dict], seconds: float, where: str, jobs: int, at: str
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    body = {"machine": where, "seconds": round(seconds), "jobs": jobs, "modules": summary, "mutants": rows}
+    body = {"machine": where, "seconds": round(seconds), "jobs": jobs, "commit": at, "modules": summary}
+    body["mutants"] = rows
     (out / f"{stem}.json").write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")
-    (out / f"{stem}.md").write_text(report(summary, rows, seconds, where, jobs))
+    (out / f"{stem}.md").write_text(report(summary, rows, seconds, where, jobs).replace("{COMMIT}", at))
     print((out / f"{stem}.md").read_text().split("\n## ")[0])
+
+
+def commit() -> str:
+    """HEAD, marked when the tree had uncommitted changes (the run mutates the working tree as it is)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+    return head.strip() + (" + uncommitted changes" if dirty.strip() else "")
 
 
 def machine() -> str:
@@ -315,6 +331,7 @@ def main() -> None:
         sys.exit(f"--only: {unknown} are not formula modules (MODULES: {', '.join(MODULES)})")
     if args.reclassify:
         return reclassify(args.out / "mutation.json")
+    tree = commit()
     copy_tree(args.work)
     write_config(args.work, args.only, args.tests)
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -327,7 +344,7 @@ def main() -> None:
     classify(rows, load_equivalent())
     summary = summarise(rows, args.only)
     stem = "mutation" if args.only == list(MODULES) and args.tests == TESTS else "mutation_partial"
-    write_report(args.out, stem, summary, rows, seconds, machine(), args.jobs)
+    write_report(args.out, stem, summary, rows, seconds, machine(), args.jobs, tree)
 
 
 if __name__ == "__main__":

@@ -217,14 +217,20 @@ def test_batchtopk_threshold_is_the_mean_smallest_selected_activation_of_the_las
 
 
 def test_batchtopk_saelens_export_is_jumprelu_with_the_threshold():
+    """A saved BatchTopK (norms folded: unit rows) exports as SAELens's JumpReLU: relu(W_enc·(x − b_dec) + b_enc),
+    kept where above the threshold, decoded with W_dec, written out here from the exported tensors; it equals
+    our inference on a batch where some features are above the threshold and some below."""
     sae = _batchtopk()
+    sae.fold_decoder_norms_()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(7)) * 3
     with torch.no_grad():
-        sae.threshold.fill_(0.37)
+        pre = sae.pre_acts(x)
+        sae.threshold.fill_(float(pre[pre > 0].median()))
     cfg, w = sae.saelens()
-    assert cfg["architecture"] == "jumprelu" and torch.equal(w["threshold"], torch.full((10,), 0.37))
-    x = torch.randn(5, 6)
-    f = torch.relu(x @ w["W_enc"] + w["b_enc"] - w["b_dec"] @ w["W_enc"])
+    assert cfg["architecture"] == "jumprelu" and torch.equal(w["threshold"], sae.threshold)
+    f = torch.relu((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"])
     f = f * (f > w["threshold"])
+    assert 0 < int((f > 0).sum()) < int((torch.relu(pre) > 0).sum())
     torch.testing.assert_close(f @ w["W_dec"] + w["b_dec"], sae(x).x_hat, atol=1e-5, rtol=1e-5)
 
 

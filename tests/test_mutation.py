@@ -25,7 +25,7 @@ def test_mutation_report_counts_every_mutant(tmp_path):
     s = res["modules"]["src/saelab/training/resample.py"]["all"]
     rows = res["mutants"]
     assert s["mutants"] == len(rows) > 0
-    assert s["mutants"] == s["killed"] + s["survived"] + s["equivalent"] + s["no_tests"] + s["timeout"]
+    assert s["mutants"] == s["killed"] + s["survived"] + s["equivalent"] + s["no_tests"] + s["timeout"] + s["other"]
     probs = [r for r in rows if r["function"] == "resample_probabilities"]
     assert probs and sum(r["status"] == "killed" for r in probs) >= len(probs) - 1
     assert all(r["status"] == "no tests" for r in rows if r["function"] == "resample_")
