@@ -1474,3 +1474,14 @@ def test_compare_pair_thresholds_are_strict():
     assert best.tolist() == [0.9, 0.7]
     assert m["share_best_above_0.9"] == 0.0 and m["share_matched_above_0.9"] == 0.0
     assert m["share_matched_above_0.7"] == 0.5 and m["share_matched_above_0.9_non_ultra_low"] == 0.0
+
+
+def test_step_estimator_keeps_float64_exact():
+    """In float64 the step estimator's θ gradient is −(1/ε)·K·g to float64 precision: the kernel keeps the input's
+    dtype, so 1/ε is never rounded to float32 (ε = 0.3: 1/ε differs from its float32 value by 2e-8 relative)."""
+    theta = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    pre = torch.tensor([[1.1], [0.95], [2.0]], dtype=torch.float64)
+    g = torch.tensor([[1.0], [3.0], [5.0]], dtype=torch.float64)
+    (StepFn.apply(pre, theta, 0.3) * g).sum().backward()
+    expected = -(1 / 0.3) * (1.0 + 3.0)  # tokens 0 and 1 lie inside the kernel (|u| < 1/2), token 2 outside
+    assert theta.grad.dtype == torch.float64 and abs(float(theta.grad[0]) - expected) <= 1e-15 * abs(expected)
