@@ -81,8 +81,6 @@ DESELECT = [  # end-to-end runs: each would cost tens of seconds per mutant; the
     "tests/test_synthetic.py::test_tiny_synthetic_pipeline_runs_with_dvc_repro",
     "tests/test_train.py::test_compiled_step_matches_eager",
 ]
-STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout"}
-STATUS |= {-24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -9: "crash", -11: "crash", 35: "suspicious"}
 
 
 def neutral_decorators() -> None:
@@ -160,13 +158,13 @@ def mutated_line(diff: str) -> str:
 
 def results(work: Path, modules: list[str]) -> list[dict]:
     """One row per mutant: module, function, status, diff (for every mutant that was not killed)."""
+    from mutmut.stats import status_by_exit_code  # mutmut's own reading of its exit codes
+
     rows = []
     for m in modules:
         meta = json.loads((work / "mutants" / f"{m}.meta").read_text())
         for name, code in meta["exit_code_by_key"].items():
-            rows.append(
-                {"module": m, "name": name, "function": label(name, m), "status": STATUS.get(code, f"other {code}")}
-            )
+            rows.append({"module": m, "name": name, "function": label(name, m), "status": status_by_exit_code[code]})
     todo = [r["name"] for r in rows if r["status"] != "killed"]
     diffs = json.loads(
         subprocess.run(
@@ -185,13 +183,17 @@ def results(work: Path, modules: list[str]) -> list[dict]:
     return rows
 
 
+def key(e: dict) -> tuple:
+    """What identifies a mutant across renumbering: module, function and mutated line."""
+    return e["module"], e["function"], e.get("mutation")
+
+
 def classify(rows: list[dict], equivalent: list[dict]) -> None:
     """Survivors listed in the equivalents file (same module, function and mutated line) become 'equivalent'."""
-    known = {(e["module"], e["function"], e["mutation"]): e["reason"] for e in equivalent}
+    known = {key(e): e["reason"] for e in equivalent}
     for r in rows:
-        key = (r["module"], r["function"], r.get("mutation"))
-        if r["status"] == "survived" and key in known:
-            r["status"], r["reason"] = "equivalent", known[key]
+        if r["status"] == "survived" and key(r) in known:
+            r["status"], r["reason"] = "equivalent", known[key(r)]
 
 
 def summarise(rows: list[dict], modules: list[str]) -> dict:
@@ -246,14 +248,8 @@ def report(summary: dict, rows: list[dict], seconds: float, machine: str, jobs: 
         for r in rows
         if r["status"] == "equivalent"
     )
-    stale = [
-        e
-        for e in load_equivalent()
-        if e["module"] in summary
-        and not any(
-            (r["module"], r["function"], r.get("mutation")) == (e["module"], e["function"], e["mutation"]) for r in rows
-        )
-    ]
+    seen = {(r["module"], r["function"], r.get("mutation")) for r in rows}
+    stale = [e for e in load_equivalent() if e["module"] in summary and key(e) not in seen]
     if stale:  # a listed equivalent whose mutant is gone (killed, or the line changed): remove it from the file
         tail += "\n## Listed equivalents that match no surviving mutant\n\n"
         tail += "".join(f"- `{e['module']}` `{e['function']}`: `{e['mutation']}`\n" for e in stale)

@@ -520,14 +520,9 @@ def test_absorption_and_shrinkage_edge_cases():
     assert absorption(f2, c2, [(0, 1)], {0: 0, 1: 1})[0][0] == 0.0
     out = shrinkage(f, c, torch.eye(2), torch.eye(2), np.array([1]), np.array([1]))
     assert out.dtype == np.float64 and np.isnan(out[0])
-    D, W = torch.tensor([[3.0, 4.0]]), torch.tensor([[6.0, 8.0]])
-    assert r_pos(W, D) == pytest.approx(1.0)
-
-
-def r_pos(W, D):
     from research.synthetic.recovery import pos_cos
 
-    return float(pos_cos(W, D)[0, 0])
+    assert float(pos_cos(torch.tensor([[6.0, 8.0]]), torch.tensor([[3.0, 4.0]]))[0, 0]) == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------- replication formulas (saelab.analysis.weights)

@@ -9,6 +9,7 @@ loads anything heavy, and by the tests for the committed params.yaml.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import ClassVar
 
 from pydantic import ValidationError
 
@@ -20,12 +21,21 @@ _LOADED = [False]
 
 
 class QuestionParams(Section):
-    """A question's own params. ``runs`` names the runs it reads (each must be a run of params.yaml);
-    ``check`` refuses a run that lacks what the question needs (for example a probe)."""
+    """A question's own params. ``RUN_FIELDS`` names its fields that hold run names (a name, a list of names, or a
+    mapping to names; empty or None for none), each of which must be a run of params.yaml; ``check`` refuses a run
+    that lacks what the question needs (for example a probe)."""
+
+    RUN_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def runs(self) -> dict[str, list[str]]:
         """Field name -> the run names it holds."""
-        return {}
+        out = {}
+        for name in self.RUN_FIELDS:
+            v = getattr(self, name)
+            out[name] = (
+                [] if v is None else [v] if isinstance(v, str) else list(v.values() if isinstance(v, Mapping) else v)
+            )
+        return out
 
     def check(self, every: Mapping) -> None:
         """Raise ValueError when a named run cannot serve this question (``every``: run name -> QRun)."""

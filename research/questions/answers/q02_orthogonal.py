@@ -12,11 +12,9 @@ from saelab.io import load_weights
 
 
 class Params(QuestionParams):
+    RUN_FIELDS = ("run",)
     run: str = "orthogonal"
     """The run trained with its encoder orthogonal to the base run's training-time ultra-low direction."""
-
-    def runs(self) -> dict[str, list[str]]:
-        return {"run": [self.run]}
 
     def check(self, every) -> None:
         if every[self.run].probes.orthogonalize is None:

@@ -10,11 +10,9 @@ from research.questions.answers.base import Context, QuestionParams, question
 
 
 class Params(QuestionParams):
+    RUN_FIELDS = ("runs_by_mode",)
     runs_by_mode: dict[str, str] = {"anthropic": "base", "reinit": "resample-reinit", "none": "resample-none"}
     """Resampling mode -> the run trained with it."""
-
-    def runs(self) -> dict[str, list[str]]:
-        return {"runs_by_mode": list(self.runs_by_mode.values())}
 
 
 @question("q3_resampling", Params)

@@ -111,13 +111,11 @@ def held_dying(
 
 
 class Params(QuestionParams):
+    RUN_FIELDS = ("holdout", "unresampled")
     holdout: str = "holdout"
     """The run whose held-out features (probes.holdout) are never resampled."""
     unresampled: str | None = "resample-none"
     """A run that never resamples, watched the same way over every feature (None: skip)."""
-
-    def runs(self) -> dict[str, list[str]]:
-        return {"holdout": [self.holdout], "unresampled": [self.unresampled] if self.unresampled else []}
 
     def check(self, every) -> None:
         if not every[self.holdout].probes.density or every[self.holdout].probes.holdout is None:

@@ -11,11 +11,9 @@ from research.synthetic.recovery import at_l0
 
 
 class Params(QuestionParams):
+    RUN_FIELDS = ("hook_runs",)
     hook_runs: tuple[str, ...] = ("mlp-out-a", "mlp-out-b", "mlp-out-c")
     """Runs on the other hook (hook_runs of params.yaml)."""
-
-    def runs(self) -> dict[str, list[str]]:
-        return {"hook_runs": list(self.hook_runs)}
 
 
 @question("q7_hook", Params)

@@ -28,11 +28,9 @@ def enc_dec_profile(sae, freq: np.ndarray, threshold: float) -> dict:
 
 
 class Params(QuestionParams):
+    RUN_FIELDS = ("encoder_runs",)
     encoder_runs: tuple[str, ...] = ("enc-l1", "enc-l2", "tied")
     """Runs with an encoder penalty or a tied encoder, compared with the base run."""
-
-    def runs(self) -> dict[str, list[str]]:
-        return {"encoder_runs": list(self.encoder_runs)}
 
 
 @question("q8_encoder", Params)

@@ -74,13 +74,11 @@ def splitting(
 
 
 class Params(QuestionParams):
+    RUN_FIELDS = ("widths",)
     widths: tuple[str, ...] = ("width-1", "width-2", "base", "width-8")
     """Runs of growing width, narrowest first."""
     split_cos: float = Field(0.7, gt=0, le=1)
     """A wide feature is a child of its best-matching narrow feature at decoder cos >= this."""
-
-    def runs(self) -> dict[str, list[str]]:
-        return {"widths": list(self.widths)}
 
 
 @question("q11_width", Params)

@@ -75,13 +75,11 @@ def compare_groups(profile: dict, a: np.ndarray, b: np.ndarray, prefix_a: str, p
 
 
 class Params(QuestionParams):
+    RUN_FIELDS = ("seeds",)
     seeds: tuple[str, ...] = ("base", "seed-1", "seed-2", "seed-3", "seed-4")
     """Runs of the default recipe in different seeds."""
     consensus_cos: float = Field(0.9, gt=0, le=1)
     """A consensus feature has decoder cos above this with its match in every pair of seeds."""
-
-    def runs(self) -> dict[str, list[str]]:
-        return {"seeds": list(self.seeds)}
 
 
 @question("q12_consensus", Params)
