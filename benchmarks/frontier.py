@@ -125,7 +125,18 @@ ANNEAL_GRID = {
     # the frontier's topk-unit with our AuxK weight (1, not 1/32): run at 4x the budget (docs/architectures.md)
     ("saelab", "topk-unit-aux1"): _family("topk", [16, 32], {"decoder": "unit", "aux_coeff": 1.0}),
 }
-GRIDS = {"frontier": GRID, "anneal": ANNEAL_GRID}
+# `--grid theta`: JumpReLU's θ held raw (clamped at 0, the default) or as log θ (`theta_param`), in the penalty
+# forms whose L0 follows l0_coeff on this budget (tanh from b_dec at the mean, step from b_dec = 0); results in
+# benchmarks/results/jumprelu_theta_cpu/ (docs/metrics.md, "The θ = 0 trap").
+THETA_GRID = {
+    ("saelab", f"jumprelu{form}{param}"): _family("jumprelu", values, {**fixed, **extra})
+    for form, values, fixed in (
+        ("", [0.1, 0.3, 1.0], {**JUMPRELU, "sparsity": "tanh"}),
+        ("-step-b0", [0.3, 1.0, 3.0], {**JUMPRELU, "sparsity": "step", "b_dec_init": "zero"}),
+    )
+    for param, extra in (("", {}), ("-log", {"theta_param": "log"}))
+}
+GRIDS = {"frontier": GRID, "anneal": ANNEAL_GRID, "theta": THETA_GRID}
 
 # SAELens family -> saelab families it is compared with at equal L0 (goal 1). JumpReLU step twice: our default
 # start (b_dec at the data mean) and SAELens's trainer's start (b_dec = 0), since the start decides its L0.
@@ -204,6 +215,14 @@ def load_trained(out: Path, trainer: str, value) -> torch.nn.Module:
     return sae
 
 
+def theta_stats(sae) -> dict:
+    """A JumpReLU's thresholds (after the fold): the share exactly at 0 (the θ = 0 trap) and the median."""
+    if not hasattr(sae, "theta"):
+        return {}
+    theta = sae.theta().detach().float()
+    return {"frac_theta_zero": float((theta == 0).float().mean()), "theta_median": float(theta.median())}
+
+
 def score(sae, ctx: dict) -> dict:
     from saelab.eval.evaluate import evaluate
 
@@ -230,7 +249,7 @@ def score(sae, ctx: dict) -> dict:
         "eval_tokens",
         "ce_eval_tokens",
     )
-    return {k: metrics[k] for k in keys if k in metrics}
+    return {**{k: metrics[k] for k in keys if k in metrics}, **theta_stats(sae)}
 
 
 def eval_context(args) -> dict:
@@ -346,6 +365,26 @@ def best_vs_standard_lines(g: dict) -> list[str]:
     ]
 
 
+def theta_lines(res: list[dict]) -> list[str]:
+    """log θ vs raw θ at equal L0: each raw run's MSE and CE recovered against the log family's, interpolated in log
+    L0 (``at_l0``), for every family ``F`` run beside ``F-log`` (``--grid theta``)."""
+    fam = {}
+    for r in res:
+        fam.setdefault(r["arch"], []).append(r)
+    out = []
+    for name in sorted(f for f in fam if f"{f}-log" in fam):
+        for r in sorted(fam[name], key=lambda r: r["l0"]):
+            mse, ce = (at_l0(fam[f"{name}-log"], r["l0"], key) for key in ("mse", "ce_recovered_zero"))
+            out.append(
+                f"- {name} {r['knob']}={r['value']} at L0 {r['l0']:.1f}: MSE raw {r['mse']:.2f}, log "
+                + (f"{mse:.2f} (log / raw {mse / r['mse']:.3f}); CE recovered raw {r['ce_recovered_zero']:.4f}, "
+                   f"log {ce:.4f}" if mse is not None else "outside the log family's L0 range")
+            )  # fmt: skip
+    if out:
+        out = ["", "log θ vs raw θ at equal L0 (the log family interpolated in log L0 at each raw run's L0):", "", *out]
+    return out
+
+
 def write_outputs(report: dict, out: Path) -> None:
     import matplotlib
 
@@ -368,6 +407,8 @@ def write_outputs(report: dict, out: Path) -> None:
         "frac_ultra_low",
         "tokens_per_s",
     )
+    if any("frac_theta_zero" in r for r in res):  # JumpReLU runs: the θ = 0 trap
+        cols = (*cols[:-1], "frac_theta_zero", "theta_median", cols[-1])
     seed = f", seed {report['seed']}" if report.get("seed") else ""  # seed 0 unnamed, as in the files before --seed
     lines = [
         f"Hardware: {report['hardware']}. {report['train_tokens']:,} training tokens per run, d_sae {report['d_sae']}, "
@@ -380,23 +421,32 @@ def write_outputs(report: dict, out: Path) -> None:
         "|---" * len(cols) + "|",
     ]
     for r in sorted(res, key=lambda r: (r["trainer"], r["arch"], r["l0"])):
-        lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        cell = {c: r.get(c, "") for c in cols}
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in cell.values()) + " |")
     g = report["goals"]
-    lines += ["", "Goal 1, same architecture at equal L0 (saelab MSE / SAELens MSE, target <= 1.02):", ""]
-    lines += same_architecture_lines(g)
-    lines += ["", "Goal 2, best saelab recipe vs SAELens standard at equal L0 (MSE reduction, target >= 20%):", ""]
-    lines += best_vs_standard_lines(g)
-    lines += [
-        "",
-        "Goal 3, TopK / BatchTopK with AuxK (dead < 5%, ultra-low < 10%; "
-        "-noaux families: AuxK off, listed for reference):",
-        "",
-    ]
-    lines += [
+    topk_dead = [
         f"- {x['arch']} k={x['value']}: dead {100 * x['frac_dead']:.1f}%, ultra-low {100 * x['frac_ultra_low']:.1f}% "
         f"({verdict(x)})"
         for x in g["topk_dead"]
     ]
+    for heading, body in (
+        (
+            "Goal 1, same architecture at equal L0 (saelab MSE / SAELens MSE, target <= 1.02):",
+            same_architecture_lines(g),
+        ),
+        (
+            "Goal 2, best saelab recipe vs SAELens standard at equal L0 (MSE reduction, target >= 20%):",
+            best_vs_standard_lines(g),
+        ),
+        (
+            "Goal 3, TopK / BatchTopK with AuxK (dead < 5%, ultra-low < 10%; "
+            "-noaux families: AuxK off, listed for reference):",
+            topk_dead,
+        ),
+    ):
+        if body:  # a grid without the goal's families (--grid theta) leaves its heading out
+            lines += ["", heading, "", *body]
+    lines += theta_lines(res)
     (out / "frontier.md").write_text("\n".join(lines) + "\n")
     for key, name, label in (
         ("mse", "frontier_mse.png", "MSE (sum over dims, mean over tokens)"),
@@ -462,7 +512,7 @@ def main() -> None:
         default="frontier",
         help="frontier: every trainer (GRID); anneal: "
         "saelab TopK's small-k and AuxK settings: k annealing, AuxK weight / width / window, clipping, "
-        "resampling, topk-unit with AuxK 1 (ANNEAL_GRID)",
+        "resampling, topk-unit with AuxK 1 (ANNEAL_GRID); theta: JumpReLU's θ raw or log (THETA_GRID)",
     )
     p.add_argument("--only", nargs="*", help="trainer:arch pairs to run (default: all of the grid)")
     p.add_argument("--device", default="auto")

@@ -61,7 +61,8 @@ MODULES = {  # the modules that hold formulas, and what they hold
 CRITICAL = re.compile(
     r"(train_forward|_loss|^l0$|dense_aux_acts|sparse_decode|batch_topk|k_at"  # losses and what builds them
     r"|Fn\.(forward|backward)|Encode\.(forward|backward)|^_rect$|remove_parallel_grad_|before_step"  # gradients
-    r"|fold_|finish_training_"  # folds (and BatchTopK's exported threshold)
+    r"|fold_|scale_theta_|finish_training_"  # folds (and BatchTopK's exported threshold)
+    r"|JumpReLU\.theta$"  # θ as the losses read it
     r"|saelens)"  # exports
 )
 

@@ -604,3 +604,33 @@ def test_bf16_autocast_trains_the_sparse_topk_path():
     rows = []
     train_sae(sae, _batches(), cfg, torch.device("cpu"), lambda s, r: rows.append(r))
     assert all(p.dtype == torch.float32 for p in sae.parameters()) and rows[-1]["mse"] < rows[0]["mse"]
+
+
+def test_log_theta_jumprelu_trains_resamples_every_feature_state_and_resumes(tmp_path):
+    """``theta_param: log`` through the trainer: MSE falls, reinit resampling and its Adam-moment zeroing reach
+    log θ (FEATURE_AXIS names it), a snapshot resumes exactly, and the saved SAE loads with the same θ."""
+    log = {**ARCH_PARAMS["jumprelu"], "theta_param": "log"}
+    cfg = _cfg("jumprelu", jumprelu=log, resample="reinit", resample_threshold=0.4)  # some fire less often
+    sae = build(cfg, D, seed=0)
+    assert {n for n, p in sae.named_parameters() if W in p.shape} == set(sae.FEATURE_AXIS) >= {"log_threshold"}
+
+    def make():
+        return Trainer(build(cfg, D, seed=0), cfg, torch.device("cpu"))
+
+    full = make()
+    rows = []
+    full.run(lambda skip: _skipping(skip), log=lambda s, r: rows.append(r))
+    assert rows[-1]["mse"] < 0.5 * rows[0]["mse"], (rows[0], rows[-1])
+    part = make()
+    with pytest.raises(KeyboardInterrupt):
+        part.run(lambda skip: _skipping(skip, stop_after=120))
+    resumed = make()
+    resumed.restore(*part.snapshot())
+    resumed.run(lambda skip: _skipping(skip))
+    for (n, a), b in zip(full.sae.state_dict().items(), resumed.sae.state_dict().values()):
+        assert torch.equal(a, b), n
+    assert full.state.n_resampled > 0  # the reinit path ran on log θ
+    assert (full.sae.theta() > 0).all()
+    full.sae.save(tmp_path, {"hook": "h"})
+    back, _ = SAE.load(tmp_path)
+    torch.testing.assert_close(back.theta(), full.sae.theta())

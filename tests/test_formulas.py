@@ -112,6 +112,99 @@ def test_jumprelu_bad_start_is_named():
         JumpReLU(4, 3, b_dec_init="median")
 
 
+def _log_jumprelu(sparsity: str = "tanh") -> tuple[JumpReLU, torch.Tensor]:
+    """``_jumprelu`` under ``theta_param: log``: the same weights, θ = (0.05, 0.3, 0.1) held as its log."""
+    sae = JumpReLU(4, 3, seed=0, l0_coeff=0.7, bandwidth=0.3, threshold_init=0.2, sparsity=sparsity, tanh_scale=2.5,
+                   theta_param="log")  # fmt: skip
+    torch.manual_seed(0)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.tensor([[0.5], [2.0], [1.5]]))
+        sae.log_threshold.copy_(torch.tensor([0.05, 0.3, 0.1]).log())
+    return sae, torch.randn(5, 4)
+
+
+def test_log_theta_starts_at_the_log_of_threshold_init_and_is_the_only_theta_parameter():
+    sae = JumpReLU(4, 3, seed=0, threshold_init=0.2, theta_param="log")
+    torch.testing.assert_close(sae.log_threshold.detach(), torch.full((3,), -1.6094379))  # ln 0.2
+    torch.testing.assert_close(sae.theta().detach(), torch.full((3,), 0.2))
+    assert "threshold" not in dict(sae.named_parameters()) and sae.FEATURE_AXIS["log_threshold"] == 0
+    assert "log_threshold" not in JumpReLU(4, 3).FEATURE_AXIS  # the raw SAE's names are untouched
+
+
+@pytest.mark.parametrize("sparsity", ["step", "tanh"])
+def test_log_theta_gradient_is_theta_times_the_straight_through_gradient(sparsity):
+    """Under ``log`` the loss reaches log θ by the chain rule, ∂L/∂log θ = θ · ∂L/∂θ, with ∂L/∂θ the
+    straight-through estimators written out here (docs/metrics.md): for ``step`` the penalty's
+    −l0_coeff·(1/ε)·K and the MSE through ∂f/∂θ = −(θ/ε)·K; for ``tanh`` only the latter, on MSE + penalty."""
+    sae, x = _log_jumprelu(sparsity)
+    with torch.no_grad():
+        pre = sae.pre_acts(x)
+        sae.log_threshold.copy_((pre.max(0).values - torch.tensor([0.05, -0.04, 0.03])).log())  # inside kernels
+        theta = sae.theta().clone()
+    f = (pre * (pre > theta)).requires_grad_(True)  # ∂L/∂f by autograd of the loss written out by hand
+    mse = ((f @ sae.W_dec.detach() + sae.b_dec.detach() - x) ** 2).sum(1).mean()
+    tanh = torch.tanh(2.5 * f * sae.W_dec.detach().norm(dim=1)).sum(1).mean()
+    (mse + (0.7 * tanh if sparsity == "tanh" else 0)).backward()
+    k = (((pre - theta) / 0.3).abs() < 0.5).float()
+    d_theta = (-(theta / 0.3) * k * f.grad).sum(0)
+    if sparsity == "step":
+        d_theta = d_theta + 0.7 * (-(1 / 0.3) * k).sum(0) / 5
+    sae.zero_grad()
+    sae(x, train=True).loss.backward()
+    torch.testing.assert_close(sae.log_threshold.grad, theta * d_theta)
+    assert k.sum() > 0 and d_theta.abs().min() > 0
+
+
+def test_log_theta_is_not_clamped_and_raw_theta_is():
+    """after_step clamps the raw θ at 0; log θ is free (a negative log θ is a θ below 1, not a θ below 0)."""
+    log = JumpReLU(4, 3, seed=0, threshold_init=0.2, theta_param="log")
+    raw = JumpReLU(4, 3, seed=0, threshold_init=0.2)
+    with torch.no_grad():
+        log.log_threshold.copy_(torch.tensor([-3.0, -0.5, 0.5]))
+        raw.threshold.copy_(torch.tensor([-3.0, -0.5, 0.5]))
+    log.after_step()
+    raw.after_step()
+    torch.testing.assert_close(log.log_threshold.detach(), torch.tensor([-3.0, -0.5, 0.5]))
+    torch.testing.assert_close(raw.threshold.detach(), torch.tensor([0.0, 0.0, 0.5]))
+
+
+def test_log_theta_inference_folds_resampling_and_export_by_hand():
+    """activate: pre · 1[pre > exp(log θ)]; the decoder-norm fold multiplies θ by the norms (0.5, 2, 1.5), the
+    input-scale fold divides it by s; resampling sets θ back to threshold_init; SAELens gets θ itself."""
+    sae, _ = _log_jumprelu()
+    pre = torch.tensor([[0.049, 0.299, 0.099], [0.051, 0.29, 0.2]])  # exp(ln θ) is θ only to rounding: off θ
+    torch.testing.assert_close(sae.activate(pre), torch.tensor([[0.0, 0.0, 0.0], [0.051, 0.0, 0.2]]))
+    norms = sae.W_dec.norm(dim=1).detach()
+    sae.fold_decoder_norms_()
+    torch.testing.assert_close(sae.theta().detach(), torch.tensor([0.05, 0.3, 0.1]) * norms)
+    sae.fold_input_scale_(4.0)
+    torch.testing.assert_close(sae.theta().detach(), torch.tensor([0.05, 0.3, 0.1]) * norms / 4)
+    _, w = sae.saelens()
+    torch.testing.assert_close(w["threshold"], torch.tensor([0.05, 0.3, 0.1]) * norms / 4)
+    touched = sae.resample_rows_(torch.tensor([1]), torch.eye(4)[:1], torch.tensor(1.0))
+    torch.testing.assert_close(sae.theta().detach()[1], torch.tensor(0.2))
+    torch.testing.assert_close(sae.theta().detach()[[0, 2]], torch.tensor([0.05, 0.1]) * norms[[0, 2]] / 4)
+    assert any(p is sae.log_threshold for p, _ in touched)
+
+
+def test_log_theta_saves_its_choice_and_loads_back(tmp_path):
+    """A log-θ SAE's config carries ``theta_param: log`` (a raw one's omits it, as before the option existed);
+    loading rebuilds the same θ."""
+    from saelab.saes.base import SAE
+    from saelab.saes.jumprelu import JumpReLUParams
+
+    assert "theta_param" not in JumpReLUParams().model_dump()
+    assert JumpReLUParams(theta_param="log").model_dump()["theta_param"] == "log"
+    assert "theta_param" not in JumpReLU(4, 3).arch_params()
+    sae, _ = _log_jumprelu()
+    sae.save(tmp_path, {"hook": "h"})
+    back, meta = SAE.load(tmp_path)
+    assert meta["arch_params"]["theta_param"] == "log"
+    torch.testing.assert_close(back.theta(), sae.theta())
+    with pytest.raises(InputError, match=r"sae\.jumprelu\.theta_param: 'exp' is not one of raw, log"):
+        JumpReLU(4, 3, theta_param="exp")
+
+
 @pytest.mark.parametrize("arch", sorted(REGISTRY))
 def test_class_defaults_are_the_params_defaults(arch):
     """An SAE built without params is the default config's SAE: same arguments (arch_params, which rebuild it)
@@ -1480,3 +1573,76 @@ def test_step_estimator_keeps_float64_exact():
     (StepFn.apply(pre, theta, 0.3) * g).sum().backward()
     expected = -(1 / 0.3) * (1.0 + 3.0)  # tokens 0 and 1 lie inside the kernel (|u| < 1/2), token 2 outside
     assert theta.grad.dtype == torch.float64 and abs(float(theta.grad[0]) - expected) <= 1e-15 * abs(expected)
+
+
+def test_greedy_matching_takes_ties_in_order_of_the_lowest_pair():
+    """Greedy matching with tied cosines (400 pairs, 3 values): the pairs are taken by cosine, largest first, ties
+    by the lowest (row, column), as a Python sort of (−cos, i, j) written out here does it."""
+    from saelab.eval.compare import greedy_matching
+
+    cos = np.random.default_rng(0).integers(0, 3, size=(20, 20)) / 4.0
+    used_a, used_b, pairs = set(), set(), []
+    for _, i, j in sorted((-cos[i, j], i, j) for i in range(20) for j in range(20)):
+        if i not in used_a and j not in used_b:
+            used_a.add(i)
+            used_b.add(j)
+            pairs.append((i, j))
+    rows, cols = greedy_matching(cos)
+    assert list(zip(rows.tolist(), cols.tolist())) == pairs
+
+
+@pytest.mark.parametrize("y, above", [(0.7141428428542851, False), (0.7141428428542848, True)])
+def test_compare_pair_counts_matches_strictly_above_0_7(y, above):
+    """Three matched pairs at cosine exactly 0.7 (a = e_i, b = 0.7·e_i + y·e_{i+3}, y chosen so the float64 cosine
+    is 0.7, or one ulp above): "above 0.7" is strict, both in the matched share and in the matched features
+    whose frequencies are compared (docs/metrics.md)."""
+    from saelab.eval.compare import compare_pair, decoder_cosines
+
+    e = torch.eye(6, dtype=torch.float64)
+    Wa, Wb = e[:3], torch.stack([0.7 * e[i] + y * e[i + 3] for i in range(3)])
+    cos = decoder_cosines(Wa, Wb).diagonal()
+    assert (cos > 0.7).all() if above else (cos == 0.7).all()
+    freq = np.array([0.1, 0.2, 0.3])
+    m, _ = compare_pair(
+        {"W_dec": Wa, "W_enc": Wa.T, "freq": freq}, {"W_dec": Wb, "W_enc": Wb.T, "freq": freq}, 10, 1e-4
+    )
+    assert m["share_matched_above_0.7"] == (1.0 if above else 0.0)
+    assert ("matched_freq_spearman" in m) is above
+
+
+@pytest.mark.parametrize("decoder", ["unit", "free"])
+def test_topk_sparse_step_under_bf16_autocast_is_the_dense_step(decoder):
+    """Under bf16 autocast (the encoder's matmul gives bf16 values) the sparse step's loss, AuxK term included
+    (half the latents dead), is the dense step's to bf16 rounding, for unit and free decoder rows: the decoder
+    reads the values in its own dtype."""
+    from saelab.saes.topk import TopK
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 8)
+    out = {}
+    for sparse in (True, False):
+        sae = TopK(8, 16, seed=0, k=3, k_aux=4, aux_coeff=0.5, dead_tokens=1, decoder=decoder)
+        sae.since_fired[::2] = 5  # latents 0, 2, ..., 14 dead: AuxK on
+        sae.sparse_path = sparse
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out[sparse] = sae(x, train=True)
+    assert out[True].terms[0] > 0
+    torch.testing.assert_close(out[True].loss, out[False].loss, rtol=2e-2, atol=0)
+    torch.testing.assert_close(out[True].terms[0], out[False].terms[0], rtol=2e-2, atol=0)
+
+
+def test_topk_sparse_step_keeps_one_pre_activation_buffer_on_cpu_without_autocast():
+    """The sparse step's (B, d_sae) pre-activation buffer is allocated once and reused on the CPU in fp32
+    (its reason: benchmarks/results/topk_speed_cpu.json), and not used under autocast (its matmul picks the dtype)."""
+    from saelab.saes.topk import TopK
+
+    sae = TopK(8, 16, seed=0, k=3)
+    x = torch.randn(32, 8)
+    sae(x, train=True)
+    buf = sae._workspace["pre"]
+    sae(x, train=True)
+    assert sae._workspace["pre"] is buf and buf.shape == (32, 16)
+    sae._workspace.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sae(x, train=True)
+    assert "pre" not in sae._workspace

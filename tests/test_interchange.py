@@ -69,8 +69,11 @@ def test_seed_import_rejects_wrong_shapes(tmp_path):
         load_reference(tmp_path / "25.pt", tmp_path / "25_cfg.json")
 
 
-def test_seed_import_refuses_pickled_objects(tmp_path):
-    """A checkpoint that needs arbitrary unpickling is refused (weights_only=True)."""
+@pytest.mark.parametrize("force_no_weights_only", ["0", "1"])
+def test_seed_import_refuses_pickled_objects(tmp_path, monkeypatch, force_no_weights_only):
+    """A checkpoint that needs arbitrary unpickling is refused (weights_only=True, passed explicitly: torch's own
+    default is overridden by TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 where the call leaves weights_only unset)."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", force_no_weights_only)
 
     class Evil:
         def __reduce__(self):

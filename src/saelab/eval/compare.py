@@ -121,19 +121,19 @@ def frequencies(
     """Firing frequency of every SAE's features on the covered positions of ``rows``, from one LM
     pass per batch; also the activations' mean and top ``n_components`` principal directions."""
     d = saes[0].d_in
-    fired = [torch.zeros(s.d_sae, dtype=torch.float64, device=device) for s in saes]
+    counts = [[] for _ in saes]  # per batch, int64: exact at any number of tokens
     total, gram, n = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64), 0
     for i in range(0, len(rows), batch_rows):
         tokens = torch.from_numpy(rows[i : i + batch_rows].astype(np.int64)).to(device)
         x = capture(model, tokens, hook)[1].reshape(-1, d).float()[covered_positions(tokens, exclude_token).reshape(-1)]
-        for acc, sae in zip(fired, saes):
-            acc += (sae.encode(x) > 0).sum(0).double()
+        for acc, sae in zip(counts, saes):
+            acc.append((sae.encode(x) > 0).sum(0))
         x64 = x.double().cpu()
         total, gram, n = total + x64.sum(0), gram + x64.T @ x64, n + len(x)
     mean = total / n
     cov = gram / n - torch.outer(mean, mean)
     pcs = torch.linalg.eigh(cov).eigenvectors.flip(-1)[:, :n_components].T  # (n_components, d), largest first
-    return [f.cpu().numpy() / n for f in fired], {"mean": mean, "pcs": pcs}
+    return [torch.stack(c).sum(0).double().cpu().numpy() / n for c in counts], {"mean": mean, "pcs": pcs}
 
 
 def direction_baselines(direction: torch.Tensor, b_dec: torch.Tensor, acts: dict) -> dict:

@@ -5,6 +5,7 @@ straight-through gradient to the pre-activations nor its pre-activation loss) (d
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -34,12 +35,18 @@ class JumpReLUParams(DecoderParams):
     b_dec_init: Literal["mean", "zero"] = "mean"
     """b_dec at the start: the first batch's mean, or 0 as SAELens's trainer starts it. With ``step`` the start
     decides the L0 of short runs (docs/metrics.md, "b_dec's start"). Saved configs carry it only when ``zero``."""
+    theta_param: Literal["raw", "log"] = "raw"
+    """``raw``: θ is the parameter, clamped at 0 after each step (SAELens); ``log``: the parameter is log θ
+    (the paper's), so θ never reaches 0 (docs/metrics.md, "The θ = 0 trap"). Saved configs carry it only when
+    ``log``."""
 
     @model_serializer(mode="wrap")
-    def _omit_default_start(self, handler):
+    def _omit_defaults(self, handler):
         out = handler(self)
         if self.b_dec_init == "mean":  # as TopKParams: SAEs saved before the key existed keep their files
             out.pop("b_dec_init", None)
+        if self.theta_param == "raw":
+            out.pop("theta_param", None)
         return out
 
 
@@ -87,16 +94,16 @@ class JumpReLU(FreeDecoderMixin, SAE):
     sparsity = Σ_i H(pre_i − θ_i) ("step") or Σ_i tanh(c · f_i · ‖W_dec[i]‖) ("tanh"); unit-norm decoder
     rows or free ones (SAELens: no rescaling, f carries 1/‖W_dec[i]‖; folded into f and θ at the end).
 
-    θ is a parameter of its own, clamped at 0 after every step (as SAELens trains it), not exp of a
-    log-threshold: with Adam a log-threshold moves by a relative ~lr per step, far too slowly for a
-    run of a few thousand steps."""
+    ``theta_param: raw``: θ is the parameter ``threshold``, clamped at 0 after every step (as SAELens trains
+    it); ``log``: the parameter is ``log_threshold`` and θ = exp of it (the paper's), never 0. ``theta()`` is θ
+    in both."""
 
     architecture = "jumprelu"
     Params = JumpReLUParams
     COMMON_PARAMS = ()
     KNOB = ("jumprelu", "l0_coeff")
     TERMS = ("l0_penalty",)
-    FEATURE_AXIS = {**SAE.FEATURE_AXIS, "threshold": 0}
+    FEATURE_AXIS = {**SAE.FEATURE_AXIS, "threshold": 0}  # an instance's names its θ parameter (theta_name)
 
     def __init__(
         self,
@@ -112,15 +119,21 @@ class JumpReLU(FreeDecoderMixin, SAE):
         dec_init_norm: float = 0.1,
         grad_clip: float = 1.0,
         b_dec_init: str = "mean",
+        theta_param: str = "raw",
     ):
         self.set_decoder_(decoder, dec_init_norm, grad_clip)
         if b_dec_init not in ("mean", "zero"):
             raise InputError(f"sae.jumprelu.b_dec_init: {b_dec_init!r} is not one of mean, zero")
-        self.b_dec_init = b_dec_init
+        if theta_param not in ("raw", "log"):
+            raise InputError(f"sae.jumprelu.theta_param: {theta_param!r} is not one of raw, log")
+        self.b_dec_init, self.theta_param = b_dec_init, theta_param
         self.l0_coeff, self.bandwidth, self.threshold_init = l0_coeff, bandwidth, threshold_init
         self.sparsity, self.tanh_scale = sparsity, tanh_scale
         SAE.__init__(self, d_in, d_sae, seed=None)
-        self.threshold = nn.Parameter(torch.full((d_sae,), float(threshold_init)))
+        self.theta_name = "log_threshold" if theta_param == "log" else "threshold"
+        self.FEATURE_AXIS = {**SAE.FEATURE_AXIS, self.theta_name: 0}
+        setattr(self, self.theta_name, nn.Parameter(torch.empty(d_sae)))
+        self.init_theta_(slice(None))
         if seed is not None:
             self.init_weights_(torch.Generator().manual_seed(seed))
 
@@ -133,13 +146,36 @@ class JumpReLU(FreeDecoderMixin, SAE):
             "tanh_scale": self.tanh_scale,
             **self.decoder_params(),
             **({"b_dec_init": "zero"} if self.b_dec_init == "zero" else {}),
+            **({"theta_param": "log"} if self.theta_param == "log" else {}),
         }  # as JumpReLUParams saves it
+
+    def theta(self) -> torch.Tensor:
+        """θ (d_sae,): the parameter itself (``raw``) or exp of it (``log``)."""
+        return self.log_threshold.exp() if self.theta_param == "log" else self.threshold
+
+    @torch.no_grad()
+    def init_theta_(self, idx) -> None:
+        """θ[idx] = threshold_init (its log under ``log``)."""
+        t = self.threshold_init
+        getattr(self, self.theta_name)[idx] = math.log(t) if self.theta_param == "log" else t
+
+    @torch.no_grad()
+    def scale_theta_(self, n: torch.Tensor | float, divide: bool = False) -> None:
+        """θ ← θ · n, or θ / n with ``divide`` (n > 0): θ's share of a fold. Dividing is its own operation, not
+        a product with 1 / n, so a raw θ folds to the same bits as it did before ``theta_param`` existed."""
+        if self.theta_param == "log":
+            log_n = torch.log(torch.as_tensor(n, dtype=self.log_threshold.dtype))
+            self.log_threshold.add_(-log_n if divide else log_n)
+        elif divide:
+            self.threshold /= n
+        else:
+            self.threshold *= n
 
     @torch.no_grad()
     def init_weights_(self, gen: torch.Generator) -> None:
         tied_init_(self, gen, self.init_norm())
-        if hasattr(self, "threshold"):
-            self.threshold.fill_(self.threshold_init)
+        if hasattr(self, "theta_name"):
+            self.init_theta_(slice(None))
 
     @torch.no_grad()
     def init_from_data_(self, x: torch.Tensor) -> None:
@@ -148,14 +184,15 @@ class JumpReLU(FreeDecoderMixin, SAE):
             self.b_dec.copy_(x.float().mean(0))
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        return pre * (pre > self.threshold)
+        return pre * (pre > self.theta())
 
     def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
         pre = self.pre_acts(x)
-        f = JumpReLUFn.apply(pre, self.threshold, self.bandwidth)
+        theta = self.theta()
+        f = JumpReLUFn.apply(pre, theta, self.bandwidth)
         mse = mse_loss(self.decode(f).float(), x)
         if self.sparsity == "step":
-            penalty = StepFn.apply(pre, self.threshold, self.bandwidth).sum(-1).mean()
+            penalty = StepFn.apply(pre, theta, self.bandwidth).sum(-1).mean()
         else:
             penalty = torch.tanh(self.tanh_scale * f * self.W_dec.norm(dim=-1)).sum(-1).mean()
         return TrainOutput(mse + self.l0_coeff * penalty, mse, (penalty,), fires(f), l0(f))
@@ -163,25 +200,26 @@ class JumpReLU(FreeDecoderMixin, SAE):
     @torch.no_grad()
     def after_step(self) -> None:
         super().after_step()
-        self.threshold.clamp_(min=0.0)
+        if self.theta_param == "raw":
+            self.threshold.clamp_(min=0.0)
 
     @torch.no_grad()
     def fold_decoder_norms_(self) -> torch.Tensor:
         n = super().fold_decoder_norms_()
-        self.threshold *= n
+        self.scale_theta_(n)
         return n
 
     @torch.no_grad()
     def fold_input_scale_(self, s: float) -> None:
         super().fold_input_scale_(s)
-        self.threshold /= s
+        self.scale_theta_(s, divide=True)
 
     @torch.no_grad()
     def resample_rows_(self, idx, dirs, enc_norm):
         touched = super().resample_rows_(idx, dirs, enc_norm)
-        self.threshold[idx] = self.threshold_init
-        return [*touched, (self.threshold, (idx,))]
+        self.init_theta_(idx)
+        return [*touched, (getattr(self, self.theta_name), (idx,))]
 
     def saelens(self):
         cfg, w = super().saelens()
-        return {**cfg, "architecture": "jumprelu"}, {**w, "threshold": self.threshold.detach().float().clone()}
+        return {**cfg, "architecture": "jumprelu"}, {**w, "threshold": self.theta().detach().float().clone()}

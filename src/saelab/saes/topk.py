@@ -135,8 +135,7 @@ class TopKEncode(torch.autograd.Function):
         # G^T: (d_sae, B) gradient w.r.t. the pre-activations, as CSR (entries sorted by latent; a latent
         # both selected and in AuxK's set appears twice in a row and the product sums both)
         order = flat.argsort(stable=True)
-        crow = torch.zeros(d_sae + 1, dtype=torch.long, device=flat.device)
-        crow[1:] = torch.bincount(flat, minlength=d_sae).cumsum(0)
+        crow = F.pad(torch.bincount(flat, minlength=d_sae).cumsum(0), (1, 0))  # int64 row pointers, 0 first
         tokens = torch.arange(B, device=flat.device).repeat_interleave(kk)[order]
         with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state": its matmul is tested
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -247,7 +246,8 @@ class TopK(FreeDecoderMixin, SAE):
 
     def sparse_decode(self, idx: torch.Tensor, vals: torch.Tensor, n: torch.Tensor | None) -> torch.Tensor:
         """Σ_j vals_j · row_{idx_j} from the selected rows alone; free rows are divided by their norms
-        through the weights (vals / n[idx]) rather than by materialising W_dec / n."""
+        through the weights (vals / n[idx]) rather than by materialising W_dec / n. ``vals`` may be bf16 (the
+        encoder's matmul under autocast): the weights take the decoder's dtype, as embedding_bag requires."""
         w = vals.to(self.W_dec.dtype)
         if n is not None:  # index_select, not n[idx]: the latter's backward (index_put_ with accumulate) is not
             w = w / n.index_select(0, idx.reshape(-1)).view_as(idx)  # deterministic on CPU for large batches
@@ -267,7 +267,6 @@ class TopK(FreeDecoderMixin, SAE):
             vals, idx, aux_vals, aux_idx = TopKEncode.apply(
                 x, self.b_dec, W_enc, b_enc, k, dead, self.k_aux, self._workspace
             )
-            vals = vals.to(self.W_dec.dtype)  # under bf16 autocast the encoder's matmul gives bf16
             x_hat = self.sparse_decode(idx, vals, n) + self.b_dec
             decode_aux = None if aux_idx is None else (lambda: self.sparse_decode(aux_idx, aux_vals, n))
         else:  # dense autograd: (B, d_sae) activations, matmul decoder
