@@ -52,7 +52,11 @@ def main() -> None:
         device = _device(cfg.device)
         data = open_data(cfg, params.activations, device, args.activations, args.lm, args.tokens)
         trainer = Trainer(
-            build(cfg, data.d).to(device), cfg, device, ultra_low_threshold=params.evaluate.ultra_low_threshold
+            build(cfg, data.d).to(device),
+            cfg,
+            device,
+            ultra_low_threshold=params.evaluate.ultra_low_threshold,
+            objective=data.objective,
         )
         ckpt = Checkpointer(args.checkpoints, data.fingerprint, cfg.checkpoint_every)
         if (saved := ckpt.load()) is not None:
@@ -101,7 +105,8 @@ def main() -> None:
             )
             export_saelens(trainer.sae, tmp / "saelens", data.hook, args.model_name, data.n_ctx)
         ckpt.clear()
-        tokens = state.step * cfg.batch_size
+        # under a functional loss a step is batch_size // n_ctx prompts, the SAE sees their covered positions
+        tokens = state.step * cfg.batch_size if data.objective is None else state.tokens
         write_json(
             args.metrics,
             {
@@ -109,6 +114,7 @@ def main() -> None:
                 "train_steps": state.step,
                 "epochs": tokens / data.n_tokens,
                 "source": cfg.source,
+                **({} if cfg.loss == "mse" else {"loss": cfg.loss}),  # metrics of MSE runs keep their keys
                 "architecture": cfg.architecture,
                 "resample": trainer.resample_mode,
                 "input_scale": state.input_scale,

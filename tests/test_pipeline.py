@@ -107,6 +107,10 @@ def test_repro_produces_every_output(repo):
         "reports/figures/analysis/topk.png",
         "plots/analysis/topk.csv",
         "reports/index.html",
+        "models/finetune/sae.safetensors",
+        "models/finetune/saelens/cfg.json",
+        "plots/finetune/plots/metrics/kl.tsv",
+        "metrics/finetune.json",
     ):
         assert (repo / p).exists(), p
     c = json.loads((repo / "metrics/compare.json").read_text())
@@ -127,10 +131,28 @@ def test_repro_produces_every_output(repo):
         "analyze",
         "report",
         "browser",
+        "finetune",
     ):
         assert json.loads((repo / f"timings/{stage}.json").read_text())["peak_rss_mb"] > 50, stage
     assert "up to date" in run_cmd(["dvc", "status"], repo).stdout
     assert not list(repo.rglob(".*.tmp"))
+
+
+def test_finetune_reads_the_source_sae_and_writes_its_own(repo):
+    """The KL fine-tune (a forced rerun) leaves every byte of the source SAE as it was, writes an SAE that differs
+    from it, and scores both on the same tokens."""
+    source = repo / "models/saes/seed-0"
+    before = {f.name: f.read_bytes() for f in source.rglob("*") if f.is_file()}
+    run_cmd(["dvc", "repro", "-f", "-s", "finetune"], repo)
+    assert {f.name: f.read_bytes() for f in source.rglob("*") if f.is_file()} == before
+    assert (repo / "models/finetune/sae.safetensors").read_bytes() != before["sae.safetensors"]
+    m = json.loads((repo / "metrics/finetune.json").read_text())
+    assert m["loss"] == "kl" and m["mse_coeff"] > 0 and 0 < m["finetune_tokens"] <= 0.05 * 20480
+    assert m["source_ce_clean"] == m["finetuned_ce_clean"]  # the same eval tokens
+    gap = m["finetuned_ce_sae"] - m["finetuned_ce_clean"]
+    assert abs(m["ce_gap_reduction"] - (1 - gap / m["ce_gap_source"])) < 1e-9
+    meta = json.loads((repo / "models/finetune/config.json").read_text())
+    assert meta["source"] == "stream" and meta["train_params"]["loss"] == "kl"
 
 
 def test_root_views_show_the_root_pipeline(repo):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 from pydantic_core import InitErrorDetails
 
 from saelab import registry
@@ -101,6 +101,19 @@ def _relocated(err: ValidationError, prefix: tuple) -> list:
 # which registers them all) checks them before any work. tests/test_config.py holds both sides.
 
 
+class FunctionalParams(Section):
+    """``sae.functional``: the weights of a functional loss (``sae.loss: kl | kl_ds``; docs/metrics.md,
+    "Functional training"). The architecture's own sparsity terms keep their coefficients."""
+
+    kl_coeff: float = Field(1.0, gt=0)
+    """Multiplies KL(clean ‖ spliced), nats per covered token."""
+    mse_coeff: float = Field(0.0, ge=0)
+    """Multiplies the activation MSE at the SAE's own hook (0: KL alone, as Braun et al.'s e2e)."""
+    ds_coeff: float = Field(1.0, ge=0)
+    """``kl_ds``: multiplies the mean, over the downstream sites, of the MSE of the spliced run's residual
+    stream against the clean run's (sum over dims, mean over covered tokens)."""
+
+
 class SAEConfig(Section):
     """``sae``: the SAE and its training. Besides the keys below it holds one section per registered
     architecture (``sae.topk``, ...: its class's ``Params``, saelab.registry), validated here with the
@@ -153,6 +166,21 @@ class SAEConfig(Section):
     initialisation, what the reference did), ``none``; ``auto`` = anthropic for standard, none for the others."""
     normalize_activations: Literal["none", "mean_norm"] = "none"
     """``mean_norm``: train on x · s with E‖s·x‖² = d_in (s from the first batch), folded into the saved weights."""
+    loss: Literal["mse", "kl", "kl_ds"] = "mse"
+    """What the SAE is trained to preserve (docs/metrics.md, "Functional training"): ``mse`` the activations;
+    ``kl`` the LM's next-token distribution, KL(clean ‖ SAE spliced in), plus the architecture's sparsity terms;
+    ``kl_ds`` adds the MSE of the residual stream after the hook's block and every later one. ``kl`` and ``kl_ds``
+    run the LM in the training loop: they need ``source: stream``."""
+    functional: FunctionalParams = FunctionalParams()
+    """Weights of ``kl`` / ``kl_ds``."""
+
+    @model_serializer(mode="wrap")
+    def _omit_mse_defaults(self, handler):
+        out = handler(self)
+        if self.loss == "mse" and self.functional == FunctionalParams():  # SAEs saved before the keys existed
+            out.pop("loss", None)  # keep their train_params (and checkpoints their fingerprints)
+            out.pop("functional", None)
+        return out
 
     @model_validator(mode="wrap")
     @classmethod
@@ -210,6 +238,11 @@ class SAEConfig(Section):
             raise ValueError(
                 f"sae.stream_buffer_tokens ({self.stream_buffer_tokens}) must be at least 2 x sae.batch_size "
                 f"({self.batch_size}): half the buffer is handed out per refill"
+            )
+        if self.loss != "mse" and self.source != "stream":
+            raise ValueError(
+                f"sae.loss: {self.loss} runs the LM in the training loop, which the activation cache cannot: "
+                "set sae.source: stream (or sae.loss: mse)"
             )
         if self.resample_window > self.resample_every:
             raise ValueError(
@@ -288,6 +321,32 @@ class ReportConfig(Section):
     density_bins: int = Field(60, gt=0)
 
 
+class FinetuneConfig(Section):
+    """``finetune``: a short functional fine-tune of the first seed's SAE (Karvonen 2025; docs/metrics.md,
+    "Functional training"). The SAE's architecture and knobs are ``sae``'s; the source SAE is left untouched."""
+
+    loss: Literal["kl", "kl_ds"] = "kl"
+    """The functional loss (``sae.loss``'s meanings), plus ``mse_coeff`` x the activation MSE."""
+    frac_tokens: float = Field(0.05, gt=0, le=1)
+    """Fine-tune tokens as a share of ``sae.n_tokens`` (prompts drawn by the stream's seeded order)."""
+    lr: float = Field(3e-4, gt=0)
+    """Adam's lr (fresh Adam state), constant, then a linear decay over ``lr_decay_frac``."""
+    lr_decay_frac: float = Field(0.2, ge=0, le=1)
+    mse_coeff: float | Literal["balanced"] = "balanced"
+    """Weight of the activation MSE beside KL. ``balanced``: KL / MSE of the source SAE on the first batch, so
+    both terms start equal and neither dominates; a number fixes it."""
+    kl_coeff: float = Field(1.0, gt=0)
+    ds_coeff: float = Field(1.0, ge=0)
+    """``kl_ds``: weight of the downstream MSE (``sae.functional.ds_coeff``'s meaning)."""
+
+    @field_validator("mse_coeff")
+    @classmethod
+    def _nonnegative(cls, v):
+        if v != "balanced" and v < 0:
+            raise ValueError("must be >= 0 or balanced")
+        return v
+
+
 class Params(Section):
     seeds: tuple[int, ...] = (0, 1)
     """One SAE per seed (the dvc.yaml matrix); the first is evaluated and analysed."""
@@ -300,6 +359,7 @@ class Params(Section):
     analysis: AnalysisConfig = AnalysisConfig()
     compare: CompareConfig = CompareConfig()
     report: ReportConfig = ReportConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
 
     @field_validator("seeds")
     @classmethod

@@ -89,6 +89,7 @@ class TrainData:
     n_ctx: int
     n_tokens: int  # tokens in one epoch
     fingerprint: str
+    objective: object = None  # saelab.training.objective.Functional under sae.loss: kl | kl_ds (batches are prompts)
 
 
 def open_data(cfg: SAEConfig, acts_cfg: ActivationsConfig, device: torch.device, activations: Path,
@@ -107,11 +108,26 @@ def open_data(cfg: SAEConfig, acts_cfg: ActivationsConfig, device: torch.device,
     from saelab.data.tokens import read_rows
 
     rows = read_rows(Path(tokens) / "train.parquet")
+    n_ctx = rows.shape[1]
+    if cfg.loss != "mse" and cfg.batch_size % n_ctx:
+        raise InputError(
+            f"sae.batch_size: {cfg.batch_size} must be a multiple of the prompts' {n_ctx} tokens under sae.loss: "
+            f"{cfg.loss} (a step splices the SAE into whole prompts); e.g. {max(1, cfg.batch_size // n_ctx) * n_ctx}"
+        )
     lm = load_lm(lm_dir, device)
     layer, d = check_hook(acts_cfg.hook, lm.config["tl_config"])
+    run = {**cfg.model_dump(), "hook": acts_cfg.hook, "dtype": acts_cfg.dtype, "bos": acts_cfg.bos}
+    print_ = fingerprint(run, Path(lm_dir) / "model.safetensors", Path(tokens) / "train.parquet")
+    if cfg.loss != "mse":  # the LM in the loop: batches of whole prompts, the objective splices the SAE in
+        from saelab.training.objective import Functional, prompt_batches
+
+        exclude = excluded_token(lm, acts_cfg.bos)
+        objective = Functional(lm.model, acts_cfg.hook, layer, lm.config["tl_config"]["n_layers"], cfg.loss,
+                               cfg.functional, exclude)  # fmt: skip
+        covered = int((rows != exclude).sum()) if exclude is not None else rows.size
+        return TrainData(lambda b, skip: prompt_batches(rows, b // n_ctx, cfg.seed, skip // b), d, acts_cfg.hook,
+                         "fp32", n_ctx, covered, print_, objective)  # fmt: skip
     stream = ActivationStream(lm.model, rows, acts_cfg.hook, layer, d, buffer_tokens=cfg.stream_buffer_tokens,
                               batch_rows=cfg.stream_batch_rows, dtype=acts_cfg.dtype, seed=cfg.seed, device=device,
                               exclude_token=excluded_token(lm, acts_cfg.bos))
-    run = {**cfg.model_dump(), "hook": acts_cfg.hook, "dtype": acts_cfg.dtype, "bos": acts_cfg.bos}
-    return TrainData(stream.batches, d, acts_cfg.hook, acts_cfg.dtype, rows.shape[1], stream.n_tokens,
-                     fingerprint(run, Path(lm_dir) / "model.safetensors", Path(tokens) / "train.parquet"))
+    return TrainData(stream.batches, d, acts_cfg.hook, acts_cfg.dtype, n_ctx, stream.n_tokens, print_)

@@ -50,6 +50,7 @@ class TrainOutput(NamedTuple):
     terms: tuple  # () each, unscaled, in the order of the class's TERMS
     fired: torch.Tensor  # (d_sae,) float: tokens of the batch on which each feature was active
     l0: torch.Tensor  # () mean active features per token
+    x_hat: torch.Tensor | None = None  # (B, d_in) the reconstruction, in the graph (functional losses splice it)
 
 
 class SAE(nn.Module):
@@ -128,9 +129,10 @@ class SAE(nn.Module):
     def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
         """Loss and its terms on a batch; ``progress`` is the fraction of training done (0..1)."""
         f = self.encode(x)
-        mse = mse_loss(self.decode(f).float(), x)
+        x_hat = self.decode(f)
+        mse = mse_loss(x_hat.float(), x)
         l1 = l1_loss(f.float())
-        return TrainOutput(mse + self.l1_coeff * l1, mse, (l1,), fires(f), l0(f))
+        return TrainOutput(mse + self.l1_coeff * l1, mse, (l1,), fires(f), l0(f), x_hat)
 
     @torch.no_grad()
     def before_step(self) -> None:

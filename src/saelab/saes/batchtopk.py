@@ -83,7 +83,7 @@ class BatchTopK(TopK):
                 if live.numel():
                     self.theta_sum += live.min().double()
                     self.theta_n += 1
-        return TrainOutput(mse + self.aux_coeff * auxk, mse, (auxk,), fires(f), l0(f))
+        return TrainOutput(mse + self.aux_coeff * auxk, mse, (auxk,), fires(f), l0(f), x_hat)
 
     @torch.no_grad()
     def finish_training_(self, average=lambda t: t) -> None:

@@ -190,12 +190,13 @@ class JumpReLU(FreeDecoderMixin, SAE):
         pre = self.pre_acts(x)
         theta = self.theta()
         f = JumpReLUFn.apply(pre, theta, self.bandwidth)
-        mse = mse_loss(self.decode(f).float(), x)
+        x_hat = self.decode(f)
+        mse = mse_loss(x_hat.float(), x)
         if self.sparsity == "step":
             penalty = StepFn.apply(pre, theta, self.bandwidth).sum(-1).mean()
         else:
             penalty = torch.tanh(self.tanh_scale * f * self.W_dec.norm(dim=-1)).sum(-1).mean()
-        return TrainOutput(mse + self.l0_coeff * penalty, mse, (penalty,), fires(f), l0(f))
+        return TrainOutput(mse + self.l0_coeff * penalty, mse, (penalty,), fires(f), l0(f), x_hat)
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -63,10 +63,11 @@ class StandardApril(SAE):
 
     def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
         f = self.encode(x)
-        mse = mse_loss(self.decode(f).float(), x)
+        x_hat = self.decode(f)
+        mse = mse_loss(x_hat.float(), x)
         l1w = (f.float() * self.W_dec.norm(dim=-1)).sum(-1).mean()
         warm = min(1.0, progress / self.l1_warmup_frac) if self.l1_warmup_frac > 0 else 1.0
-        return TrainOutput(mse + self.l1_coeff * warm * l1w, mse, (l1w,), fires(f), l0(f))
+        return TrainOutput(mse + self.l1_coeff * warm * l1w, mse, (l1w,), fires(f), l0(f), x_hat)
 
     @torch.no_grad()
     def before_step(self) -> None:

@@ -288,7 +288,7 @@ class TopK(FreeDecoderMixin, SAE):
         fired = torch.zeros(self.d_sae, device=x.device).index_add_(
             0, idx[live], torch.ones(int(live.sum()), device=x.device)
         )
-        return TrainOutput(mse + self.aux_coeff * auxk, mse, (auxk,), fired, live.sum(-1).float().mean())
+        return TrainOutput(mse + self.aux_coeff * auxk, mse, (auxk,), fired, live.sum(-1).float().mean(), x_hat)
 
     @torch.no_grad()
     def observe_(self, fired: torch.Tensor, n_tokens: int) -> None:

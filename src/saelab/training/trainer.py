@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -75,6 +76,7 @@ class TrainState:
     steps_in_sums: int = 0  # steps accumulated in the logged sums since the last log row
     seconds: float = 0.0
     input_scale: float = 1.0  # sae.normalize_activations: x is multiplied by this while training
+    tokens: int = 0  # tokens the SAE has seen (step x batch_size, except under a functional loss: covered positions)
 
 
 def train_step(
@@ -87,6 +89,7 @@ def train_step(
     check: bool = True,
     progress: float = 0.0,
     probes: tuple = (),
+    objective=None,
 ) -> tuple:
     """One optimiser step: (loss, mse, terms, fired, l0, bad). ``forward`` is the DDP wrapper of ``sae``
     (or its compiled form); the architecture supplies the loss and the gradient surgery around the step.
@@ -95,23 +98,27 @@ def train_step(
     CPU). Without it the caller accumulates the returned ``bad`` flag on the device and reads it
     every ``log_every`` steps, so an accelerator never waits on the host in the hot loop.
     ``probes`` (objects with the Probe interface, e.g. research.questions.probes) may add loss terms and act
-    around the step; none by default.
+    around the step; none by default. ``objective(out) -> (loss, extra terms)`` replaces the architecture's loss
+    (a functional loss, saelab.training.objective); its terms follow the architecture's in the returned ``terms``.
     """
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         out = (sae if forward is None else forward)(x, train=True, progress=progress)
-    bad = ~torch.isfinite(out.loss)
+    loss, own = (out.loss, []) if objective is None else objective(out)
+    terms = [*out.terms, *own]
+    bad = ~torch.isfinite(loss)
     if check and bad:
+        names = (*sae.TERMS, *getattr(objective, "TERMS", ()))
         raise NonFinite(
             f"non-finite SAE loss at step {step} (mse={out.mse.item()}, "
-            + ", ".join(f"{n}={t.item()}" for n, t in zip(sae.TERMS, out.terms))
+            + ", ".join(f"{n}={t.item()}" for n, t in zip(names, terms))
             + "); training stopped before updating the weights, the last checkpoint is kept. "
             "Lower sae.lr or check the activation cache"
         )
-    loss = out.loss
+    total = loss
     for p in probes:
         if (extra := p.loss(sae)) is not None:
-            loss = loss + extra
-    loss.backward()
+            total = total + extra
+    total.backward()
     for p in probes:
         p.before_step(sae)
     sae.before_step()
@@ -121,9 +128,9 @@ def train_step(
     for p in probes:
         p.after_step(sae)
     return (
-        out.loss.detach(),
+        loss.detach(),
         out.mse.detach(),
-        [t.detach() for t in out.terms],
+        [t.detach() for t in terms],
         out.fired.detach(),
         out.l0.detach(),
         bad,
@@ -147,6 +154,8 @@ class Trainer:
         device: torch.device,
         ultra_low_threshold: float = EvaluateConfig().ultra_low_threshold,
         probes: tuple = (),
+        objective=None,
+        from_trained: bool = False,
     ):
         if sae.architecture != cfg.architecture or sae.arch_params() != cfg.arch_params():
             raise InputError(
@@ -160,6 +169,14 @@ class Trainer:
                 "training probes (questions/) keep state that checkpoints and DDP do not carry; "
                 "set sae.checkpoint_every: 0 and train in one process"
             )
+        self.from_trained = from_trained  # a fine-tune: no data-dependent initialisation at step 0
+        self.objective = objective  # saelab.training.objective.Functional: batches are prompts, not activations
+        if objective is not None and (self.probes or dist.is_initialized()):
+            raise InputError(
+                f"sae.loss: {cfg.loss} trains in one process without probes (its LM passes are not split across "
+                "ranks); run it without torchrun, or set sae.loss: mse"
+            )
+        self.terms = (*sae.TERMS, *(objective.TERMS if objective is not None else ()))
         self.resample_mode = cfg.resample_mode()
         self.ultra_low = ultra_low_threshold  # evaluate.ultra_low_threshold, for the training curve only
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -185,7 +202,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.state = TrainState()
         self.fired = torch.zeros(sae.d_sae, device=device)  # fires since the window opened
-        self.sums = torch.zeros(3 + len(sae.TERMS), device=device)  # loss, mse, l0, *TERMS since the last log
+        self.sums = torch.zeros(3 + len(self.terms), device=device)  # loss, mse, l0, *TERMS since the last log
 
     # ------------------------------------------------------------ across ranks
 
@@ -252,14 +269,18 @@ class Trainer:
         local = cfg.batch_size // self.world
         self.checked = st.step
         for step in range(st.step, sched.n_steps):
-            x = next(batches)
+            x, ctx = next(batches), None
+            if self.objective is not None:  # a batch of prompts: the clean LM pass gives the SAE's inputs
+                x, ctx = self.objective.prepare(x.to(self.device))
+            n_batch = cfg.batch_size if ctx is None else len(x)  # tokens the SAE sees this step (all ranks)
             if self.check_each_step and not torch.isfinite(x).all():
                 lo = step * cfg.batch_size
                 raise NonFinite(f"non-finite activations in cache tokens [{lo}, {lo + len(x)}) at step {step}")
             if cfg.normalize_activations == "mean_norm" and step == 0:  # global batch: every rank gets the same s
                 st.input_scale = float((x.shape[-1] / x.float().pow(2).sum(-1).mean()).sqrt())
             if step == 0:  # the global batch, so every rank initialises alike
-                self.sae.init_from_data_(x.to(self.device).float() * st.input_scale)
+                if not self.from_trained:
+                    self.sae.init_from_data_(x.to(self.device).float() * st.input_scale)
                 for p in self.probes:
                     p.start(self.sae)
             x = x[self.rank * local : (self.rank + 1) * local].to(self.device, non_blocking=True).float()
@@ -279,14 +300,16 @@ class Trainer:
                 self.check_each_step,
                 step / sched.n_steps,
                 self.probes,
+                None if ctx is None else self._objective(ctx),
             )
             self.bad |= bad
             fired = self._sum(fired)
-            self.sae.observe_(fired, cfg.batch_size)
+            self.sae.observe_(fired, n_batch)
             for p in self.probes:
                 p.observe(fired, cfg.batch_size, (step + 1) * cfg.batch_size)
             self.fired += fired if self.rank == 0 else 0  # summed over ranks when read
-            st.window_tokens += cfg.batch_size
+            st.window_tokens += n_batch
+            st.tokens += n_batch
             self.sums += torch.stack([loss, mse, l0, *terms])
             st.steps_in_sums += 1
             done = st.step = step + 1
@@ -326,6 +349,12 @@ class Trainer:
             self.sae.fold_input_scale_(st.input_scale)  # the saved SAE reads raw activations
         return st
 
+    def _objective(self, ctx):
+        """train_step's ``objective`` for this step's prompts: the functional loss of the SAE's output."""
+        fn = partial(self.objective.loss, batch=ctx, input_scale=self.state.input_scale)
+        fn.TERMS = self.objective.TERMS  # names of its terms, for the NaN message
+        return fn
+
     def _raise_if_bad(self, done: int) -> None:
         """Read the device-side NaN/inf flag (one host sync every ``log_every`` steps)."""
         if self._sum(self.bad.int()).item():
@@ -350,7 +379,7 @@ class Trainer:
         return {
             "loss": loss_m,
             "mse": mse_m,
-            **dict(zip(self.sae.TERMS, terms)),
+            **dict(zip(self.terms, terms)),
             "l0": l0_m,
             "lr": self.opt.param_groups[0]["lr"],
             "frac_dead_window": (fired == 0).float().mean().item(),

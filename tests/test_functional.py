@@ -1,0 +1,174 @@
+"""Functional losses (sae.loss: kl | kl_ds): the KL and downstream MSE by hand on the tiny LM, an identity splice
+costs nothing, gradients reach the SAE and never the LM, and bad combinations are refused before any work."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from saelab.config import FunctionalParams, SAEConfig
+from saelab.data.lm import load_lm
+from saelab.errors import InputError
+from saelab.registry import build
+from saelab.saes import BUILTINS as ARCHITECTURES
+from saelab.saes.base import TrainOutput
+from saelab.training.objective import Functional, prompt_batches
+from saelab.training.trainer import Trainer
+
+HOOK = "blocks.0.mlp.hook_post"
+
+
+def _functional(tiny_lm, loss="kl", **weights):
+    lm = load_lm(tiny_lm[0], torch.device("cpu"))
+    return lm, Functional(lm.model, HOOK, 0, 1, loss, FunctionalParams(**weights), lm.bos_token_id)
+
+
+def _weight(model, suffix):
+    return next(p for n, p in model.named_parameters() if n.endswith(suffix)).detach()
+
+
+def _out(x_hat, loss=0.0, mse=0.0):
+    z = torch.zeros(())
+    return TrainOutput(torch.tensor(loss), torch.tensor(mse), (z,), z, z, x_hat)
+
+
+def _prepared(lm, fn, rows, n=4):
+    tokens = torch.from_numpy(rows[:n].astype(np.int64))
+    x, batch = fn.prepare(tokens)
+    got = {}
+    lm.model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_post", lambda t, hook: got.setdefault("r", t))])
+    return x, batch, got["r"].detach()  # the clean residual stream, from a pass of its own
+
+
+def test_kl_and_downstream_mse_equal_a_hand_computation(tiny_lm):
+    lm, fn = _functional(tiny_lm, "kl_ds", kl_coeff=2.0, mse_coeff=0.5, ds_coeff=3.0)
+    x, batch, resid_clean = _prepared(lm, fn, tiny_lm[1])
+    assert fn.sites == ["blocks.0.hook_resid_post"]
+    assert batch.covered.sum() == batch.covered.numel() - (batch.tokens == lm.bos_token_id).sum() > 0
+    torch.testing.assert_close(x, batch.acts[batch.tokens != lm.bos_token_id])
+    x_hat = x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    loss, (kl, ds) = fn.loss(_out(x_hat, loss=1.25, mse=1.0), batch)
+
+    # by hand: the MLP's output moves by (x̂ − x) W_outᵀ at covered positions, then the final LayerNorm and unembed
+    delta = torch.zeros_like(batch.acts)
+    delta[batch.covered] = x_hat - x
+    resid = resid_clean + delta @ _weight(lm.model, "fc_out._original_component.weight").T
+    normed = F.layer_norm(resid, (resid.shape[-1],), _weight(lm.model, "ln_out._original_component.weight"),
+                          _weight(lm.model, "ln_out._original_component.bias"), eps=1e-5)  # fmt: skip
+    logits = normed @ _weight(lm.model, "head._original_component.weight").T
+    clean = batch.log_probs  # the clean run's, checked against the clean logits below
+    with torch.no_grad():
+        torch.testing.assert_close(clean, lm.model(batch.tokens).float().log_softmax(-1), rtol=1e-5, atol=1e-5)
+    kl_hand = F.kl_div(logits.log_softmax(-1), clean, log_target=True, reduction="none").sum(-1)
+    kl_hand = kl_hand[batch.covered].mean()
+    ds_hand = (resid - resid_clean).pow(2).sum(-1)[batch.covered].mean()
+    torch.testing.assert_close(kl, kl_hand, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ds, ds_hand, rtol=1e-4, atol=1e-6)
+    assert kl > 1e-4 and ds > 1e-3  # the splice moved something
+    # 2 KL + the architecture's own terms (1.25 − 1.0) + 0.5 MSE + 3 downstream MSE
+    torch.testing.assert_close(loss, 2 * kl_hand + 0.25 + 0.5 * 1.0 + 3 * ds_hand, rtol=1e-4, atol=1e-6)
+
+
+def test_an_identity_splice_costs_nothing(tiny_lm):
+    lm, fn = _functional(tiny_lm, "kl_ds")
+    x, batch, _ = _prepared(lm, fn, tiny_lm[1])
+    loss, (kl, ds) = fn.loss(_out(x.clone()), batch)
+    assert abs(kl.item()) < 1e-6 and abs(ds.item()) < 1e-8 and abs(loss.item()) < 1e-6
+
+
+def test_input_scale_is_undone_before_the_splice(tiny_lm):
+    """The trainer's x̂ is in s · x units (normalize_activations); the LM must see x̂ / s."""
+    lm, fn = _functional(tiny_lm)
+    x, batch, _ = _prepared(lm, fn, tiny_lm[1])
+    _, (kl,) = fn.loss(_out(3.0 * x), batch, input_scale=3.0)
+    assert abs(kl.item()) < 1e-6
+
+
+def _kl_cfg(arch, **kw):
+    params = {
+        "topk": {"k": 4, "dead_tokens": 2000},
+        "batchtopk": {"k": 4, "dead_tokens": 2000},
+        "jumprelu": {"l0_coeff": 1e-3, "threshold_init": 0.01},
+    }
+    base = dict(architecture=arch, expansion=2, l1_coeff=1e-3, lr=3e-3, batch_size=64, n_tokens=64 * 25,
+                lr_warmup_tokens=0, log_every=5, checkpoint_every=0, source="stream", loss="kl",
+                resample="none")  # fmt: skip
+    if arch in params:
+        base[arch] = params[arch]
+    return SAEConfig(**(base | kw))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_architecture_trains_on_kl_and_the_lm_never_moves(arch, tiny_lm):
+    lm, fn = _functional(tiny_lm)
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    cfg = _kl_cfg(arch)
+    sae = build(cfg, 64, seed=0)
+    w0 = sae.W_enc.detach().clone()
+    rows_logged = []
+    trainer = Trainer(sae, cfg, torch.device("cpu"), objective=fn)
+    trainer.run(
+        lambda skip: prompt_batches(tiny_lm[1], cfg.batch_size // 16, 0, skip), lambda s, r: rows_logged.append(r)
+    )
+    assert not torch.equal(sae.W_enc.detach(), w0), "the SAE did not move"
+    for n, p in lm.model.named_parameters():
+        assert p.grad is None and not p.requires_grad, n
+        assert torch.equal(p.detach(), before[n]), f"the LM's {n} moved"
+    assert all(np.isfinite(r["kl"]) for r in rows_logged) and "kl" in rows_logged[-1]
+    assert rows_logged[-1]["kl"] < rows_logged[0]["kl"], (rows_logged[0]["kl"], rows_logged[-1]["kl"])
+    # a step sees the covered positions of batch_size // n_ctx prompts (BOS left out), not batch_size tokens
+    seen = sum(int((b != lm.bos_token_id).sum()) for _, b in zip(range(25), prompt_batches(tiny_lm[1], 4, 0)))
+    assert trainer.state.tokens == seen < 25 * 64
+
+
+def test_prompt_batches_are_seeded_whole_prompts_and_resume_in_place():
+    rows = np.arange(10 * 4).reshape(10, 4)
+    a = [b.clone() for _, b in zip(range(7), prompt_batches(rows, 3, seed=1))]
+    assert all(b.shape == (3, 4) and b.dtype == torch.int64 for b in a)
+    first_pass = torch.cat(a[:3])[:, 0] // 4
+    assert len(first_pass.unique()) == 9  # 3 batches of 3 distinct prompts, the tenth left for the pass's end
+    assert not torch.equal(a[0], a[3])  # a new order each pass
+    resumed = [b for _, b in zip(range(3), prompt_batches(rows, 3, seed=1, skip_steps=4))]
+    for x, y in zip(a[4:], resumed):
+        assert torch.equal(x, y)
+
+
+def test_bad_combinations_are_refused_with_the_fix(tiny_lm):
+    with pytest.raises(ValueError, match="set sae.source: stream"):
+        SAEConfig(loss="kl")  # the cache has no LM in it
+    with pytest.raises(InputError, match="not a functional loss"):
+        Functional(None, HOOK, 0, 1, "mse", FunctionalParams(), None)
+    lm, fn = _functional(tiny_lm)
+    cfg = _kl_cfg("standard")
+
+    class Probe:
+        pass
+
+    with pytest.raises(InputError, match="without probes"):
+        Trainer(build(cfg, 64, seed=0), cfg, torch.device("cpu"), probes=(Probe(),), objective=fn)
+
+
+def test_a_batch_size_that_splits_prompts_is_refused_before_the_lm_loads(tiny_lm, tmp_path, monkeypatch):
+    from saelab.config import ActivationsConfig
+    from saelab.data import stream
+    from saelab.data.tokens import write_rows
+
+    write_rows(tmp_path / "train.parquet", tiny_lm[1])
+    monkeypatch.setattr("saelab.data.lm.load_lm", lambda *a: pytest.fail("the LM loaded before the check"))
+    cfg = _kl_cfg("standard", batch_size=60)
+    with pytest.raises(InputError, match="multiple of the prompts' 16 tokens"):
+        stream.open_data(cfg, ActivationsConfig(), torch.device("cpu"), tmp_path, tiny_lm[0], tmp_path)
+
+
+def test_an_architecture_without_x_hat_is_told_how_to_add_it(tiny_lm):
+    lm, fn = _functional(tiny_lm)
+    x, batch, _ = _prepared(lm, fn, tiny_lm[1])
+    with pytest.raises(InputError, match=r"TrainOutput\(\.\.\., x_hat\)"):
+        fn.loss(_out(None), batch)
+
+
+def test_mse_configs_dump_as_before():
+    """SAEs and checkpoints of MSE runs keep their train_params: the functional keys appear only when used."""
+    assert "loss" not in SAEConfig().model_dump() and "functional" not in SAEConfig().model_dump()
+    dumped = SAEConfig(loss="kl", source="stream").model_dump()
+    assert dumped["loss"] == "kl" and dumped["functional"] == FunctionalParams().model_dump()
