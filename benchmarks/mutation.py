@@ -203,6 +203,7 @@ def summarise(rows: list[dict], modules: list[str]) -> dict:
         for scope, keep in (("all", lambda r: True), ("critical", lambda r: bool(CRITICAL.search(r["function"])))):
             mine = [r for r in rows if r["module"] == m and keep(r)]
             c = Counter(r["status"] for r in mine)
+            c["killed"] += c.pop("segfault", 0)  # the mutant crashed the test process: the suite fails, it is caught
             live = len(mine) - c["equivalent"]
             out.setdefault(m, {})[scope] = {
                 "mutants": len(mine),
@@ -241,7 +242,7 @@ def report(summary: dict, rows: list[dict], seconds: float, machine: str, jobs: 
             f"| {c['mutants'] - c['killed'] - c['equivalent']} | {cscore} |\n"
         )
     tail = "\n## Survivors and untested mutants\n\n"
-    left = [r for r in rows if r["status"] not in ("killed", "equivalent")]
+    left = [r for r in rows if r["status"] not in ("killed", "segfault", "equivalent")]
     tail += "".join(f"- `{r['module']}` `{r['function']}` ({r['status']}): `{r.get('mutation', '')}`\n" for r in left)
     tail += "\n## Equivalent mutants\n\n"
     tail += "".join(

@@ -187,6 +187,22 @@ def test_log_theta_inference_folds_resampling_and_export_by_hand():
     assert any(p is sae.log_threshold for p, _ in touched)
 
 
+def test_log_theta_folds_in_the_parameters_dtype():
+    """A float64 SAE folds log θ in float64: θ / s and θ · n to float64 precision, by hand in float64 (a log taken
+    in float32 would be off by ~1e-8 relative; s and n are not float32 numbers)."""
+    sae, _ = _log_jumprelu()
+    sae.double()
+    theta = torch.tensor([0.05, 0.3, 0.1], dtype=torch.float64)
+    with torch.no_grad():
+        sae.log_threshold.copy_(theta.log())
+    s = 3.000000123456789
+    sae.fold_input_scale_(s)
+    torch.testing.assert_close(sae.theta().detach(), theta / s, rtol=1e-14, atol=0)
+    n = torch.tensor([1.000000123456789, 2.5, 0.7000000987654321], dtype=torch.float64)
+    sae.scale_theta_(n)
+    torch.testing.assert_close(sae.theta().detach(), theta / s * n, rtol=1e-14, atol=0)
+
+
 def test_log_theta_saves_its_choice_and_loads_back(tmp_path):
     """A log-θ SAE's config carries ``theta_param: log`` (a raw one's omits it, as before the option existed);
     loading rebuilds the same θ."""
