@@ -1662,3 +1662,29 @@ def test_topk_sparse_step_keeps_one_pre_activation_buffer_on_cpu_without_autocas
     with torch.autocast("cpu", dtype=torch.bfloat16):
         sae(x, train=True)
     assert "pre" not in sae._workspace
+
+
+@pytest.mark.parametrize("arch", ["standard", "standard_april", "topk", "batchtopk", "jumprelu"])
+def test_train_forward_returns_the_reconstruction_its_mse_is_of(arch):
+    """TrainOutput.x_hat (what a functional loss splices into the LM) is the reconstruction of the training code:
+    its MSE by hand is the returned mse, and it is the inference decoder applied to the training activations, written
+    out for BatchTopK (the batch's top k·B pre-activations; the others train on their inference activations)."""
+    from saelab.registry import REGISTRY
+
+    kw = {"topk": {"k": 3}, "batchtopk": {"k": 3}, "jumprelu": {"threshold_init": 0.05}}.get(arch, {})
+    sae = REGISTRY[arch](6, 10, seed=0, **kw)
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        sae.b_enc.add_(0.3)  # ReLU / JumpReLU latents that fire
+        out = sae(x, train=True, progress=0.0)
+        if arch == "batchtopk":
+            pre = sae.pre_acts(x)
+            flat = pre.relu().flatten()
+            keep = torch.zeros_like(flat).scatter_(0, flat.topk(3 * 8).indices, 1.0).view_as(pre)
+            f = pre.relu() * keep
+        else:
+            f = sae.encode(x)
+        x_hat = sae.decode(f)  # the inference decoder (free decoders divide by the row norms there)
+    assert out.x_hat is not None and (f > 0).any()
+    torch.testing.assert_close(out.x_hat, x_hat, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.mse, ((x_hat - x) ** 2).sum(-1).mean(), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,285 @@
+"""The CE frontier of MSE-trained, KL-trained and KL-fine-tuned SAEs on the same prompts (docs/metrics.md,
+"Functional training"; issue: functional training).
+
+    python benchmarks/functional.py [--n-tokens 307200] [--d-sae 2048] [--batch-size 2048] [--lr 3e-3] \
+        [--ft-frac 0.1] [--ft-lr 3e-4] [--work /tmp/functional-work] [--out benchmarks/results/functional_cpu]
+    # GPU budget (if you have one): --n-tokens 1900000 --d-sae 16384 --batch-size 4096 --ce-tokens 131072
+
+Per architecture (``GRID``: standard_april, TopK, JumpReLU) and value of its sparsity knob, three SAEs, every one
+trained from the LM through the stream (``sae.source: stream``: the train split's prompts, the LM in the process):
+
+- ``mse``: the architecture's MSE loss (the activation stream's shuffle buffer);
+- ``kl``: ``sae.loss: kl`` from scratch (whole prompts, the knob on its own scale: KL is in nats);
+- ``mse+ft``: the ``mse`` SAE fine-tuned on KL + balanced MSE for ``--ft-frac`` of its tokens
+  (saelab.training.finetune, the ``finetune`` stage's recipe).
+
+Same width, batch, Adam, constant lr and seed for all; no resampling. Each SAE is scored by saelab's evaluate on
+held-out tokens (as benchmarks/frontier.py: the seeded eval sample, CE on its first ``--ce-tokens``). Throughput
+is tokens the SAE saw per second of training, on this machine, in this one run.
+
+Output: ``functional.json`` (every run), ``functional.md`` (table, goals, hardware), ``functional_ce.png``,
+``functional_mse.png``, ``functional_alive.png`` (against L0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from frontier import at_l0, eval_context, score  # noqa: E402
+from reader import cpu_model  # noqa: E402
+
+import saelab.saes  # noqa: E402, F401  (registers the built-in architectures)
+from saelab import registry  # noqa: E402
+from saelab.config import FinetuneConfig, SAEConfig, load_params  # noqa: E402
+from saelab.data.stream import open_data  # noqa: E402
+from saelab.registry import build  # noqa: E402
+from saelab.saes.base import SAE  # noqa: E402
+from saelab.training.finetune import balanced_mse_coeff, finetune_config  # noqa: E402
+from saelab.training.trainer import Trainer  # noqa: E402
+
+# architecture -> (fixed settings, knob values for the MSE loss, knob values for KL). TopK's k means the same under
+# both losses; the L1 / L0 coefficients multiply a penalty that KL (nats, ~0.1) weighs far less than the MSE (tens).
+GRID = {
+    "standard_april": ({}, [1.0, 2.0, 4.0], [0.003, 0.01, 0.03]),
+    "topk": ({}, [16, 32, 64], [16, 32, 64]),
+    "jumprelu": ({"sparsity": "tanh"}, [0.1, 0.3, 1.0], [0.001, 0.003, 0.01]),
+}
+
+
+def config(args, arch: str, value, loss: str, fixed: dict) -> SAEConfig:
+    return SAEConfig(
+        architecture=arch,
+        d_sae=args.d_sae,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        n_tokens=args.n_tokens,
+        seed=args.seed,
+        lr_warmup_tokens=0,
+        lr_decay_frac=0.0,
+        checkpoint_every=0,
+        resample="none",
+        source="stream",
+        loss=loss,
+        stream_buffer_tokens=max(262_144, 2 * args.batch_size),
+        **registry.knob_params(arch, value, fixed),
+    )
+
+
+def train(args, cfg: SAEConfig, sae=None, from_trained=False) -> tuple[SAE, float, int]:
+    """(trained SAE, seconds, tokens it saw)."""
+    params = load_params(args.params)
+    data = open_data(cfg, params.activations, torch.device("cpu"), args.cache, args.lm, args.tokens)
+    sae = sae if sae is not None else build(cfg, data.d)
+    trainer = Trainer(sae, cfg, torch.device("cpu"), objective=data.objective, from_trained=from_trained)
+    st = trainer.run(lambda skip: data.batches(cfg.batch_size, skip))
+    return trainer.sae, st.seconds, st.tokens
+
+
+def finetune(args, cfg: SAEConfig, sae: SAE) -> tuple[SAE, float, int, float]:
+    params = load_params(args.params)
+    ft = FinetuneConfig(frac_tokens=args.ft_frac, lr=args.ft_lr)
+    probe = finetune_config(cfg, ft, 0.0)
+    data = open_data(probe, params.activations, torch.device("cpu"), args.cache, args.lm, args.tokens)
+    t0 = time.perf_counter()
+    coeff, _, _ = balanced_mse_coeff(sae, data.objective, next(data.batches(probe.batch_size, 0)))
+    balance_s = time.perf_counter() - t0
+    sae, seconds, tokens = train(args, finetune_config(cfg, ft, coeff), sae, from_trained=True)
+    return sae, seconds + balance_s, tokens, coeff
+
+
+def run_all(args, ctx) -> list[dict]:
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for arch, (fixed, mse_values, kl_values) in GRID.items():
+        if args.only and arch not in args.only:
+            continue
+        knob = registry.knob(arch)[1]
+        for loss, values in (("mse", mse_values), ("kl", kl_values)):
+            for value in values:
+                name = f"{arch}-{loss}-{value}"
+                cached = work / name / "result.json"
+                if cached.exists():
+                    rows += json.loads(cached.read_text())
+                    continue
+                cfg = config(args, arch, value, loss, fixed)
+                sae, seconds, tokens = train(args, cfg)
+                got = [{"arch": arch, "loss": loss, "knob": knob, "value": value, "train_tokens": tokens,
+                        "tokens_per_s": tokens / seconds, **score(sae, ctx)}]  # fmt: skip
+                sae.save(work / name / "sae", {"hook": ctx["hook"]})
+                if loss == "mse":
+                    ft, seconds, tokens, coeff = finetune(args, cfg, sae)
+                    got.append({"arch": arch, "loss": "mse+ft", "knob": knob, "value": value, "train_tokens": tokens,
+                                "tokens_per_s": tokens / seconds, "mse_coeff": coeff, **score(ft, ctx)})  # fmt: skip
+                    ft.save(work / name / "finetuned", {"hook": ctx["hook"]})
+                cached.write_text(json.dumps(got, indent=1))
+                rows += got
+                for r in got:
+                    line = f"{name} {r['loss']}: L0 {r['l0']:.1f} CE {r['ce_recovered_zero']:.4f} MSE {r['mse']:.2f}"
+                    print(f"{line} dead {r['frac_dead']:.3f} {r['tokens_per_s']:.0f} tok/s", flush=True)
+    return rows
+
+
+def goals(rows: list[dict]) -> dict:
+    by = {}
+    for r in rows:
+        by.setdefault((r["arch"], r["loss"]), []).append(r)
+    # 1. the fine-tune: CE gap (ce_sae - ce_clean = (1 - CE recovered) x the zero-ablation gap) before and after
+    ft = []
+    for r in rows:
+        if r["loss"] != "mse+ft":
+            continue
+        src = next(s for s in by[(r["arch"], "mse")] if s["value"] == r["value"])
+        reduction = 1 - (1 - r["ce_recovered_zero"]) / (1 - src["ce_recovered_zero"])
+        ft.append({"arch": r["arch"], "value": r["value"], "gap_reduction": reduction, "l0_ratio": r["l0"] / src["l0"],
+                   "met": reduction >= 0.5 and abs(r["l0"] / src["l0"] - 1) <= 0.05})  # fmt: skip
+    # 2. KL reaching each MSE run's CE recovered: the smallest L0 of any KL family at that CE (log-L0 interpolation)
+    reach = []
+    best = max((r for r in rows if r["loss"] == "mse"), key=lambda r: r["ce_recovered_zero"], default=None)
+    for target in [r for r in rows if r["loss"] == "mse"]:
+        l0s = []
+        for (arch, loss), fam in by.items():
+            if loss != "kl":
+                continue
+            pts = sorted((r["l0"], r["ce_recovered_zero"]) for r in fam)
+            for (a, ca), (b, cb) in zip(pts, pts[1:]):
+                if min(ca, cb) <= target["ce_recovered_zero"] <= max(ca, cb) and ca != cb:
+                    t = (target["ce_recovered_zero"] - ca) / (cb - ca)
+                    l0s.append((math.exp(math.log(a) + t * (math.log(b) - math.log(a))), arch))
+            l0s += [(r["l0"], arch) for r in fam if r["ce_recovered_zero"] >= target["ce_recovered_zero"]]
+        got = min(l0s, default=None)
+        reach.append({"arch": target["arch"], "value": target["value"], "ce": target["ce_recovered_zero"],
+                      "l0": target["l0"], "kl_l0": got[0] if got else None, "kl_arch": got[1] if got else None,
+                      "is_best_mse": target is best})  # fmt: skip
+    # 3. throughput: KL (and the fine-tune) against MSE from the stream, per architecture
+    speed = []
+    for arch in sorted({r["arch"] for r in rows}):
+        mean = {loss: float(np.mean([r["tokens_per_s"] for r in by.get((arch, loss), [])] or [np.nan]))
+                for loss in ("mse", "kl", "mse+ft")}  # fmt: skip
+        ratios = {"kl_over_mse": mean["kl"] / mean["mse"], "ft_over_mse": mean["mse+ft"] / mean["mse"]}
+        speed.append({"arch": arch, **{f"{k}_tokens_per_s": v for k, v in mean.items()}, **ratios})
+    # 4. at equal L0: KL vs MSE families' CE, MSE and alive share
+    equal = []
+    for r in rows:
+        if r["loss"] != "kl" or (r["arch"], "mse") not in by:
+            continue
+        mse_fam = by[(r["arch"], "mse")]
+        equal.append({"arch": r["arch"], "value": r["value"], "l0": r["l0"], "kl_ce": r["ce_recovered_zero"],
+                      "mse_ce": at_l0(mse_fam, r["l0"], "ce_recovered_zero"), "kl_mse": r["mse"],
+                      "mse_mse": at_l0(mse_fam, r["l0"], "mse"), "kl_alive": 1 - r["frac_dead"],
+                      "mse_alive": at_l0(mse_fam, r["l0"], "frac_dead")})  # fmt: skip
+        if equal[-1]["mse_alive"] is not None:
+            equal[-1]["mse_alive"] = 1 - equal[-1]["mse_alive"]
+    return {"finetune": ft, "kl_reach": reach, "throughput": speed, "equal_l0": equal}
+
+
+def fmt(v, spec=".4g"):
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def write_outputs(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "functional.json").write_text(json.dumps(report, indent=1))
+    rows, g = report["runs"], report["goals"]
+    cols = ("arch", "loss", "knob", "value", "l0", "ce_recovered_zero", "mse", "explained_variance", "frac_dead",
+            "frac_ultra_low", "train_tokens", "tokens_per_s")  # fmt: skip
+    lines = [
+        f"Hardware: {report['hardware']}. Each SAE: {report['n_tokens']:,} training tokens from the stream (KL: "
+        f"the covered tokens of whole prompts), d_sae {report['d_sae']}, batch {report['batch_size']}, lr "
+        f"{report['lr']} constant, seed {report['seed']}; fine-tune: {report['ft_frac']:.0%} of that at lr "
+        f"{report['ft_lr']}, MSE weight balanced. Scored on {report['eval_tokens']:,} held-out tokens (CE on "
+        f"{report['ce_eval_tokens']:,}). Regenerate: `{report['command']}`.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|---" * len(cols) + "|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["arch"], r["loss"], r["l0"])):
+        lines.append("| " + " | ".join(fmt(r.get(c)) if not isinstance(r.get(c), str) else r[c] for c in cols) + " |")
+    lines += ["", "Goal 1, KL fine-tune (CE gap reduction >= 50% at L0 within ±5%):", ""]
+    lines += [f"- {x['arch']} {x['value']}: gap reduction {100 * x['gap_reduction']:.1f}%, L0 ratio "
+              f"{x['l0_ratio']:.3f} ({'met' if x['met'] else 'missed'})" for x in g["finetune"]]  # fmt: skip
+    lines += ["", "Goal 2, the smallest L0 at which a KL-trained SAE reaches each MSE run's CE recovered "
+              "(target: <= half the MSE run's L0 for the best MSE recipe):", ""]  # fmt: skip
+    lines += [f"- {x['arch']} {x['value']} (L0 {x['l0']:.1f}, CE recovered {x['ce']:.4f}"
+              f"{', the best MSE run' if x['is_best_mse'] else ''}): "
+              + (f"KL {x['kl_arch']} at L0 {x['kl_l0']:.1f} = {x['kl_l0'] / x['l0']:.2f}x" if x["kl_l0"] else
+                 "no KL run reaches it") for x in g["kl_reach"]]  # fmt: skip
+    lines += ["", "Goal 3, throughput (tokens the SAE saw per second; target KL >= 0.5x MSE from the stream):", ""]
+    lines += [f"- {x['arch']}: MSE {fmt(x['mse_tokens_per_s'], '.0f')}, KL {fmt(x['kl_tokens_per_s'], '.0f')} "
+              f"({fmt(x['kl_over_mse'], '.2f')}x), fine-tune {fmt(x['mse+ft_tokens_per_s'], '.0f')} "
+              f"({fmt(x['ft_over_mse'], '.2f')}x)" for x in g["throughput"]]  # fmt: skip
+    lines += ["", "At equal L0 (each KL run against its architecture's MSE family, interpolated in log L0):", ""]
+    lines += [f"- {x['arch']} {x['value']} at L0 {x['l0']:.1f}: CE recovered KL {x['kl_ce']:.4f} vs MSE "
+              f"{fmt(x['mse_ce'])}; MSE KL {x['kl_mse']:.2f} vs MSE {fmt(x['mse_mse'])}; alive KL "
+              f"{x['kl_alive']:.3f} vs MSE {fmt(x['mse_alive'], '.3f')}" for x in g["equal_l0"]]  # fmt: skip
+    (out / "functional.md").write_text("\n".join(lines) + "\n")
+    for key, name, label in (("ce_recovered_zero", "functional_ce.png", "CE loss recovered (zero ablation)"),
+                             ("mse", "functional_mse.png", "activation MSE (sum over dims)"),
+                             ("frac_dead", "functional_alive.png", "share of dead features")):  # fmt: skip
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (arch, loss), style in ((k, s) for k in sorted({(r["arch"], r["loss"]) for r in rows})
+                                    for s in [{"mse": "o-", "kl": "s--", "mse+ft": "^:"}[k[1]]]):  # fmt: skip
+            pts = sorted((r["l0"], r[key]) for r in rows if r["arch"] == arch and r["loss"] == loss)
+            ax.plot(*zip(*pts), style, label=f"{arch} {loss}")
+        ax.set_xscale("log")
+        ax.set_xlabel("L0 (held-out tokens)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cache", type=Path, default=Path("data/activations"), help="for evaluate's mean ablation only")
+    p.add_argument("--lm", type=Path, default=Path("models/lm"))
+    p.add_argument("--tokens", type=Path, default=Path("data/tokens"))
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--n-tokens", type=int, default=307_200)
+    p.add_argument("--d-sae", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ft-frac", type=float, default=0.1, help="fine-tune tokens as a share of --n-tokens")
+    p.add_argument("--ft-lr", type=float, default=3e-4)
+    p.add_argument("--eval-tokens", type=int, default=65_536)
+    p.add_argument("--ce-tokens", type=int, default=32_768)
+    p.add_argument("--only", nargs="*", help="architectures to run (default: all of GRID)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/functional-work"), help="runs kept here, reused")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/functional_cpu"))
+    args = p.parse_args()
+    ctx = eval_context(args)
+    rows = run_all(args, ctx)
+    report = {
+        "hardware": f"{cpu_model()}, {torch.get_num_threads()} torch threads, {platform.machine()}",
+        "command": "python benchmarks/functional.py " + " ".join(sys.argv[1:]),
+        **{k: getattr(args, k) for k in ("n_tokens", "d_sae", "batch_size", "lr", "seed", "ft_frac", "ft_lr")},
+        "eval_tokens": rows[0]["eval_tokens"] if rows else None,
+        "ce_eval_tokens": rows[0]["ce_eval_tokens"] if rows else None,
+        "runs": rows,
+    }
+    report["goals"] = goals(rows)
+    write_outputs(report, args.out)
+    print((args.out / "functional.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
