@@ -46,7 +46,7 @@ from saelab.config import FinetuneConfig, SAEConfig, load_params  # noqa: E402
 from saelab.data.stream import open_data  # noqa: E402
 from saelab.registry import build  # noqa: E402
 from saelab.saes.base import SAE  # noqa: E402
-from saelab.training.finetune import balanced_mse_coeff, finetune_config  # noqa: E402
+from saelab.training.finetune import balanced_weights, finetune_config, finetuned_copy  # noqa: E402
 from saelab.training.trainer import Trainer  # noqa: E402
 
 # architecture -> (fixed settings, knob values for the MSE loss, knob values for KL). TopK's k means the same under
@@ -90,13 +90,14 @@ def train(args, cfg: SAEConfig, sae=None, from_trained=False) -> tuple[SAE, floa
 def finetune(args, cfg: SAEConfig, sae: SAE) -> tuple[SAE, float, int, float]:
     params = load_params(args.params)
     ft = FinetuneConfig(frac_tokens=args.ft_frac, lr=args.ft_lr)
-    probe = finetune_config(cfg, ft, 0.0)
+    probe = finetune_config(cfg, ft, 1.0, 0.0)
     data = open_data(probe, params.activations, torch.device("cpu"), args.cache, args.lm, args.tokens)
     t0 = time.perf_counter()
-    coeff, _, _ = balanced_mse_coeff(sae, data.objective, next(data.batches(probe.batch_size, 0)))
+    w = balanced_weights(sae, data.objective, next(data.batches(probe.batch_size, 0)))
     balance_s = time.perf_counter() - t0
-    sae, seconds, tokens = train(args, finetune_config(cfg, ft, coeff), sae, from_trained=True)
-    return sae, seconds + balance_s, tokens, coeff
+    ft_cfg = finetune_config(cfg, ft, w["kl_coeff"], w["mse_coeff"])
+    sae, seconds, tokens = train(args, ft_cfg, finetuned_copy(sae, ft_cfg), from_trained=True)
+    return sae, seconds + balance_s, tokens, w["kl_coeff"]
 
 
 def run_all(args, ctx) -> list[dict]:
@@ -122,7 +123,7 @@ def run_all(args, ctx) -> list[dict]:
                 if loss == "mse":
                     ft, seconds, tokens, coeff = finetune(args, cfg, sae)
                     got.append({"arch": arch, "loss": "mse+ft", "knob": knob, "value": value, "train_tokens": tokens,
-                                "tokens_per_s": tokens / seconds, "mse_coeff": coeff, **score(ft, ctx)})  # fmt: skip
+                                "tokens_per_s": tokens / seconds, "kl_coeff": coeff, **score(ft, ctx)})  # fmt: skip
                     ft.save(work / name / "finetuned", {"hook": ctx["hook"]})
                 cached.write_text(json.dumps(got, indent=1))
                 rows += got
@@ -185,6 +186,44 @@ def goals(rows: list[dict]) -> dict:
     return {"finetune": ft, "kl_reach": reach, "throughput": speed, "equal_l0": equal}
 
 
+def best_cosines(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``a`` its best cosine with any row of ``b``, and per row of ``b`` with any of ``a``."""
+    a, b = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12), b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    cos = a @ b.T
+    return cos.max(1).values, cos.max(0).values
+
+
+def overlap(rows: list[dict], work: Path, w_out: torch.Tensor | None) -> list[dict]:
+    """Decoder overlap of each KL run with its architecture's MSE run nearest in L0: per KL feature, the best cosine
+    with any MSE decoder row (unit rows; docs/metrics.md's best-match cosine, here across losses), its median and the
+    shares above 0.9 and 0.7; and the other way round. With ``w_out`` (the MLP's output matrix, when the hook is
+    mlp.hook_post) also in the space the LM reads the hook through: rows · W_outᵀ, where KL can see a direction."""
+    out = []
+    for r in rows:
+        if r["loss"] != "kl":
+            continue
+        mse = [m for m in rows if m["arch"] == r["arch"] and m["loss"] == "mse"]
+        if not mse:
+            continue
+        m = min(mse, key=lambda m: abs(math.log(m["l0"] / r["l0"])))
+        a, b = (SAE.load(work / f"{x['arch']}-{x['loss']}-{x['value']}" / "sae")[0].W_dec.detach() for x in (r, m))
+        kl_best, mse_best = best_cosines(a, b)
+        seen = {}
+        if w_out is not None:
+            kl_out, _ = best_cosines(a @ w_out.T, b @ w_out.T)
+            seen = {"kl_out_best_median": float(kl_out.median()),
+                    "kl_out_share_above_0.9": float((kl_out > 0.9).float().mean())}  # fmt: skip
+        out.append({"arch": r["arch"], "kl_value": r["value"], "kl_l0": r["l0"], "mse_value": m["value"],
+                    "mse_l0": m["l0"], "kl_best_median": float(kl_best.median()),
+                    "kl_share_above_0.9": float((kl_best > 0.9).float().mean()),
+                    "kl_share_above_0.7": float((kl_best > 0.7).float().mean()),
+                    "mse_best_median": float(mse_best.median()),
+                    "mse_share_above_0.7": float((mse_best > 0.7).float().mean()),
+                    "kl_frac_ultra_low": r["frac_ultra_low"], "mse_frac_ultra_low": m["frac_ultra_low"],
+                    "kl_frac_dense": r.get("frac_dense"), "mse_frac_dense": m.get("frac_dense"), **seen})  # fmt: skip
+    return out
+
+
 def fmt(v, spec=".4g"):
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
@@ -204,8 +243,8 @@ def write_outputs(report: dict, out: Path) -> None:
         f"Hardware: {report['hardware']}. Each SAE: {report['n_tokens']:,} training tokens from the stream (KL: "
         f"the covered tokens of whole prompts), d_sae {report['d_sae']}, batch {report['batch_size']}, lr "
         f"{report['lr']} constant, seed {report['seed']}; fine-tune: {report['ft_frac']:.0%} of that at lr "
-        f"{report['ft_lr']}, MSE weight balanced. Scored on {report['eval_tokens']:,} held-out tokens (CE on "
-        f"{report['ce_eval_tokens']:,}). Regenerate: `{report['command']}`.",
+        f"{report['ft_lr']}, weights balanced (KL x MSE0/(2 KL0) + MSE / 2). Scored on {report['eval_tokens']:,} "
+        f"held-out tokens (CE on {report['ce_eval_tokens']:,}). Regenerate: `{report['command']}`.",
         "",
         "| " + " | ".join(cols) + " |",
         "|---" * len(cols) + "|",
@@ -229,6 +268,17 @@ def write_outputs(report: dict, out: Path) -> None:
     lines += [f"- {x['arch']} {x['value']} at L0 {x['l0']:.1f}: CE recovered KL {x['kl_ce']:.4f} vs MSE "
               f"{fmt(x['mse_ce'])}; MSE KL {x['kl_mse']:.2f} vs MSE {fmt(x['mse_mse'])}; alive KL "
               f"{x['kl_alive']:.3f} vs MSE {fmt(x['mse_alive'], '.3f')}" for x in g["equal_l0"]]  # fmt: skip
+    lines += ["", "Decoder overlap, each KL run against its architecture's MSE run nearest in L0 (best-match cosine of "
+              "unit decoder rows; all features, dead ones included):", ""]  # fmt: skip
+    lines += [f"- {x['arch']} KL {x['kl_value']} (L0 {x['kl_l0']:.1f}) vs MSE {x['mse_value']} (L0 {x['mse_l0']:.1f}): "
+              f"KL features' best cosine median {x['kl_best_median']:.3f}, > 0.9 {100 * x['kl_share_above_0.9']:.1f}%, "
+              f"> 0.7 {100 * x['kl_share_above_0.7']:.1f}%; MSE features' median {x['mse_best_median']:.3f}, > 0.7 "
+              f"{100 * x['mse_share_above_0.7']:.1f}%; ultra-low KL {100 * x['kl_frac_ultra_low']:.1f}% vs MSE "
+              f"{100 * x['mse_frac_ultra_low']:.1f}%; dense KL {fmt(x['kl_frac_dense'], '.3f')} vs MSE "
+              f"{fmt(x['mse_frac_dense'], '.3f')}"
+              + (f"; through W_out: KL features' median {x['kl_out_best_median']:.3f}, > 0.9 "
+                 f"{100 * x['kl_out_share_above_0.9']:.1f}%" if "kl_out_best_median" in x else "")
+              for x in report.get("overlap", [])]  # fmt: skip
     (out / "functional.md").write_text("\n".join(lines) + "\n")
     for key, name, label in (("ce_recovered_zero", "functional_ce.png", "CE loss recovered (zero ablation)"),
                              ("mse", "functional_mse.png", "activation MSE (sum over dims)"),
@@ -277,6 +327,11 @@ def main() -> None:
         "runs": rows,
     }
     report["goals"] = goals(rows)
+    w_out = None
+    if ctx["hook"].endswith("mlp.hook_post"):  # the MLP's output matrix (d_model, d_mlp): how the LM reads the hook
+        w_out = next(p for n, p in ctx["model"].named_parameters() if n.endswith("fc_out._original_component.weight"))
+        w_out = w_out.detach()
+    report["overlap"] = overlap(rows, args.work, w_out)
     write_outputs(report, args.out)
     print((args.out / "functional.md").read_text())
 

@@ -17,7 +17,7 @@ from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.saes.base import SAE
 from saelab.stage import log, parser, run_stage, write_timing
 from saelab.training.checkpoint import Checkpointer
-from saelab.training.finetune import balanced_mse_coeff, finetune_config
+from saelab.training.finetune import finetune_config, finetuned_copy, weights
 from saelab.training.trainer import Trainer
 
 CE_KEYS = ("ce_clean", "ce_sae", "ce_zero_ablation")
@@ -32,27 +32,26 @@ def main() -> None:
     with run_stage("finetune", args) as params:
         ft, device = params.finetune, resolve_device(params.sae.device)
         sae, meta = SAE.load(args.sae, device)
-        probe = finetune_config(params.sae.model_copy(update={"seed": params.seeds[0]}), ft, 0.0)
-        if sae.architecture != probe.architecture or sae.arch_params() != probe.arch_params():
+        probe = finetune_config(params.sae.model_copy(update={"seed": params.seeds[0]}), ft, 1.0, 0.0)
+        if sae.architecture != params.sae.architecture or sae.arch_params() != params.sae.arch_params():
             raise InputError(
                 f"{args.sae} is a {sae.architecture} SAE with {sae.arch_params()}, not the one sae params describe "
-                f"({probe.architecture}, {probe.arch_params()}): rerun `dvc repro train` first"
+                f"({params.sae.architecture}, {params.sae.arch_params()}): rerun `dvc repro train` first"
             )
         data = open_data(probe, params.activations, device, args.activations, args.lm, args.tokens)
         first = next(data.batches(probe.batch_size, 0)).to(device)
-        if ft.mse_coeff == "balanced":
-            mse_coeff, kl0, mse0 = balanced_mse_coeff(sae, data.objective, first)
-        else:
-            mse_coeff, kl0, mse0 = ft.mse_coeff, None, None
-        cfg = finetune_config(params.sae.model_copy(update={"seed": params.seeds[0]}), ft, mse_coeff)
+        w = weights(ft, sae, data.objective, first)
+        cfg = finetune_config(
+            params.sae.model_copy(update={"seed": params.seeds[0]}), ft, w["kl_coeff"], w["mse_coeff"]
+        )
         data = open_data(cfg, params.activations, device, args.activations, args.lm, args.tokens)
-        trainer = Trainer(sae, cfg, device, params.evaluate.ultra_low_threshold, objective=data.objective,
-                          from_trained=True)  # fmt: skip
+        trainer = Trainer(finetuned_copy(sae, cfg), cfg, device, params.evaluate.ultra_low_threshold,
+                          objective=data.objective, from_trained=True)  # fmt: skip
         ckpt = Checkpointer(args.checkpoints, data.fingerprint, cfg.checkpoint_every)
         if (saved := ckpt.load()) is not None:
             trainer.restore(*saved)
-        log.info("fine-tuning %s on %s for %d tokens, lr %g, mse_coeff %.4g", args.sae, cfg.loss, cfg.n_tokens,
-                 cfg.lr, mse_coeff)  # fmt: skip
+        log.info("fine-tuning %s on %s for %d tokens, lr %g, KL x %.4g + MSE x %.4g", args.sae, cfg.loss, cfg.n_tokens,
+                 cfg.lr, w["kl_coeff"], w["mse_coeff"])  # fmt: skip
         live = Live(str(args.live), save_dvc_exp=False, dvcyaml=None)
 
         def log_row(step, row):
@@ -91,9 +90,7 @@ def main() -> None:
                 "ce_gap_finetuned": gap["finetuned"],
                 **{f"{name}_{k}": v for name, m in scored.items() for k, v in m.items()},
                 "loss": cfg.loss,
-                "mse_coeff": mse_coeff,
-                "kl_first_batch": kl0,
-                "mse_first_batch": mse0,
+                **w,
                 "finetune_tokens": state.tokens,
                 "finetune_share_of_train_tokens": state.tokens / params.sae.n_tokens,
                 "definitions": "docs/metrics.md, 'Functional training'; ce_gap = ce_sae - ce_clean (nats/token), "

@@ -147,7 +147,8 @@ def test_finetune_reads_the_source_sae_and_writes_its_own(repo):
     assert {f.name: f.read_bytes() for f in source.rglob("*") if f.is_file()} == before
     assert (repo / "models/finetune/sae.safetensors").read_bytes() != before["sae.safetensors"]
     m = json.loads((repo / "metrics/finetune.json").read_text())
-    assert m["loss"] == "kl" and m["mse_coeff"] > 0 and 0 < m["finetune_tokens"] <= 0.05 * 20480
+    assert m["loss"] == "kl" and m["mse_coeff"] == 0.5 and 0 < m["finetune_tokens"] <= 0.05 * 20480
+    assert abs(m["kl_coeff"] * m["kl_first_batch"] - m["mse_first_batch"] / 2) < 1e-6 * m["mse_first_batch"]
     assert m["source_ce_clean"] == m["finetuned_ce_clean"]  # the same eval tokens
     gap = m["finetuned_ce_sae"] - m["finetuned_ce_clean"]
     assert abs(m["ce_gap_reduction"] - (1 - gap / m["ce_gap_source"])) < 1e-9

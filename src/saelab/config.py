@@ -333,9 +333,11 @@ class FinetuneConfig(Section):
     """Adam's lr (fresh Adam state), constant, then a linear decay over ``lr_decay_frac``."""
     lr_decay_frac: float = Field(0.2, ge=0, le=1)
     mse_coeff: float | Literal["balanced"] = "balanced"
-    """Weight of the activation MSE beside KL. ``balanced``: KL / MSE of the source SAE on the first batch, so
-    both terms start equal and neither dominates; a number fixes it."""
+    """Weight of the activation MSE beside KL (weight ``kl_coeff``). ``balanced``: KL at MSE₀ / (2 KL₀) and MSE at
+    1/2 (the source SAE's KL and MSE on the first batch), so both terms start equal and together equal the MSE the
+    sparsity term was trained against; ``kl_coeff`` is then unused."""
     kl_coeff: float = Field(1.0, gt=0)
+    """Weight of KL when ``mse_coeff`` is a number."""
     ds_coeff: float = Field(1.0, ge=0)
     """``kl_ds``: weight of the downstream MSE (``sae.functional.ds_coeff``'s meaning)."""
 

@@ -2,8 +2,10 @@
 
 The fine-tune trains the SAE's own architecture and knobs (``sae``) on ``finetune.loss`` with the LM in the loop,
 for ``frac_tokens`` of ``sae.n_tokens``, from the trained weights (no data-dependent initialisation, no warm-ups,
-no resampling, fresh Adam at ``finetune.lr``). Its MSE weight is ``finetune.mse_coeff``, or with ``balanced`` the
-source SAE's KL / MSE on the first batch, so both terms start equal.
+no resampling, fresh Adam at ``finetune.lr``). Its weights are ``finetune.kl_coeff`` and ``finetune.mse_coeff``, or
+with ``mse_coeff: balanced`` MSE₀ / (2 KL₀) and 1/2 (KL₀, MSE₀: the source SAE's on the first batch): the two terms
+start equal and sum to the source's own MSE, so the sparsity penalty meets the reconstruction pressure it was
+trained against (a bare KL, ~0.2 nats beside an MSE of ~30, would let it collapse L0).
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ from __future__ import annotations
 import torch
 
 from saelab.config import FinetuneConfig, FunctionalParams, SAEConfig
+from saelab.registry import build
 from saelab.saes.base import SAE
 
 
-def finetune_config(sae_cfg: SAEConfig, ft: FinetuneConfig, mse_coeff: float) -> SAEConfig:
+def finetune_config(sae_cfg: SAEConfig, ft: FinetuneConfig, kl_coeff: float, mse_coeff: float) -> SAEConfig:
     """``sae``'s params for the fine-tune run: its architecture and knobs, the fine-tune's loss, length and lr."""
     raw = sae_cfg.model_dump()
     for section in raw.values():  # the SAE is trained: sparsity at full strength from the first step
         if isinstance(section, dict):
             section.update({k: v for k, v in (("l1_warmup_frac", 0.0), ("k_anneal_start", None)) if k in section})
-    weights = FunctionalParams(kl_coeff=ft.kl_coeff, mse_coeff=mse_coeff, ds_coeff=ft.ds_coeff)
+    weights = FunctionalParams(kl_coeff=kl_coeff, mse_coeff=mse_coeff, ds_coeff=ft.ds_coeff)
     return SAEConfig.model_validate(
         raw
         | {
@@ -37,14 +40,30 @@ def finetune_config(sae_cfg: SAEConfig, ft: FinetuneConfig, mse_coeff: float) ->
     )
 
 
+def finetuned_copy(sae: SAE, cfg: SAEConfig) -> SAE:
+    """A new SAE of ``cfg`` (the fine-tune's params: warm-ups off) holding ``sae``'s weights; ``sae`` is not touched.
+    Training-only buffers (TopK's dead counters, BatchTopK's threshold sums) start afresh, as in any run."""
+    new = build(cfg, sae.d_in, seed=0)
+    if new.d_sae != sae.d_sae:
+        raise ValueError(f"the fine-tune's width {new.d_sae} is not the source SAE's {sae.d_sae}")
+    new.load_state_dict(sae.state_dict())
+    return new.to(next(sae.parameters()).device)
+
+
+def weights(ft: FinetuneConfig, sae: SAE, objective, tokens: torch.Tensor) -> dict:
+    """The fine-tune's KL and MSE weights (``balanced_weights`` under ``mse_coeff: balanced``), with KL₀ and MSE₀."""
+    if ft.mse_coeff != "balanced":
+        return {"kl_coeff": ft.kl_coeff, "mse_coeff": ft.mse_coeff, "kl_first_batch": None, "mse_first_batch": None}
+    return balanced_weights(sae, objective, tokens)
+
+
 @torch.no_grad()
-def balanced_mse_coeff(sae: SAE, objective, tokens: torch.Tensor) -> tuple[float, float, float]:
-    """(kl_coeff · KL / MSE, KL, MSE) of ``sae`` on the prompts ``tokens``: the MSE weight at which the two terms of
-    the fine-tune's loss start equal."""
+def balanced_weights(sae: SAE, objective, tokens: torch.Tensor) -> dict:
+    """KL and MSE weights MSE₀ / (2 KL₀) and 1/2, from ``sae``'s KL₀ and MSE₀ on the prompts ``tokens``: both terms
+    start at MSE₀ / 2, their sum at the MSE loss the SAE was trained on."""
     x, batch = objective.prepare(tokens)
     out = sae(x, train=True, progress=0.0)  # progress 0: no training-only side effects (BatchTopK's θ window)
     _, (kl, *_) = objective.loss(out, batch)
     kl, mse = float(kl), float(out.mse)
-    if mse <= 0:  # a perfect reconstruction: KL is 0 too, any weight balances
-        return 0.0, kl, mse
-    return objective.w.kl_coeff * kl / mse, kl, mse
+    kl_coeff = mse / (2 * kl) if kl > 0 else 1.0  # KL 0 (a perfect splice): nothing to balance, KL at weight 1
+    return {"kl_coeff": kl_coeff, "mse_coeff": 0.5, "kl_first_batch": kl, "mse_first_batch": mse}
