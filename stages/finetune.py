@@ -16,7 +16,7 @@ from saelab.interop.saelens import export_saelens
 from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.saes.base import SAE
 from saelab.stage import log, parser, run_stage, write_timing
-from saelab.training.checkpoint import Checkpointer
+from saelab.training.checkpoint import Checkpointer, fingerprint
 from saelab.training.finetune import finetune_config, finetuned_copy, weights
 from saelab.training.trainer import Trainer
 
@@ -38,16 +38,27 @@ def main() -> None:
                 f"{args.sae} is a {sae.architecture} SAE with {sae.arch_params()}, not the one sae params describe "
                 f"({params.sae.architecture}, {params.sae.arch_params()}): rerun `dvc repro train` first"
             )
+        if meta["hook"] != params.activations.hook:
+            raise InputError(
+                f"{args.sae} was trained at {meta['hook']}, not activations.hook ({params.activations.hook}): "
+                "rerun `dvc repro train` first"
+            )
+        # every check on the inputs before the fine-tune, not after it
+        lm = load_lm(args.lm, device)
+        cache = ActivationCache(args.activations)
+        check_bos_policy(cache, params.activations.bos)
+        check_sae_width(sae.d_in, meta["hook"], lm.config["tl_config"], args.sae)
         data = open_data(probe, params.activations, device, args.activations, args.lm, args.tokens)
         first = next(data.batches(probe.batch_size, 0)).to(device)
-        w = weights(ft, sae, data.objective, first)
+        w = weights(ft, finetuned_copy(sae, probe), data.objective, first)  # warm-ups off, as trained
         cfg = finetune_config(
             params.sae.model_copy(update={"seed": params.seeds[0]}), ft, w["kl_coeff"], w["mse_coeff"]
         )
         data = open_data(cfg, params.activations, device, args.activations, args.lm, args.tokens)
         trainer = Trainer(finetuned_copy(sae, cfg), cfg, device, params.evaluate.ultra_low_threshold,
                           objective=data.objective, from_trained=True)  # fmt: skip
-        ckpt = Checkpointer(args.checkpoints, data.fingerprint, cfg.checkpoint_every)
+        source = fingerprint({"data": data.fingerprint}, args.sae / "sae.safetensors")  # a new source: start over
+        ckpt = Checkpointer(args.checkpoints, source, cfg.checkpoint_every)
         if (saved := ckpt.load()) is not None:
             trainer.restore(*saved)
         log.info("fine-tuning %s on %s for %d tokens, lr %g, KL x %.4g + MSE x %.4g", args.sae, cfg.loss, cfg.n_tokens,
@@ -70,10 +81,6 @@ def main() -> None:
             export_saelens(trainer.sae, tmp / "saelens", meta["hook"], args.model_name, data.n_ctx)
         ckpt.clear()
 
-        lm = load_lm(args.lm, device)
-        cache = ActivationCache(args.activations)
-        check_bos_policy(cache, params.activations.bos)
-        check_sae_width(sae.d_in, meta["hook"], lm.config["tl_config"], args.sae)
         rows = read_rows(args.tokens / "eval.parquet")
         exclude = excluded_token(lm, params.activations.bos)
         scored = {}

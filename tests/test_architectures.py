@@ -634,3 +634,17 @@ def test_log_theta_jumprelu_trains_resamples_every_feature_state_and_resumes(tmp
     full.sae.save(tmp_path, {"hook": "h"})
     back, _ = SAE.load(tmp_path)
     torch.testing.assert_close(back.theta(), full.sae.theta())
+    # one reinit resample by hand: log θ[idx] = ln(threshold_init) exactly, Adam's moments of that slice zeroed
+    from saelab.training.resample import resample_
+
+    sae = full.sae
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    sae(torch.randn(16, D), train=True).loss.backward()
+    opt.step()
+    dead = torch.zeros(W, dtype=torch.bool)
+    dead[[1, 5]] = True
+    assert resample_(sae, opt, dead, torch.randn(16, D), torch.Generator().manual_seed(0), mode="reinit") == 2
+    assert torch.equal(sae.log_threshold.detach()[dead], torch.full((2,), math.log(log["threshold_init"])))
+    moments = opt.state[sae.log_threshold]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert (moments[key][dead] == 0).all() and (moments[key][~dead] != 0).any(), key

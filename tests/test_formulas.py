@@ -1647,7 +1647,7 @@ def test_topk_sparse_step_under_bf16_autocast_is_the_dense_step(decoder):
     torch.testing.assert_close(out[True].terms[0], out[False].terms[0], rtol=2e-2, atol=0)
 
 
-def test_topk_sparse_step_keeps_one_pre_activation_buffer_on_cpu_without_autocast():
+def test_topk_sparse_step_keeps_one_pre_activation_buffer_on_cpu_without_autocast():  # a performance regression test
     """The sparse step's (B, d_sae) pre-activation buffer is allocated once and reused on the CPU in fp32
     (its reason: benchmarks/results/topk_speed_cpu.json), and not used under autocast (its matmul picks the dtype)."""
     from saelab.saes.topk import TopK

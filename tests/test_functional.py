@@ -12,7 +12,7 @@ from saelab.errors import InputError
 from saelab.registry import build
 from saelab.saes import BUILTINS as ARCHITECTURES
 from saelab.saes.base import TrainOutput
-from saelab.training.objective import Functional, prompt_batches
+from saelab.training.objective import Functional, downstream_hooks, prompt_batches
 from saelab.training.trainer import Trainer
 
 HOOK = "blocks.0.mlp.hook_post"
@@ -27,9 +27,10 @@ def _weight(model, suffix):
     return next(p for n, p in model.named_parameters() if n.endswith(suffix)).detach()
 
 
-def _out(x_hat, loss=0.0, mse=0.0):
+def _out(x_hat, loss=0.0, mse=0.0, aux=None):
     z = torch.zeros(())
-    return TrainOutput(torch.tensor(loss), torch.tensor(mse), (z,), z, z, x_hat)
+    aux = None if aux is None else torch.tensor(aux)
+    return TrainOutput(torch.tensor(loss), torch.tensor(mse), (z,), z, z, x_hat, aux)
 
 
 def _prepared(lm, fn, rows, n=4):
@@ -67,6 +68,31 @@ def test_kl_and_downstream_mse_equal_a_hand_computation(tiny_lm):
     assert kl > 1e-4 and ds > 1e-3  # the splice moved something
     # 2 KL + the architecture's own terms (1.25 − 1.0) + 0.5 MSE + 3 downstream MSE
     torch.testing.assert_close(loss, 2 * kl_hand + 0.25 + 0.5 * 1.0 + 3 * ds_hand, rtol=1e-4, atol=1e-6)
+    # AuxK (0.75 of the 1.25 here) is activation-space: it takes the MSE's weight 0.5, not weight 1
+    aux_loss, _ = fn.loss(_out(x_hat, loss=2.0, mse=1.0, aux=0.75), batch)
+    torch.testing.assert_close(aux_loss, 2 * kl_hand + 0.25 + 0.5 * (1.0 + 0.75) + 3 * ds_hand, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_auxk_is_reported_and_a_pure_kl_run_drops_it(arch, tiny_lm):
+    """TopK's AuxK (MSE-scale) reaches a functional loss only through mse_coeff: with mse_coeff 0 the loss is
+    KL alone even when dead latents exist; with mse_coeff 1 it adds MSE + aux_coeff x AuxK, both by hand."""
+    cfg = _kl_cfg(arch, **{arch: {"k": 4, "dead_tokens": 1, "aux_coeff": 0.5}})
+    sae = build(cfg, 64, seed=0)
+    sae.since_fired.fill_(10)  # every latent dead: AuxK is on
+    lm, fn = _functional(tiny_lm, mse_coeff=0.0)
+    x, batch, _ = _prepared(lm, fn, tiny_lm[1])
+    out = sae.train_forward(x, progress=0.5)
+    auxk = out.terms[0]
+    assert auxk > 0 and torch.equal(out.aux_mse, 0.5 * auxk) and torch.equal(out.loss, out.mse + out.aux_mse)
+    hand_auxk = F.mse_loss(sae.dense_aux_acts(sae.pre_acts(x), sae.since_fired > 0) @ sae.dec_rows(),
+                           (x - out.x_hat).detach(), reduction="none").sum(-1).mean()  # fmt: skip
+    torch.testing.assert_close(auxk, hand_auxk, rtol=1e-4, atol=1e-5)
+    kl_only, (kl,) = fn.loss(out, batch)
+    torch.testing.assert_close(kl_only, kl)
+    _, with_mse = _functional(tiny_lm, mse_coeff=1.0)
+    both, _ = with_mse.loss(out, batch)
+    torch.testing.assert_close(both, kl + out.mse + 0.5 * auxk, rtol=1e-5, atol=1e-5)
 
 
 def test_an_identity_splice_costs_nothing(tiny_lm):
@@ -138,12 +164,21 @@ def test_bad_combinations_are_refused_with_the_fix(tiny_lm):
         SAEConfig(loss="kl")  # the cache has no LM in it
     with pytest.raises(InputError, match="not a functional loss"):
         Functional(None, HOOK, 0, 1, "mse", FunctionalParams(), None)
+    with pytest.raises(InputError, match="no block after it"):  # the last block's resid_post: nothing downstream
+        Functional(None, "blocks.0.hook_resid_post", 0, 1, "kl_ds", FunctionalParams(), None)
+    later = ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
+    assert downstream_hooks("blocks.0.hook_resid_post", 0, 3) == later  # its own site left out
+    assert downstream_hooks("blocks.1.mlp.hook_post", 1, 3) == later
     lm, fn = _functional(tiny_lm)
     cfg = _kl_cfg("standard")
 
     class Probe:
         pass
 
+    with pytest.raises(InputError, match="needs a functional objective"):  # KL params, activation batches
+        Trainer(build(cfg, 64, seed=0), cfg, torch.device("cpu"))
+    with pytest.raises(InputError, match="needs no functional objective"):
+        Trainer(build(SAEConfig(), 64, seed=0), SAEConfig(), torch.device("cpu"), objective=fn)
     with pytest.raises(InputError, match="without probes"):
         Trainer(build(cfg, 64, seed=0), cfg, torch.device("cpu"), probes=(Probe(),), objective=fn)
 
@@ -172,3 +207,24 @@ def test_mse_configs_dump_as_before():
     assert "loss" not in SAEConfig().model_dump() and "functional" not in SAEConfig().model_dump()
     dumped = SAEConfig(loss="kl", source="stream").model_dump()
     assert dumped["loss"] == "kl" and dumped["functional"] == FunctionalParams().model_dump()
+
+
+def test_finetune_config_turns_warmups_off_and_keeps_a_batchtopk_threshold_window():
+    """The fine-tune trains at full sparsity from step 0; BatchTopK's θ window keeps the source's share when it
+    holds a fine-tune step, and widens to the whole fine-tune when it would hold none (a short fine-tune)."""
+    from saelab.config import FinetuneConfig
+    from saelab.training.finetune import finetune_config
+
+    src = SAEConfig(architecture="batchtopk", batch_size=64, n_tokens=64 * 400,
+                    batchtopk={"k": 4, "k_anneal_start": 32, "threshold_frac": 0.1})  # fmt: skip
+    long = finetune_config(src, FinetuneConfig(frac_tokens=0.25), 1.0, 0.5)  # 100 steps: 10 in the window
+    assert long.n_tokens == 64 * 100 and long.batchtopk.threshold_frac == 0.1
+    assert long.batchtopk.k_anneal_start is None and long.loss == "kl" and long.source == "stream"
+    assert long.resample == "none" and long.lr_warmup_tokens == 0 and long.functional.mse_coeff == 0.5
+    short = finetune_config(src, FinetuneConfig(frac_tokens=0.01), 1.0, 0.5)  # 4 steps: 0.1 x 4 holds none
+    assert short.n_tokens == 64 * 4 and short.batchtopk.threshold_frac == 1.0
+    april = finetune_config(SAEConfig(architecture="standard_april", batch_size=64, n_tokens=64 * 400),
+                            FinetuneConfig(frac_tokens=0.01), 2.0, 0.0)  # fmt: skip
+    assert april.standard_april.l1_warmup_frac == 0.0 and april.functional.kl_coeff == 2.0
+    with pytest.raises(InputError, match="normalize_activations: none"):
+        finetune_config(SAEConfig(normalize_activations="mean_norm"), FinetuneConfig(), 1.0, 0.5)

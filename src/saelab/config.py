@@ -108,7 +108,8 @@ class FunctionalParams(Section):
     kl_coeff: float = Field(1.0, gt=0)
     """Multiplies KL(clean ‖ spliced), nats per covered token."""
     mse_coeff: float = Field(0.0, ge=0)
-    """Multiplies the activation MSE at the SAE's own hook (0: KL alone, as Braun et al.'s e2e)."""
+    """Multiplies the activation MSE at the SAE's own hook and TopK's AuxK (an activation MSE too); 0: KL alone,
+    as Braun et al.'s e2e, and no AuxK."""
     ds_coeff: float = Field(1.0, ge=0)
     """``kl_ds``: multiplies the mean, over the downstream sites, of the MSE of the spliced run's residual
     stream against the clean run's (sum over dims, mean over covered tokens)."""

@@ -51,6 +51,7 @@ class TrainOutput(NamedTuple):
     fired: torch.Tensor  # (d_sae,) float: tokens of the batch on which each feature was active
     l0: torch.Tensor  # () mean active features per token
     x_hat: torch.Tensor | None = None  # (B, d_in) the reconstruction, in the graph (functional losses splice it)
+    aux_mse: torch.Tensor | None = None  # () the weighted activation-space terms inside loss (AuxK), or None
 
 
 class SAE(nn.Module):

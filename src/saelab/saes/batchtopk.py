@@ -83,7 +83,8 @@ class BatchTopK(TopK):
                 if live.numel():
                     self.theta_sum += live.min().double()
                     self.theta_n += 1
-        return TrainOutput(mse + self.aux_coeff * auxk, mse, (auxk,), fires(f), l0(f), x_hat)
+        aux = self.aux_coeff * auxk
+        return TrainOutput(mse + aux, mse, (auxk,), fires(f), l0(f), x_hat, aux)
 
     @torch.no_grad()
     def finish_training_(self, average=lambda t: t) -> None:

@@ -139,6 +139,8 @@ class TopKEncode(torch.autograd.Function):
         tokens = torch.arange(B, device=flat.device).repeat_interleave(kk)[order]
         with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state": its matmul is tested
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            # no invariant check: a latent both selected and in AuxK's set for one token is a repeated column
+            # in its row, which the check refuses and the product sums, as wanted
             G_t = torch.sparse_csr_tensor(crow, tokens, g.reshape(-1)[order], (d_sae, B), check_invariants=False)
         grad_W_enc = (G_t @ xc).T  # (d_in, d_sae)
         grad_b_enc = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat, g.reshape(-1))
@@ -288,7 +290,8 @@ class TopK(FreeDecoderMixin, SAE):
         fired = torch.zeros(self.d_sae, device=x.device).index_add_(
             0, idx[live], torch.ones(int(live.sum()), device=x.device)
         )
-        return TrainOutput(mse + self.aux_coeff * auxk, mse, (auxk,), fired, live.sum(-1).float().mean(), x_hat)
+        aux = self.aux_coeff * auxk
+        return TrainOutput(mse + aux, mse, (auxk,), fired, live.sum(-1).float().mean(), x_hat, aux)
 
     @torch.no_grad()
     def observe_(self, fired: torch.Tensor, n_tokens: int) -> None:

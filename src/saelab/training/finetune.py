@@ -10,19 +10,33 @@ trained against (a bare KL, ~0.2 nats beside an MSE of ~30, would let it collaps
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from saelab.config import FinetuneConfig, FunctionalParams, SAEConfig
+from saelab.errors import InputError
 from saelab.registry import build
 from saelab.saes.base import SAE
 
 
 def finetune_config(sae_cfg: SAEConfig, ft: FinetuneConfig, kl_coeff: float, mse_coeff: float) -> SAEConfig:
     """``sae``'s params for the fine-tune run: its architecture and knobs, the fine-tune's loss, length and lr."""
+    if sae_cfg.normalize_activations != "none":
+        raise InputError(
+            f"finetune: the source SAE was trained with sae.normalize_activations: {sae_cfg.normalize_activations}, "
+            "and its saved (folded) weights read raw activations, where its sparsity penalty weighs differently "
+            "against the MSE; the fine-tune would not start from the balance it was trained at. Fine-tune an SAE "
+            "trained with normalize_activations: none"
+        )
     raw = sae_cfg.model_dump()
     for section in raw.values():  # the SAE is trained: sparsity at full strength from the first step
         if isinstance(section, dict):
             section.update({k: v for k, v in (("l1_warmup_frac", 0.0), ("k_anneal_start", None)) if k in section})
+    n_tokens = max(sae_cfg.batch_size, int(ft.frac_tokens * sae_cfg.n_tokens))
+    steps, window = n_tokens // sae_cfg.batch_size, raw["batchtopk"]["threshold_frac"]
+    if steps - math.ceil(steps * (1 - window)) < 1:  # BatchTopK's θ window would hold no fine-tune step
+        raw["batchtopk"]["threshold_frac"] = 1.0  # k is constant from the first step: θ over the whole fine-tune
     weights = FunctionalParams(kl_coeff=kl_coeff, mse_coeff=mse_coeff, ds_coeff=ft.ds_coeff)
     return SAEConfig.model_validate(
         raw
@@ -30,7 +44,7 @@ def finetune_config(sae_cfg: SAEConfig, ft: FinetuneConfig, kl_coeff: float, mse
             "loss": ft.loss,
             "functional": weights.model_dump(),
             "source": "stream",
-            "n_tokens": max(sae_cfg.batch_size, int(ft.frac_tokens * sae_cfg.n_tokens)),
+            "n_tokens": n_tokens,
             "lr": ft.lr,
             "lr_warmup_tokens": 0,
             "lr_decay_frac": ft.lr_decay_frac,
@@ -60,7 +74,8 @@ def weights(ft: FinetuneConfig, sae: SAE, objective, tokens: torch.Tensor) -> di
 @torch.no_grad()
 def balanced_weights(sae: SAE, objective, tokens: torch.Tensor) -> dict:
     """KL and MSE weights MSE₀ / (2 KL₀) and 1/2, from ``sae``'s KL₀ and MSE₀ on the prompts ``tokens``: both terms
-    start at MSE₀ / 2, their sum at the MSE loss the SAE was trained on."""
+    start at MSE₀ / 2, their sum at the MSE loss the SAE was trained on. ``sae`` is the fine-tune's copy
+    (``finetuned_copy``), so KL₀ and MSE₀ are at the fine-tune's sparsity (no k annealing, no L1 warm-up)."""
     x, batch = objective.prepare(tokens)
     out = sae(x, train=True, progress=0.0)  # progress 0: no training-only side effects (BatchTopK's θ window)
     _, (kl, *_) = objective.loss(out, batch)

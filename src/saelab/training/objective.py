@@ -7,8 +7,12 @@ Per step, a batch of whole prompts goes through the frozen LM twice (docs/metric
 2. with the SAE's reconstruction x̂ spliced in at the covered positions (every position, or all but BOS under
    ``activations.bos: exclude``, as evaluate's CE splice), with gradients to the SAE only.
 
-loss = kl_coeff · KL + mse_coeff · MSE(x̂, x) + ds_coeff · mean_sites MSE(resid_spliced, resid_clean)
-       + the architecture's own terms (its loss less its MSE: the sparsity penalty, AuxK),
+loss = kl_coeff · KL + mse_coeff · (MSE(x̂, x) + AuxK) + ds_coeff · mean_sites MSE(resid_spliced, resid_clean)
+       + the architecture's sparsity terms (its loss less its MSE and its activation-space terms),
+
+AuxK (TopK's and BatchTopK's dead-latent loss, ``TrainOutput.aux_mse``) is an activation-space MSE, ~100x a KL in
+nats: it takes the MSE's weight, so a pure KL run (``mse_coeff: 0``) has none, as sparsify's default
+``auxk_alpha: 0``; under ``mse_coeff: 0`` dead TopK latents are not revived.
 
 KL = mean over covered positions of Σ_v p_clean(v) (log p_clean(v) − log p_spliced(v)), in nats. Every MSE is a
 sum over dimensions and a mean over covered tokens, as the architectures' mse_loss. The LM's weights never get a
@@ -35,9 +39,11 @@ def kl_per_position(clean_log_probs: torch.Tensor, logits: torch.Tensor) -> torc
     return (clean_log_probs.exp() * (clean_log_probs - logits.float().log_softmax(-1))).sum(-1)
 
 
-def downstream_hooks(layer: int, n_layers: int) -> list[str]:
-    """The residual stream after the hook's block and after every later block (``kl_ds``'s sites)."""
-    return [f"blocks.{i}.hook_resid_post" for i in range(layer, n_layers)]
+def downstream_hooks(hook: str, layer: int, n_layers: int) -> list[str]:
+    """The residual stream after the hook's block and after every later block (``kl_ds``'s sites); a hook that is
+    itself a block's resid_post starts at the next block (its own site would be the activation MSE again)."""
+    first = layer + 1 if hook.endswith("hook_resid_post") else layer
+    return [f"blocks.{i}.hook_resid_post" for i in range(first, n_layers)]
 
 
 def prompt_batches(rows: np.ndarray, n_rows: int, seed: int, skip_steps: int = 0) -> Iterator[torch.Tensor]:
@@ -71,7 +77,12 @@ class Functional:
             raise InputError(f"sae.loss: {loss!r} is not a functional loss (kl, kl_ds)")
         self.model, self.hook, self.loss_name, self.w = model, hook, loss, weights
         self.exclude_token = exclude_token
-        self.sites = downstream_hooks(layer, n_layers) if loss == "kl_ds" else []
+        self.sites = downstream_hooks(hook, layer, n_layers) if loss == "kl_ds" else []
+        if loss == "kl_ds" and not self.sites:
+            raise InputError(
+                f"sae.loss: kl_ds at {hook}: no block after it, so no downstream residual stream to match; "
+                "use sae.loss: kl (or an earlier activations.hook)"
+            )
         self.TERMS = ("kl", "ds_mse") if loss == "kl_ds" else ("kl",)
         for p in model.parameters():  # frozen: the SAE is trained, never the LM
             p.requires_grad_(False)
@@ -100,7 +111,8 @@ class Functional:
         hooks = [(self.hook, splice(values)), *((h, grab_into(got, h)) for h in self.sites)]
         logits = self.model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
         kl = kl_per_position(batch.log_probs, logits)[batch.covered].mean()
-        total = self.w.kl_coeff * kl + (out.loss - out.mse) + self.w.mse_coeff * out.mse
+        aux = 0.0 if out.aux_mse is None else out.aux_mse  # activation-space: weighted as the MSE
+        total = self.w.kl_coeff * kl + (out.loss - out.mse - aux) + self.w.mse_coeff * (out.mse + aux)
         terms = [kl]
         if self.sites:
             ds = torch.stack([

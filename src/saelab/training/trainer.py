@@ -171,6 +171,11 @@ class Trainer:
             )
         self.from_trained = from_trained  # a fine-tune: no data-dependent initialisation at step 0
         self.objective = objective  # saelab.training.objective.Functional: batches are prompts, not activations
+        if (cfg.loss != "mse") != (objective is not None):
+            raise InputError(
+                f"sae.loss: {cfg.loss} needs {'a' if cfg.loss != 'mse' else 'no'} functional objective; build the "
+                "training data with saelab.data.stream.open_data, which gives the objective the loss needs"
+            )
         if objective is not None and (self.probes or dist.is_initialized()):
             raise InputError(
                 f"sae.loss: {cfg.loss} trains in one process without probes (its LM passes are not split across "
