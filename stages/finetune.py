@@ -98,6 +98,7 @@ def main() -> None:
                 **{f"{name}_{k}": v for name, m in scored.items() for k, v in m.items()},
                 "loss": cfg.loss,
                 **w,
+                "kl_share": ft.kl_share if ft.mse_coeff == "balanced" else None,
                 "finetune_tokens": state.tokens,
                 "finetune_share_of_train_tokens": state.tokens / params.sae.n_tokens,
                 "definitions": "docs/metrics.md, 'Functional training'; ce_gap = ce_sae - ce_clean (nats/token), "

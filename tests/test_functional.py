@@ -228,3 +228,25 @@ def test_finetune_config_turns_warmups_off_and_keeps_a_batchtopk_threshold_windo
     assert april.standard_april.l1_warmup_frac == 0.0 and april.functional.kl_coeff == 2.0
     with pytest.raises(InputError, match="normalize_activations: none"):
         finetune_config(SAEConfig(normalize_activations="mean_norm"), FinetuneConfig(), 1.0, 0.5)
+
+
+@pytest.mark.parametrize("share", [0.5, 0.8, 1.0])
+def test_balanced_weights_start_kl_at_its_share_of_the_sae_mse(share, tiny_lm):
+    """kl_share · MSE₀ / KL₀ and 1 − kl_share: the weighted terms start at share · MSE₀ and (1 − share) · MSE₀,
+    with KL₀ and MSE₀ the SAE's own on those prompts (recomputed here from its forward and the objective)."""
+    from saelab.training.finetune import balanced_weights
+
+    lm, fn = _functional(tiny_lm)
+    sae = build(_kl_cfg("standard"), 64, seed=0)
+    tokens = torch.from_numpy(tiny_lm[1][:4].astype(np.int64))
+    w = balanced_weights(sae, fn, tokens, share)
+    x, batch = fn.prepare(tokens)
+    with torch.no_grad():
+        out = sae(x, train=True)
+        _, (kl,) = fn.loss(out, batch)
+    torch.testing.assert_close(w["kl_first_batch"], float(kl))
+    torch.testing.assert_close(w["mse_first_batch"], float(out.mse))
+    torch.testing.assert_close(w["kl_coeff"] * float(kl), share * float(out.mse))
+    assert w["mse_coeff"] == pytest.approx(1 - share)
+    with pytest.raises(ValueError, match="kl_share"):
+        balanced_weights(sae, fn, tokens, 0.0)

@@ -341,6 +341,9 @@ class FinetuneConfig(Section):
     """Weight of KL when ``mse_coeff`` is a number."""
     ds_coeff: float = Field(1.0, ge=0)
     """``kl_ds``: weight of the downstream MSE (``sae.functional.ds_coeff``'s meaning)."""
+    kl_share: float = Field(0.5, gt=0, le=1)
+    """Under ``mse_coeff: balanced``: KL's share of the first batch's loss (KL at kl_share · MSE₀ / KL₀, the MSE at
+    1 − kl_share); 1/2 starts them equal, 1 is KL alone at the source's MSE scale."""
 
     @field_validator("mse_coeff")
     @classmethod

@@ -3,9 +3,10 @@
 The fine-tune trains the SAE's own architecture and knobs (``sae``) on ``finetune.loss`` with the LM in the loop,
 for ``frac_tokens`` of ``sae.n_tokens``, from the trained weights (no data-dependent initialisation, no warm-ups,
 no resampling, fresh Adam at ``finetune.lr``). Its weights are ``finetune.kl_coeff`` and ``finetune.mse_coeff``, or
-with ``mse_coeff: balanced`` MSE₀ / (2 KL₀) and 1/2 (KL₀, MSE₀: the source SAE's on the first batch): the two terms
-start equal and sum to the source's own MSE, so the sparsity penalty meets the reconstruction pressure it was
-trained against (a bare KL, ~0.2 nats beside an MSE of ~30, would let it collapse L0).
+with ``mse_coeff: balanced`` kl_share · MSE₀ / KL₀ and 1 − kl_share (KL₀, MSE₀: the SAE's on the first batch; the
+default kl_share 1/2 gives MSE₀ / (2 KL₀) and 1/2): the two terms start in that ratio and sum to the source's own
+MSE, so the sparsity penalty meets the reconstruction pressure it was trained against (a bare KL, ~0.2 nats
+beside an MSE of ~30, would let it collapse L0).
 """
 
 from __future__ import annotations
@@ -68,17 +69,20 @@ def weights(ft: FinetuneConfig, sae: SAE, objective, tokens: torch.Tensor) -> di
     """The fine-tune's KL and MSE weights (``balanced_weights`` under ``mse_coeff: balanced``), with KL₀ and MSE₀."""
     if ft.mse_coeff != "balanced":
         return {"kl_coeff": ft.kl_coeff, "mse_coeff": ft.mse_coeff, "kl_first_batch": None, "mse_first_batch": None}
-    return balanced_weights(sae, objective, tokens)
+    return balanced_weights(sae, objective, tokens, ft.kl_share)
 
 
 @torch.no_grad()
-def balanced_weights(sae: SAE, objective, tokens: torch.Tensor) -> dict:
-    """KL and MSE weights MSE₀ / (2 KL₀) and 1/2, from ``sae``'s KL₀ and MSE₀ on the prompts ``tokens``: both terms
-    start at MSE₀ / 2, their sum at the MSE loss the SAE was trained on. ``sae`` is the fine-tune's copy
-    (``finetuned_copy``), so KL₀ and MSE₀ are at the fine-tune's sparsity (no k annealing, no L1 warm-up)."""
+def balanced_weights(sae: SAE, objective, tokens: torch.Tensor, kl_share: float = 0.5) -> dict:
+    """KL and MSE weights kl_share · MSE₀ / KL₀ and 1 − kl_share, from ``sae``'s KL₀ and MSE₀ on the prompts
+    ``tokens``: the terms start at kl_share · MSE₀ and (1 − kl_share) · MSE₀, their sum at the MSE loss the SAE
+    was trained on (kl_share 1/2: both equal). ``sae`` is the fine-tune's copy (``finetuned_copy``), so KL₀ and
+    MSE₀ are at the fine-tune's sparsity (no k annealing, no L1 warm-up)."""
+    if not 0 < kl_share <= 1:
+        raise ValueError(f"kl_share must be in (0, 1], got {kl_share}")
     x, batch = objective.prepare(tokens)
     out = sae(x, train=True, progress=0.0)  # progress 0: no training-only side effects (BatchTopK's θ window)
     _, (kl, *_) = objective.loss(out, batch)
     kl, mse = float(kl), float(out.mse)
-    kl_coeff = mse / (2 * kl) if kl > 0 else 1.0  # KL 0 (a perfect splice): nothing to balance, KL at weight 1
-    return {"kl_coeff": kl_coeff, "mse_coeff": 0.5, "kl_first_batch": kl, "mse_first_batch": mse}
+    kl_coeff = kl_share * mse / kl if kl > 0 else 1.0  # KL 0 (a perfect splice): nothing to balance, KL at weight 1
+    return {"kl_coeff": kl_coeff, "mse_coeff": 1 - kl_share, "kl_first_batch": kl, "mse_first_batch": mse}
