@@ -287,6 +287,7 @@ def test_batchtopk_loss_with_auxk_by_hand():
     torch.testing.assert_close(out.mse, mse)
     torch.testing.assert_close(out.terms[0], auxk)
     torch.testing.assert_close(out.loss, mse + 0.25 * auxk)
+    torch.testing.assert_close(out.aux_mse, 0.25 * auxk)  # the activation-space part a functional loss reweighs
     torch.testing.assert_close(out.fired, (f > 0).float().sum(0))
     torch.testing.assert_close(out.l0, (f > 0).float().sum(1).mean())
     sae.zero_grad()
@@ -994,6 +995,7 @@ def test_topk_loss_with_auxk_by_hand(decoder, sparse):
     torch.testing.assert_close(out.mse, mse, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.terms[0], auxk, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.loss, mse + 0.25 * auxk, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.aux_mse, 0.25 * auxk, rtol=1e-5, atol=1e-6)  # what a functional loss reweighs
     torch.testing.assert_close(out.fired, (f > 0).float().sum(0))
     torch.testing.assert_close(out.l0, (f > 0).float().sum(1).mean())
 
