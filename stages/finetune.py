@@ -13,7 +13,7 @@ from saelab.data.tokens import read_rows
 from saelab.errors import InputError
 from saelab.eval.evaluate import HEADLINE, evaluate
 from saelab.interop.saelens import export_saelens
-from saelab.io import atomic_dir, resolve_device, write_json
+from saelab.io import atomic_dir, read_json, resolve_device, write_json
 from saelab.saes.base import SAE
 from saelab.stage import log, parser, run_stage, write_timing
 from saelab.training.checkpoint import Checkpointer, fingerprint
@@ -43,11 +43,10 @@ def main() -> None:
                 f"{args.sae} was trained at {meta['hook']}, not activations.hook ({params.activations.hook}): "
                 "rerun `dvc repro train` first"
             )
-        # every check on the inputs before the fine-tune, not after it
-        lm = load_lm(args.lm, device)
+        # every check on the inputs before the fine-tune, not after it (the LM's config only: its weights load later)
         cache = ActivationCache(args.activations)
         check_bos_policy(cache, params.activations.bos)
-        check_sae_width(sae.d_in, meta["hook"], lm.config["tl_config"], args.sae)
+        check_sae_width(sae.d_in, meta["hook"], read_json(args.lm / "config.json")["tl_config"], args.sae)
         data = open_data(probe, params.activations, device, args.activations, args.lm, args.tokens)
         first = next(data.batches(probe.batch_size, 0)).to(device)
         w = weights(ft, finetuned_copy(sae, probe), data.objective, first)  # warm-ups off, as trained
@@ -81,6 +80,7 @@ def main() -> None:
             export_saelens(trainer.sae, tmp / "saelens", meta["hook"], args.model_name, data.n_ctx)
         ckpt.clear()
 
+        lm = load_lm(args.lm, device)
         rows = read_rows(args.tokens / "eval.parquet")
         exclude = excluded_token(lm, params.activations.bos)
         scored = {}

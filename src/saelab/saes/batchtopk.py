@@ -14,6 +14,11 @@ from saelab.saes.base import SAE, TrainOutput, fires, l0, mse_loss
 from saelab.saes.topk import TopK, TopKParams
 
 
+def window_steps(steps: int, threshold_frac: float) -> int:
+    """Training steps at progress >= 1 − threshold_frac (the inference threshold's window) of ``steps``."""
+    return steps - math.ceil(steps * (1 - threshold_frac))
+
+
 class BatchTopKParams(TopKParams):
     """``sae.batchtopk``: k x batch latents per batch (Bussmann et al. 2024), JumpReLU at inference."""
 
@@ -24,7 +29,7 @@ class BatchTopKParams(TopKParams):
     def check_with(self, sae) -> None:
         """Against the rest of the ``sae`` section (SAEConfig calls it when batchtopk is chosen)."""
         steps = sae.n_tokens // sae.batch_size
-        if steps - math.ceil(steps * (1 - self.threshold_frac)) < 1:
+        if window_steps(steps, self.threshold_frac) < 1:
             raise ValueError(
                 f"sae.batchtopk.threshold_frac ({self.threshold_frac}) x {steps} training steps leaves no "
                 "step to estimate the inference threshold from; raise it or sae.n_tokens"

@@ -11,14 +11,13 @@ beside an MSE of ~30, would let it collapse L0).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from saelab.config import FinetuneConfig, FunctionalParams, SAEConfig
 from saelab.errors import InputError
 from saelab.registry import build
 from saelab.saes.base import SAE
+from saelab.saes.batchtopk import window_steps
 
 
 def finetune_config(sae_cfg: SAEConfig, ft: FinetuneConfig, kl_coeff: float, mse_coeff: float) -> SAEConfig:
@@ -36,7 +35,7 @@ def finetune_config(sae_cfg: SAEConfig, ft: FinetuneConfig, kl_coeff: float, mse
             section.update({k: v for k, v in (("l1_warmup_frac", 0.0), ("k_anneal_start", None)) if k in section})
     n_tokens = max(sae_cfg.batch_size, int(ft.frac_tokens * sae_cfg.n_tokens))
     steps, window = n_tokens // sae_cfg.batch_size, raw["batchtopk"]["threshold_frac"]
-    if steps - math.ceil(steps * (1 - window)) < 1:  # BatchTopK's θ window would hold no fine-tune step
+    if window_steps(steps, window) < 1:  # BatchTopK's θ window would hold no fine-tune step
         raw["batchtopk"]["threshold_frac"] = 1.0  # k is constant from the first step: θ over the whole fine-tune
     weights = FunctionalParams(kl_coeff=kl_coeff, mse_coeff=mse_coeff, ds_coeff=ft.ds_coeff)
     return SAEConfig.model_validate(
