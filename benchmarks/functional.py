@@ -45,9 +45,10 @@ import saelab.saes  # noqa: E402, F401  (registers the built-in architectures)
 from saelab import registry  # noqa: E402
 from saelab.config import FinetuneConfig, SAEConfig, load_params  # noqa: E402
 from saelab.data.stream import open_data  # noqa: E402
+from saelab.io import sha256_dir, sha256_file  # noqa: E402
 from saelab.registry import build  # noqa: E402
 from saelab.saes.base import SAE  # noqa: E402
-from saelab.training.finetune import balanced_weights, finetune_config, finetuned_copy  # noqa: E402
+from saelab.training.finetune import finetune_config, finetuned_copy, weights  # noqa: E402
 from saelab.training.trainer import Trainer  # noqa: E402
 
 # architecture -> (fixed settings, knob values for the MSE loss, knob values for KL). TopK's k means the same under
@@ -94,7 +95,7 @@ def finetune(args, cfg: SAEConfig, sae: SAE) -> tuple[SAE, float, int, float]:
     probe = finetune_config(cfg, ft, 1.0, 0.0)
     data = open_data(probe, params.activations, torch.device("cpu"), args.cache, args.lm, args.tokens)
     t0 = time.perf_counter()
-    w = balanced_weights(finetuned_copy(sae, probe), data.objective, next(data.batches(probe.batch_size, 0)))
+    w = weights(ft, sae, probe, data.objective, next(data.batches(probe.batch_size, 0)))
     balance_s = time.perf_counter() - t0
     ft_cfg = finetune_config(cfg, ft, w["kl_coeff"], w["mse_coeff"])
     sae, seconds, tokens = train(args, ft_cfg, finetuned_copy(sae, ft_cfg), from_trained=True)
@@ -162,7 +163,8 @@ def goals(rows: list[dict]) -> dict:
                 if min(ca, cb) <= target["ce_recovered_zero"] <= max(ca, cb) and ca != cb:
                     t = (target["ce_recovered_zero"] - ca) / (cb - ca)
                     l0s.append((math.exp(math.log(a) + t * (math.log(b) - math.log(a))), arch))
-            l0s += [(r["l0"], arch) for r in fam if r["ce_recovered_zero"] >= target["ce_recovered_zero"]]
+            reached = [r for r in fam if r["ce_recovered_zero"] >= target["ce_recovered_zero"]]
+            l0s += [(r["l0"], arch) for r in reached if r["l0"] > 0]
         got = min(l0s, default=None)
         reach.append({"arch": target["arch"], "value": target["value"], "ce": target["ce_recovered_zero"],
                       "l0": target["l0"], "kl_l0": got[0] if got else None, "kl_arch": got[1] if got else None,
@@ -240,7 +242,7 @@ def write_outputs(report: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "functional.json").write_text(json.dumps(report, indent=1))
+    (out / "functional.json").write_text(json.dumps(json_safe(report), indent=1, allow_nan=False))
     rows, g = report["runs"], report["goals"]
     cols = ("arch", "loss", "knob", "value", "l0", "ce_recovered_zero", "mse", "explained_variance", "frac_dead",
             "frac_ultra_low", "train_tokens", "tokens_per_s")  # fmt: skip
@@ -263,7 +265,8 @@ def write_outputs(report: dict, out: Path) -> None:
               "(target: <= half the MSE run's L0 for the best MSE recipe):", ""]  # fmt: skip
     lines += [f"- {x['arch']} {x['value']} (L0 {x['l0']:.1f}, CE recovered {x['ce']:.4f}"
               f"{', the best MSE run' if x['is_best_mse'] else ''}): "
-              + (f"KL {x['kl_arch']} at L0 {x['kl_l0']:.1f} = {x['kl_l0'] / x['l0']:.2f}x" if x["kl_l0"] else
+              + (f"KL {x['kl_arch']} at L0 {x['kl_l0']:.1f} = "
+                 f"{fmt(x['kl_l0'] / x['l0'] if x['l0'] > 0 else None, '.2f')}x" if x["kl_l0"] is not None else
                  "no KL run reaches it") for x in g["kl_reach"]]  # fmt: skip
     lines += ["", "Goal 3, throughput (tokens the SAE saw per second; target KL >= 0.5x MSE from the stream):", ""]
     lines += [f"- {x['arch']}: MSE {fmt(x['mse_tokens_per_s'], '.0f')}, KL {fmt(x['kl_tokens_per_s'], '.0f')} "
@@ -302,13 +305,31 @@ def write_outputs(report: dict, out: Path) -> None:
         plt.close(fig)
 
 
-TRAIN_ARGS = ("n_tokens", "d_sae", "batch_size", "lr", "seed", "ft_frac", "ft_lr", "params", "lm", "tokens")
+# what shapes a cached result (work/<key>/<run>/result.json holds the SAE's scores, so the evaluation's settings count
+# too); inputs are keyed by content, not by path
+KEY_ARGS = ("n_tokens", "d_sae", "batch_size", "lr", "seed", "ft_frac", "ft_lr", "eval_tokens", "ce_tokens")
+KEY_INPUTS = ("params", "lm", "tokens", "cache")
 
 
 def settings_key(args) -> str:
-    """A short hash of the arguments that shape a trained SAE (the work directory's subfolder)."""
-    settings = json.dumps({k: str(getattr(args, k)) for k in TRAIN_ARGS}, sort_keys=True)
-    return hashlib.sha256(settings.encode()).hexdigest()[:12]
+    """A short hash of the arguments and input contents that shape a result (the work directory's subfolder)."""
+    settings = {k: str(getattr(args, k)) for k in KEY_ARGS}
+    for k in KEY_INPUTS:
+        path = Path(getattr(args, k))
+        settings[k] = sha256_dir(path) if path.is_dir() else sha256_file(path) if path.exists() else "missing"
+    settings["grid"] = repr(GRID)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def json_safe(obj):
+    """NaN and infinities as None (JSON has no NaN: a strict reader refuses the file)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def main() -> None:

@@ -38,6 +38,12 @@ def main() -> None:
                 f"{args.sae} is a {sae.architecture} SAE with {sae.arch_params()}, not the one sae params describe "
                 f"({params.sae.architecture}, {params.sae.arch_params()}): rerun `dvc repro train` first"
             )
+        trained_norm = meta.get("train_params", {}).get("normalize_activations", "none")
+        if trained_norm != params.sae.normalize_activations:  # the source's own record, not only today's params
+            raise InputError(
+                f"{args.sae} was trained with sae.normalize_activations: {trained_norm}, not the "
+                f"{params.sae.normalize_activations} sae params give: rerun `dvc repro train` first"
+            )
         if meta["hook"] != params.activations.hook:
             raise InputError(
                 f"{args.sae} was trained at {meta['hook']}, not activations.hook ({params.activations.hook}): "
@@ -49,7 +55,7 @@ def main() -> None:
         check_sae_width(sae.d_in, meta["hook"], read_json(args.lm / "config.json")["tl_config"], args.sae)
         data = open_data(probe, params.activations, device, args.activations, args.lm, args.tokens)
         first = next(data.batches(probe.batch_size, 0)).to(device)
-        w = weights(ft, finetuned_copy(sae, probe), data.objective, first)  # warm-ups off, as trained
+        w = weights(ft, sae, probe, data.objective, first)  # on the fine-tune copy: warm-ups off, as trained
         cfg = finetune_config(
             params.sae.model_copy(update={"seed": params.seeds[0]}), ft, w["kl_coeff"], w["mse_coeff"]
         )

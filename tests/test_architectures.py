@@ -643,8 +643,14 @@ def test_log_theta_jumprelu_trains_resamples_every_feature_state_and_resumes(tmp
     opt.step()
     dead = torch.zeros(W, dtype=torch.bool)
     dead[[1, 5]] = True
+    # prefill so that neither "set to ln(threshold_init)" nor "zeroed" can hold by accident
+    moments = opt.state[sae.log_threshold]
+    with torch.no_grad():
+        sae.log_threshold.zero_()
+        for key in ("exp_avg", "exp_avg_sq"):
+            moments[key].fill_(1.0)
     assert resample_(sae, opt, dead, torch.randn(16, D), torch.Generator().manual_seed(0), mode="reinit") == 2
     assert torch.equal(sae.log_threshold.detach()[dead], torch.full((2,), math.log(log["threshold_init"])))
-    moments = opt.state[sae.log_threshold]
+    assert (sae.log_threshold.detach()[~dead] == 0).all()
     for key in ("exp_avg", "exp_avg_sq"):
-        assert (moments[key][dead] == 0).all() and (moments[key][~dead] != 0).any(), key
+        assert (moments[key][dead] == 0).all() and (moments[key][~dead] == 1).all(), key

@@ -226,6 +226,8 @@ def test_finetune_config_turns_warmups_off_and_keeps_a_batchtopk_threshold_windo
     april = finetune_config(SAEConfig(architecture="standard_april", batch_size=64, n_tokens=64 * 400),
                             FinetuneConfig(frac_tokens=0.01), 2.0, 0.0)  # fmt: skip
     assert april.standard_april.l1_warmup_frac == 0.0 and april.functional.kl_coeff == 2.0
+    # only the architecture's own θ window is widened; another architecture's section is left as configured
+    assert april.batchtopk.threshold_frac == SAEConfig().batchtopk.threshold_frac != 1.0
     with pytest.raises(InputError, match="normalize_activations: none"):
         finetune_config(SAEConfig(normalize_activations="mean_norm"), FinetuneConfig(), 1.0, 0.5)
 
@@ -250,3 +252,42 @@ def test_balanced_weights_start_kl_at_its_share_of_the_sae_mse(share, tiny_lm):
     assert w["mse_coeff"] == pytest.approx(1 - share)
     with pytest.raises(ValueError, match="kl_share"):
         balanced_weights(sae, fn, tokens, 0.0)
+
+
+def test_finetune_weights_are_measured_on_the_finetune_copy_at_its_sparsity(tiny_lm):
+    """``weights`` measures KL₀ and MSE₀ on the source's fine-tune copy: a TopK SAE trained with k annealing
+    (k 32 at step 0) is weighed at its final k 4, and kl_share reaches the weights; fixed weights pass through."""
+    from saelab.config import FinetuneConfig
+    from saelab.training.finetune import balanced_weights, finetune_config, finetuned_copy, weights
+
+    lm, fn = _functional(tiny_lm)
+    src_cfg = SAEConfig(architecture="topk", d_sae=128, batch_size=64, n_tokens=64 * 400,
+                        topk={"k": 4, "k_anneal_start": 32})  # fmt: skip
+    source = build(src_cfg, 64, seed=0)
+    tokens = torch.from_numpy(tiny_lm[1][:4].astype(np.int64))
+    ft = FinetuneConfig(kl_share=0.8)
+    probe = finetune_config(src_cfg, ft, 1.0, 0.0)
+    w = weights(ft, source, probe, fn, tokens)
+    x, _ = fn.prepare(tokens)
+    with torch.no_grad():
+        at_k4 = float(finetuned_copy(source, probe)(x, train=True, progress=0.0).mse)
+        at_k32 = float(source(x, train=True, progress=0.0).mse)  # the source's own schedule at step 0
+    assert at_k32 < at_k4  # the test can tell the two apart
+    torch.testing.assert_close(w["mse_first_batch"], at_k4)
+    assert w["mse_coeff"] == pytest.approx(0.2)
+    assert w == balanced_weights(finetuned_copy(source, probe), fn, tokens, 0.8)
+    fixed = FinetuneConfig(mse_coeff=0.3, kl_coeff=2.0)
+    assert weights(fixed, source, probe, fn, tokens) == {
+        "kl_coeff": 2.0, "mse_coeff": 0.3, "kl_first_batch": None, "mse_first_batch": None}  # fmt: skip
+
+
+def test_balanced_weights_refuse_a_non_finite_first_batch(tiny_lm):
+    from saelab.training.finetune import balanced_weights
+
+    lm, fn = _functional(tiny_lm)
+    sae = build(_kl_cfg("standard"), 64, seed=0)
+    with torch.no_grad():
+        sae.W_dec.fill_(float("nan"))
+    tokens = torch.from_numpy(tiny_lm[1][:4].astype(np.int64))
+    with pytest.raises(ValueError, match="not finite"):
+        balanced_weights(sae, fn, tokens)

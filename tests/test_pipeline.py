@@ -156,6 +156,35 @@ def test_finetune_reads_the_source_sae_and_writes_its_own(repo):
     assert meta["source"] == "stream" and meta["train_params"]["loss"] == "kl"
 
 
+@pytest.mark.parametrize("case", ["hook", "normalize"])
+def test_finetune_refuses_a_source_it_does_not_match_before_any_work(repo, tmp_path, case):
+    """The fine-tune reads the source SAE's own record (config.json): a params file naming another hook, or a source
+    trained with normalize_activations: mean_norm under params that say none, is refused, naming the fix, and
+    nothing is written."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    sae = repo / "models/saes/seed-0"
+    if case == "hook":
+        params["activations"]["hook"] = "blocks.0.hook_resid_post"
+        expected = "not activations.hook (blocks.0.hook_resid_post)"
+    else:
+        sae = tmp_path / "sae"
+        shutil.copytree(repo / "models/saes/seed-0", sae)
+        meta = json.loads((sae / "config.json").read_text())
+        meta["train_params"]["normalize_activations"] = "mean_norm"
+        (sae / "config.json").write_text(json.dumps(meta))
+        expected = "trained with sae.normalize_activations: mean_norm"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = {name: tmp_path / name for name in ("out", "live", "checkpoints")}
+    cmd = [sys.executable, "-m", "stages.finetune", "--params", str(tmp_path / "params.yaml"),
+           "--sae", str(sae), "--lm", "models/lm", "--tokens", "data/tokens",
+           "--activations", "data/activations", "--metrics", str(tmp_path / "m.json"),
+           "--timing", str(tmp_path / "t.json"), *(a for k, v in out.items() for a in (f"--{k}", str(v)))]  # fmt: skip
+    res = run_cmd(cmd, repo, check=False)
+    assert res.returncode == 2 and expected in res.stderr, res.stderr
+    assert "dvc repro train" in res.stderr and "Traceback" not in res.stderr
+    assert not any(p.exists() for p in (*out.values(), tmp_path / "m.json"))
+
+
 def test_root_views_show_the_root_pipeline(repo):
     """In the root, `dvc exp show` (through its pager, as a terminal user sees it) opens with Experiment, the
     headline metrics and the SAE params within 200 columns, and `dvc metrics show` lists the root's file only:

@@ -170,8 +170,9 @@ class SAEConfig(Section):
     loss: Literal["mse", "kl", "kl_ds"] = "mse"
     """What the SAE is trained to preserve (docs/metrics.md, "Functional training"): ``mse`` the activations;
     ``kl`` the LM's next-token distribution, KL(clean ‖ SAE spliced in), plus the architecture's sparsity terms;
-    ``kl_ds`` adds the MSE of the residual stream after the hook's block and every later one. ``kl`` and ``kl_ds``
-    run the LM in the training loop: they need ``source: stream``."""
+    ``kl_ds`` adds the MSE of the residual stream after the hook's block and every later one (a ``hook_resid_post``
+    hook: after every later block; the last block's resid_post has nothing downstream and is refused). ``kl`` and
+    ``kl_ds`` run the LM in the training loop: they need ``source: stream``."""
     functional: FunctionalParams = FunctionalParams()
     """Weights of ``kl`` / ``kl_ds``."""
 
@@ -334,9 +335,10 @@ class FinetuneConfig(Section):
     """Adam's lr (fresh Adam state), constant, then a linear decay over ``lr_decay_frac``."""
     lr_decay_frac: float = Field(0.2, ge=0, le=1)
     mse_coeff: float | Literal["balanced"] = "balanced"
-    """Weight of the activation MSE beside KL (weight ``kl_coeff``). ``balanced``: KL at MSE₀ / (2 KL₀) and MSE at
-    1/2 (the source SAE's KL and MSE on the first batch), so both terms start equal and together equal the MSE the
-    sparsity term was trained against; ``kl_coeff`` is then unused."""
+    """Weight of the activation MSE beside KL (weight ``kl_coeff``). ``balanced``: KL at kl_share · MSE₀ / KL₀ and
+    MSE at 1 − kl_share (KL₀, MSE₀: the source SAE's on the first batch, at the fine-tune's sparsity), so the terms
+    start in that ratio and together equal the MSE the sparsity term was trained against (default kl_share 1/2:
+    equal); ``kl_coeff`` is then unused."""
     kl_coeff: float = Field(1.0, gt=0)
     """Weight of KL when ``mse_coeff`` is a number."""
     ds_coeff: float = Field(1.0, ge=0)

@@ -11,6 +11,8 @@ beside an MSE of ~30, would let it collapse L0).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from saelab.config import FinetuneConfig, FunctionalParams, SAEConfig
@@ -34,9 +36,10 @@ def finetune_config(sae_cfg: SAEConfig, ft: FinetuneConfig, kl_coeff: float, mse
         if isinstance(section, dict):
             section.update({k: v for k, v in (("l1_warmup_frac", 0.0), ("k_anneal_start", None)) if k in section})
     n_tokens = max(sae_cfg.batch_size, int(ft.frac_tokens * sae_cfg.n_tokens))
-    steps, window = n_tokens // sae_cfg.batch_size, raw["batchtopk"]["threshold_frac"]
-    if window_steps(steps, window) < 1:  # BatchTopK's θ window would hold no fine-tune step
-        raw["batchtopk"]["threshold_frac"] = 1.0  # k is constant from the first step: θ over the whole fine-tune
+    own = raw.get(sae_cfg.architecture)  # the architecture's knob section (BatchTopK's, or a plug-in's alike)
+    if isinstance(own, dict) and "threshold_frac" in own:
+        if window_steps(n_tokens // sae_cfg.batch_size, own["threshold_frac"]) < 1:  # θ's window: no fine-tune step
+            own["threshold_frac"] = 1.0  # k is constant from the first step: θ over the whole fine-tune
     weights = FunctionalParams(kl_coeff=kl_coeff, mse_coeff=mse_coeff, ds_coeff=ft.ds_coeff)
     return SAEConfig.model_validate(
         raw
@@ -64,11 +67,13 @@ def finetuned_copy(sae: SAE, cfg: SAEConfig) -> SAE:
     return new.to(next(sae.parameters()).device)
 
 
-def weights(ft: FinetuneConfig, sae: SAE, objective, tokens: torch.Tensor) -> dict:
-    """The fine-tune's KL and MSE weights (``balanced_weights`` under ``mse_coeff: balanced``), with KL₀ and MSE₀."""
+def weights(ft: FinetuneConfig, source: SAE, probe: SAEConfig, objective, tokens: torch.Tensor) -> dict:
+    """The fine-tune's KL and MSE weights (``balanced_weights`` under ``mse_coeff: balanced``), with KL₀ and MSE₀.
+    KL₀ and MSE₀ are those of ``source``'s fine-tune copy under ``probe`` (a ``finetune_config``): at the
+    fine-tune's sparsity (no k annealing, no L1 warm-up), not at the source's step-0 schedule."""
     if ft.mse_coeff != "balanced":
         return {"kl_coeff": ft.kl_coeff, "mse_coeff": ft.mse_coeff, "kl_first_batch": None, "mse_first_batch": None}
-    return balanced_weights(sae, objective, tokens, ft.kl_share)
+    return balanced_weights(finetuned_copy(source, probe), objective, tokens, ft.kl_share)
 
 
 @torch.no_grad()
@@ -76,12 +81,16 @@ def balanced_weights(sae: SAE, objective, tokens: torch.Tensor, kl_share: float 
     """KL and MSE weights kl_share · MSE₀ / KL₀ and 1 − kl_share, from ``sae``'s KL₀ and MSE₀ on the prompts
     ``tokens``: the terms start at kl_share · MSE₀ and (1 − kl_share) · MSE₀, their sum at the MSE loss the SAE
     was trained on (kl_share 1/2: both equal). ``sae`` is the fine-tune's copy (``finetuned_copy``), so KL₀ and
-    MSE₀ are at the fine-tune's sparsity (no k annealing, no L1 warm-up)."""
+    MSE₀ are at the fine-tune's sparsity (no k annealing, no L1 warm-up); the training forward's side effects
+    (BatchTopK's running threshold, whose window a fine-tune may widen to the whole run) stay in that copy."""
     if not 0 < kl_share <= 1:
         raise ValueError(f"kl_share must be in (0, 1], got {kl_share}")
     x, batch = objective.prepare(tokens)
-    out = sae(x, train=True, progress=0.0)  # progress 0: no training-only side effects (BatchTopK's θ window)
+    out = sae(x, train=True, progress=0.0)
     _, (kl, *_) = objective.loss(out, batch)
     kl, mse = float(kl), float(out.mse)
+    if not (math.isfinite(kl) and math.isfinite(mse)):
+        raise ValueError(f"the first batch's KL ({kl}) or MSE ({mse}) is not finite: the source SAE or the LM's "
+                         "splice is broken (check the SAE loads and evaluates: `dvc repro evaluate`)")  # fmt: skip
     kl_coeff = kl_share * mse / kl if kl > 0 else 1.0  # KL 0 (a perfect splice): nothing to balance, KL at weight 1
     return {"kl_coeff": kl_coeff, "mse_coeff": 1 - kl_share, "kl_first_batch": kl, "mse_first_batch": mse}
