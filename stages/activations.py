@@ -1,33 +1,41 @@
-"""Stage activations: run the LM over train tokens and cache the hook's activations as shuffled Parquet."""
+"""Stage activations: run the LM over train tokens and cache the hook's activations as shuffled Parquet; with
+``activations.extra_hooks`` the same LM pass caches every further site too, one cache each under ``--sites``."""
 
 from pathlib import Path
 
-from saelab.data.cachebuild import build_cache
-from saelab.io import write_json
+from saelab.data.cachebuild import build_caches
+from saelab.io import atomic_dir, write_json
 from saelab.stage import log, parser, run_stage, write_timing
+
+SITES_INDEX = "sites.json"
 
 
 def main() -> None:
     p = parser(__doc__)
-    for name in ("lm", "tokens", "out", "metrics", "timing"):
+    for name in ("lm", "tokens", "out", "sites", "metrics", "timing"):
         p.add_argument(f"--{name}", type=Path, required=True)
     args = p.parse_args()
     with run_stage("activations", args) as params:
         cfg = params.activations
-        manifest, timing, d = build_cache(cfg, args.lm, args.tokens, args.out)
-        write_json(
-            args.metrics,
-            {
-                "n_tokens": manifest["n_tokens"],
-                "n_excluded": manifest["n_excluded"],
-                "d": d,
-                "bos": cfg.bos,
-                "mean_norm": manifest["mean_norm"],
-                "nonfinite": manifest["nonfinite"],
-            },
-        )
-        write_timing(args.timing, timing)
-        log.info("%d tokens x %d (%s, BOS %sd) -> %s", manifest["n_tokens"], d, cfg.dtype, cfg.bos, args.out)
+        with atomic_dir(args.sites) as sites:  # the further sites' caches (only the index when there are none)
+            outs = [args.out, *(sites / hook for hook in cfg.extra_hooks)]
+            manifests, timing = build_caches(cfg, list(cfg.hooks), args.lm, args.tokens, outs)
+            write_json(sites / SITES_INDEX, {"hooks": list(cfg.extra_hooks)})
+        manifest, d = manifests[0], manifests[0]["d"]
+        metrics = {
+            "n_tokens": manifest["n_tokens"],
+            "n_excluded": manifest["n_excluded"],
+            "d": d,
+            "bos": cfg.bos,
+            "mean_norm": manifest["mean_norm"],
+            "nonfinite": manifest["nonfinite"],
+        }
+        if cfg.extra_hooks:  # one site: the file stays as it was
+            metrics["sites"] = {m["hook"]: {k: m[k] for k in ("d", "mean_norm", "nonfinite")} for m in manifests[1:]}
+        write_json(args.metrics, metrics)
+        write_timing(args.timing, timing | ({"n_sites": len(outs)} if cfg.extra_hooks else {}))
+        log.info("%d tokens x %d (%s, BOS %sd) -> %s; %d further sites -> %s", manifest["n_tokens"], d, cfg.dtype,
+                 cfg.bos, args.out, len(cfg.extra_hooks), args.sites)  # fmt: skip
 
 
 if __name__ == "__main__":

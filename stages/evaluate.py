@@ -9,6 +9,7 @@ from saelab.data.cache import ActivationCache, check_bos_policy
 from saelab.data.hooks import check_sae_width
 from saelab.data.lm import excluded_token, load_lm
 from saelab.data.tokens import read_rows
+from saelab.errors import InputError
 from saelab.eval.evaluate import HEADLINE, evaluate
 from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.saes.base import SAE
@@ -33,6 +34,11 @@ def main() -> None:
         check_bos_policy(cache, params.activations.bos)
         sae, meta = SAE.load(args.sae, device)
         check_sae_width(sae.d_in, meta["hook"], lm.config["tl_config"], args.sae)
+        if cache.manifest["hook"] != meta["hook"]:  # mean ablation takes the cache's mean: it must be the SAE's site
+            raise InputError(
+                f"{args.sae} was trained at {meta['hook']} but {args.activations} caches {cache.manifest['hook']}: "
+                "pass that site's cache (data/sites/<hook> for an extra hook)"
+            )
         rows = read_rows(args.tokens / "eval.parquet")
         metrics, per_feature = evaluate(
             lm.model, sae, rows, meta["hook"], cache.mean, cfg, device, excluded_token(lm, params.activations.bos)

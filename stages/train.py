@@ -11,7 +11,9 @@ import torch
 import torch.distributed as dist
 from dvclive import Live
 
+from saelab.config import site_params
 from saelab.data.stream import open_data
+from saelab.errors import InputError
 from saelab.interop.saelens import export_saelens
 from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.registry import build
@@ -38,6 +40,7 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--seed", type=int, required=True, help="this SAE's seed (one entry of the params' seeds list)")
     p.add_argument("--activations", type=Path, required=True, help="Parquet cache (sae.source: cache)")
+    p.add_argument("--hook", help="the site (default activations.hook; one of activations.extra_hooks: train_site)")
     p.add_argument("--lm", type=Path, help="LM directory (needed with sae.source: stream)")
     p.add_argument("--tokens", type=Path, help="token rows directory (needed with sae.source: stream)")
     p.add_argument("--out", type=Path, required=True)
@@ -50,7 +53,11 @@ def main() -> None:
     with run_stage("train", args) as params:
         cfg = params.sae.model_copy(update={"seed": args.seed})
         device = _device(cfg.device)
-        data = open_data(cfg, params.activations, device, args.activations, args.lm, args.tokens)
+        acts = site_params(params.activations, args.hook)
+        data = open_data(cfg, acts, device, args.activations, args.lm, args.tokens)
+        if data.hook != acts.hook:
+            raise InputError(f"{args.activations} caches {data.hook}, not the site {acts.hook}: pass its own cache "
+                             "(data/sites/<hook> for an extra hook; dvc.yaml's train_site does)")  # fmt: skip
         trainer = Trainer(
             build(cfg, data.d).to(device),
             cfg,

@@ -11,6 +11,7 @@ from saelab.config import LMConfig
 from saelab.data import cache as acts
 from saelab.data import lm
 from saelab.data.tokens import tokenize_texts
+from saelab.saes.base import SAE
 
 CORPUS = [
     "def add(a, b):\n    return a + b\n" * 3,
@@ -68,3 +69,15 @@ def make_cache(
     manifest = acts.write_cache(FakeLM(d, poison), rows, np.arange(n_rows), spec, path, "cpu")
     write_json(path / acts.MANIFEST, manifest | {"bos": "include"})  # FakeLM rows hold no BOS
     return rows, manifest
+
+
+def identity_sae(d):
+    """An SAE that reconstructs exactly: f = [relu(x), relu(-x)], W_dec = [I; -I]."""
+    sae = SAE(d, 2 * d, seed=0)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae

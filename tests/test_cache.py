@@ -217,3 +217,32 @@ def test_bos_tokens_are_left_out_of_the_cache(tmp_path):
     assert torch.allclose(cache.mean, expected, atol=1e-5)
     with pytest.raises(CacheError, match="activations.bos"):
         acts.check_bos_policy(cache, "include")
+
+
+def test_one_lm_pass_writes_each_site_as_its_own_pass_would(tiny_lm, tmp_path):
+    """build_caches over three hooks (one LM pass) writes, per hook, the bytes build_cache writes for it alone:
+    the same tokens, the same shuffle, the same statistics; a hook the LM lacks is refused before any output."""
+    from saelab.config import ActivationsConfig
+    from saelab.data.cachebuild import build_cache, build_caches
+    from saelab.data.tokens import write_rows
+    from saelab.errors import InputError
+    from saelab.io import sha256_dir
+
+    lm_dir, rows = tiny_lm
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    write_rows(tokens / "train.parquet", rows)
+    cfg = ActivationsConfig(n_tokens=1500, batch_rows=8, shard_tokens=512, row_group_tokens=128, dtype="fp32")
+    hooks = ["blocks.0.mlp.hook_post", "blocks.0.hook_resid_pre", "blocks.0.hook_resid_post"]
+    manifests, _ = build_caches(cfg, hooks, lm_dir, tokens, [tmp_path / "one" / h for h in hooks])
+    assert [m["hook"] for m in manifests] == hooks and manifests[0]["d"] != manifests[1]["d"]
+    for hook in hooks:
+        alone, _, _ = build_cache(cfg.model_copy(update={"hook": hook}), lm_dir, tokens, tmp_path / "alone" / hook)
+        assert sha256_dir(tmp_path / "one" / hook) == sha256_dir(tmp_path / "alone" / hook), hook
+    a, b = ActivationCache(tmp_path / "one" / hooks[1]), ActivationCache(tmp_path / "one" / hooks[2])
+    ga, gb = a.read_row_group(0, ("x", "row", "pos")), b.read_row_group(0, ("x", "row", "pos"))
+    assert (ga["row"] == gb["row"]).all() and (ga["pos"] == gb["pos"]).all()  # a token sits at the same cache row
+    assert not torch.equal(ga["x"], gb["x"])
+    with pytest.raises(InputError, match="not a supported hook"):
+        build_caches(cfg, [hooks[0], "blocks.1.mlp.hook_post"], lm_dir, tokens, [tmp_path / "x", tmp_path / "y"])
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

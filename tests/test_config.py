@@ -133,3 +133,40 @@ def test_architecture_sections_are_checked_where_saes_are_imported():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "deferred ok" in out and "sae.topk.k: -1" in out
+
+
+@pytest.mark.parametrize(
+    "acts, lm, message",
+    [
+        ({"extra_hooks": "blocks.1.mlp.hook_post"}, {}, "must be a list of hook names"),
+        ({"extra_hooks": ["blocks.1.mlp.post"]}, {"n_layers": 2}, "is not a hook name of the form blocks.<layer>"),
+        ({"extra_hooks": ["blocks.x.mlp.hook_post"]}, {"n_layers": 2}, "is not a hook name of the form"),
+        ({"extra_hooks": ["blocks.1.mlp.hook_post"] * 2}, {"n_layers": 2}, "lists a hook twice"),
+        ({"extra_hooks": ["blocks.0.mlp.hook_post"]}, {}, "which is activations.hook already: drop it"),
+        ({"extra_hooks": ["blocks.1.mlp.hook_post"]}, {}, "lm.n_layers: 1 (blocks 0..0): raise lm.n_layers"),
+        ({"hook": "blocks.3.mlp.hook_post", "extra_hooks": ["blocks.1.mlp.hook_post"]}, {"n_layers": 2},
+         "blocks.3.mlp.hook_post is in block 3"),
+    ],
+)  # fmt: skip
+def test_malformed_site_lists_are_refused_at_params_load(acts, lm, message):
+    """activations.extra_hooks: a list of distinct supported hook names, apart from activations.hook, each in a
+    block the embedded LM has (checked at params load, before any stage starts work)."""
+    with pytest.raises(ConfigError) as err:
+        parse_params({"activations": acts, "lm": lm})
+    assert message in str(err.value)
+
+
+def test_sites_and_site_params():
+    """hooks lists the root site first; site_params gives one site's activations params, or refuses a non-site."""
+    from saelab.config import site_params
+
+    p = parse_params({"lm": {"n_layers": 2}, "activations": {"extra_hooks": ["blocks.1.mlp.hook_post",
+                                                                          "blocks.0.hook_resid_post"]}})  # fmt: skip
+    acts = p.activations
+    assert acts.hooks == ("blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post", "blocks.0.hook_resid_post")
+    assert site_params(acts, None) is acts and site_params(acts, acts.hook) is acts
+    one = site_params(acts, "blocks.1.mlp.hook_post")
+    assert one.hook == "blocks.1.mlp.hook_post" and set(one.hooks) == set(acts.hooks)
+    assert one.model_copy(update={"hook": acts.hook, "extra_hooks": acts.extra_hooks}) == acts  # only the site moved
+    with pytest.raises(ConfigError, match="add it to activations.extra_hooks"):
+        site_params(acts, "blocks.1.hook_resid_post")

@@ -77,6 +77,7 @@ def test_training_params_are_per_key_without_cadence():
     in the order saelab.deps writes them, and on none of the logging/checkpoint cadence."""
     params = [p for p in STAGES["train"]["params"] if str(p).startswith("sae.")]
     assert params == deps.train_params()
+    assert [p for p in STAGES["train_site"]["params"] if str(p).startswith("sae.")] == params  # every further site
     assert {"sae.topk", "sae.jumprelu", "sae.l1_coeff"} <= set(params)
     assert not {"sae", "sae.log_every", "sae.checkpoint_every", "sae.seed"} & set(params)
     assert {"log_every", "checkpoint_every"} <= set(CADENCE_KEYS)
@@ -98,6 +99,7 @@ def test_fix_adds_a_new_architecture_section_to_train(tmp_path):
         path = tmp_path / "dvc.yaml"
         path.write_text((REPO / "dvc.yaml").read_text())
         deps.fix(path)
-        assert "sae.extra_for_deps" in yaml.safe_load(path.read_text())["stages"]["train"]["params"]
+        for stage in ("train", "train_site"):
+            assert "sae.extra_for_deps" in yaml.safe_load(path.read_text())["stages"][stage]["params"], stage
     finally:
         del registry.REGISTRY["extra_for_deps"]

@@ -9,6 +9,7 @@ from saelab.data.lm import load_lm
 from saelab.eval.evaluate import evaluate, token_ce
 from saelab.eval.metrics import ce_recovered, explained_variance, l2_ratios
 from saelab.saes.base import SAE
+from tests.conftest import identity_sae
 
 
 def test_ce_recovered_by_hand():
@@ -41,18 +42,6 @@ def test_token_ce_matches_torch():
     assert torch.allclose(token_ce(logits, tokens), ref, atol=1e-6)
 
 
-def _identity_sae(d):
-    """An SAE that reconstructs exactly: f = [relu(x), relu(-x)], W_dec = [I; -I]."""
-    sae = SAE(d, 2 * d, seed=0)
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
-
-
 def test_perfect_sae_recovers_all_loss(tiny_lm):
     """Splicing an exact reconstruction gives CE recovered 1, EV 1, L2 ratio 1 and clean == sae CE."""
     path, rows = tiny_lm
@@ -61,7 +50,7 @@ def test_perfect_sae_recovers_all_loss(tiny_lm):
     mean = hook_activations(lm.model, tokens, "blocks.0.mlp.hook_post", 0).reshape(-1, 64).mean(0)
     m, per_feature = evaluate(
         lm.model,
-        _identity_sae(64),
+        identity_sae(64),
         rows,
         "blocks.0.mlp.hook_post",
         mean,
@@ -147,7 +136,7 @@ def test_scaled_reconstruction_gives_hand_ev_and_l2_ratio(tiny_lm):
     """An SAE whose output is exactly x/2: L2 ratio 0.5, and EV = 1 - 0.25 Σ‖x‖² / Σ‖x - mean‖² by hand."""
     path, rows = tiny_lm
     lm = load_lm(path)
-    sae = _identity_sae(64)
+    sae = identity_sae(64)
     with torch.no_grad():
         sae.W_dec.mul_(0.5)
     cfg = EvaluateConfig(max_tokens=64, ce_max_tokens=32, batch_rows=4)

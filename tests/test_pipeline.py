@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from saelab.io import atomic_dir
+from saelab.io import atomic_dir, sha256_dir
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -62,6 +62,8 @@ def make_repo(dest: Path, overrides: dict | None = None) -> Path:
     copy_code(dest)
     shutil.copy(REPO / "dvc.yaml", dest)
     shutil.copy(REPO / ".gitignore", dest)
+    (dest / "models/sites").mkdir(parents=True)  # the splice stage's dep when there are no further sites
+    shutil.copy(REPO / "models/sites/README.md", dest / "models/sites")
     corpus = dest / "corpus"
     corpus.mkdir()
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -108,6 +110,8 @@ def test_repro_produces_every_output(repo):
         "plots/analysis/topk.csv",
         "reports/index.html",
         "models/finetune/sae.safetensors",
+        "metrics/splice/seed-1.json",
+        "data/splice/seed-0/per_token.parquet",
         "models/finetune/saelens/cfg.json",
         "plots/finetune/plots/metrics/kl.tsv",
         "metrics/finetune.json",
@@ -183,6 +187,37 @@ def test_finetune_refuses_a_source_it_does_not_match_before_any_work(repo, tmp_p
     assert res.returncode == 2 and expected in res.stderr, res.stderr
     assert "dvc repro train" in res.stderr and "Traceback" not in res.stderr
     assert not any(p.exists() for p in (*out.values(), tmp_path / "m.json"))
+
+
+def test_a_second_site_gets_its_own_cache_saes_and_evaluation(tmp_path):
+    """A 2-layer LM with activations.extra_hooks: one activations pass writes the root cache and the further
+    site's (data/sites/<hook>), train_site@<hook>-<seed> trains one SAE per seed there, evaluate_site@<hook> scores
+    it with that site's cache; adding the site leaves the root cache byte-identical to a one-site run's."""
+    site = "blocks.1.mlp.hook_post"
+    repo = make_repo(tmp_path / "two", {"lm": {"n_layers": 2}, "activations": {"extra_hooks": [site]}})
+    listed = run_cmd(["dvc", "stage", "list"], repo).stdout
+    for stage in (f"train_site@{site}-0", f"train_site@{site}-1", f"evaluate_site@{site}"):
+        assert stage in listed, listed
+    run_cmd(["dvc", "repro", "train_site", f"evaluate_site@{site}", "splice@0"], repo)
+    assert json.loads((repo / "data/sites/sites.json").read_text()) == {"hooks": [site]}
+    assert json.loads((repo / f"data/sites/{site}/manifest.json").read_text())["hook"] == site
+    for seed in (0, 1):
+        meta = json.loads((repo / f"models/sites/{site}/seed-{seed}/config.json").read_text())
+        assert meta["hook"] == site and meta["train_params"]["seed"] == seed
+    m = json.loads((repo / f"metrics/sites/{site}/evaluate.json").read_text())
+    assert 0 < m["l0"] and -1 < m["ce_recovered_zero"] <= 1.5
+    assert "sites" in json.loads((repo / "metrics/activations.json").read_text())
+    spliced = json.loads((repo / "metrics/splice/seed-0.json").read_text())
+    assert spliced["sites"] == ["blocks.0.mlp.hook_post", site] and spliced["all"]["ce_increase"] > 0
+    assert set(spliced["per_site"]["blocks.0.mlp.hook_post"]["propagated_relative_error"]) == {site}
+    detail = json.loads((repo / f"metrics/sites/{site}/evaluate_detail.json").read_text())  # one metric path
+    assert abs(spliced["per_site"][site]["ce_increase_alone"] - (detail["ce_sae"] - detail["ce_clean"])) < 1e-5
+    # the root cache alone, from a one-site copy with the same LM (same params but the site list)
+    one = make_repo(tmp_path / "one", {"lm": {"n_layers": 2}})
+    run_cmd(["dvc", "repro", "activations"], one)
+    assert sha256_dir(one / "data/activations") == sha256_dir(repo / "data/activations")
+    assert json.loads((one / "data/sites/sites.json").read_text()) == {"hooks": []}
+    assert "sites" not in json.loads((one / "metrics/activations.json").read_text())
 
 
 def test_root_views_show_the_root_pipeline(repo):

@@ -70,8 +70,35 @@ class TokensConfig(Section):
     """Tokens per row, BOS included; must not exceed the LM's context."""
 
 
+# The hook points an SAE can read (TransformerLens names, ``blocks.<layer>.<suffix>``); data/hooks.py checks a
+# name against a loaded LM, this module checks its form at params load, before any work.
+HOOK_SUFFIXES = (
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+    "hook_mlp_out",
+    "hook_attn_out",
+    "mlp.hook_pre",
+    "mlp.hook_post",
+)
+HOOK_NAME = re.compile(r"blocks\.(\d+)\.(" + "|".join(re.escape(s) for s in HOOK_SUFFIXES) + ")")
+
+
+def hook_layer(name: str) -> int:
+    """The block index of a hook name of the supported form; ValueError naming the form otherwise."""
+    m = HOOK_NAME.fullmatch(name) if isinstance(name, str) else None
+    if m is None:
+        raise ValueError(f"{name!r} is not a hook name of the form blocks.<layer>.<suffix>, suffix one of: "
+                         + ", ".join(HOOK_SUFFIXES))  # fmt: skip
+    return int(m.group(1))
+
+
 class ActivationsConfig(Section):
     hook: str = "blocks.0.mlp.hook_post"
+    """The site of the root pipeline's SAEs (train, evaluate, analyze, browser, finetune, compare)."""
+    extra_hooks: tuple[str, ...] = ()
+    """Further sites, cached in the same LM pass as ``hook`` (one cache each, ``data/sites/<hook>/``), each with
+    SAEs of its own (stages ``train_site``, ``evaluate_site``; docs/usage.md, "Many sites"). Empty: one site."""
     n_tokens: int = Field(2_000_000, gt=0)
     """Activations to cache (capped by the train split)."""
     dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
@@ -86,6 +113,29 @@ class ActivationsConfig(Section):
     training, statistics and the mean, and keeps it clean in every CE splice; ``include`` treats it
     like any other token."""
 
+    @field_validator("extra_hooks", mode="before")
+    @classmethod
+    def _hook_list(cls, v):
+        if isinstance(v, str) or not isinstance(v, list | tuple):
+            raise ValueError(f"must be a list of hook names, e.g. [blocks.1.mlp.hook_post], not {v!r}")
+        for name in v:
+            hook_layer(name)
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists a hook twice: {sorted(h for h in set(v) if list(v).count(h) > 1)}")
+        return tuple(v)
+
+    @model_validator(mode="after")
+    def _primary_apart(self) -> ActivationsConfig:
+        if self.hook in self.extra_hooks:
+            raise ValueError(f"activations.extra_hooks lists {self.hook}, which is activations.hook already: "
+                             "drop it from extra_hooks")  # fmt: skip
+        return self
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        """Every site, ``hook`` first."""
+        return (self.hook, *self.extra_hooks)
+
 
 def _relocated(err: ValidationError, prefix: tuple) -> list:
     """``err``'s errors as InitErrorDetails under ``prefix`` (to raise them again from a wrap validator)."""
@@ -93,6 +143,16 @@ def _relocated(err: ValidationError, prefix: tuple) -> list:
         InitErrorDetails(type=e["type"], loc=(*prefix, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
         for e in err.errors()
     ]
+
+
+def site_params(acts: ActivationsConfig, hook: str | None) -> ActivationsConfig:
+    """``activations`` for one site: ``hook`` (None: ``activations.hook``) must be one of ``activations.hooks``."""
+    if hook is None or hook == acts.hook:
+        return acts
+    if hook not in acts.extra_hooks:
+        raise ConfigError(f"--hook {hook} is not a site of these params: activations.hooks are {list(acts.hooks)} "
+                          "(add it to activations.extra_hooks)")  # fmt: skip
+    return acts.model_copy(update={"hook": hook, "extra_hooks": tuple(h for h in acts.hooks if h != hook)})
 
 
 # _DEFERRED: the stages before train (text, lm, tokens, activations) import no architecture, so that
@@ -382,6 +442,12 @@ class Params(Section):
             raise ValueError("sae.seed: the SAE seeds come from the top-level `seeds` list (one SAE per seed)")
         if self.lm.source == "embedded" and self.tokens.n_ctx > self.lm.n_ctx:
             raise ValueError(f"tokens.n_ctx ({self.tokens.n_ctx}) must be <= lm.n_ctx ({self.lm.n_ctx})")
+        if self.lm.source == "embedded" and self.activations.extra_hooks:  # the LM's depth is known here
+            for name in self.activations.hooks:
+                if hook_layer(name) >= self.lm.n_layers:
+                    raise ValueError(f"activations: {name} is in block {hook_layer(name)}, but the embedded LM has "
+                                     f"lm.n_layers: {self.lm.n_layers} (blocks 0..{self.lm.n_layers - 1}): raise "
+                                     "lm.n_layers or pick an earlier block")  # fmt: skip
         return self
 
 

@@ -119,12 +119,15 @@ def _first_section() -> str:
     return f"sae.{next(iter(registry.sections()))}"
 
 
+TRAIN_STAGES = ("train", "train_site")  # the root pipeline's SAE-training stages (one site, every further site)
+
+
 def _fix_train_params(text: str) -> str:
-    """The root train stage's ``sae.*`` param lines rewritten to :func:`train_params` (other lines kept)."""
+    """The root train stages' ``sae.*`` param lines rewritten to :func:`train_params` (other lines kept)."""
     lines, out, in_train, written = text.splitlines(keepends=True), [], False, False
     for line in lines:
         if line.startswith("  ") and not line.startswith("   "):
-            in_train = line.strip() == "train:"
+            in_train, written = line.strip().rstrip(":") in TRAIN_STAGES, False
         if in_train and line.lstrip().startswith("- sae.") and line.startswith("      - "):
             if not written:
                 keys, first_section = train_params(), _first_section()

@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 from saelab.data.background import background
 from saelab.errors import InputError, NonFinite, ResourceError
-from saelab.data.hooks import hook_activations
+from saelab.data.hooks import hooks_activations
 from saelab.io import read_json
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -94,97 +94,139 @@ class CacheSpec:
 
 
 def write_cache(model, rows: np.ndarray, row_ids: np.ndarray, spec: CacheSpec, out: Path, device) -> dict:
-    """Run the LM over ``rows`` and write a token-shuffled Parquet cache into ``out``.
+    """Run the LM over ``rows`` and write a token-shuffled Parquet cache of ``spec.hook`` into ``out``
+    (``write_caches`` with one site). Returns the manifest (without input hashes, which the stage adds)."""
+    return write_caches(model, rows, row_ids, [spec], [out], device)[0]
 
-    1. Activations of every kept token (all but ``spec.exclude_token``) go, in row order,
-       to a scratch memmap.
-    2. A seeded permutation of all N kept tokens orders the shards, so consecutive
-       cache rows come from unrelated prompts.
-    3. Shards are written from the memmap in permuted order; the scratch is deleted.
-    Returns the manifest (without input hashes, which the stage adds).
+
+def write_caches(model, rows: np.ndarray, row_ids: np.ndarray, specs: list[CacheSpec], outs: list[Path],
+                 device) -> list[dict]:  # fmt: skip
+    """One LM pass over ``rows``, caching every spec's hook (its own token-shuffled Parquet cache in its ``out``).
+
+    1. Activations of every kept token (all but ``exclude_token``) at every hook go, in row order, to one scratch
+       memmap per hook; the pass stops after the deepest hook's block.
+    2. A seeded permutation of all N kept tokens orders the shards, so consecutive cache rows come from
+       unrelated prompts; every hook shares it (a token sits at the same cache row in each).
+    3. Each cache's shards are written from its memmap in permuted order; the scratch is deleted.
+    Each cache's bytes equal those a pass of its own would write (tests/test_cache.py). The specs differ only in
+    hook, layer and d. Returns the manifests (without input hashes, which the stage adds), in ``specs``' order.
     """
-    torch_dtype = DTYPES[spec.dtype]
+    if len(specs) != len(outs) or not specs:
+        raise ValueError(f"write_caches: {len(specs)} specs for {len(outs)} outputs")
+    base = specs[0]
+    if len({s.hook for s in specs}) != len(specs):
+        raise ValueError(f"write_caches: a hook is listed twice in {[s.hook for s in specs]}")
+    for s in specs[1:]:
+        shared = ("dtype", "n_tokens", "seed", "batch_rows", "shard_tokens", "row_group_tokens", "allow_nonfinite",
+                  "exclude_token")  # fmt: skip
+        if any(getattr(s, k) != getattr(base, k) for k in shared):
+            raise ValueError(f"write_caches: {s.hook}'s spec differs from {base.hook}'s beyond hook, layer and d")
+    torch_dtype = DTYPES[base.dtype]
     itemsize = torch.tensor([], dtype=torch_dtype).element_size()
     n_ctx = rows.shape[1]
-    keep = rows != spec.exclude_token if spec.exclude_token is not None else np.ones(rows.shape, dtype=bool)
+    keep = rows != base.exclude_token if base.exclude_token is not None else np.ones(rows.shape, dtype=bool)
     n = int(keep.sum())
-    check_disk(out, 2 * n * spec.d * itemsize)
-    scratch = np.lib.format.open_memmap(out / ".scratch.npy", mode="w+", dtype=np.uint8, shape=(n, spec.d * itemsize))
-    total, dropped = torch.zeros(spec.d, dtype=torch.float64), torch.zeros(spec.d, dtype=torch.float64)
-    norm_sum, nonfinite, at = 0.0, 0, 0
+    for out in outs:
+        check_disk(out, 2 * n * sum(s.d for s in specs) * itemsize)
+    sites = [_Site(s, out, n, itemsize) for s, out in zip(specs, outs)]
+    stop_at = max(s.layer for s in specs) + 1
+    at = 0
     start = time.perf_counter()
     bar = tqdm(total=n, desc="activations", unit="tok", unit_scale=True)
-    for i in range(0, len(rows), spec.batch_rows):
-        batch = torch.from_numpy(rows[i : i + spec.batch_rows].astype(np.int64)).to(device)
-        acts = hook_activations(model, batch, spec.hook, spec.layer).reshape(-1, spec.d).to(torch_dtype)
-        mask = torch.from_numpy(keep[i : i + spec.batch_rows].reshape(-1)).to(acts.device)
-        dropped += acts[~mask].float().sum(0).double().cpu()
+    for i in range(0, len(rows), base.batch_rows):
+        batch = torch.from_numpy(rows[i : i + base.batch_rows].astype(np.int64)).to(device)
+        grabbed = hooks_activations(model, batch, [s.hook for s in specs], stop_at)
+        mask = torch.from_numpy(keep[i : i + base.batch_rows].reshape(-1)).to(batch.device)
+        for site in sites:
+            kept = site.add(grabbed[site.spec.hook], mask, torch_dtype, at, i, len(batch))
+        at += kept
+        bar.update(kept)
+    bar.close()
+    compute_s = time.perf_counter() - start
+
+    perm = np.random.default_rng(base.seed + 1).permutation(n)
+    flat_keep = keep.reshape(-1)
+    src = {
+        "row": np.repeat(row_ids.astype(np.int32), n_ctx)[flat_keep],
+        "pos": np.tile(np.arange(n_ctx, dtype=np.int16), len(rows))[flat_keep],
+        "token": rows.reshape(-1).astype(np.int32)[flat_keep],
+    }
+    n_dropped = rows.size - n
+    manifests = []
+    for site in sites:
+        shards = site.write_shards(perm, src)
+        spec = site.spec
+        manifests.append({
+            "format": "saelab-activations/2",
+            "hook": spec.hook,
+            "layer": spec.layer,
+            "d": spec.d,
+            "dtype": spec.dtype,
+            "n_tokens": n,
+            "n_ctx": n_ctx,
+            "n_rows": len(rows),
+            "seed": spec.seed,
+            "excluded_token": spec.exclude_token,
+            "n_excluded": int(n_dropped),
+            "shards": shards,
+            "nonfinite": site.nonfinite,
+            "mean": (site.total / max(1, n)).float().tolist(),
+            "mean_excluded": (site.dropped / n_dropped).float().tolist() if n_dropped else None,
+            "mean_norm": site.norm_sum / max(1, n),
+            "compute_seconds": compute_s,  # the shared LM pass
+            "tokens_per_s": n / compute_s,
+        })  # fmt: skip
+    return manifests
+
+
+class _Site:
+    """One hook's scratch memmap and running statistics during ``write_caches``' LM pass."""
+
+    def __init__(self, spec: CacheSpec, out: Path, n: int, itemsize: int):
+        self.spec, self.out = spec, out
+        self.scratch = np.lib.format.open_memmap(out / ".scratch.npy", mode="w+", dtype=np.uint8,
+                                                 shape=(n, spec.d * itemsize))  # fmt: skip
+        self.total = torch.zeros(spec.d, dtype=torch.float64)
+        self.dropped = torch.zeros(spec.d, dtype=torch.float64)
+        self.norm_sum, self.nonfinite = 0.0, 0
+
+    def add(self, acts: torch.Tensor, mask: torch.Tensor, dtype, at: int, row: int, n_rows: int) -> int:
+        spec = self.spec
+        acts = acts.reshape(-1, spec.d).to(dtype)
+        self.dropped += acts[~mask].float().sum(0).double().cpu()
         acts = acts[mask]  # (n_kept, d)
         bad = (~torch.isfinite(acts)).sum().item()
         if bad and not spec.allow_nonfinite:
             raise NonFinite(
-                f"{bad} non-finite activations at {spec.hook} in token rows {i}..{i + len(batch) - 1}; "
+                f"{bad} non-finite activations at {spec.hook} in token rows {row}..{row + n_rows - 1}; "
                 "the cache was not written (check the LM, or set activations.allow_nonfinite: true)"
             )
-        nonfinite += bad
+        self.nonfinite += bad
         a32 = acts.float()
-        total += a32.sum(0).double().cpu()
-        norm_sum += a32.norm(dim=-1).double().sum().item()
-        scratch[at : at + len(acts)] = bytes_rows(acts)
-        at += len(acts)
-        bar.update(len(acts))
-    bar.close()
-    compute_s = time.perf_counter() - start
+        self.total += a32.sum(0).double().cpu()
+        self.norm_sum += a32.norm(dim=-1).double().sum().item()
+        self.scratch[at : at + len(acts)] = bytes_rows(acts)
+        return len(acts)
 
-    perm = np.random.default_rng(spec.seed + 1).permutation(n)
-    flat_keep = keep.reshape(-1)
-    src_row = np.repeat(row_ids.astype(np.int32), n_ctx)[flat_keep]
-    src_pos = np.tile(np.arange(n_ctx, dtype=np.int16), len(rows))[flat_keep]
-    src_tok = rows.reshape(-1).astype(np.int32)[flat_keep]
-    shards = []
-    for s, lo in enumerate(tqdm(range(0, n, spec.shard_tokens), desc="shards", unit="shard")):
-        idx = perm[lo : lo + spec.shard_tokens]
-        table = pa.table(
-            {
-                "x": fixed_binary(scratch[idx]),
-                "row": pa.array(src_row[idx]),
-                "pos": pa.array(src_pos[idx]),
-                "token": pa.array(src_tok[idx]),
-            }
-        )
-        name = f"shard-{s:05d}.parquet"
-        pq.write_table(
-            table,
-            out / name,
-            row_group_size=spec.row_group_tokens,
-            compression="none",
-            use_dictionary=False,
-            write_statistics=False,
-        )
-        shards.append({"file": name, "n_tokens": len(idx)})
-    del scratch
-    (out / ".scratch.npy").unlink()
-    n_dropped = rows.size - n
-    return {
-        "format": "saelab-activations/2",
-        "hook": spec.hook,
-        "layer": spec.layer,
-        "d": spec.d,
-        "dtype": spec.dtype,
-        "n_tokens": n,
-        "n_ctx": n_ctx,
-        "n_rows": len(rows),
-        "seed": spec.seed,
-        "excluded_token": spec.exclude_token,
-        "n_excluded": int(n_dropped),
-        "shards": shards,
-        "nonfinite": nonfinite,
-        "mean": (total / max(1, n)).float().tolist(),
-        "mean_excluded": (dropped / n_dropped).float().tolist() if n_dropped else None,
-        "mean_norm": norm_sum / max(1, n),
-        "compute_seconds": compute_s,
-        "tokens_per_s": n / compute_s,
-    }
+    def write_shards(self, perm: np.ndarray, src: dict) -> list[dict]:
+        spec, n = self.spec, len(perm)
+        shards = []
+        for s, lo in enumerate(tqdm(range(0, n, spec.shard_tokens), desc=f"shards {spec.hook}", unit="shard")):
+            idx = perm[lo : lo + spec.shard_tokens]
+            table = pa.table({"x": fixed_binary(self.scratch[idx]), **{k: pa.array(v[idx]) for k, v in src.items()}})
+            name = f"shard-{s:05d}.parquet"
+            pq.write_table(
+                table,
+                self.out / name,
+                row_group_size=spec.row_group_tokens,
+                compression="none",
+                use_dictionary=False,
+                write_statistics=False,
+            )
+            shards.append({"file": name, "n_tokens": len(idx)})
+        del self.scratch
+        (self.out / ".scratch.npy").unlink()
+        return shards
 
 
 # ---------------------------------------------------------------- reader

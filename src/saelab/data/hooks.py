@@ -10,18 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from saelab.config import HOOK_SUFFIXES
 from saelab.errors import InputError
-
-HOOK_SUFFIXES = (
-    "hook_resid_pre",
-    "hook_resid_mid",
-    "hook_resid_post",
-    "hook_mlp_out",
-    "hook_attn_out",
-    "mlp.hook_pre",
-    "mlp.hook_post",
-)
-
 
 def valid_hooks(n_layers: int) -> list[str]:
     return [f"blocks.{layer}.{s}" for layer in range(n_layers) for s in HOOK_SUFFIXES]
@@ -73,6 +63,15 @@ def grab_into(store: dict, key: str):
 def hook_activations(model, tokens: torch.Tensor, hook: str, layer: int) -> torch.Tensor:
     """Activations at ``hook`` for ``tokens`` (B, T) -> (B, T, d); the pass stops after ``layer``."""
     return capture(model, tokens, hook, stop_at_layer=layer + 1)[1]
+
+
+@torch.no_grad()
+def hooks_activations(model, tokens: torch.Tensor, hooks: list[str], stop_at_layer: int) -> dict[str, torch.Tensor]:
+    """Activations at every hook of ``hooks`` for ``tokens`` (B, T), hook -> (B, T, d), from one pass that stops
+    before block ``stop_at_layer`` (one past the deepest hook's)."""
+    grabbed: dict = {}
+    model.run_with_hooks(tokens, fwd_hooks=[(h, grab_into(grabbed, h)) for h in hooks], stop_at_layer=stop_at_layer)
+    return grabbed
 
 
 def splice(values: torch.Tensor, keep: torch.Tensor | None = None):

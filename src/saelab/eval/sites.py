@@ -1,0 +1,208 @@
+"""Every site's SAE spliced into one forward pass (stage ``splice``; docs/metrics.md, "Splicing every site").
+
+On evaluate's CE rows (the same seeded sample, ``evaluate.seed`` and ``evaluate.ce_max_tokens``), with the root
+site's and every further site's SAE of one seed:
+
+* per-token CE of the clean model, of each SAE **alone**, of **all** together, of all but one (**without**), and
+  of zero ablation at each site alone and at all sites together (for CE recovered);
+* a spliced SAE reconstructs the activation it receives, so in ``all`` a later SAE reads what the earlier
+  splices made of its input (the spliced model as one would run it); covered positions only (BOS stays clean
+  under ``activations.bos: exclude``, as in every splice);
+* each site's reconstruction statistics on the clean activations (:class:`ReconSums`, evaluate's definitions)
+  and its mean activation norm;
+* **propagation**: with one SAE spliced alone, the relative error it causes at every later site,
+  Σ‖a_j − a_j^clean‖² / Σ‖a_j^clean‖² over covered tokens, beside that later site's own SAE's relative error
+  Σ‖x̂_j − x_j‖² / Σ‖x_j‖² on clean inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from saelab.config import HOOK_SUFFIXES, hook_layer
+from saelab.data.hooks import covered_positions, grab_into
+from saelab.eval.evaluate import EvalSample, token_ce
+from saelab.eval.metrics import ReconSums, ce_recovered, frequency_fractions
+from saelab.saes.base import SAE
+
+# the order TransformerLens reaches a block's hook points in the forward pass
+FORWARD_ORDER = (
+    "hook_resid_pre",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "mlp.hook_pre",
+    "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
+)
+assert sorted(FORWARD_ORDER) == sorted(HOOK_SUFFIXES)
+
+
+def forward_position(hook: str) -> tuple[int, int]:
+    """(block, position within the block) of a hook: sorts sites in the order the forward pass meets them."""
+    return hook_layer(hook), FORWARD_ORDER.index(hook.split(".", 2)[2])
+
+
+def live_splice(sae: SAE, covered: torch.Tensor):
+    """A hook replacing the activation it receives by ``sae``'s reconstruction of it at ``covered`` (B, T)
+    positions: after an earlier splice, the reconstruction of what that splice made of the input."""
+
+    def hook(x, hook):  # noqa: ARG001 - TL passes the HookPoint by keyword
+        x_hat = sae(x.reshape(-1, x.shape[-1]).float())[0].reshape(x.shape).to(x.dtype)
+        return torch.where(covered[..., None], x_hat, x)
+
+    return hook
+
+
+def zero_splice(covered: torch.Tensor):
+    def hook(x, hook):  # noqa: ARG001
+        return torch.where(covered[..., None], torch.zeros_like(x), x)
+
+    return hook
+
+
+def splice_sets(sites: list[str]) -> dict[str, tuple[str, ...]]:
+    """The sets of sites whose SAEs are spliced together: each alone, and with 2+ sites all and all but each one
+    (one site: ``all`` is that site alone, not spliced twice)."""
+    sets = {f"alone:{h}": (h,) for h in sites}
+    if len(sites) > 1:
+        sets |= {"all": tuple(sites)} | {f"without:{h}": tuple(s for s in sites if s != h) for h in sites}
+    return sets
+
+
+@dataclass
+class SiteSums:
+    """Running sums of :func:`evaluate_sites`: per-token CE per set, per-site reconstruction and propagation."""
+
+    ce: dict = field(default_factory=dict)  # name -> list of per-token CE arrays (n,)
+    recon: dict = field(default_factory=dict)  # site -> ReconSums (clean inputs)
+    norm_sum: dict = field(default_factory=dict)  # site -> Σ ‖x‖ over covered tokens
+    prop_err: dict = field(default_factory=dict)  # (from, to) -> Σ ‖a_to − a_to^clean‖²
+    clean_sq: dict = field(default_factory=dict)  # site -> Σ ‖a^clean‖²
+
+
+def _run(model, tokens, hooks) -> torch.Tensor:
+    return token_ce(model.run_with_hooks(tokens, fwd_hooks=hooks), tokens)
+
+
+@torch.no_grad()
+def evaluate_sites(model, saes: dict[str, SAE], rows: np.ndarray, cfg, device, exclude_token: int | None = None
+                   ) -> tuple[dict, dict]:  # fmt: skip
+    """Splice ``saes`` (hook -> SAE) alone, together and all but one into the LM on evaluate's CE rows of ``rows``.
+
+    Returns (metrics, per-token arrays: ``ce:<set>`` per set and ``covered``, over every predicted position of
+    the CE rows, in row order). Definitions: the module docstring and docs/metrics.md, "Splicing every site".
+    """
+    sites = sorted(saes, key=forward_position)
+    sets = splice_sets(sites)
+    sample = EvalSample.draw(len(rows), rows.shape[1], cfg.ce_max_tokens, cfg)
+    s = SiteSums()
+    per_token: dict[str, list] = {"covered": []}
+    for tokens, _, in_ce in sample.batches(rows, cfg.batch_rows, device):
+        if not in_ce:
+            break  # CE rows come first; the rest are not used here
+        covered = covered_positions(tokens, exclude_token)
+        # a prediction made from a covered position (one made from BOS under bos: exclude is never spliced)
+        per_token["covered"].append(covered[:, :-1].reshape(-1).cpu().numpy())
+        clean_acts: dict = {}
+        ce = {"clean": _run(model, tokens, [(h, grab_into(clean_acts, h)) for h in sites])}
+        keep = covered.reshape(-1)
+        for h in sites:
+            x = clean_acts[h].float().reshape(-1, clean_acts[h].shape[-1])[keep]
+            x_hat, f = saes[h](x)
+            s.recon.setdefault(h, ReconSums()).add(x, x_hat, f)
+            s.norm_sum[h] = s.norm_sum.get(h, 0.0) + x.double().norm(dim=-1).sum().item()
+            s.clean_sq[h] = s.clean_sq.get(h, 0.0) + x.double().pow(2).sum().item()
+        for name, members in sets.items():
+            later = {}
+            grabs = []
+            if name.startswith("alone:"):  # the error this SAE alone causes downstream, from the same pass
+                later_sites = [h for h in sites if forward_position(h) > forward_position(members[0])]
+                grabs = [(h, grab_into(later, h)) for h in later_sites]
+            splices = [(h, live_splice(saes[h], covered)) for h in members]
+            # a later site's activation is grabbed before its own SAE would splice it (it is not spliced here)
+            ce[name] = _run(model, tokens, sorted(splices + grabs, key=lambda p: forward_position(p[0])))
+            for h, a in later.items():
+                d = (a.float() - clean_acts[h].float()).reshape(-1, a.shape[-1])[keep]
+                key = (members[0], h)
+                s.prop_err[key] = s.prop_err.get(key, 0.0) + d.double().pow(2).sum().item()
+        if len(sites) == 1:
+            ce["all"] = ce[f"alone:{sites[0]}"]
+        ce["zero:all"] = _run(model, tokens, [(h, zero_splice(covered)) for h in sites])
+        for h in sites:
+            ce[f"zero:{h}"] = _run(model, tokens, [(h, zero_splice(covered))]) if len(sites) > 1 else ce["zero:all"]
+        for name, v in ce.items():
+            per_token.setdefault(f"ce:{name}", []).append(v.reshape(-1).double().cpu().numpy())
+    arrays = {k: np.concatenate(v) for k, v in per_token.items()}
+    return summarize_sites(sites, arrays, s, cfg), arrays
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
+    if a.std() == 0 or b.std() == 0:
+        return None  # a constant series has no correlation (e.g. a perfect splice)
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def worst_overlap(a: np.ndarray, b: np.ndarray, share: float) -> float:
+    """Jaccard overlap of the ``share`` of tokens with the largest values of ``a`` and of ``b``."""
+    n = max(1, int(round(share * len(a))))
+    top_a, top_b = set(np.argsort(-a, kind="stable")[:n]), set(np.argsort(-b, kind="stable")[:n])
+    return len(top_a & top_b) / len(top_a | top_b)
+
+
+def summarize_sites(sites: list[str], arrays: dict, s: SiteSums, cfg, worst_share: float = 0.01) -> dict:
+    ce = {k.removeprefix("ce:"): v for k, v in arrays.items() if k.startswith("ce:")}
+    mean = {k: float(v.mean()) for k, v in ce.items()}
+    clean = mean["clean"]
+    out: dict = {
+        "sites": sites,
+        "ce_eval_tokens": int(len(ce["clean"])),
+        "ce_clean": clean,
+        "all": {
+            "ce": mean["all"],
+            "ce_increase": mean["all"] - clean,
+            "ce_zero_ablation": mean["zero:all"],
+            "ce_recovered_zero": ce_recovered(clean, mean["all"], mean["zero:all"]),
+        },
+    }
+    alone = {h: mean[f"alone:{h}"] - clean for h in sites}
+    out["all"]["sum_of_alone_increases"] = sum(alone.values())
+    total = out["all"]["sum_of_alone_increases"]
+    out["all"]["additivity"] = out["all"]["ce_increase"] / total if total > 1e-9 else None  # no cost: no ratio
+    diffs = {h: ce[f"alone:{h}"] - ce["clean"] for h in sites}
+    diffs["all"] = ce["all"] - ce["clean"]
+    covered = arrays["covered"].astype(bool)
+    per_site = {}
+    for h in sites:
+        recon = s.recon[h]
+        row = {
+            "ce_increase_alone": alone[h],
+            "ce_recovered_zero_alone": ce_recovered(clean, mean[f"alone:{h}"], mean[f"zero:{h}"]),
+            "ce_zero_ablation": mean[f"zero:{h}"],
+            **recon.result(),
+            **frequency_fractions(recon.freq(), cfg.ultra_low_threshold, cfg.dense_threshold),
+            "mean_norm": s.norm_sum[h] / recon.n,
+            "relative_error": recon.sse / s.clean_sq[h] if s.clean_sq[h] > 0 else None,
+            "ce_diff_corr_with_all": _corr(diffs[h][covered], diffs["all"][covered]),
+        }
+        if f"without:{h}" in mean:
+            row["ce_increase_without"] = mean[f"without:{h}"] - clean  # every other SAE spliced
+            row["marginal_ce_increase"] = mean["all"] - mean[f"without:{h}"]  # what adding this one last costs
+        row["propagated_relative_error"] = {
+            to: s.prop_err[(h, to)] / s.clean_sq[to] if s.clean_sq[to] > 0 else None
+            for to in sites
+            if (h, to) in s.prop_err
+        }
+        per_site[h] = row
+    out["per_site"] = per_site
+    out["ce_diff_corr"] = {a: {b: _corr(diffs[a][covered], diffs[b][covered]) for b in sites} for a in sites}
+    out["worst_token_overlap"] = {
+        "share": worst_share,
+        "jaccard": {
+            a: {b: worst_overlap(diffs[a][covered], diffs[b][covered], worst_share) for b in sites} for a in sites
+        },  # fmt: skip
+    }
+    return out

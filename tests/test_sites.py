@@ -1,0 +1,115 @@
+"""Splicing every site at once (saelab.eval.sites): each set's CE by hand, propagation by hand, one metric path
+with evaluate, and the degenerate cases (a perfect splice, one site)."""
+
+import numpy as np
+import pytest
+import torch
+
+from saelab.config import EvaluateConfig
+from saelab.data.hooks import covered_positions, grab_into, splice
+from saelab.data.lm import load_lm
+from saelab.eval.evaluate import EvalSample, evaluate, token_ce
+from saelab.eval.sites import evaluate_sites, forward_position, live_splice, splice_sets, worst_overlap
+from saelab.saes.base import SAE
+from tests.conftest import identity_sae
+
+PRE, POST, RESID = "blocks.0.hook_resid_pre", "blocks.0.mlp.hook_post", "blocks.0.hook_resid_post"
+CFG = EvaluateConfig(ce_max_tokens=8 * 16, max_tokens=8 * 16, batch_rows=4)
+
+
+def _sae(d, seed):
+    sae = SAE(d, 4 * d, seed=seed)
+    with torch.no_grad():
+        sae.W_enc.mul_(3.0)  # a lossy but non-trivial reconstruction
+    return sae
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_lm):
+    path, rows = tiny_lm
+    lm = load_lm(path)
+    saes = {RESID: _sae(32, 2), PRE: _sae(32, 0), POST: _sae(64, 1)}  # deliberately not in forward order
+    return lm, rows, saes
+
+
+def test_sites_sort_in_forward_order_and_sets_cover_alone_all_and_leave_one_out():
+    assert sorted([RESID, POST, "blocks.1.hook_resid_pre", PRE], key=forward_position) == [
+        PRE, POST, RESID, "blocks.1.hook_resid_pre"]  # fmt: skip
+    assert splice_sets([PRE]) == {f"alone:{PRE}": (PRE,)}  # one site: all is that site alone, not spliced twice
+    sets = splice_sets([PRE, POST])
+    assert sets["all"] == (PRE, POST) and sets[f"without:{PRE}"] == (POST,) and sets[f"alone:{POST}"] == (POST,)
+
+
+def test_each_set_and_the_propagation_equal_a_hand_computation(setup):
+    lm, rows, saes = setup
+    m, arrays = evaluate_sites(lm.model, saes, rows, CFG, "cpu", lm.bos_token_id)
+    assert m["sites"] == [PRE, POST, RESID]
+    sample = EvalSample.draw(len(rows), rows.shape[1], CFG.ce_max_tokens, CFG)
+    tokens = torch.from_numpy(rows[sample.ce].astype(np.int64))  # the CE rows, in one batch
+    covered = covered_positions(tokens, lm.bos_token_id)
+    clean = {}
+    ce_clean = token_ce(lm.model.run_with_hooks(tokens, fwd_hooks=[(h, grab_into(clean, h)) for h in saes]), tokens)
+    # all three by hand: each SAE reads what the earlier splices made of its input, computed pass by pass
+    values, hooks = {}, []
+    for h in (PRE, POST, RESID):
+        got = {}
+        lm.model.run_with_hooks(tokens, fwd_hooks=[*hooks, (h, grab_into(got, h))])
+        values[h] = saes[h](got[h].reshape(-1, got[h].shape[-1]))[0]
+        hooks.append((h, splice(values[h], keep=~covered)))
+    ce_all = token_ce(lm.model.run_with_hooks(tokens, fwd_hooks=hooks), tokens)
+    torch.testing.assert_close(m["ce_clean"], ce_clean.double().mean().item(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(m["all"]["ce"], ce_all.double().mean().item(), rtol=1e-5, atol=1e-5)
+    assert m["all"]["ce_increase"] == pytest.approx(m["all"]["ce"] - m["ce_clean"])
+    # leave-one-out without POST: PRE and RESID only, RESID reading what PRE's splice made of it
+    pair = [(PRE, live_splice(saes[PRE], covered)), (RESID, live_splice(saes[RESID], covered))]
+    ce_wo = token_ce(lm.model.run_with_hooks(tokens, fwd_hooks=pair), tokens)
+    row = m["per_site"][POST]
+    assert row["ce_increase_without"] == pytest.approx(ce_wo.double().mean().item() - m["ce_clean"], abs=1e-5)
+    assert row["marginal_ce_increase"] == pytest.approx(m["all"]["ce"] - ce_wo.double().mean().item(), abs=1e-5)
+    # propagation: PRE alone, relative error at POST and RESID (covered tokens), against their clean activations
+    got = {}
+    lm.model.run_with_hooks(tokens, fwd_hooks=[(PRE, live_splice(saes[PRE], covered)), (POST, grab_into(got, POST)),
+                                               (RESID, grab_into(got, RESID))])  # fmt: skip
+    keep = covered.reshape(-1)
+    for to in (POST, RESID):
+        a, c = (t.reshape(-1, t.shape[-1])[keep].double() for t in (got[to], clean[to]))
+        want = (a - c).pow(2).sum().item() / c.pow(2).sum().item()
+        assert m["per_site"][PRE]["propagated_relative_error"][to] == pytest.approx(want, rel=1e-5)
+    assert set(m["per_site"][POST]["propagated_relative_error"]) == {RESID}
+    assert m["per_site"][RESID]["propagated_relative_error"] == {}
+    assert m["all"]["additivity"] == pytest.approx(
+        m["all"]["ce_increase"] / sum(m["per_site"][h]["ce_increase_alone"] for h in saes)
+    )
+
+
+def test_one_site_alone_agrees_with_evaluate(setup):
+    """The single-SAE numbers come from the same definitions as evaluate's: CE of the splice, zero ablation,
+    CE recovered and the reconstruction statistics, on the same rows."""
+    lm, rows, saes = setup
+    ev, _ = evaluate(lm.model, saes[POST], rows, POST, torch.zeros(64), CFG, "cpu", lm.bos_token_id, progress=False)
+    m, _ = evaluate_sites(lm.model, {POST: saes[POST]}, rows, CFG, "cpu", lm.bos_token_id)
+    row = m["per_site"][POST]
+    assert m["ce_clean"] == pytest.approx(ev["ce_clean"], rel=1e-6)
+    assert row["ce_increase_alone"] == pytest.approx(ev["ce_sae"] - ev["ce_clean"], abs=1e-5)
+    assert row["ce_recovered_zero_alone"] == pytest.approx(ev["ce_recovered_zero"], abs=1e-5)
+    for k in ("mse", "explained_variance", "l0", "l2_ratio", "frac_dead", "eval_tokens"):
+        assert row[k] == pytest.approx(ev[k], rel=1e-6), k
+    assert m["all"]["ce"] == pytest.approx(ev["ce_sae"], abs=1e-5)  # one site: all is that site alone
+    assert m["all"]["additivity"] == pytest.approx(1.0) and "ce_increase_without" not in row
+
+
+def test_perfect_splices_cost_nothing_and_leave_correlations_undefined(setup):
+    """Exact reconstructions at every site: every CE equals the clean one, no propagated error, additivity and
+    the CE-difference correlations undefined (None), never a crash."""
+    lm, rows, _ = setup
+    saes = {PRE: identity_sae(32), POST: identity_sae(64)}
+    m, _ = evaluate_sites(lm.model, saes, rows, CFG, "cpu", lm.bos_token_id)
+    assert abs(m["all"]["ce_increase"]) < 1e-5 and m["per_site"][PRE]["propagated_relative_error"][POST] < 1e-10
+    assert m["all"]["additivity"] is None and m["ce_diff_corr"][PRE][POST] is None
+    assert m["per_site"][POST]["explained_variance"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_worst_overlap_by_hand():
+    a, b = np.array([5.0, 4, 3, 2, 1, 0]), np.array([0.0, 4, 5, 2, 1, 3])
+    assert worst_overlap(a, b, 2 / 6) == pytest.approx(1 / 3)  # {0,1} vs {2,1}: one shared of three
+    assert worst_overlap(a, a, 0.5) == 1.0
