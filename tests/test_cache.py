@@ -219,7 +219,7 @@ def test_bos_tokens_are_left_out_of_the_cache(tmp_path):
         acts.check_bos_policy(cache, "include")
 
 
-def test_one_lm_pass_writes_each_site_as_its_own_pass_would(tiny_lm, tmp_path):
+def test_one_lm_pass_writes_each_site_as_its_own_pass_would(tiny_lm, tmp_path, monkeypatch):
     """build_caches over three hooks (one LM pass) writes, per hook, the bytes build_cache writes for it alone:
     the same tokens, the same shuffle, the same statistics; a hook the LM lacks is refused before any output."""
     from saelab.config import ActivationsConfig
@@ -243,6 +243,11 @@ def test_one_lm_pass_writes_each_site_as_its_own_pass_would(tiny_lm, tmp_path):
     ga, gb = a.read_row_group(0, ("x", "row", "pos")), b.read_row_group(0, ("x", "row", "pos"))
     assert (ga["row"] == gb["row"]).all() and (ga["pos"] == gb["pos"]).all()  # a token sits at the same cache row
     assert not torch.equal(ga["x"], gb["x"])
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the LM pass started before every hook was checked")
+
+    monkeypatch.setattr(acts, "write_caches", no_pass)
     with pytest.raises(InputError, match="not a supported hook"):
         build_caches(cfg, [hooks[0], "blocks.1.mlp.hook_post"], lm_dir, tokens, [tmp_path / "x", tmp_path / "y"])
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -142,10 +142,13 @@ def test_architecture_sections_are_checked_where_saes_are_imported():
         ({"extra_hooks": ["blocks.1.mlp.post"]}, {"n_layers": 2}, "is not a hook name of the form blocks.<layer>"),
         ({"extra_hooks": ["blocks.x.mlp.hook_post"]}, {"n_layers": 2}, "is not a hook name of the form"),
         ({"extra_hooks": ["blocks.1.mlp.hook_post"] * 2}, {"n_layers": 2}, "lists a hook twice"),
+        ({"extra_hooks": ["blocks.01.mlp.hook_post"]}, {"n_layers": 2}, "is not a hook name of the form"),
+        ({"extra_hooks": ["blocks.1.hook_resid_mid"]}, {"n_layers": 2}, "aliases it to ln2.hook_in"),
         ({"extra_hooks": ["blocks.0.mlp.hook_post"]}, {}, "which is activations.hook already: drop it"),
+        ({"extra_hooks": ["blocks.1.mlp.hook_post"]}, {}, "activations.extra_hooks: blocks.1.mlp.hook_post is in"),
         ({"extra_hooks": ["blocks.1.mlp.hook_post"]}, {}, "lm.n_layers: 1 (blocks 0..0): raise lm.n_layers"),
         ({"hook": "blocks.3.mlp.hook_post", "extra_hooks": ["blocks.1.mlp.hook_post"]}, {"n_layers": 2},
-         "blocks.3.mlp.hook_post is in block 3"),
+         "activations.hook: blocks.3.mlp.hook_post is in block 3"),
     ],
 )  # fmt: skip
 def test_malformed_site_lists_are_refused_at_params_load(acts, lm, message):

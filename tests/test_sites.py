@@ -9,7 +9,14 @@ from saelab.config import EvaluateConfig
 from saelab.data.hooks import covered_positions, grab_into, splice
 from saelab.data.lm import load_lm
 from saelab.eval.evaluate import EvalSample, evaluate, token_ce
-from saelab.eval.sites import evaluate_sites, forward_position, live_splice, splice_sets, worst_overlap
+from saelab.eval.sites import (
+    FORWARD_ORDER,
+    evaluate_sites,
+    forward_position,
+    live_splice,
+    splice_sets,
+    worst_overlap,
+)
 from saelab.saes.base import SAE
 from tests.conftest import identity_sae
 
@@ -30,6 +37,37 @@ def setup(tiny_lm):
     lm = load_lm(path)
     saes = {RESID: _sae(32, 2), PRE: _sae(32, 0), POST: _sae(64, 1)}  # deliberately not in forward order
     return lm, rows, saes
+
+
+def test_forward_order_is_the_order_the_lm_fires_its_hooks(setup):
+    """FORWARD_ORDER (propagation's "later") is the order a forward pass of the LM reaches the hook points."""
+    lm, rows, _ = setup
+    fired = []
+    hooks = [(f"blocks.0.{suffix}", lambda x, hook, name=suffix: fired.append(name)) for suffix in FORWARD_ORDER]
+    lm.model.run_with_hooks(torch.from_numpy(rows[:2].astype(np.int64)), fwd_hooks=hooks[::-1])
+    assert fired == list(FORWARD_ORDER)
+
+
+def test_a_splice_at_resid_mid_would_miss_the_residual_stream_so_it_is_refused(setup):
+    """Why hook_resid_mid is refused: TransformerLens 4's bridge aliases it to ln2.hook_in, and zeroing it leaves the
+    residual stream's clean value in resid_post (resid_post - mlp_out is the clean resid_mid, not 0)."""
+    from saelab.config import hook_layer
+    from saelab.data.hooks import check_hook
+    from saelab.errors import InputError
+
+    lm, rows, _ = setup
+    tokens = torch.from_numpy(rows[:2].astype(np.int64))
+    clean, got = {}, {}
+    lm.model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_mid", grab_into(clean, "mid"))])
+    lm.model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_mid", lambda x, hook: torch.zeros_like(x)),
+                                               ("blocks.0.hook_mlp_out", grab_into(got, "mlp")),
+                                               ("blocks.0.hook_resid_post", grab_into(got, "post"))])  # fmt: skip
+    torch.testing.assert_close(got["post"] - got["mlp"], clean["mid"])
+    assert clean["mid"].abs().max() > 0
+    with pytest.raises(ValueError, match="aliases it to ln2.hook_in"):
+        hook_layer("blocks.0.hook_resid_mid")
+    with pytest.raises(InputError, match="aliases it to ln2.hook_in"):
+        check_hook("blocks.0.hook_resid_mid", lm.config["tl_config"])
 
 
 def test_sites_sort_in_forward_order_and_sets_cover_alone_all_and_leave_one_out():
@@ -77,6 +115,23 @@ def test_each_set_and_the_propagation_equal_a_hand_computation(setup):
         assert m["per_site"][PRE]["propagated_relative_error"][to] == pytest.approx(want, rel=1e-5)
     assert set(m["per_site"][POST]["propagated_relative_error"]) == {RESID}
     assert m["per_site"][RESID]["propagated_relative_error"] == {}
+    # per token: the arrays are in CE-row order; covered = predictions made from a non-BOS position
+    assert (arrays["covered"] == (tokens[:, :-1] != lm.bos_token_id).reshape(-1).numpy()).all()
+    torch.testing.assert_close(torch.from_numpy(arrays["ce:clean"]).float(), ce_clean.reshape(-1), rtol=1e-5, atol=1e-5)
+    alone = {}
+    for h in (PRE, POST, RESID):
+        ce_h = token_ce(lm.model.run_with_hooks(tokens, fwd_hooks=[(h, live_splice(saes[h], covered))]), tokens)
+        zero = token_ce(lm.model.run_with_hooks(tokens, fwd_hooks=[(h, lambda x, hook: torch.where(
+            covered[..., None], torch.zeros_like(x), x))]), tokens)  # fmt: skip
+        alone[h] = (ce_h - ce_clean).detach().reshape(-1).double().numpy()
+        want = (zero.double().mean() - ce_h.double().mean()) / (zero.double().mean() - ce_clean.double().mean())
+        assert m["per_site"][h]["ce_recovered_zero_alone"] == pytest.approx(want.item(), abs=1e-5), h
+    keep = arrays["covered"]
+    want = np.corrcoef(alone[PRE][keep], alone[RESID][keep])[0, 1]
+    assert m["ce_diff_corr"][PRE][RESID] == pytest.approx(want, abs=1e-4)
+    n = round(0.01 * keep.sum())
+    top = [set(np.argsort(-alone[h][keep], kind="stable")[: max(1, n)]) for h in (PRE, POST)]
+    assert m["worst_token_overlap"]["jaccard"][PRE][POST] == pytest.approx(len(top[0] & top[1]) / len(top[0] | top[1]))
     assert m["all"]["additivity"] == pytest.approx(
         m["all"]["ce_increase"] / sum(m["per_site"][h]["ce_increase_alone"] for h in saes)
     )
@@ -106,6 +161,7 @@ def test_perfect_splices_cost_nothing_and_leave_correlations_undefined(setup):
     m, _ = evaluate_sites(lm.model, saes, rows, CFG, "cpu", lm.bos_token_id)
     assert abs(m["all"]["ce_increase"]) < 1e-5 and m["per_site"][PRE]["propagated_relative_error"][POST] < 1e-10
     assert m["all"]["additivity"] is None and m["ce_diff_corr"][PRE][POST] is None
+    assert m["worst_token_overlap"]["jaccard"][PRE][POST] is None
     assert m["per_site"][POST]["explained_variance"] == pytest.approx(1.0, abs=1e-6)
 
 

@@ -74,18 +74,30 @@ class TokensConfig(Section):
 # name against a loaded LM, this module checks its form at params load, before any work.
 HOOK_SUFFIXES = (
     "hook_resid_pre",
-    "hook_resid_mid",
     "hook_resid_post",
     "hook_mlp_out",
     "hook_attn_out",
     "mlp.hook_pre",
     "mlp.hook_post",
 )
-HOOK_NAME = re.compile(r"blocks\.(\d+)\.(" + "|".join(re.escape(s) for s in HOOK_SUFFIXES) + ")")
+HOOK_NAME = re.compile(r"blocks\.(0|[1-9]\d*)\.(" + "|".join(re.escape(s) for s in HOOK_SUFFIXES) + ")")
+# hooks an SAE cannot be spliced at, and why (each refused by name wherever a hook is checked)
+UNSPLICEABLE = {
+    "hook_resid_mid": "TransformerLens 4's bridge aliases it to ln2.hook_in, so a splice there changes only the "
+    "MLP's input and the residual stream carries the clean value on; use hook_resid_pre, hook_resid_post, "
+    "hook_attn_out or mlp.hook_pre instead",
+}
+
+
+def unspliceable(name: str) -> str | None:
+    """Why an SAE cannot be spliced at hook ``name`` (None when it can)."""
+    return next((why for suffix, why in UNSPLICEABLE.items() if str(name).endswith(suffix)), None)
 
 
 def hook_layer(name: str) -> int:
     """The block index of a hook name of the supported form; ValueError naming the form otherwise."""
+    if (why := unspliceable(name)) is not None:
+        raise ValueError(f"{name!r} is not supported: {why}")
     m = HOOK_NAME.fullmatch(name) if isinstance(name, str) else None
     if m is None:
         raise ValueError(f"{name!r} is not a hook name of the form blocks.<layer>.<suffix>, suffix one of: "
@@ -121,7 +133,8 @@ class ActivationsConfig(Section):
         for name in v:
             hook_layer(name)
         if len(set(v)) != len(v):
-            raise ValueError(f"lists a hook twice: {sorted(h for h in set(v) if list(v).count(h) > 1)}")
+            twice = sorted(h for h in set(v) if list(v).count(h) > 1)
+            raise ValueError(f"lists a hook twice: {twice}; list each site once")
         return tuple(v)
 
     @model_validator(mode="after")
@@ -445,7 +458,8 @@ class Params(Section):
         if self.lm.source == "embedded" and self.activations.extra_hooks:  # the LM's depth is known here
             for name in self.activations.hooks:
                 if hook_layer(name) >= self.lm.n_layers:
-                    raise ValueError(f"activations: {name} is in block {hook_layer(name)}, but the embedded LM has "
+                    key = "activations.hook" if name == self.activations.hook else "activations.extra_hooks"
+                    raise ValueError(f"{key}: {name} is in block {hook_layer(name)}, but the embedded LM has "
                                      f"lm.n_layers: {self.lm.n_layers} (blocks 0..{self.lm.n_layers - 1}): raise "
                                      "lm.n_layers or pick an earlier block")  # fmt: skip
         return self

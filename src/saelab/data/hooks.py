@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from saelab.config import HOOK_SUFFIXES
+from saelab.config import HOOK_SUFFIXES, unspliceable
 from saelab.errors import InputError
 
 def valid_hooks(n_layers: int) -> list[str]:
@@ -19,9 +19,11 @@ def valid_hooks(n_layers: int) -> list[str]:
 
 def check_hook(hook: str, tl_config: dict) -> tuple[int, int]:
     """Return (layer, width) of ``hook``, or raise listing the valid names."""
+    if (why := unspliceable(hook)) is not None:
+        raise InputError(f"{hook!r} is not supported: {why}")
     allowed = valid_hooks(tl_config["n_layers"])
     if hook not in allowed:
-        raise InputError(f"activations.hook: {hook!r} is not a supported hook; valid hooks are: {', '.join(allowed)}")
+        raise InputError(f"{hook!r} is not a supported hook of this LM; valid hooks are: {', '.join(allowed)}")
     layer = int(hook.split(".")[1])
     width = tl_config["d_mlp"] if ".mlp.hook_" in hook else tl_config["d_model"]
     return layer, width

@@ -1,13 +1,14 @@
 """Every site's SAE spliced into one forward pass (stage ``splice``; docs/metrics.md, "Splicing every site").
 
-On evaluate's CE rows (the same seeded sample, ``evaluate.seed`` and ``evaluate.ce_max_tokens``), with the root
+On evaluate's CE rows (the same seeded sample: ``evaluate.seed``, min(max_tokens, ce_max_tokens)), with the root
 site's and every further site's SAE of one seed:
 
 * per-token CE of the clean model, of each SAE **alone**, of **all** together, of all but one (**without**), and
   of zero ablation at each site alone and at all sites together (for CE recovered);
 * a spliced SAE reconstructs the activation it receives, so in ``all`` a later SAE reads what the earlier
-  splices made of its input (the spliced model as one would run it); covered positions only (BOS stays clean
-  under ``activations.bos: exclude``, as in every splice);
+  splices made of its input (the spliced model as one would run it); covered positions only (BOS positions are
+  never spliced under ``activations.bos: exclude``, as in every splice, though later sites' BOS activations can
+  still move through attention);
 * each site's reconstruction statistics on the clean activations (:class:`ReconSums`, evaluate's definitions)
   and its mean activation norm;
 * **propagation**: with one SAE spliced alone, the relative error it causes at every later site,
@@ -32,7 +33,6 @@ from saelab.saes.base import SAE
 FORWARD_ORDER = (
     "hook_resid_pre",
     "hook_attn_out",
-    "hook_resid_mid",
     "mlp.hook_pre",
     "mlp.hook_post",
     "hook_mlp_out",
@@ -123,7 +123,7 @@ def evaluate_sites(model, saes: dict[str, SAE], rows: np.ndarray, cfg, device, e
                 later_sites = [h for h in sites if forward_position(h) > forward_position(members[0])]
                 grabs = [(h, grab_into(later, h)) for h in later_sites]
             splices = [(h, live_splice(saes[h], covered)) for h in members]
-            # a later site's activation is grabbed before its own SAE would splice it (it is not spliced here)
+            # TransformerLens fires each hook when the pass reaches its point; the list's order is immaterial
             ce[name] = _run(model, tokens, sorted(splices + grabs, key=lambda p: forward_position(p[0])))
             for h, a in later.items():
                 d = (a.float() - clean_acts[h].float()).reshape(-1, a.shape[-1])[keep]
@@ -146,8 +146,11 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def worst_overlap(a: np.ndarray, b: np.ndarray, share: float) -> float:
-    """Jaccard overlap of the ``share`` of tokens with the largest values of ``a`` and of ``b``."""
+def worst_overlap(a: np.ndarray, b: np.ndarray, share: float) -> float | None:
+    """Jaccard overlap of the ``share`` of tokens with the largest values of ``a`` and of ``b``; None when either
+    is constant (no worst tokens to speak of, e.g. a perfect splice)."""
+    if a.std() == 0 or b.std() == 0:
+        return None
     n = max(1, int(round(share * len(a))))
     top_a, top_b = set(np.argsort(-a, kind="stable")[:n]), set(np.argsort(-b, kind="stable")[:n])
     return len(top_a & top_b) / len(top_a | top_b)
@@ -171,7 +174,9 @@ def summarize_sites(sites: list[str], arrays: dict, s: SiteSums, cfg, worst_shar
     alone = {h: mean[f"alone:{h}"] - clean for h in sites}
     out["all"]["sum_of_alone_increases"] = sum(alone.values())
     total = out["all"]["sum_of_alone_increases"]
-    out["all"]["additivity"] = out["all"]["ce_increase"] / total if total > 1e-9 else None  # no cost: no ratio
+    # a ratio only when every SAE alone costs something: with a free (or helpful) one the ratio has no reading
+    costly = all(v > 1e-9 for v in alone.values())
+    out["all"]["additivity"] = out["all"]["ce_increase"] / total if costly else None
     diffs = {h: ce[f"alone:{h}"] - ce["clean"] for h in sites}
     diffs["all"] = ce["all"] - ce["clean"]
     covered = arrays["covered"].astype(bool)
