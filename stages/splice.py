@@ -11,7 +11,7 @@ from saelab.data.hooks import check_sae_width
 from saelab.data.lm import excluded_token, load_lm
 from saelab.data.tokens import read_rows
 from saelab.errors import InputError
-from saelab.eval.sites import evaluate_sites
+from saelab.eval.sites import evaluate_sites, generations
 from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.saes.base import SAE
 from saelab.stage import log, parser, run_stage, write_timing
@@ -35,6 +35,10 @@ def main() -> None:
         paths |= {hook: args.sites / hook / f"seed-{args.seed}" for hook in acts.extra_hooks}
         device = resolve_device(cfg.device)
         lm = load_lm(args.lm, device)
+        gen, n_ctx = params.splice, lm.config["tl_config"]["n_ctx"]
+        if gen.n_prompts and gen.prompt_tokens + gen.new_tokens > n_ctx:  # a pretrained LM's context, known only now
+            raise InputError(f"splice.prompt_tokens + splice.new_tokens ({gen.prompt_tokens + gen.new_tokens}) exceed "
+                             f"the LM's context ({n_ctx}): shorten them or set splice.n_prompts: 0")  # fmt: skip
         saes = {}
         for hook, path in paths.items():
             sae, meta = SAE.load(path, device)
@@ -45,9 +49,13 @@ def main() -> None:
         rows = read_rows(args.tokens / "eval.parquet")
         start = time.perf_counter()
         metrics, arrays = evaluate_sites(lm.model, saes, rows, cfg, device, excluded_token(lm, acts.bos))
+        records, talk = generations(lm.model, saes, rows, cfg, params.splice, device, excluded_token(lm, acts.bos),
+                                    lm.tokenizer.decode)  # fmt: skip
         with atomic_dir(args.out) as tmp:  # per-token CE of every set, for the coincidence of bad tokens
             pq.write_table(pa.table({k: pa.array(v) for k, v in arrays.items()}), tmp / "per_token.parquet")
-        write_json(args.metrics, {"seed": args.seed, **metrics, "definitions": DEFINITIONS}, sort_keys=False)
+            write_json(tmp / "generations.json", {"summary": talk, "prompts": records}, sort_keys=False)
+        write_json(args.metrics, {"seed": args.seed, **metrics, "generations": talk, "definitions": DEFINITIONS},
+                   sort_keys=False)  # fmt: skip
         write_timing(args.timing, {"n_sites": len(saes), "splice_seconds": time.perf_counter() - start})
         log.info("%d sites, seed %d: CE +%.4f nats all together vs %.4f summed alone -> %s", len(saes), args.seed,
                  metrics["all"]["ce_increase"], metrics["all"]["sum_of_alone_increases"], args.metrics)  # fmt: skip

@@ -23,6 +23,8 @@ def test_repo_params_are_valid():
         ({"text": {"source": "web"}}, "text.source: 'web' must be 'python-stdlib', 'dir:<path>' or 'hf:<dataset>'"),
         ({"lm": {"d_model": 130, "n_heads": 4}}, "divisible by lm.n_heads"),
         ({"tokens": {"n_ctx": 256}}, "tokens.n_ctx (256) must be <= lm.n_ctx (128)"),
+        ({"splice": {"prompt_tokens": 100, "new_tokens": 40}}, "must be <= lm.n_ctx (128), the LM's context"),
+        ({"splice": {"prompt_tokens": 200}}, "splice.prompt_tokens (200) must be <= tokens.n_ctx (128)"),
         ({"sae": {"lr": "fast"}}, "sae.lr: 'fast'"),
         (
             {"sae": {"topk": {"k": 4, "k_anneal_frac": 0.5}}},

@@ -169,3 +169,47 @@ def test_worst_overlap_by_hand():
     a, b = np.array([5.0, 4, 3, 2, 1, 0]), np.array([0.0, 4, 5, 2, 1, 3])
     assert worst_overlap(a, b, 2 / 6) == pytest.approx(1 / 3)  # {0,1} vs {2,1}: one shared of three
     assert worst_overlap(a, a, 0.5) == 1.0
+
+
+def test_argmax_changed_is_the_share_of_predictions_whose_top_token_moves(setup):
+    lm, rows, saes = setup
+    m, arrays = evaluate_sites(lm.model, {POST: saes[POST]}, rows, CFG, "cpu", lm.bos_token_id)
+    sample = EvalSample.draw(len(rows), rows.shape[1], CFG.ce_max_tokens, CFG)
+    tokens = torch.from_numpy(rows[sample.ce].astype(np.int64))
+    covered = covered_positions(tokens, lm.bos_token_id)
+    with torch.no_grad():
+        clean = lm.model(tokens)[:, :-1].argmax(-1)
+        spliced = lm.model.run_with_hooks(tokens, fwd_hooks=[(POST, live_splice(saes[POST], covered))])[:, :-1]
+    moved = (spliced.argmax(-1) != clean)[covered[:, :-1]].float().mean().item()
+    assert 0 < moved < 1
+    assert m["per_site"][POST]["argmax_changed_alone"] == pytest.approx(moved) == m["all"]["argmax_changed"]
+
+
+def test_generations_follow_the_models_and_mark_where_they_part(setup):
+    """Greedy continuations equal a hand decoding loop; perfect SAEs never change a continuation (greedy or sampled,
+    the shared random stream); a lossy SAE's spliced continuation parts from the clean one at first_divergence."""
+    from saelab.config import SpliceConfig
+    from saelab.eval.sites import first_divergence, generations
+
+    lm, rows, saes = setup
+    gen = SpliceConfig(n_prompts=3, prompt_tokens=6, new_tokens=5, seed=1)
+    decode = lm.tokenizer.decode
+    perfect = {PRE: identity_sae(32), POST: identity_sae(64)}
+    records, summary = generations(lm.model, perfect, rows, CFG, gen, "cpu", lm.bos_token_id, decode)
+    assert summary["greedy_diverged_share"] == 0 and summary["sampled_diverged_share"] == 0
+    assert all(r[m]["clean_ids"] == r[m]["spliced_ids"] for r in records for m in ("greedy", "sampled"))
+    records, summary = generations(lm.model, saes, rows, CFG, gen, "cpu", lm.bos_token_id, decode)
+    sample = EvalSample.draw(len(rows), rows.shape[1], CFG.ce_max_tokens, CFG)
+    seq = torch.from_numpy(rows[sample.ce[:3], :6].astype(np.int64))
+    for _ in range(5):  # greedy by hand, clean model
+        with torch.no_grad():
+            seq = torch.cat([seq, lm.model(seq)[:, -1].argmax(-1, keepdim=True)], 1)
+    for r, want in zip(records, seq[:, 6:].tolist()):
+        g = r["greedy"]
+        assert g["clean_ids"] == want and g["clean"] == decode(want)
+        first = g["first_divergence"]
+        assert first == first_divergence(g["clean_ids"], g["spliced_ids"])
+        if first is not None:
+            assert g["clean_ids"][:first] == g["spliced_ids"][:first] and g["agreed"] == decode(want[:first])
+    assert first_divergence([1, 2, 3], [1, 2, 4]) == 2 and first_divergence([1, 2], [1, 2]) is None
+    assert 0 < summary["greedy_diverged_share"] <= 1 and summary["n_prompts"] == 3  # the lossy SAEs do part

@@ -392,6 +392,18 @@ class CompareConfig(Section):
     device: str = "auto"
 
 
+class SpliceConfig(Section):
+    """``splice``: talking to the patched model (docs/metrics.md, "Splicing every site"): continuations of the
+    first ``n_prompts`` of evaluate's CE rows, clean and with every site's SAE spliced."""
+
+    n_prompts: int = Field(8, ge=0)
+    prompt_tokens: int = Field(24, gt=1)
+    """Tokens of each row given as the prompt (BOS included)."""
+    new_tokens: int = Field(24, gt=0)
+    seed: int = 0
+    """Seed of the sampled continuations (temperature 1); clean and spliced draw from the same random stream."""
+
+
 class ReportConfig(Section):
     density_bins: int = Field(60, gt=0)
 
@@ -440,6 +452,7 @@ class Params(Section):
     analysis: AnalysisConfig = AnalysisConfig()
     compare: CompareConfig = CompareConfig()
     report: ReportConfig = ReportConfig()
+    splice: SpliceConfig = SpliceConfig()
     finetune: FinetuneConfig = FinetuneConfig()
 
     @field_validator("seeds")
@@ -455,6 +468,17 @@ class Params(Section):
             raise ValueError("sae.seed: the SAE seeds come from the top-level `seeds` list (one SAE per seed)")
         if self.lm.source == "embedded" and self.tokens.n_ctx > self.lm.n_ctx:
             raise ValueError(f"tokens.n_ctx ({self.tokens.n_ctx}) must be <= lm.n_ctx ({self.lm.n_ctx})")
+        gen = self.splice
+        if gen.n_prompts and gen.prompt_tokens > self.tokens.n_ctx:
+            raise ValueError(
+                f"splice.prompt_tokens ({gen.prompt_tokens}) must be <= tokens.n_ctx ({self.tokens.n_ctx})"
+            )
+        if gen.n_prompts and self.lm.source == "embedded" and gen.prompt_tokens + gen.new_tokens > self.lm.n_ctx:
+            total = gen.prompt_tokens + gen.new_tokens
+            raise ValueError(
+                f"splice.prompt_tokens + splice.new_tokens ({total}) must be <= lm.n_ctx ({self.lm.n_ctx}), the "
+                "LM's context; shorten them or set splice.n_prompts: 0"
+            )
         if self.lm.source == "embedded" and self.activations.extra_hooks:  # the LM's depth is known here
             for name in self.activations.hooks:
                 if hook_layer(name) >= self.lm.n_layers:

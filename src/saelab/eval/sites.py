@@ -84,8 +84,12 @@ class SiteSums:
     clean_sq: dict = field(default_factory=dict)  # site -> Σ ‖a^clean‖²
 
 
-def _run(model, tokens, hooks) -> torch.Tensor:
-    return token_ce(model.run_with_hooks(tokens, fwd_hooks=hooks), tokens)
+def _run(model, tokens, hooks, top: dict | None = None, name: str = "") -> torch.Tensor:
+    """Per-token CE (B, T-1) of a pass with ``hooks``; with ``top``, its argmax predictions go to ``top[name]``."""
+    logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    if top is not None:
+        top[name] = logits[:, :-1].argmax(-1)
+    return token_ce(logits, tokens)
 
 
 @torch.no_grad()
@@ -107,8 +111,8 @@ def evaluate_sites(model, saes: dict[str, SAE], rows: np.ndarray, cfg, device, e
         covered = covered_positions(tokens, exclude_token)
         # a prediction made from a covered position (one made from BOS under bos: exclude is never spliced)
         per_token["covered"].append(covered[:, :-1].reshape(-1).cpu().numpy())
-        clean_acts: dict = {}
-        ce = {"clean": _run(model, tokens, [(h, grab_into(clean_acts, h)) for h in sites])}
+        clean_acts, top = {}, {}
+        ce = {"clean": _run(model, tokens, [(h, grab_into(clean_acts, h)) for h in sites], top, "clean")}
         keep = covered.reshape(-1)
         for h in sites:
             x = clean_acts[h].float().reshape(-1, clean_acts[h].shape[-1])[keep]
@@ -124,18 +128,20 @@ def evaluate_sites(model, saes: dict[str, SAE], rows: np.ndarray, cfg, device, e
                 grabs = [(h, grab_into(later, h)) for h in later_sites]
             splices = [(h, live_splice(saes[h], covered)) for h in members]
             # TransformerLens fires each hook when the pass reaches its point; the list's order is immaterial
-            ce[name] = _run(model, tokens, sorted(splices + grabs, key=lambda p: forward_position(p[0])))
+            ce[name] = _run(model, tokens, sorted(splices + grabs, key=lambda p: forward_position(p[0])), top, name)
             for h, a in later.items():
                 d = (a.float() - clean_acts[h].float()).reshape(-1, a.shape[-1])[keep]
                 key = (members[0], h)
                 s.prop_err[key] = s.prop_err.get(key, 0.0) + d.double().pow(2).sum().item()
         if len(sites) == 1:
-            ce["all"] = ce[f"alone:{sites[0]}"]
+            ce["all"], top["all"] = ce[f"alone:{sites[0]}"], top[f"alone:{sites[0]}"]
         ce["zero:all"] = _run(model, tokens, [(h, zero_splice(covered)) for h in sites])
         for h in sites:
             ce[f"zero:{h}"] = _run(model, tokens, [(h, zero_splice(covered))]) if len(sites) > 1 else ce["zero:all"]
         for name, v in ce.items():
             per_token.setdefault(f"ce:{name}", []).append(v.reshape(-1).double().cpu().numpy())
+        for name, v in top.items():  # does the spliced model still predict the clean model's top token?
+            per_token.setdefault(f"argmax:{name}", []).append(v.reshape(-1).int().cpu().numpy())
     arrays = {k: np.concatenate(v) for k, v in per_token.items()}
     return summarize_sites(sites, arrays, s, cfg), arrays
 
@@ -203,6 +209,10 @@ def summarize_sites(sites: list[str], arrays: dict, s: SiteSums, cfg, worst_shar
         }
         per_site[h] = row
     out["per_site"] = per_site
+    clean_top = arrays["argmax:clean"][covered]
+    out["all"]["argmax_changed"] = float((arrays["argmax:all"][covered] != clean_top).mean())
+    for h in sites:
+        per_site[h]["argmax_changed_alone"] = float((arrays[f"argmax:alone:{h}"][covered] != clean_top).mean())
     out["ce_diff_corr"] = {a: {b: _corr(diffs[a][covered], diffs[b][covered]) for b in sites} for a in sites}
     out["worst_token_overlap"] = {
         "share": worst_share,
@@ -211,3 +221,63 @@ def summarize_sites(sites: list[str], arrays: dict, s: SiteSums, cfg, worst_shar
         },  # fmt: skip
     }
     return out
+
+
+# ---------------------------------------------------------------- talking to the patched model
+
+
+@torch.no_grad()
+def continue_prompts(model, prompts: torch.Tensor, n_new: int, splices, exclude_token: int | None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+    """``n_new`` tokens after each prompt (B, P): greedy, or sampled at temperature 1 from ``generator``.
+    ``splices(covered)`` gives the pass's hooks for the sequence so far (covered: its non-BOS positions)."""
+    seq = prompts
+    for _ in range(n_new):
+        logits = model.run_with_hooks(seq, fwd_hooks=splices(covered_positions(seq, exclude_token)))[:, -1].float()
+        if generator is None:
+            nxt = logits.argmax(-1)
+        else:
+            nxt = torch.multinomial(torch.softmax(logits, -1).cpu(), 1, generator=generator).squeeze(-1)
+        seq = torch.cat([seq, nxt.to(seq.device)[:, None]], 1)
+    return seq[:, prompts.shape[1] :]
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """Index of the first position where two continuations differ; None when they agree throughout."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+
+
+def generations(model, saes: dict[str, SAE], rows: np.ndarray, cfg, gen, device, exclude_token: int | None,
+                decode) -> tuple[list[dict], dict]:  # fmt: skip
+    """Greedy and sampled continuations of the first ``gen.n_prompts`` of evaluate's CE rows (their first
+    ``gen.prompt_tokens``), from the clean model and with every SAE of ``saes`` spliced (live, as in ``all``).
+    Sampling draws from a generator seeded with ``gen.seed`` afresh for the clean and the spliced batch, so the
+    two share the random stream and part where the models' distributions do. Returns (one record per prompt,
+    summary)."""
+    sites = sorted(saes, key=forward_position)
+    sample = EvalSample.draw(len(rows), rows.shape[1], cfg.ce_max_tokens, cfg)
+    ids = sample.ce[: gen.n_prompts]
+    prompts = torch.from_numpy(rows[ids, : gen.prompt_tokens].astype(np.int64)).to(device)
+
+    def spliced(covered):
+        return [(h, live_splice(saes[h], covered)) for h in sites]
+
+    records = [{"row": int(r), "prompt": decode(p.tolist())} for r, p in zip(ids, prompts)]
+    firsts: dict[str, list] = {}
+    for mode in ("greedy", "sampled"):
+        outs = {}
+        for name, hooks in (("clean", lambda covered: []), ("spliced", spliced)):
+            gen_rng = None if mode == "greedy" else torch.Generator().manual_seed(gen.seed)
+            outs[name] = continue_prompts(model, prompts, gen.new_tokens, hooks, exclude_token, gen_rng).tolist()
+        for rec, clean, patched in zip(records, outs["clean"], outs["spliced"]):
+            first = first_divergence(clean, patched)
+            firsts.setdefault(mode, []).append(first)
+            agreed = clean if first is None else clean[:first]
+            rec[mode] = {"first_divergence": first, "agreed": decode(agreed), "clean": decode(clean),
+                         "spliced": decode(patched), "clean_ids": clean, "spliced_ids": patched}  # fmt: skip
+    summary = {"n_prompts": len(records), "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens}
+    for mode, fs in firsts.items():
+        diverged = [f for f in fs if f is not None]
+        summary[f"{mode}_diverged_share"] = len(diverged) / len(fs) if fs else None
+        summary[f"{mode}_first_divergence_median"] = float(np.median(diverged)) if diverged else None
+    return records, summary
