@@ -78,6 +78,51 @@ def tables(runs: dict[int, dict]) -> list[str]:
     return lines
 
 
+def cross_seed(ws: Path, seeds: list[int], sites: list[str]) -> list[str]:
+    """Reference for the bad-token overlap: the same site's SAEs of two seeds (same LM, cache and CE rows)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from saelab.eval.sites import worst_overlap
+
+    if len(seeds) < 2:
+        return []
+    t = [pq.read_table(ws / f"data/splice/seed-{s}/per_token.parquet").to_pydict() for s in seeds[:2]]
+    keep = np.asarray(t[0]["covered"], dtype=bool)
+    lines = [f"Reference: the same site's SAEs of seeds {seeds[0]} and {seeds[1]} (same LM, cache and tokens), "
+             "correlation of their per-token CE differences and Jaccard overlap of their worst 1% tokens:",
+             ""]  # fmt: skip
+    lines += ["| site | correlation | Jaccard |", "|---|---|---|"]
+    for h in sites:
+        d = [np.asarray(x[f"ce:alone:{h}"]) - np.asarray(x["ce:clean"]) for x in t]
+        r = float(np.corrcoef(d[0][keep], d[1][keep])[0, 1])
+        lines.append(f"| {short(h)} | {r:.3f} | {fmt(worst_overlap(d[0][keep], d[1][keep], 0.01), '.3f')} |")
+    return lines + [""]
+
+
+def talk(ws: Path, seeds: list[int]) -> list[str]:
+    lines = []
+    for s in seeds:
+        path = ws / f"data/splice/seed-{s}/generations.json"
+        if not path.exists():
+            continue
+        g = json.loads(path.read_text())
+        sm = g["summary"]
+        lines += [f"Seed {s}, talking to the patched model ({sm['n_prompts']} prompts of {sm['prompt_tokens']} tokens, "
+                  f"{sm['new_tokens']} new): greedy continuations part from the clean model's in "
+                  f"{fmt(sm['greedy_diverged_share'], '.0%')} of prompts (median first divergence "
+                  f"{fmt(sm['greedy_first_divergence_median'], '.1f')}), sampled ones in "
+                  f"{fmt(sm['sampled_diverged_share'], '.0%')} (median "
+                  f"{fmt(sm['sampled_first_divergence_median'], '.1f')}). "
+                  "First two prompts, greedy (agreed part, then clean | spliced):", ""]  # fmt: skip
+        for rec in g["prompts"][:2]:
+            gr = rec["greedy"]
+            clean, spliced = (gr[k][len(gr["agreed"]) :] for k in ("clean", "spliced"))
+            lines.append(f"- `{rec['prompt']!r}` -> `{gr['agreed']!r}` then `{clean!r}` | `{spliced!r}`")
+        lines.append("")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workspace", type=Path, default=Path("."))
@@ -98,6 +143,14 @@ def main() -> None:
         if path.exists():
             timing[name] = json.loads(path.read_text())
     (args.out / "timings.json").write_text(json.dumps(timing, indent=1) + "\n")
+    # the workspace's lock (every input's and output's hash) and the evaluations beside the splice
+    shutil.copy(ws / "dvc.lock", args.out / "workspace-dvc.lock")
+    shutil.copy(ws / "metrics/evaluate_detail.json", args.out / "evaluate_detail-root-site.json")
+    for path in sorted((ws / "metrics/sites").glob("*/evaluate*.json")):
+        shutil.copy(path, args.out / f"sites-{path.parent.name}-{path.name}")
+    for s in params["seeds"]:
+        if (ws / f"data/splice/seed-{s}/generations.json").exists():
+            shutil.copy(ws / f"data/splice/seed-{s}/generations.json", args.out / f"generations-seed-{s}.json")
     used = {k: params[k] for k in ("lm", "activations", "sae", "evaluate", "seeds")}
     (args.out / "params.json").write_text(json.dumps(used, indent=1) + "\n")
     sae = params["sae"]
@@ -117,6 +170,8 @@ def main() -> None:
         + ".",
         "",
         *tables(runs),
+        *cross_seed(ws, params["seeds"], runs[params["seeds"][0]]["sites"]),
+        *talk(ws, params["seeds"]),
     ]
     (args.out / "layers.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
