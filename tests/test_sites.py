@@ -213,3 +213,98 @@ def test_generations_follow_the_models_and_mark_where_they_part(setup):
             assert g["clean_ids"][:first] == g["spliced_ids"][:first] and g["agreed"] == decode(want[:first])
     assert first_divergence([1, 2, 3], [1, 2, 4]) == 2 and first_divergence([1, 2], [1, 2]) is None
     assert 0 < summary["greedy_diverged_share"] <= 1 and summary["n_prompts"] == 3  # the lossy SAEs do part
+
+
+def test_summarize_sites_by_hand_on_small_arrays():
+    """Every summary field from hand-made per-token arrays and sums: CE means and increases, CE recovered with
+    each set's own zero ablation, additivity, leave-one-out and marginal costs, uncentred relative errors,
+    propagated errors, argmax changes, and the correlations and overlaps over covered predictions only."""
+    from saelab.eval.metrics import ReconSums
+    from saelab.eval.sites import SiteSums, summarize_sites
+
+    a, b = "blocks.0.hook_resid_pre", "blocks.0.hook_resid_post"
+    covered = np.array([1, 1, 1, 0, 1, 1], dtype=bool)
+    clean = np.array([1.0, 2.0, 3.0, 9.0, 1.0, 2.0])
+    arrays = {
+        "covered": covered,
+        "ce:clean": clean,
+        f"ce:alone:{a}": clean + [0.5, 0.0, 1.0, 7.0, 0.0, 0.1],
+        f"ce:alone:{b}": clean + [0.2, 0.4, 0.0, -0.3, 0.6, 0.2],
+        "ce:all": clean + [0.6, 0.4, 1.0, 5.0, 0.6, 0.3],
+        f"ce:without:{a}": clean + [0.2, 0.4, 0.0, 1.0, 0.6, 0.2],
+        f"ce:without:{b}": clean + [0.5, 0.0, 1.0, 2.0, 0.0, 0.1],
+        "ce:zero:all": clean + 10.0,
+        f"ce:zero:{a}": clean + 4.0,
+        f"ce:zero:{b}": clean + 8.0,
+        "argmax:clean": np.array([1, 2, 3, 4, 5, 6]),
+        "argmax:all": np.array([1, 0, 3, 0, 0, 6]),  # changes at positions 1, 3 (uncovered) and 4
+        f"argmax:alone:{a}": np.array([1, 2, 3, 0, 5, 6]),  # only the uncovered one changes
+        f"argmax:alone:{b}": np.array([0, 2, 3, 4, 5, 6]),
+    }
+    s = SiteSums()
+    x = torch.tensor([[3.0, 4.0], [0.0, 2.0]])
+    for h, x_hat in ((a, torch.tensor([[3.0, 3.0], [0.0, 2.0]])), (b, torch.tensor([[0.0, 4.0], [0.0, 0.0]]))):
+        s.recon[h] = ReconSums().add(x, x_hat, torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+        s.norm_sum[h] = 7.0  # ‖(3,4)‖ + ‖(0,2)‖
+        s.clean_sq[h] = 29.0  # 25 + 4
+    s.prop_err[(a, b)] = 2.9
+    m = summarize_sites([a, b], arrays, s, EvaluateConfig())
+    inc = {h: float((arrays[f"ce:alone:{h}"] - clean).mean()) for h in (a, b)}
+    all_inc = float((arrays["ce:all"] - clean).mean())
+    assert m["ce_clean"] == pytest.approx(clean.mean()) and m["ce_eval_tokens"] == 6
+    assert m["all"]["ce_increase"] == pytest.approx(all_inc) and m["all"]["ce"] == pytest.approx(clean.mean() + all_inc)
+    assert m["all"]["ce_zero_ablation"] == pytest.approx(clean.mean() + 10)
+    assert m["all"]["ce_recovered_zero"] == pytest.approx((10 - all_inc) / 10)
+    assert m["all"]["sum_of_alone_increases"] == pytest.approx(inc[a] + inc[b])
+    assert m["all"]["additivity"] == pytest.approx(all_inc / (inc[a] + inc[b]))
+    ra, rb = m["per_site"][a], m["per_site"][b]
+    assert ra["ce_increase_alone"] == pytest.approx(inc[a]) and rb["ce_increase_alone"] == pytest.approx(inc[b])
+    assert ra["ce_recovered_zero_alone"] == pytest.approx((4 - inc[a]) / 4)
+    assert rb["ce_recovered_zero_alone"] == pytest.approx((8 - inc[b]) / 8) and rb["ce_zero_ablation"] == pytest.approx(
+        clean.mean() + 8)  # fmt: skip
+    wo = float((arrays[f"ce:without:{a}"] - clean).mean())
+    assert ra["ce_increase_without"] == pytest.approx(wo) and ra["marginal_ce_increase"] == pytest.approx(all_inc - wo)
+    assert ra["relative_error"] == pytest.approx(1 / 29) and rb["relative_error"] == pytest.approx((9 + 4) / 29)
+    assert ra["mean_norm"] == pytest.approx(3.5) and ra["l0"] == pytest.approx(0.5) and ra["frac_dead"] == 0.5
+    assert ra["propagated_relative_error"] == {b: pytest.approx(0.1)} and rb["propagated_relative_error"] == {}
+    assert m["all"]["argmax_changed"] == pytest.approx(2 / 5) and ra["argmax_changed_alone"] == 0.0
+    assert rb["argmax_changed_alone"] == pytest.approx(1 / 5)
+    da, db = (arrays[f"ce:alone:{h}"][covered] - clean[covered] for h in (a, b))
+    d_all = arrays["ce:all"][covered] - clean[covered]
+    assert m["ce_diff_corr"][a][b] == pytest.approx(np.corrcoef(da, db)[0, 1])
+    assert ra["ce_diff_corr_with_all"] == pytest.approx(np.corrcoef(da, d_all)[0, 1])
+    assert m["worst_token_overlap"]["share"] == 0.01
+    assert m["worst_token_overlap"]["jaccard"][a][b] == 0.0  # worst covered token: index 2 for a, 3 (of 5) for b
+    assert summarize_sites([a, b], arrays | {f"ce:alone:{b}": clean.copy()}, s, EvaluateConfig())["all"][
+        "additivity"] is None  # a free SAE: no ratio  # fmt: skip
+
+
+def test_degenerate_series_and_zero_activations_give_none_not_a_crash():
+    """A constant series (either one) has no correlation and no worst tokens; a series of std exactly 1 is not
+    constant; a site whose clean activations are all zero has no relative error; the worst share is a count."""
+    from saelab.eval.metrics import ReconSums
+    from saelab.eval.sites import SiteSums, correlation, summarize_sites
+
+    flat, unit, other = np.zeros(4), np.array([0.0, 2.0, 0.0, 2.0]), np.array([1.0, 3.0, 0.0, 2.0])
+    assert unit.std() == 1.0
+    for f in (correlation, lambda x, y: worst_overlap(x, y, 0.5)):
+        assert f(flat, unit) is None and f(unit, flat) is None and f(unit, other) is not None
+    a, b = np.array([3.0, 2.0, 1.0, 0.0]), np.array([3.0, 0.0, 2.0, 1.0])
+    assert worst_overlap(a, b, 0.25) == 1.0 and worst_overlap(a, b, 0.5) == pytest.approx(1 / 3)
+    h, g = "blocks.0.hook_resid_pre", "blocks.0.hook_resid_post"
+    arrays = {"covered": np.ones(2, dtype=bool), "ce:clean": np.array([1.0, 1.0])}
+    for name in ("all", f"alone:{h}", f"alone:{g}", f"without:{h}", f"without:{g}", "zero:all", f"zero:{h}",
+                 f"zero:{g}"):  # fmt: skip
+        arrays[f"ce:{name}"] = np.array([1.5, 2.0])
+    for name in ("clean", "all", f"alone:{h}", f"alone:{g}"):
+        arrays[f"argmax:{name}"] = np.array([0, 0])
+    s = SiteSums()
+    for site, sq in ((h, 0.0), (g, 0.5)):
+        zero = torch.zeros(1, 2)
+        s.recon[site] = ReconSums().add(zero, zero, zero)
+        s.norm_sum[site], s.clean_sq[site] = 0.0, sq
+    s.prop_err[(h, g)], s.prop_err[(g, h)] = 0.25, 0.25
+    m = summarize_sites([h, g], arrays, s, EvaluateConfig())
+    assert m["per_site"][h]["relative_error"] is None and m["per_site"][g]["relative_error"] == 0.0
+    assert m["per_site"][h]["propagated_relative_error"] == {g: 0.5}
+    assert m["per_site"][g]["propagated_relative_error"] == {h: None}

@@ -146,7 +146,8 @@ def evaluate_sites(model, saes: dict[str, SAE], rows: np.ndarray, cfg, device, e
     return summarize_sites(sites, arrays, s, cfg), arrays
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
+def correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson correlation of two series; None when either is constant."""
     if a.std() == 0 or b.std() == 0:
         return None  # a constant series has no correlation (e.g. a perfect splice)
     return float(np.corrcoef(a, b)[0, 1])
@@ -197,7 +198,7 @@ def summarize_sites(sites: list[str], arrays: dict, s: SiteSums, cfg, worst_shar
             **frequency_fractions(recon.freq(), cfg.ultra_low_threshold, cfg.dense_threshold),
             "mean_norm": s.norm_sum[h] / recon.n,
             "relative_error": recon.sse / s.clean_sq[h] if s.clean_sq[h] > 0 else None,
-            "ce_diff_corr_with_all": _corr(diffs[h][covered], diffs["all"][covered]),
+            "ce_diff_corr_with_all": correlation(diffs[h][covered], diffs["all"][covered]),
         }
         if f"without:{h}" in mean:
             row["ce_increase_without"] = mean[f"without:{h}"] - clean  # every other SAE spliced
@@ -213,7 +214,7 @@ def summarize_sites(sites: list[str], arrays: dict, s: SiteSums, cfg, worst_shar
     out["all"]["argmax_changed"] = float((arrays["argmax:all"][covered] != clean_top).mean())
     for h in sites:
         per_site[h]["argmax_changed_alone"] = float((arrays[f"argmax:alone:{h}"][covered] != clean_top).mean())
-    out["ce_diff_corr"] = {a: {b: _corr(diffs[a][covered], diffs[b][covered]) for b in sites} for a in sites}
+    out["ce_diff_corr"] = {a: {b: correlation(diffs[a][covered], diffs[b][covered]) for b in sites} for a in sites}
     out["worst_token_overlap"] = {
         "share": worst_share,
         "jaccard": {
