@@ -109,6 +109,9 @@ def test_each_set_and_the_propagation_equal_a_hand_computation(setup):
     lm.model.run_with_hooks(tokens, fwd_hooks=[(PRE, live_splice(saes[PRE], covered)), (POST, grab_into(got, POST)),
                                                (RESID, grab_into(got, RESID))])  # fmt: skip
     keep = covered.reshape(-1)
+    for h in (PRE, POST, RESID):  # the mean activation norm over covered tokens
+        want = clean[h].reshape(-1, clean[h].shape[-1])[keep].double().norm(dim=-1).mean().item()
+        assert m["per_site"][h]["mean_norm"] == pytest.approx(want, rel=1e-5), h
     for to in (POST, RESID):
         a, c = (t.reshape(-1, t.shape[-1])[keep].double() for t in (got[to], clean[to]))
         want = (a - c).pow(2).sum().item() / c.pow(2).sum().item()
@@ -151,6 +154,9 @@ def test_one_site_alone_agrees_with_evaluate(setup):
         assert row[k] == pytest.approx(ev[k], rel=1e-6), k
     assert m["all"]["ce"] == pytest.approx(ev["ce_sae"], abs=1e-5)  # one site: all is that site alone
     assert m["all"]["additivity"] == pytest.approx(1.0) and "ce_increase_without" not in row
+    wider = EvaluateConfig(ce_max_tokens=CFG.ce_max_tokens, max_tokens=4 * CFG.max_tokens, batch_rows=4)
+    m2, _ = evaluate_sites(lm.model, {POST: saes[POST]}, rows, wider, "cpu", lm.bos_token_id)
+    assert m2["ce_eval_tokens"] == m["ce_eval_tokens"] and m2["per_site"][POST]["l0"] == row["l0"]  # CE rows only
 
 
 def test_perfect_splices_cost_nothing_and_leave_correlations_undefined(setup):
@@ -213,6 +219,22 @@ def test_generations_follow_the_models_and_mark_where_they_part(setup):
             assert g["clean_ids"][:first] == g["spliced_ids"][:first] and g["agreed"] == decode(want[:first])
     assert first_divergence([1, 2, 3], [1, 2, 4]) == 2 and first_divergence([1, 2], [1, 2]) is None
     assert 0 < summary["greedy_diverged_share"] <= 1 and summary["n_prompts"] == 3  # the lossy SAEs do part
+    assert summary["prompt_tokens"] == 6 and summary["new_tokens"] == 5
+    for mode in ("greedy", "sampled"):
+        firsts = [r[mode]["first_divergence"] for r in records]
+        parted = [f for f in firsts if f is not None]
+        assert summary[f"{mode}_diverged_share"] == pytest.approx(len(parted) / 3)
+        assert summary[f"{mode}_first_divergence_median"] == (float(np.median(parted)) if parted else None)
+    prompts = torch.from_numpy(rows[sample.ce[:3], :6].astype(np.int64))
+    seq, rng = prompts, torch.Generator().manual_seed(1)  # sampled by hand, clean model, temperature 1
+    for _ in range(5):
+        with torch.no_grad():
+            p = torch.softmax(lm.model(seq)[:, -1].float(), -1)
+        seq = torch.cat([seq, torch.multinomial(p, 1, generator=rng)], 1)
+    for r, row, want in zip(records, sample.ce[:3], seq[:, 6:].tolist()):
+        assert r["row"] == int(row) and r["prompt"] == decode(rows[row, :6].tolist())
+        assert r["sampled"]["clean_ids"] == want
+        assert r["greedy"]["spliced"] == decode(r["greedy"]["spliced_ids"])
 
 
 def test_summarize_sites_by_hand_on_small_arrays():
