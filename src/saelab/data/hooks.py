@@ -64,7 +64,7 @@ def grab_into(store: dict, key: str):
 @torch.no_grad()
 def hook_activations(model, tokens: torch.Tensor, hook: str, layer: int) -> torch.Tensor:
     """Activations at ``hook`` for ``tokens`` (B, T) -> (B, T, d); the pass stops after ``layer``."""
-    return capture(model, tokens, hook, stop_at_layer=layer + 1)[1]
+    return hooks_activations(model, tokens, [hook], layer + 1)[hook]
 
 
 @torch.no_grad()

@@ -75,9 +75,8 @@ def splice_sets(sites: list[str]) -> dict[str, tuple[str, ...]]:
 
 @dataclass
 class SiteSums:
-    """Running sums of :func:`evaluate_sites`: per-token CE per set, per-site reconstruction and propagation."""
+    """Running sums of :func:`evaluate_sites`: per-site reconstruction and propagation."""
 
-    ce: dict = field(default_factory=dict)  # name -> list of per-token CE arrays (n,)
     recon: dict = field(default_factory=dict)  # site -> ReconSums (clean inputs)
     norm_sum: dict = field(default_factory=dict)  # site -> Σ ‖x‖ over covered tokens
     prop_err: dict = field(default_factory=dict)  # (from, to) -> Σ ‖a_to − a_to^clean‖²
@@ -128,7 +127,7 @@ def evaluate_sites(model, saes: dict[str, SAE], rows: np.ndarray, cfg, device, e
                 grabs = [(h, grab_into(later, h)) for h in later_sites]
             splices = [(h, live_splice(saes[h], covered)) for h in members]
             # TransformerLens fires each hook when the pass reaches its point; the list's order is immaterial
-            ce[name] = _run(model, tokens, sorted(splices + grabs, key=lambda p: forward_position(p[0])), top, name)
+            ce[name] = _run(model, tokens, splices + grabs, top, name)
             for h, a in later.items():
                 d = (a.float() - clean_acts[h].float()).reshape(-1, a.shape[-1])[keep]
                 key = (members[0], h)
@@ -184,9 +183,10 @@ def summarize_sites(sites: list[str], arrays: dict, s: SiteSums, cfg, worst_shar
     # a ratio only when every SAE alone costs something: with a free (or helpful) one the ratio has no reading
     costly = all(v > 1e-9 for v in alone.values())
     out["all"]["additivity"] = out["all"]["ce_increase"] / total if costly else None
-    diffs = {h: ce[f"alone:{h}"] - ce["clean"] for h in sites}
-    diffs["all"] = ce["all"] - ce["clean"]
     covered = arrays["covered"].astype(bool)
+    # per-token CE differences over the predictions made from a covered position
+    diffs = {h: (ce[f"alone:{h}"] - ce["clean"])[covered] for h in sites}
+    diffs["all"] = (ce["all"] - ce["clean"])[covered]
     per_site = {}
     for h in sites:
         recon = s.recon[h]
@@ -198,7 +198,7 @@ def summarize_sites(sites: list[str], arrays: dict, s: SiteSums, cfg, worst_shar
             **frequency_fractions(recon.freq(), cfg.ultra_low_threshold, cfg.dense_threshold),
             "mean_norm": s.norm_sum[h] / recon.n,
             "relative_error": recon.sse / s.clean_sq[h] if s.clean_sq[h] > 0 else None,
-            "ce_diff_corr_with_all": correlation(diffs[h][covered], diffs["all"][covered]),
+            "ce_diff_corr_with_all": correlation(diffs[h], diffs["all"]),
         }
         if f"without:{h}" in mean:
             row["ce_increase_without"] = mean[f"without:{h}"] - clean  # every other SAE spliced
@@ -214,12 +214,10 @@ def summarize_sites(sites: list[str], arrays: dict, s: SiteSums, cfg, worst_shar
     out["all"]["argmax_changed"] = float((arrays["argmax:all"][covered] != clean_top).mean())
     for h in sites:
         per_site[h]["argmax_changed_alone"] = float((arrays[f"argmax:alone:{h}"][covered] != clean_top).mean())
-    out["ce_diff_corr"] = {a: {b: correlation(diffs[a][covered], diffs[b][covered]) for b in sites} for a in sites}
+    out["ce_diff_corr"] = {a: {b: correlation(diffs[a], diffs[b]) for b in sites} for a in sites}
     out["worst_token_overlap"] = {
         "share": worst_share,
-        "jaccard": {
-            a: {b: worst_overlap(diffs[a][covered], diffs[b][covered], worst_share) for b in sites} for a in sites
-        },  # fmt: skip
+        "jaccard": {a: {b: worst_overlap(diffs[a], diffs[b], worst_share) for b in sites} for a in sites},  # fmt: skip
     }
     return out
 
@@ -255,13 +253,12 @@ def generations(model, saes: dict[str, SAE], rows: np.ndarray, cfg, gen, device,
     Sampling draws from a generator seeded with ``gen.seed`` afresh for the clean and the spliced batch, so the
     two share the random stream and part where the models' distributions do. Returns (one record per prompt,
     summary)."""
-    sites = sorted(saes, key=forward_position)
     sample = EvalSample.draw(len(rows), rows.shape[1], cfg.ce_max_tokens, cfg)
     ids = sample.ce[: gen.n_prompts]
     prompts = torch.from_numpy(rows[ids, : gen.prompt_tokens].astype(np.int64)).to(device)
 
     def spliced(covered):
-        return [(h, live_splice(saes[h], covered)) for h in sites]
+        return [(h, live_splice(sae, covered)) for h, sae in saes.items()]
 
     records = [{"row": int(r), "prompt": decode(p.tolist())} for r, p in zip(ids, prompts)]
     firsts: dict[str, list] = {}
