@@ -5,7 +5,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from saelab.data.cache import ActivationCache, check_bos_policy
+from saelab.data.cache import ActivationCache, check_bos_policy, open_pair
 from saelab.data.hooks import check_sae_width
 from saelab.data.lm import excluded_token, load_lm
 from saelab.data.tokens import read_rows
@@ -30,18 +30,28 @@ def main() -> None:
         cfg = params.evaluate
         device = resolve_device(cfg.device)
         lm = load_lm(args.lm, device)
-        cache = ActivationCache(args.activations)
-        check_bos_policy(cache, params.activations.bos)
         sae, meta = SAE.load(args.sae, device)
-        check_sae_width(sae.d_in, meta["hook"], lm.config["tl_config"], args.sae)
+        cache = open_pair(args.activations)[1] if sae.transcoder else ActivationCache(args.activations)  # the target
+        check_bos_policy(cache, params.activations.bos)
+        for hook in (meta["hook"], meta.get("input_hook", meta["hook"])):
+            check_sae_width(sae.d_in, hook, lm.config["tl_config"], args.sae)
         if cache.manifest["hook"] != meta["hook"]:  # mean ablation takes the cache's mean: it must be the SAE's site
             raise InputError(
                 f"{args.sae} was trained at {meta['hook']} but {args.activations} caches {cache.manifest['hook']}: "
-                "pass that site's cache (data/sites/<hook> for an extra hook)"
+                "pass that site's cache (data/sites/<hook> for an extra hook, data/sites/transcoders/<target> for a "
+                "transcoder)"
             )
         rows = read_rows(args.tokens / "eval.parquet")
         metrics, per_feature = evaluate(
-            lm.model, sae, rows, meta["hook"], cache.mean, cfg, device, excluded_token(lm, params.activations.bos)
+            lm.model,
+            sae,
+            rows,
+            meta["hook"],
+            cache.mean,
+            cfg,
+            device,
+            excluded_token(lm, params.activations.bos),
+            input_hook=meta.get("input_hook"),
         )
         with atomic_dir(args.out) as tmp:
             n = metrics["eval_tokens"]
@@ -60,7 +70,8 @@ def main() -> None:
         write_json(
             args.details,
             {k: v for k, v in metrics.items() if k not in HEADLINE}
-            | {"n_features": sae.d_sae, "bos": params.activations.bos, "definitions": DEFINITIONS},
+            | {"n_features": sae.d_sae, "bos": params.activations.bos, "definitions": DEFINITIONS}
+            | ({"transcoder_input": meta["input_hook"]} if sae.transcoder else {}),
         )
         write_timing(args.timing, per_feature["timing"])
         log.info(

@@ -11,10 +11,10 @@ import torch
 import torch.distributed as dist
 from dvclive import Live
 
-from saelab.config import site_params
+from saelab.config import site_params, transcoder_input
 from saelab.data.stream import open_data
 from saelab.errors import InputError
-from saelab.interop.saelens import export_saelens
+from saelab.interop.saelens import export_saelens, saelens_unsupported
 from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.registry import build
 from saelab.stage import log, parser, run_stage, write_timing
@@ -41,6 +41,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, required=True, help="this SAE's seed (one entry of the params' seeds list)")
     p.add_argument("--activations", type=Path, required=True, help="Parquet cache (sae.source: cache)")
     p.add_argument("--hook", help="the site (default activations.hook; one of activations.extra_hooks: train_site)")
+    p.add_argument(
+        "--transcoder",
+        metavar="TARGET",
+        help="train the transcoder of activations.transcoders[TARGET] (--activations: its cache pair)",
+    )
     p.add_argument("--lm", type=Path, help="LM directory (needed with sae.source: stream)")
     p.add_argument("--tokens", type=Path, help="token rows directory (needed with sae.source: stream)")
     p.add_argument("--out", type=Path, required=True)
@@ -54,12 +59,17 @@ def main() -> None:
         cfg = params.sae.model_copy(update={"seed": args.seed})
         device = _device(cfg.device)
         acts = site_params(params.activations, args.hook)
-        data = open_data(cfg, acts, device, args.activations, args.lm, args.tokens)
-        if data.hook != acts.hook:
-            raise InputError(f"{args.activations} caches {data.hook}, not the site {acts.hook}: pass its own cache "
-                             "(data/sites/<hook> for an extra hook; dvc.yaml's train_site does)")  # fmt: skip
+        source = transcoder_input(params.activations, args.transcoder)
+        data = open_data(cfg, acts, device, args.activations, args.lm, args.tokens, transcoder=source is not None)
+        want = (acts.hook, None) if source is None else (args.transcoder, source)
+        if (data.hook, data.input_hook) != want:
+            raise InputError(f"{args.activations} caches {data.input_hook or ''} -> {data.hook}, not {want}: pass its "
+                             "own cache (data/sites/<hook> for an extra hook, data/sites/transcoders/<target> for a "
+                             "transcoder; dvc.yaml's train_site and train_transcoder do)")  # fmt: skip
+        sae = build(cfg, data.d).to(device)
+        sae.transcoder = source is not None
         trainer = Trainer(
-            build(cfg, data.d).to(device),
+            sae,
             cfg,
             device,
             ultra_low_threshold=params.evaluate.ultra_low_threshold,
@@ -103,6 +113,7 @@ def main() -> None:
                 tmp,
                 {
                     "hook": data.hook,
+                    **({} if source is None else {"input_hook": source}),
                     "activations_dtype": data.dtype,
                     "source": cfg.source,
                     "loss_convention": LOSS_CONVENTION,
@@ -110,7 +121,11 @@ def main() -> None:
                     "world_size": trainer.world,
                 },
             )
-            export_saelens(trainer.sae, tmp / "saelens", data.hook, args.model_name, data.n_ctx)
+            if (why := saelens_unsupported(trainer.sae)) is None:
+                hooks = (data.hook, None) if source is None else (source, data.hook)
+                export_saelens(trainer.sae, tmp / "saelens", hooks[0], args.model_name, data.n_ctx, hooks[1])
+            else:
+                log.warning("no SAELens export: %s", why)
         ckpt.clear()
         # under a functional loss a step is batch_size // n_ctx prompts, the SAE sees their covered positions
         tokens = state.step * cfg.batch_size if data.objective is None else state.tokens

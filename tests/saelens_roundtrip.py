@@ -1,9 +1,10 @@
 """Run inside SAELens's own virtual environment by tests/test_interchange.py (imports nothing from saelab).
 
-    .venv-saelens/bin/python tests/saelens_roundtrip.py EXPORT_DIR X.safetensors OUT.safetensors META.json
+    .venv-saelens/bin/python tests/saelens_roundtrip.py EXPORT_DIR X.safetensors OUT.safetensors META.json [...]
 
 Loads EXPORT_DIR with ``sae_lens.SAE.load_from_disk``, encodes and decodes X, and writes the
-feature activations, the reconstruction and the loaded config's metadata.
+feature activations, the reconstruction and the loaded config's metadata; more groups of four
+arguments do the same for further exports in the one process (SAELens takes seconds to import).
 """
 
 import json
@@ -15,7 +16,12 @@ from safetensors.torch import load_file, save_file
 
 
 def main() -> None:
-    export, x_file, out, meta = sys.argv[1:5]
+    args = sys.argv[1:]
+    for i in range(0, len(args), 4):
+        roundtrip(*args[i : i + 4])
+
+
+def roundtrip(export: str, x_file: str, out: str, meta: str) -> None:
     sae = SAE.load_from_disk(export, device="cpu")
     x = load_file(x_file)["x"]
     with torch.no_grad():

@@ -100,7 +100,7 @@ SAELENS_PY = Path(
 )
 
 
-def _saelens_ready() -> str | None:
+def saelens_ready() -> str | None:
     """Why the real-SAELens test cannot run here, or None when it can."""
     if not SAELENS_PY.exists():
         return f"{SAELENS_PY} not found: `make test` creates it (pip install sae-lens==6.54.12); it could not here"
@@ -108,7 +108,7 @@ def _saelens_ready() -> str | None:
     return None if res.returncode == 0 else f"sae_lens does not import in {SAELENS_PY}: {res.stderr[-300:]}"
 
 
-@pytest.mark.skipif(_saelens_ready() is not None, reason=str(_saelens_ready()))
+@pytest.mark.skipif(saelens_ready() is not None, reason=str(saelens_ready()))
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_real_saelens_loads_every_export_with_its_metadata(tmp_path, arch):
     """SAELens 6.54's SAE.load_from_disk reads our export of each architecture: hook_name, model_name and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -190,16 +191,52 @@ def test_finetune_refuses_a_source_it_does_not_match_before_any_work(repo, tmp_p
 
 
 def test_a_second_site_gets_its_own_cache_saes_and_evaluation(tmp_path):
-    """A 2-layer LM with activations.extra_hooks: one activations pass writes the root cache and the further
-    site's (data/sites/<hook>), train_site@<hook>-<seed> trains one SAE per seed there, evaluate_site@<hook> scores
-    it with that site's cache; adding the site leaves the root cache byte-identical to a one-site run's."""
-    site = "blocks.1.mlp.hook_post"
-    repo = make_repo(tmp_path / "two", {"lm": {"n_layers": 2}, "activations": {"extra_hooks": [site]}})
+    """A 2-layer LM with activations.extra_hooks and a transcoder: one activations pass writes the root cache, the
+    further site's (data/sites/<hook>) and the transcoder's pair (data/sites/transcoders/<target>/{input,target});
+    train_site@<hook>-<seed> trains one SAE per seed there, evaluate_site@<hook> scores it with that site's cache;
+    train_transcoder@<target>-<seed> and evaluate_transcoder@<target> do the same for the transcoder (exported to
+    SAELens as a transcoder); adding them leaves the root cache byte-identical to a one-site run's."""
+    site, target, source = "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out", "blocks.1.ln2.hook_normalized"
+    repo = make_repo(
+        tmp_path / "two",
+        {"lm": {"n_layers": 2}, "activations": {"extra_hooks": [site], "transcoders": {target: source}}},
+    )
     listed = run_cmd(["dvc", "stage", "list"], repo).stdout
-    for stage in (f"train_site@{site}-0", f"train_site@{site}-1", f"evaluate_site@{site}"):
+    for stage in (
+        f"train_site@{site}-0",
+        f"train_site@{site}-1",
+        f"evaluate_site@{site}",
+        f"train_transcoder@{target}-0",
+        f"train_transcoder@{target}-1",
+        f"evaluate_transcoder@{target}",
+    ):
         assert stage in listed, listed
-    run_cmd(["dvc", "repro", "train_site", f"evaluate_site@{site}", "splice@0"], repo)
-    assert json.loads((repo / "data/sites/sites.json").read_text()) == {"hooks": [site]}
+    run_cmd(["dvc", "repro", "train_site", f"evaluate_site@{site}", "splice@0", "train_transcoder",
+             f"evaluate_transcoder@{target}"], repo)  # fmt: skip
+    assert json.loads((repo / "data/sites/sites.json").read_text()) == {
+        "hooks": [site],
+        "transcoders": {target: source},
+    }
+    pair = repo / f"data/sites/transcoders/{target}"
+    assert sorted(p.name for p in (repo / "data/sites").iterdir()) == [
+        "blocks.1.mlp.hook_post",
+        "sites.json",
+        "transcoders",
+    ]  # no scratch left
+    assert [json.loads((pair / side / "manifest.json").read_text())["hook"] for side in ("input", "target")] == [
+        source,
+        target,
+    ]
+    meta = json.loads((repo / f"models/transcoders/{target}/seed-1/config.json").read_text())
+    assert meta["hook"] == target and meta["input_hook"] == source and meta["train_params"]["seed"] == 1
+    exported = json.loads((repo / f"models/transcoders/{target}/seed-0/saelens/cfg.json").read_text())
+    assert exported["architecture"] == "transcoder" and exported["metadata"]["hook_name"] == source
+    tm = json.loads((repo / f"metrics/transcoders/{target}/evaluate.json").read_text())
+    assert 0 < tm["l0"] and math.isfinite(tm["explained_variance"]) and math.isfinite(tm["ce_recovered_zero"])
+    assert (
+        json.loads((repo / f"metrics/transcoders/{target}/evaluate_detail.json").read_text())["transcoder_input"]
+        == source
+    )
     assert json.loads((repo / f"data/sites/{site}/manifest.json").read_text())["hook"] == site
     for seed in (0, 1):
         meta = json.loads((repo / f"models/sites/{site}/seed-{seed}/config.json").read_text())

@@ -5,14 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from saelab.config import EvaluateConfig
+from saelab.config import HOOK_SUFFIXES, EvaluateConfig, hook_position
 from saelab.data.hooks import covered_positions, grab_into, splice
 from saelab.data.lm import load_lm
 from saelab.eval.evaluate import EvalSample, evaluate, token_ce
 from saelab.eval.sites import (
-    FORWARD_ORDER,
     evaluate_sites,
-    forward_position,
     live_splice,
     splice_sets,
     worst_overlap,
@@ -40,12 +38,13 @@ def setup(tiny_lm):
 
 
 def test_forward_order_is_the_order_the_lm_fires_its_hooks(setup):
-    """FORWARD_ORDER (propagation's "later") is the order a forward pass of the LM reaches the hook points."""
+    """HOOK_SUFFIXES (propagation's "later", a transcoder's input before its target) is the order a forward pass of
+    the LM reaches the hook points."""
     lm, rows, _ = setup
     fired = []
-    hooks = [(f"blocks.0.{suffix}", lambda x, hook, name=suffix: fired.append(name)) for suffix in FORWARD_ORDER]
+    hooks = [(f"blocks.0.{suffix}", lambda x, hook, name=suffix: fired.append(name)) for suffix in HOOK_SUFFIXES]
     lm.model.run_with_hooks(torch.from_numpy(rows[:2].astype(np.int64)), fwd_hooks=hooks[::-1])
-    assert fired == list(FORWARD_ORDER)
+    assert fired == list(HOOK_SUFFIXES)
 
 
 def test_a_splice_at_resid_mid_would_miss_the_residual_stream_so_it_is_refused(setup):
@@ -71,7 +70,7 @@ def test_a_splice_at_resid_mid_would_miss_the_residual_stream_so_it_is_refused(s
 
 
 def test_sites_sort_in_forward_order_and_sets_cover_alone_all_and_leave_one_out():
-    assert sorted([RESID, POST, "blocks.1.hook_resid_pre", PRE], key=forward_position) == [
+    assert sorted([RESID, POST, "blocks.1.hook_resid_pre", PRE], key=hook_position) == [
         PRE, POST, RESID, "blocks.1.hook_resid_pre"]  # fmt: skip
     assert splice_sets([PRE]) == {f"alone:{PRE}": (PRE,)}  # one site: all is that site alone, not spliced twice
     sets = splice_sets([PRE, POST])

@@ -70,15 +70,18 @@ class TokensConfig(Section):
     """Tokens per row, BOS included; must not exceed the LM's context."""
 
 
-# The hook points an SAE can read (TransformerLens names, ``blocks.<layer>.<suffix>``); data/hooks.py checks a
+# The hook points an SAE can read (TransformerLens names, ``blocks.<layer>.<suffix>``), in the order a block's
+# forward pass reaches them (a transcoder reads an earlier one and writes a later one); data/hooks.py checks a
 # name against a loaded LM, this module checks its form at params load, before any work.
 HOOK_SUFFIXES = (
     "hook_resid_pre",
-    "hook_resid_post",
-    "hook_mlp_out",
+    "ln1.hook_normalized",
     "hook_attn_out",
+    "ln2.hook_normalized",
     "mlp.hook_pre",
     "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
 )
 HOOK_NAME = re.compile(r"blocks\.(0|[1-9]\d*)\.(" + "|".join(re.escape(s) for s in HOOK_SUFFIXES) + ")")
 # hooks an SAE cannot be spliced at, and why (each refused by name wherever a hook is checked)
@@ -105,12 +108,22 @@ def hook_layer(name: str) -> int:
     return int(m.group(1))
 
 
+def hook_position(name: str) -> tuple[int, int]:
+    """(block, place in the block's forward pass) of a hook name: which of two hooks the LM reaches first."""
+    return hook_layer(name), HOOK_SUFFIXES.index(name.split(".", 2)[2])
+
+
 class ActivationsConfig(Section):
     hook: str = "blocks.0.mlp.hook_post"
     """The site of the root pipeline's SAEs (train, evaluate, analyze, browser, finetune, compare)."""
     extra_hooks: tuple[str, ...] = ()
     """Further sites, cached in the same LM pass as ``hook`` (one cache each, ``data/sites/<hook>/``), each with
     SAEs of its own (stages ``train_site``, ``evaluate_site``; docs/usage.md, "Many sites"). Empty: one site."""
+    transcoders: dict[str, str] = {}
+    """Transcoders, ``{target hook: input hook}``: an SAE reading the input hook and reconstructing the target
+    (of the same width, reached later in the pass), e.g. ``{blocks.0.hook_mlp_out: blocks.0.ln2.hook_normalized}``
+    (the MLP). Both are cached in the same LM pass (``data/sites/transcoders/<target>/``); stages
+    ``train_transcoder``, ``evaluate_transcoder`` (docs/metrics.md, "Transcoders"). Empty: none."""
     n_tokens: int = Field(2_000_000, gt=0)
     """Activations to cache (capped by the train split)."""
     dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
@@ -137,6 +150,31 @@ class ActivationsConfig(Section):
             raise ValueError(f"lists a hook twice: {twice}; list each site once")
         return tuple(v)
 
+    @field_validator("transcoders", mode="before")
+    @classmethod
+    def _pairs(cls, v):
+        if not isinstance(v, dict):
+            raise ValueError("must be a mapping {target hook: input hook}, e.g. "
+                             "{blocks.0.hook_mlp_out: blocks.0.ln2.hook_normalized}")  # fmt: skip
+        for target, source in v.items():
+            for name in (target, source):
+                hook_layer(name)
+            if source == target:
+                raise ValueError(f"{target}: a transcoder from a hook to itself is an SAE; list it in "
+                                 "activations.extra_hooks instead")  # fmt: skip
+            if hook_position(source) > hook_position(target):
+                raise ValueError(
+                    f"{target}: its input {source} comes after it in the forward pass; a transcoder maps an earlier "
+                    f"hook to a later one, written {{target: input}}: {{{source}: {target}}}"
+                )
+            if (".mlp.hook_" in source) != (".mlp.hook_" in target):
+                raise ValueError(
+                    f"{target}: {source} and {target} differ in width (d_mlp vs d_model): a transcoder here "
+                    "reconstructs a target as wide as its input; pair ln2.hook_normalized -> hook_mlp_out or "
+                    "mlp.hook_pre -> mlp.hook_post"
+                )
+        return v
+
     @model_validator(mode="after")
     def _primary_apart(self) -> ActivationsConfig:
         if self.hook in self.extra_hooks:
@@ -148,6 +186,12 @@ class ActivationsConfig(Section):
     def hooks(self) -> tuple[str, ...]:
         """Every site, ``hook`` first."""
         return (self.hook, *self.extra_hooks)
+
+    @property
+    def cached_hooks(self) -> tuple[str, ...]:
+        """Every hook the activations stage caches: the sites, then the transcoders' hooks not among them."""
+        extra = [h for pair in self.transcoders.items() for h in pair]
+        return tuple(dict.fromkeys((*self.hooks, *extra)))
 
 
 def _relocated(err: ValidationError, prefix: tuple) -> list:
@@ -166,6 +210,16 @@ def site_params(acts: ActivationsConfig, hook: str | None) -> ActivationsConfig:
         raise ConfigError(f"--hook {hook} is not a site of these params: activations.hooks are {list(acts.hooks)} "
                           "(add it to activations.extra_hooks)")  # fmt: skip
     return acts.model_copy(update={"hook": hook, "extra_hooks": tuple(h for h in acts.hooks if h != hook)})
+
+
+def transcoder_input(acts: ActivationsConfig, target: str | None) -> str | None:
+    """The input hook of the transcoder writing ``target`` (None for None: no transcoder)."""
+    if target is None:
+        return None
+    if target not in acts.transcoders:
+        raise ConfigError(f"--transcoder {target} is not a transcoder of these params: activations.transcoders has "
+                          f"{sorted(acts.transcoders) or 'none'} (add {{{target}: <input hook>}} to it)")  # fmt: skip
+    return acts.transcoders[target]
 
 
 # _DEFERRED: the stages before train (text, lm, tokens, activations) import no architecture, so that
@@ -479,10 +533,17 @@ class Params(Section):
                 f"splice.prompt_tokens + splice.new_tokens ({total}) must be <= lm.n_ctx ({self.lm.n_ctx}), the "
                 "LM's context; shorten them or set splice.n_prompts: 0"
             )
-        if self.lm.source == "embedded" and self.activations.extra_hooks:  # the LM's depth is known here
-            for name in self.activations.hooks:
+        acts = self.activations
+        if self.lm.source == "embedded" and len(acts.cached_hooks) > 1:  # the LM's depth is known here
+            for name in acts.cached_hooks:
                 if hook_layer(name) >= self.lm.n_layers:
-                    key = "activations.hook" if name == self.activations.hook else "activations.extra_hooks"
+                    key = (
+                        "activations.hook"
+                        if name == acts.hook
+                        else "activations.extra_hooks"
+                        if name in acts.extra_hooks
+                        else "activations.transcoders"
+                    )
                     raise ValueError(f"{key}: {name} is in block {hook_layer(name)}, but the embedded LM has "
                                      f"lm.n_layers: {self.lm.n_layers} (blocks 0..{self.lm.n_layers - 1}): raise "
                                      "lm.n_layers or pick an earlier block")  # fmt: skip

@@ -119,7 +119,7 @@ def _first_section() -> str:
     return f"sae.{next(iter(registry.sections()))}"
 
 
-TRAIN_STAGES = ("train", "train_site")  # the root pipeline's SAE-training stages (one site, every further site)
+TRAIN_STAGES = ("train", "train_site", "train_transcoder")  # the root pipeline's SAE-training stages
 
 
 def _fix_train_params(text: str) -> str:

@@ -365,3 +365,32 @@ class ActivationCache:
     def iter_tokens(self, columns=("x", "row", "pos", "token")) -> Iterator[dict]:
         for i in range(len(self._row_groups)):
             yield self.read_row_group(i, columns)
+
+
+# ---------------------------------------------------------------- a transcoder's pair of caches
+
+PAIR = ("input", "target")  # a transcoder's cache directory holds one cache of each hook (data/sites/transcoders)
+ALIGNED = ("inputs", "seed", "n_tokens", "n_rows", "n_ctx", "bos", "excluded_token", "dtype", "d")
+
+
+def open_pair(path: str | Path) -> tuple[ActivationCache, ActivationCache]:
+    """The (input, target) caches under ``path``, checked to hold the same tokens in the same order: written by one
+    LM pass (same LM, tokens, seed and layout), and the first row group's (row, pos) columns equal."""
+    inp, tgt = (ActivationCache(Path(path) / side) for side in PAIR)
+    differ = [k for k in ALIGNED if inp.manifest.get(k) != tgt.manifest.get(k)]
+    if differ or [g[2] for g in inp._row_groups] != [g[2] for g in tgt._row_groups]:
+        raise CacheError(f"{path}: its input and target caches differ in {differ or ['row-group layout']}, so their "
+                         "rows are not the same tokens; rerun `dvc repro activations`, which writes both in one pass")
+    a, b = (c.read_row_group(0, ("row", "pos")) for c in (inp, tgt))
+    if not (np.array_equal(a["row"], b["row"]) and np.array_equal(a["pos"], b["pos"])):
+        raise CacheError(f"{path}: the input and target caches hold different tokens at the same rows; rerun "
+                         "`dvc repro activations`")  # fmt: skip
+    return inp, tgt
+
+
+def paired_batches(inp: ActivationCache, tgt: ActivationCache, batch_size: int, skip_tokens: int = 0,
+                   pin: bool = False, seed: int | None = None) -> Iterator[torch.Tensor]:  # fmt: skip
+    """Endless (batch_size, 2 d) batches of (input | target) side by side: both caches read in the same order."""
+    for a, b in zip(inp.batches(batch_size, skip_tokens, seed=seed), tgt.batches(batch_size, skip_tokens, seed=seed)):
+        ab = torch.cat([a, b], -1)
+        yield ab.pin_memory() if pin else ab

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from saelab.errors import InputError
-from saelab.data.cache import DTYPES, MANIFEST, ActivationCache, check_bos_policy
+from saelab.data.cache import DTYPES, MANIFEST, PAIR, ActivationCache, check_bos_policy, open_pair, paired_batches
 from saelab.training.checkpoint import fingerprint
 from saelab.config import ActivationsConfig, SAEConfig
 from saelab.data.hooks import check_hook, hook_activations
@@ -90,11 +90,24 @@ class TrainData:
     n_tokens: int  # tokens in one epoch
     fingerprint: str
     objective: object = None  # saelab.training.objective.Functional under sae.loss: kl | kl_ds (batches are prompts)
+    input_hook: str | None = None  # a transcoder's input (``hook`` is its target); batches hold both side by side
 
 
 def open_data(cfg: SAEConfig, acts_cfg: ActivationsConfig, device: torch.device, activations: Path,
-              lm_dir: Path | None, tokens: Path | None) -> TrainData:
-    """The Parquet cache, or (``sae.source: stream``) the LM through a shuffle buffer; checked before training."""
+              lm_dir: Path | None, tokens: Path | None, transcoder: bool = False) -> TrainData:
+    """The Parquet cache, or (``sae.source: stream``) the LM through a shuffle buffer; checked before training.
+    ``transcoder``: ``activations`` is a pair of caches (input, target; saelab.data.cache.open_pair)."""
+    if transcoder:
+        if cfg.source != "cache" or cfg.loss != "mse":
+            raise InputError(f"a transcoder trains from its cached (input, target) pair on the MSE: set sae.source: "
+                             f"cache and sae.loss: mse (got {cfg.source}, {cfg.loss})")  # fmt: skip
+        inp, tgt = open_pair(activations)
+        check_bos_policy(inp, acts_cfg.bos)
+        pin = device.type == "cuda"
+        return TrainData(lambda b, skip: paired_batches(inp, tgt, b, skip, pin=pin, seed=cfg.seed), inp.d,
+                         tgt.manifest["hook"], inp.dtype, inp.manifest["n_ctx"], inp.n_tokens,
+                         fingerprint(cfg.model_dump(), *(Path(activations) / side / MANIFEST for side in PAIR)),
+                         input_hook=inp.manifest["hook"])  # fmt: skip
     if cfg.source == "cache":
         cache = ActivationCache(activations)
         check_bos_policy(cache, acts_cfg.bos)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from saelab.config import hook_layer
 from saelab.data.hooks import capture, covered_positions, splice
 from saelab.data.tokens import sample_rows
 from saelab.eval.metrics import ReconSums, ce_recovered, frequency_fractions
@@ -98,9 +99,12 @@ def evaluate(
     device,
     exclude_token: int | None = None,
     progress: bool = True,
+    input_hook: str | None = None,
 ) -> tuple[dict, dict]:
     """Stream a seeded sample of eval ``rows`` (n, n_ctx): reconstruction stats on every sampled row,
     CE (clean, SAE splice, zero and mean ablation) on the first ``ce_max_tokens`` of the sample.
+    A transcoder (``input_hook``: the hook it reads) is scored against ``hook``'s clean activation, its target,
+    and its output is spliced there (docs/metrics.md, "Transcoders").
 
     Returns (metrics, per-feature arrays). Statistics count the covered positions only (all but
     ``exclude_token``, the BOS id under ``activations.bos: exclude``); CE counts every predicted
@@ -120,7 +124,8 @@ def evaluate(
         else:
             x = capture(model, tokens, hook)[1]
         x = x.float()
-        x_hat, f = sae(x.reshape(-1, x.shape[-1]))
+        x_in = x if input_hook is None else capture(model, tokens, input_hook, hook_layer(input_hook) + 1)[1].float()
+        x_hat, f = sae(x_in.reshape(-1, x_in.shape[-1]))
         if in_ce:
             for name, values in (
                 ("clean", None),

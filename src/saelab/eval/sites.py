@@ -23,27 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from saelab.config import HOOK_SUFFIXES, hook_layer
+from saelab.config import hook_position
 from saelab.data.hooks import covered_positions, grab_into
 from saelab.eval.evaluate import EvalSample, token_ce
 from saelab.eval.metrics import ReconSums, ce_recovered, frequency_fractions
 from saelab.saes.base import SAE
-
-# the order TransformerLens reaches a block's hook points in the forward pass
-FORWARD_ORDER = (
-    "hook_resid_pre",
-    "hook_attn_out",
-    "mlp.hook_pre",
-    "mlp.hook_post",
-    "hook_mlp_out",
-    "hook_resid_post",
-)
-assert sorted(FORWARD_ORDER) == sorted(HOOK_SUFFIXES)
-
-
-def forward_position(hook: str) -> tuple[int, int]:
-    """(block, position within the block) of a hook: sorts sites in the order the forward pass meets them."""
-    return hook_layer(hook), FORWARD_ORDER.index(hook.split(".", 2)[2])
 
 
 def live_splice(sae: SAE, covered: torch.Tensor):
@@ -99,7 +83,7 @@ def evaluate_sites(model, saes: dict[str, SAE], rows: np.ndarray, cfg, device, e
     Returns (metrics, per-token arrays: ``ce:<set>`` per set and ``covered``, over every predicted position of
     the CE rows, in row order). Definitions: the module docstring and docs/metrics.md, "Splicing every site".
     """
-    sites = sorted(saes, key=forward_position)
+    sites = sorted(saes, key=hook_position)
     sets = splice_sets(sites)
     sample = EvalSample.draw(len(rows), rows.shape[1], cfg.ce_max_tokens, cfg)
     s = SiteSums()
@@ -123,7 +107,7 @@ def evaluate_sites(model, saes: dict[str, SAE], rows: np.ndarray, cfg, device, e
             later = {}
             grabs = []
             if name.startswith("alone:"):  # the error this SAE alone causes downstream, from the same pass
-                later_sites = [h for h in sites if forward_position(h) > forward_position(members[0])]
+                later_sites = [h for h in sites if hook_position(h) > hook_position(members[0])]
                 grabs = [(h, grab_into(later, h)) for h in later_sites]
             splices = [(h, live_splice(saes[h], covered)) for h in members]
             # TransformerLens fires each hook when the pass reaches its point; the list's order is immaterial

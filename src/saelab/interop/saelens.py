@@ -7,6 +7,9 @@
   encoding (``apply_b_dec_to_input: true``). standard and standard_april export as SAELens's
   ``standard``, topk as ``topk`` (with ``k``), batchtopk as ``jumprelu`` with its global
   threshold in every entry, jumprelu as ``jumprelu`` with its learned θ.
+  A transcoder exports as SAELens's ``transcoder`` (standard, standard_april) or ``jumprelu_transcoder``
+  (jumprelu, batchtopk), with ``d_out``, ``apply_b_dec_to_input: false`` and ``metadata.hook_name`` its input
+  hook (``hook_name_out`` its target); SAELens 6.54 has no TopK transcoder, so a topk transcoder is refused.
   ``metadata.sae_lens_version`` must be present: without it SAELens 6 treats the file as a
   pre-6.0 config and rebuilds ``metadata`` from top-level keys only, dropping hook_name,
   model_name and context_size (sae_lens/loading/pretrained_sae_loaders.py,
@@ -41,20 +44,40 @@ KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
 SAELENS_FORMAT_VERSION = "6.54.12"  # the SAELens release whose format we write and test against
 
 
-def saelens_config(sae: SAE, hook: str, model_name: str, context_size: int) -> dict:
+# SAELens 6.54's transcoder classes (sae_lens/saes/transcoder.py) by the architecture our SAE exports as
+TRANSCODERS = {"standard": "transcoder", "jumprelu": "jumprelu_transcoder"}
+
+
+def saelens_unsupported(sae: SAE) -> str | None:
+    """Why SAELens 6.54 cannot load ``sae`` (None when it can): only a TopK transcoder has no format there."""
+    if sae.transcoder and sae.saelens()[0]["architecture"] not in TRANSCODERS:
+        return (
+            f"a {sae.architecture} transcoder has no SAELens format: SAELens 6.54 has {sorted(TRANSCODERS.values())} "
+            "transcoders only; train it as standard, standard_april, jumprelu or batchtopk to load it in SAELens"
+        )
+    return None
+
+
+def saelens_config(sae: SAE, hook: str, model_name: str, context_size: int, hook_out: str | None = None) -> dict:
+    """cfg.json of the export; a transcoder's ``hook`` is the hook it reads, ``hook_out`` the one it writes."""
+    if (why := saelens_unsupported(sae)) is not None:
+        raise InputError(why)
     arch_fields, _ = sae.saelens()
+    transcoder = {"architecture": TRANSCODERS[arch_fields["architecture"]], "d_out": sae.d_in} if sae.transcoder else {}
     return {
         **arch_fields,
+        **transcoder,
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "dtype": "float32",
         "device": "cpu",
-        "apply_b_dec_to_input": True,
+        "apply_b_dec_to_input": not sae.transcoder,
         "normalize_activations": "none",
         "reshape_activations": "none",
         "metadata": {
             "model_name": model_name,
             "hook_name": hook,
+            **({"hook_name_out": hook_out} if sae.transcoder else {}),
             "hook_head_index": None,
             "context_size": context_size,
             "prepend_bos": True,
@@ -67,11 +90,14 @@ def saelens_config(sae: SAE, hook: str, model_name: str, context_size: int) -> d
     }
 
 
-def export_saelens(sae: SAE, out: Path, hook: str, model_name: str, context_size: int) -> None:
-    """Write ``sae`` into ``out`` (created) in SAELens's on-disk format."""
+def export_saelens(sae: SAE, out: Path, hook: str, model_name: str, context_size: int,
+                   hook_out: str | None = None) -> None:  # fmt: skip
+    """Write ``sae`` into ``out`` (created) in SAELens's on-disk format (a transcoder reads ``hook``, writes
+    ``hook_out``)."""
+    config = saelens_config(sae, hook, model_name, context_size, hook_out)  # refuses what SAELens cannot load
     out.mkdir(parents=True, exist_ok=True)
     save_weights(out / SAELENS_WEIGHTS, {k: v.contiguous() for k, v in sae.saelens()[1].items()})
-    write_json(out / SAELENS_CFG, saelens_config(sae, hook, model_name, context_size))
+    write_json(out / SAELENS_CFG, config)
 
 
 def load_reference(weights: Path, config: Path) -> tuple[SAE, dict]:
@@ -116,7 +142,8 @@ def main(argv=None) -> None:  # pragma: no mutate block (the command line, not a
     if args.cmd == "export-saelens":
         sae, meta = SAE.load(args.sae)
         with atomic_dir(args.out) as tmp:
-            export_saelens(sae, tmp, meta["hook"], args.model_name, args.context_size)
+            hooks = (meta["input_hook"], meta["hook"]) if sae.transcoder else (meta["hook"], None)
+            export_saelens(sae, tmp, hooks[0], args.model_name, args.context_size, hooks[1])
     else:
         sae, cfg = load_reference(args.weights, args.config)
         with atomic_dir(args.out) as tmp:

@@ -20,6 +20,10 @@ the others subclass it, one module each in :mod:`saelab.saes`, registered by nam
   ``opt.step()``; ``observe_(fired, n_tokens)`` after it with the batch's fire counts;
   ``finish_training_(average)`` once at the end;
 * ``resample_rows_(...)`` to re-initialise dead features; ``saelens()`` for the export.
+
+A **transcoder** (``transcoder = True``; docs/metrics.md, "Transcoders") is the same architecture reading one
+hook and reconstructing another of the same width: the encoder reads x raw (``pre = x @ W_enc + b_enc``, b_dec
+is the output's bias only, as SAELens's transcoders) and every loss compares x̂ with ``target``, not with x.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class SAE(nn.Module):
         self.W_dec = nn.Parameter(torch.empty(d_sae, d_in))
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.transcoder = False  # set by the train stage for a transcoder, by load from config.json's input_hook
         if seed is not None:
             self.init_weights_(torch.Generator().manual_seed(seed))
 
@@ -103,8 +108,12 @@ class SAE(nn.Module):
 
     # ------------------------------------------------------------ inference
 
+    def input_bias(self) -> torch.Tensor:
+        """What the encoder subtracts from x: b_dec for an SAE, nothing (zeros) for a transcoder."""
+        return self.b_dec.new_zeros(self.d_in) if self.transcoder else self.b_dec
+
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return (x - self.input_bias()) @ self.W_enc + self.b_enc
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre)
@@ -119,19 +128,22 @@ class SAE(nn.Module):
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.W_dec + self.b_dec
 
-    def forward(self, x: torch.Tensor, train: bool = False, progress: float = 1.0):
+    def forward(self, x: torch.Tensor, train: bool = False, progress: float = 1.0, target: torch.Tensor | None = None):
         if train:
-            return self.train_forward(x, progress)
+            # an architecture without transcoder support need not know the keyword (tests/test_toy_architecture.py)
+            return self.train_forward(x, progress) if target is None else self.train_forward(x, progress, target=target)
         f = self.encode(x)
         return SAEOutput(self.decode(f), f)
 
     # ------------------------------------------------------------ training
 
-    def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
-        """Loss and its terms on a batch; ``progress`` is the fraction of training done (0..1)."""
+    def train_forward(self, x: torch.Tensor, progress: float, target: torch.Tensor | None = None) -> TrainOutput:
+        """Loss and its terms on a batch x, reconstructing ``target`` (None: x itself, an SAE); ``progress`` is the
+        fraction of training done (0..1)."""
+        target = x if target is None else target
         f = self.encode(x)
         x_hat = self.decode(f)
-        mse = mse_loss(x_hat.float(), x)
+        mse = mse_loss(x_hat.float(), target)
         l1 = l1_loss(f.float())
         return TrainOutput(mse + self.l1_coeff * l1, mse, (l1,), fires(f), l0(f), x_hat)
 
@@ -149,7 +161,8 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def init_from_data_(self, x: torch.Tensor) -> None:
-        """Once, before the first step, with the first global batch (data-dependent initialisation)."""
+        """Once, before the first step, with the first global batch of what the SAE reconstructs (its input, or a
+        transcoder's target): data-dependent initialisation of the output side."""
 
     @torch.no_grad()
     def observe_(self, fired: torch.Tensor, n_tokens: int) -> None:
@@ -213,6 +226,8 @@ class SAE(nn.Module):
     def save(self, out: str | Path, meta: dict) -> None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+        if self.transcoder != ("input_hook" in meta):
+            raise ValueError("a transcoder's config.json names its input_hook, an SAE's does not")
         save_weights(out / WEIGHTS, dict(self.state_dict()))
         write_json(
             out / CONFIG,
@@ -241,6 +256,7 @@ class SAE(nn.Module):
                 got = tuple(weights[key].shape) if key in weights else "absent"
                 raise InputError(f"{path / WEIGHTS}: {key} is {got}, config says {shape}; rerun `dvc repro train`")
         sae.load_state_dict(weights)
+        sae.transcoder = "input_hook" in meta
         return sae.to(device), meta
 
 

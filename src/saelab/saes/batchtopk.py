@@ -71,15 +71,16 @@ class BatchTopK(TopK):
     def train_activations(self, x: torch.Tensor) -> torch.Tensor:
         return self.batch_topk(self.pre_acts(x))
 
-    def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
+    def train_forward(self, x: torch.Tensor, progress: float, target: torch.Tensor | None = None) -> TrainOutput:
+        target = x if target is None else target  # what is reconstructed: x, or a transcoder's target
         pre = self.pre_acts(x)
         f = self.batch_topk(pre, self.k_at(progress))
         rows = self.dec_rows()
         x_hat = f @ rows + self.b_dec
-        mse = mse_loss(x_hat.float(), x)
+        mse = mse_loss(x_hat.float(), target)
         dead = self.auxk_dead()
         if dead is not None:
-            auxk = mse_loss((self.dense_aux_acts(pre, dead) @ rows).float(), (x - x_hat).detach().float())
+            auxk = mse_loss((self.dense_aux_acts(pre, dead) @ rows).float(), (target - x_hat).detach().float())
         else:
             auxk = torch.zeros((), device=x.device)
         if progress >= 1 - self.threshold_frac:

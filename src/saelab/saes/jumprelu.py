@@ -186,12 +186,13 @@ class JumpReLU(FreeDecoderMixin, SAE):
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return pre * (pre > self.theta())
 
-    def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
+    def train_forward(self, x: torch.Tensor, progress: float, target: torch.Tensor | None = None) -> TrainOutput:
+        target = x if target is None else target  # what is reconstructed: x, or a transcoder's target
         pre = self.pre_acts(x)
         theta = self.theta()
         f = JumpReLUFn.apply(pre, theta, self.bandwidth)
         x_hat = self.decode(f)
-        mse = mse_loss(x_hat.float(), x)
+        mse = mse_loss(x_hat.float(), target)
         if self.sparsity == "step":
             penalty = StepFn.apply(pre, theta, self.bandwidth).sum(-1).mean()
         else:

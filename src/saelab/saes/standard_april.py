@@ -61,10 +61,11 @@ class StandardApril(SAE):
     def init_weights_(self, gen: torch.Generator) -> None:
         tied_init_(self, gen, self.dec_init_norm)
 
-    def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
+    def train_forward(self, x: torch.Tensor, progress: float, target: torch.Tensor | None = None) -> TrainOutput:
+        target = x if target is None else target  # what is reconstructed: x, or a transcoder's target
         f = self.encode(x)
         x_hat = self.decode(f)
-        mse = mse_loss(x_hat.float(), x)
+        mse = mse_loss(x_hat.float(), target)
         l1w = (f.float() * self.W_dec.norm(dim=-1)).sum(-1).mean()
         warm = min(1.0, progress / self.l1_warmup_frac) if self.l1_warmup_frac > 0 else 1.0
         return TrainOutput(mse + self.l1_coeff * warm * l1w, mse, (l1w,), fires(f), l0(f), x_hat)

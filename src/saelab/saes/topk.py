@@ -260,14 +260,15 @@ class TopK(FreeDecoderMixin, SAE):
         where they are what the hardware does best, unless ``sparse_path`` says otherwise."""
         return self.sparse_path if self.sparse_path is not None else device.type == "cpu"
 
-    def train_forward(self, x: torch.Tensor, progress: float) -> TrainOutput:
+    def train_forward(self, x: torch.Tensor, progress: float, target: torch.Tensor | None = None) -> TrainOutput:
+        target = x if target is None else target  # what is reconstructed: x, or a transcoder's target
         dead = self.auxk_dead()
         k = self.k_at(progress)
         if self.uses_sparse_path(x.device):
             n = self.row_norms()  # free rows scale the encoder (autograd: W_enc * n and its backward, d_in x d_sae)
             W_enc, b_enc = (self.W_enc, self.b_enc) if n is None else (self.W_enc * n, self.b_enc * n)
             vals, idx, aux_vals, aux_idx = TopKEncode.apply(
-                x, self.b_dec, W_enc, b_enc, k, dead, self.k_aux, self._workspace
+                x, self.input_bias(), W_enc, b_enc, k, dead, self.k_aux, self._workspace
             )
             x_hat = self.sparse_decode(idx, vals, n) + self.b_dec
             decode_aux = None if aux_idx is None else (lambda: self.sparse_decode(aux_idx, aux_vals, n))
@@ -281,9 +282,9 @@ class TopK(FreeDecoderMixin, SAE):
             if dead is not None:
                 aux_f = self.dense_aux_acts(pre, dead)
                 decode_aux = lambda: aux_f @ rows
-        mse = mse_loss(x_hat.float(), x)
+        mse = mse_loss(x_hat.float(), target)
         if decode_aux is not None:
-            auxk = mse_loss(decode_aux().float(), (x - x_hat).detach().float())
+            auxk = mse_loss(decode_aux().float(), (target - x_hat).detach().float())
         else:
             auxk = torch.zeros((), device=x.device)
         live = vals > 0

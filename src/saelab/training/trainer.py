@@ -90,6 +90,7 @@ def train_step(
     progress: float = 0.0,
     probes: tuple = (),
     objective=None,
+    target: torch.Tensor | None = None,
 ) -> tuple:
     """One optimiser step: (loss, mse, terms, fired, l0, bad). ``forward`` is the DDP wrapper of ``sae``
     (or its compiled form); the architecture supplies the loss and the gradient surgery around the step.
@@ -100,9 +101,10 @@ def train_step(
     ``probes`` (objects with the Probe interface, e.g. research.questions.probes) may add loss terms and act
     around the step; none by default. ``objective(out) -> (loss, extra terms)`` replaces the architecture's loss
     (a functional loss, saelab.training.objective); its terms follow the architecture's in the returned ``terms``.
+    ``target``: what a transcoder reconstructs from ``x`` (None: x itself).
     """
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        out = (sae if forward is None else forward)(x, train=True, progress=progress)
+        out = (sae if forward is None else forward)(x, train=True, progress=progress, target=target)
     loss, own = (out.loss, []) if objective is None else objective(out)
     terms = [*out.terms, *own]
     bad = ~torch.isfinite(loss)
@@ -175,6 +177,11 @@ class Trainer:
             raise InputError(
                 f"sae.loss: {cfg.loss} needs {'a' if cfg.loss != 'mse' else 'no'} functional objective; build the "
                 "training data with saelab.data.stream.open_data, which gives the objective the loss needs"
+            )
+        if sae.transcoder and (objective is not None or self.probes):
+            raise InputError(
+                "a transcoder trains on the MSE to its target from cached activations, without probes: set "
+                "sae.loss: mse and sae.source: cache"
             )
         if objective is not None and (self.probes or dist.is_initialized()):
             raise InputError(
@@ -258,8 +265,18 @@ class Trainer:
 
     # ------------------------------------------------------------ loop
 
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(input, target) of a batch: a transcoder's batches hold its input and target side by side (B, 2 d_in)."""
+        if not self.sae.transcoder:
+            return x, None
+        if x.shape[-1] != 2 * self.sae.d_in:
+            raise InputError(f"a transcoder of width {self.sae.d_in} needs (input | target) batches of width "
+                             f"{2 * self.sae.d_in}, got {x.shape[-1]}; open its data with --transcoder")  # fmt: skip
+        return x[:, : self.sae.d_in], x[:, self.sae.d_in :]
+
     def run(self, make_batches, log=None, checkpointer=None) -> TrainState:
-        """Train to the end from the current step; ``make_batches(skip_tokens)`` gives the data stream."""
+        """Train to the end from the current step; ``make_batches(skip_tokens)`` gives the data stream
+        (for a transcoder, batches of its input and target side by side, one scale ``input_scale`` for both)."""
         cfg, sched, st = self.cfg, self.sched, self.state
         batches = make_batches(st.step * cfg.batch_size)
         start = time.perf_counter() - st.seconds
@@ -285,7 +302,8 @@ class Trainer:
                 st.input_scale = float((x.shape[-1] / x.float().pow(2).sum(-1).mean()).sqrt())
             if step == 0:  # the global batch, so every rank initialises alike
                 if not self.from_trained:
-                    self.sae.init_from_data_(x.to(self.device).float() * st.input_scale)
+                    x0, y0 = self._split(x.to(self.device).float() * st.input_scale)
+                    self.sae.init_from_data_(x0 if y0 is None else y0)  # what the SAE reconstructs
                 for p in self.probes:
                     p.start(self.sae)
             x = x[self.rank * local : (self.rank + 1) * local].to(self.device, non_blocking=True).float()
@@ -295,10 +313,11 @@ class Trainer:
                 self.bad |= ~torch.isfinite(x).all()
             for group in self.opt.param_groups:
                 group["lr"] = cfg.lr * sched.lr_scale(step)
+            x_in, target = self._split(x)
             loss, mse, terms, fired, l0, bad = train_step(
                 self.sae,
                 self.opt,
-                x,
+                x_in,
                 cfg.dtype == "bf16",
                 step,
                 self.call,
@@ -306,6 +325,7 @@ class Trainer:
                 step / sched.n_steps,
                 self.probes,
                 None if ctx is None else self._objective(ctx),
+                target,
             )
             self.bad |= bad
             fired = self._sum(fired)
