@@ -32,28 +32,47 @@ def short(hook: str) -> str:
     return hook.removeprefix("blocks.").replace(".hook_", " ").replace(".mlp", " mlp")
 
 
-def tables(runs: dict[int, dict]) -> list[str]:
+def share(curve: dict | None, ce: float) -> str:
+    """The compute equivalent of a spliced CE: the share of the LM's training at which it had that CE."""
+    from saelab.eval.metrics import training_share
+
+    if curve is None:
+        return "n/a"
+    _, tokens, losses = zip(*curve["curve"])
+    return fmt(training_share(ce, tokens, losses), ".1%")
+
+
+def tables(runs: dict[int, dict], curve: dict | None = None) -> list[str]:
     lines = []
     for seed, m in runs.items():
         sites = m["sites"]
         a = m["all"]
+        clean = a["ce"] - a["ce_increase"]
         lines += [
             f"### Seed {seed}",
             "",
-            f"CE clean {a['ce'] - a['ce_increase']:.4f} nats/token on {m['ce_eval_tokens']:,} predicted tokens. "
+            f"CE clean {clean:.4f} nats/token on {m['ce_eval_tokens']:,} predicted tokens. "
             f"All {len(sites)} SAEs at once: CE {a['ce']:.4f} (+{a['ce_increase']:.4f}), CE recovered "
             f"{fmt(a['ce_recovered_zero'])} (against zero-ablating every site); the increases alone sum to "
             f"{a['sum_of_alone_increases']:.4f}, so additivity = {fmt(a['additivity'], '.3f')} (1 additive, > 1 "
             "super-additive).",
             "",
-            "| site | CE +alone | CE recovered alone | CE +without it | marginal | EV | relative error | L2 ratio "
-            "| mean norm | L0 | dead | corr(d, d_all) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        if curve is not None:
+            last = curve["curve"][-1][2]
+            lines += [f"Compute equivalent (docs/metrics.md): the plain LM had the all-spliced CE after "
+                      f"{share(curve, a['ce'])} of its training tokens (its curve's last point, {last:.4f}, "
+                      f"is this clean CE on the same tokens: `lm_curve.json`).", ""]  # fmt: skip
+        lines += [
+            "| site | CE +alone | CE recovered alone | compute equivalent alone | CE +without it | marginal | EV "
+            "| relative error | L2 ratio | mean norm | L0 | dead | corr(d, d_all) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for h in sites:
             r = m["per_site"][h]
             lines.append(
                 f"| {short(h)} | {r['ce_increase_alone']:.4f} | {r['ce_recovered_zero_alone']:.4f} | "
+                f"{share(curve, clean + r['ce_increase_alone'])} | "
                 f"{fmt(r.get('ce_increase_without'), '.4f')} | {fmt(r.get('marginal_ce_increase'), '.4f')} | "
                 f"{r['explained_variance']:.4f} | {fmt(r['relative_error'], '.4f')} | {r['l2_ratio']:.4f} | "
                 f"{r['mean_norm']:.3g} | {r['l0']:.1f} | {r['frac_dead']:.4f} | "
@@ -128,8 +147,10 @@ def main() -> None:
     p.add_argument("--workspace", type=Path, default=Path("."))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/layers_cpu"))
     p.add_argument("--command", default="", help="the command that produced the workspace's outputs")
+    p.add_argument("--curve", type=Path, help="benchmarks/lm_curve.py's output for this workspace's LM")
     args = p.parse_args()
     ws = args.workspace
+    curve = json.loads(args.curve.read_text()) if args.curve else None
     params = yaml.safe_load((ws / "params.yaml").read_text())
     runs = {s: json.loads((ws / f"metrics/splice/seed-{s}.json").read_text()) for s in params["seeds"]}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -169,7 +190,7 @@ def main() -> None:
         + (f", k {sae['topk']['k']}" if sae["architecture"] == "topk" else "")
         + ".",
         "",
-        *tables(runs),
+        *tables(runs, curve),
         *cross_seed(ws, params["seeds"], runs[params["seeds"][0]]["sites"]),
         *talk(ws, params["seeds"]),
     ]

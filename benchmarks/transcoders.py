@@ -69,7 +69,10 @@ def main() -> None:
         "|---" * (len(COLUMNS) + 3) + "|",
     ]
     for target in pairs:
-        for kind, folder in (("SAE", ws / "metrics/sites" / target), ("transcoder", ws / "metrics/transcoders" / target)):
+        for kind, folder in (
+            ("SAE", ws / "metrics/sites" / target),
+            ("transcoder", ws / "metrics/transcoders" / target),
+        ):
             m, d = (json.loads((folder / f"{name}.json").read_text()) for name in ("evaluate", "evaluate_detail"))
             for name in ("evaluate", "evaluate_detail"):
                 shutil.copy(folder / f"{name}.json", out / f"{kind.lower()}-{target}-{name}.json")

@@ -61,11 +61,13 @@ def main() -> None:
         acts = site_params(params.activations, args.hook)
         source = transcoder_input(params.activations, args.transcoder)
         data = open_data(cfg, acts, device, args.activations, args.lm, args.tokens, transcoder=source is not None)
-        want = (acts.hook, None) if source is None else (args.transcoder, source)
-        if (data.hook, data.input_hook) != want:
-            raise InputError(f"{args.activations} caches {data.input_hook or ''} -> {data.hook}, not {want}: pass its "
-                             "own cache (data/sites/<hook> for an extra hook, data/sites/transcoders/<target> for a "
-                             "transcoder; dvc.yaml's train_site and train_transcoder do)")  # fmt: skip
+        if source is None and data.hook != acts.hook:
+            raise InputError(f"{args.activations} caches {data.hook}, not the site {acts.hook}: pass its own cache "
+                             "(data/sites/<hook> for an extra hook; dvc.yaml's train_site does)")  # fmt: skip
+        if source is not None and (data.input_hook, data.hook) != (source, args.transcoder):
+            raise InputError(f"{args.activations} caches the pair {data.input_hook} -> {data.hook}, not {source} -> "
+                             f"{args.transcoder}: pass data/sites/transcoders/<target> (dvc.yaml's train_transcoder "
+                             "does)")  # fmt: skip
         sae = build(cfg, data.d).to(device)
         sae.transcoder = source is not None
         trainer = Trainer(

@@ -63,3 +63,41 @@ def test_unigram_ce_by_hand():
     # counts over targets [1,1,2] + 1 each over vocab 3: [1,3,2] / 6
     expected = -(np.log(3 / 6) + np.log(2 / 6)) / 2
     assert lm.unigram_ce(train, ev, 3) == pytest.approx(expected)
+
+
+def test_measuring_loss_during_training_leaves_the_lm_unchanged():
+    """benchmarks/lm_curve.py measures CE inside train_lm's on_step (before the first step and after each):
+    the trained weights equal a run without it, and the calls come at steps 0..n_steps."""
+    from benchmarks.lm_curve import mean_ce
+    from tests.conftest import CORPUS, TINY_LM
+
+    cfg = TINY_LM.model_copy(update={"n_steps": 6})
+    plain = lm.train_embedded(cfg, CORPUS, CORPUS)[0].state_dict()
+    seen = []
+
+    def measure(step, model):
+        seen.append((step, mean_ce(model, rows, 4)))
+
+    tok = lm.train_tokenizer(CORPUS, cfg.vocab_size)
+    from saelab.data.tokens import tokenize_texts
+
+    rows = tokenize_texts(tok, CORPUS, cfg.n_ctx, tok.token_to_id(lm.BOS))
+    measured = lm.train_embedded(cfg, CORPUS, CORPUS, on_step=measure)[0].state_dict()
+    assert [s for s, _ in seen] == list(range(7)) and seen[-1][1] < seen[0][1]
+    assert all(torch.equal(plain[k], measured[k]) for k in plain)
+
+
+def test_training_share_by_hand():
+    """The compute equivalent's share (docs/metrics.md, "Compute equivalent") on a hand curve: linear between
+    points in tokens, on the running minimum (a bump in the curve is not a second crossing), None outside it."""
+    from saelab.eval.metrics import training_share
+
+    tokens, losses = [0, 100, 200, 300, 400], [8.0, 4.0, 4.5, 3.5, 3.0]
+    assert training_share(3.0, tokens, losses) == 1.0
+    assert training_share(3.25, tokens, losses) == pytest.approx(350 / 400)
+    assert training_share(3.75, tokens, losses) == pytest.approx(250 / 400)  # 4.5 at 200 counts as 4.0 reached
+    assert training_share(6.0, tokens, losses) == pytest.approx(50 / 400)
+    assert training_share(8.0, tokens, losses) == 0.0
+    assert training_share(2.9, tokens, losses) is None and training_share(8.1, tokens, losses) is None
+    with pytest.raises(ValueError, match="strictly increasing"):
+        training_share(3.0, [0, 0], [1.0, 1.0])

@@ -51,12 +51,24 @@ def _transcoder(arch: str, d: int = 6, d_sae: int = 12) -> SAE:
         ({OUT: "blocks.0.hook_resid_mid"}, "is not supported"),
         ({OUT: "blocks.0.ln3.hook_normalized"}, "is not a hook name of the form"),
         ({"blocks.2.hook_mlp_out": "blocks.2.ln2.hook_normalized"}, "the embedded LM has lm.n_layers: 1"),
+        ({IN: "blocks.0.hook_resid_pre"}, f"{IN!r} cannot be a site"),  # an input-only hook as a target
     ],
 )
 def test_a_bad_transcoder_pair_is_refused_at_params_load_naming_the_fix(pairs, expected):
     with pytest.raises(ConfigError, match="activations.transcoders") as err:
         parse_params({"activations": {"transcoders": pairs}})
     assert expected in str(err.value)
+
+
+@pytest.mark.parametrize("acts", [{"hook": IN}, {"extra_hooks": ["blocks.0.ln1.hook_normalized"]}])
+def test_a_layernorm_output_is_a_transcoder_input_only(acts):
+    with pytest.raises(ConfigError, match="cannot be a site: TransformerLens 4's bridge hooks the LayerNorm"):
+        parse_params({"activations": acts})
+
+
+def test_transcoders_beside_a_functional_loss_are_refused_at_params_load():
+    with pytest.raises(ConfigError, match="a transcoder trains on the MSE to its target, but sae.loss is kl"):
+        parse_params({"activations": {"transcoders": {OUT: IN}}, "sae": {"loss": "kl", "source": "stream"}})
 
 
 def test_a_transcoder_may_read_an_earlier_block_and_its_hooks_are_cached_once():
@@ -111,6 +123,33 @@ def test_a_transcoder_encodes_x_uncentred_and_its_loss_is_against_the_target(arc
         assert not torch.allclose(sae.pre_acts(x), before)  # an SAE centres x on b_dec
 
 
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_auxk_reconstructs_the_residual_of_the_target(arch):
+    """With half the latents dead, AuxK is the MSE of the dead latents' decode against y - ŷ (not x - ŷ), by hand."""
+    sae = _transcoder(arch, d=6, d_sae=12)
+    sae.k_aux, sae.since_fired[::2] = 4, sae.dead_tokens + 1  # latents 0, 2, ... dead: AuxK on
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
+    y = 5 + torch.randn(16, 6, generator=torch.Generator().manual_seed(2))  # far from x
+    with torch.no_grad():
+        out = sae(x, train=True, progress=1.0, target=y)
+        pre = sae.pre_acts(x)
+        aux = sae.dense_aux_acts(pre, sae.auxk_dead()) @ sae.dec_rows()
+    assert float(out.terms[0]) > 0
+    torch.testing.assert_close(out.terms[0], mse_loss(aux, y - out.x_hat), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["topk", "jumprelu"])
+def test_data_dependent_initialisation_starts_b_dec_at_the_target_mean(arch):
+    """TopK and JumpReLU start b_dec at the first batch's mean of what they reconstruct: the target's."""
+    cfg = SAEConfig(architecture=arch, expansion=2, batch_size=32, n_tokens=32, lr=1e-12, lr_warmup_tokens=0,
+                    checkpoint_every=0, topk={"k": 2}, jumprelu={"threshold_init": 0.05})  # fmt: skip
+    sae = build(cfg, 4, seed=0)
+    sae.transcoder = True
+    x, y = torch.randn(32, 4), 7 + torch.randn(32, 4)
+    Trainer(sae, cfg, torch.device("cpu")).run(lambda skip: iter([torch.cat([x, y], -1)]))
+    torch.testing.assert_close(sae.b_dec.detach(), y.mean(0), rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("decoder", ["unit", "free"])
 def test_topk_transcoder_sparse_step_equals_the_dense_step_with_gradients(decoder):
     """The fused sparse encoder (CPU default) reads x uncentred for a transcoder as the dense path does: same
@@ -148,7 +187,8 @@ def _x_hat(x, y, decoder):
 def test_anthropic_resampling_of_a_transcoder_points_decoder_rows_at_targets_and_encoder_columns_at_inputs():
     sae = _transcoder("standard", d=6, d_sae=10)
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(40, 6, generator=gen), torch.randn(40, 6, generator=gen) * 5 + 2
+    x, y = torch.randn(40, 6, generator=gen), torch.randn(40, 6, generator=gen)
+    y[[5, 17, 30]] *= 1000  # the targets reconstructed worst: the only likely picks (their inputs are ordinary)
     with torch.no_grad():
         sae.b_dec.fill_(0.5)
     opt = torch.optim.Adam(sae.parameters())
@@ -160,7 +200,7 @@ def test_anthropic_resampling_of_a_transcoder_points_decoder_rows_at_targets_and
     for i in (1, 4, 7):
         cos_dec = unit(y - 0.5) @ sae.W_dec[i].detach()
         j = int(cos_dec.argmax())
-        assert float(cos_dec[j]) == pytest.approx(1, abs=1e-5)  # the unit (target - b_dec) of one input...
+        assert j in (5, 17, 30) and float(cos_dec[j]) == pytest.approx(1, abs=1e-5)  # a worst target's direction...
         enc = sae.W_enc[:, i].detach()
         torch.testing.assert_close(enc, unit(x[j]) * 0.2 * enc_norm)  # ...whose input the encoder reads
 
@@ -180,14 +220,16 @@ def _pair_lm(d: int):
     return PairLM(), M
 
 
-def _pair_cache(path: Path, d: int = 8, n_tokens: int = 3000, seeds=(0, 0), scale: float = 1.0):
+def _pair_cache(path: Path, d: int = 8, n_tokens: int = 3000, seeds=(0, 0), groups=(250, 250), flip=False):
+    """A pair written by two one-hook passes (alike unless seeds, row-group sizes or the row ids differ)."""
     lm, M = _pair_lm(d)
     n_ctx = 10
     rows = np.arange(n_tokens, dtype=np.int32).reshape(-1, n_ctx)
-    for side, hook, seed in zip(acts.PAIR, (IN, OUT), seeds):
-        spec = acts.CacheSpec(hook, 0, d, "fp32", n_tokens, seed, 7, 1000, 250)
+    for side, hook, seed, group in zip(acts.PAIR, (IN, OUT), seeds, groups):
+        spec = acts.CacheSpec(hook, 0, d, "fp32", n_tokens, seed, 7, 1000, group)
         (path / side).mkdir(parents=True)
-        manifest = acts.write_caches(lm, rows, np.arange(len(rows)), [spec], [path / side], "cpu")[0]
+        ids = np.arange(len(rows))[::-1].copy() if flip and side == "target" else np.arange(len(rows))
+        manifest = acts.write_caches(lm, rows, ids, [spec], [path / side], "cpu")[0]
         write_json(path / side / acts.MANIFEST, manifest | {"bos": "include", "inputs": {"lm": "x"}})
     return M
 
@@ -199,8 +241,14 @@ def test_a_pair_of_caches_is_read_in_one_order_and_a_misaligned_pair_is_refused(
     assert batch.shape == (64, 16)
     torch.testing.assert_close(batch[:, 8:], batch[:, :8] @ M, rtol=1e-5, atol=1e-5)  # each row: one token's pair
     _pair_cache(tmp_path / "shuffled", seeds=(0, 1))  # written by two passes in different orders
-    with pytest.raises(acts.CacheError, match="differ in"):
+    with pytest.raises(acts.CacheError, match=r"differ in \['seed'\]"):
         acts.open_pair(tmp_path / "shuffled")
+    _pair_cache(tmp_path / "regrouped", groups=(250, 200))  # the same tokens in other row groups
+    with pytest.raises(acts.CacheError, match=r"differ in \['row-group layout'\]"):
+        acts.open_pair(tmp_path / "regrouped")
+    _pair_cache(tmp_path / "relabelled", flip=True)  # manifests alike, other rows at the same places
+    with pytest.raises(acts.CacheError, match="different tokens at the same rows"):
+        acts.open_pair(tmp_path / "relabelled")
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -92,9 +92,26 @@ UNSPLICEABLE = {
 }
 
 
+# hooks a transcoder may read but no SAE is spliced at (an SAE site or a transcoder's target), and why
+INPUT_ONLY = {
+    suffix: "TransformerLens 4's bridge hooks the LayerNorm's output before its scale and bias and, when the value "
+    "is edited, applies them on a fallback path of its own, so a splice there is not the clean computation; it "
+    "serves as a transcoder's input only (activations.transcoders: {<target>: <this hook>})"
+    for suffix in ("ln1.hook_normalized", "ln2.hook_normalized")
+}
+
+
 def unspliceable(name: str) -> str | None:
     """Why an SAE cannot be spliced at hook ``name`` (None when it can)."""
     return next((why for suffix, why in UNSPLICEABLE.items() if str(name).endswith(suffix)), None)
+
+
+def site_layer(name: str) -> int:
+    """:func:`hook_layer` of a hook an SAE is spliced at (a site, a transcoder's target): input-only hooks refused."""
+    layer = hook_layer(name)
+    if (why := next((w for suffix, w in INPUT_ONLY.items() if name.endswith(suffix)), None)) is not None:
+        raise ValueError(f"{name!r} cannot be a site: {why}")
+    return layer
 
 
 def hook_layer(name: str) -> int:
@@ -138,13 +155,19 @@ class ActivationsConfig(Section):
     training, statistics and the mean, and keeps it clean in every CE splice; ``include`` treats it
     like any other token."""
 
+    @field_validator("hook")
+    @classmethod
+    def _site(cls, v):
+        site_layer(v)
+        return v
+
     @field_validator("extra_hooks", mode="before")
     @classmethod
     def _hook_list(cls, v):
         if isinstance(v, str) or not isinstance(v, list | tuple):
             raise ValueError(f"must be a list of hook names, e.g. [blocks.1.mlp.hook_post], not {v!r}")
         for name in v:
-            hook_layer(name)
+            site_layer(name)
         if len(set(v)) != len(v):
             twice = sorted(h for h in set(v) if list(v).count(h) > 1)
             raise ValueError(f"lists a hook twice: {twice}; list each site once")
@@ -157,8 +180,7 @@ class ActivationsConfig(Section):
             raise ValueError("must be a mapping {target hook: input hook}, e.g. "
                              "{blocks.0.hook_mlp_out: blocks.0.ln2.hook_normalized}")  # fmt: skip
         for target, source in v.items():
-            for name in (target, source):
-                hook_layer(name)
+            hook_layer(target), hook_layer(source)  # the forms first: the order check below reads them
             if source == target:
                 raise ValueError(f"{target}: a transcoder from a hook to itself is an SAE; list it in "
                                  "activations.extra_hooks instead")  # fmt: skip
@@ -167,6 +189,7 @@ class ActivationsConfig(Section):
                     f"{target}: its input {source} comes after it in the forward pass; a transcoder maps an earlier "
                     f"hook to a later one, written {{target: input}}: {{{source}: {target}}}"
                 )
+            site_layer(target)
             if (".mlp.hook_" in source) != (".mlp.hook_" in target):
                 raise ValueError(
                     f"{target}: {source} and {target} differ in width (d_mlp vs d_model): a transcoder here "
@@ -534,6 +557,11 @@ class Params(Section):
                 "LM's context; shorten them or set splice.n_prompts: 0"
             )
         acts = self.activations
+        if acts.transcoders and self.sae.loss != "mse":
+            raise ValueError(
+                f"activations.transcoders: a transcoder trains on the MSE to its target, but sae.loss is "
+                f"{self.sae.loss}; set sae.loss: mse, or train the transcoders in a run without them"
+            )
         if self.lm.source == "embedded" and len(acts.cached_hooks) > 1:  # the LM's depth is known here
             for name in acts.cached_hooks:
                 if hook_layer(name) >= self.lm.n_layers:

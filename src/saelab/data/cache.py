@@ -375,16 +375,17 @@ ALIGNED = ("inputs", "seed", "n_tokens", "n_rows", "n_ctx", "bos", "excluded_tok
 
 def open_pair(path: str | Path) -> tuple[ActivationCache, ActivationCache]:
     """The (input, target) caches under ``path``, checked to hold the same tokens in the same order: written by one
-    LM pass (same LM, tokens, seed and layout), and the first row group's (row, pos) columns equal."""
+    LM pass (same LM, tokens, seed and row-group layout) and every row group's (row, pos) columns equal."""
     inp, tgt = (ActivationCache(Path(path) / side) for side in PAIR)
     differ = [k for k in ALIGNED if inp.manifest.get(k) != tgt.manifest.get(k)]
     if differ or [g[2] for g in inp._row_groups] != [g[2] for g in tgt._row_groups]:
         raise CacheError(f"{path}: its input and target caches differ in {differ or ['row-group layout']}, so their "
                          "rows are not the same tokens; rerun `dvc repro activations`, which writes both in one pass")
-    a, b = (c.read_row_group(0, ("row", "pos")) for c in (inp, tgt))
-    if not (np.array_equal(a["row"], b["row"]) and np.array_equal(a["pos"], b["pos"])):
-        raise CacheError(f"{path}: the input and target caches hold different tokens at the same rows; rerun "
-                         "`dvc repro activations`")  # fmt: skip
+    for g in range(len(inp._row_groups)):  # two int columns: a small read beside the activations
+        a, b = (c.read_row_group(g, ("row", "pos")) for c in (inp, tgt))
+        if not (np.array_equal(a["row"], b["row"]) and np.array_equal(a["pos"], b["pos"])):
+            raise CacheError(f"{path}: the input and target caches hold different tokens at the same rows (row group "
+                             f"{g}); rerun `dvc repro activations`")  # fmt: skip
     return inp, tgt
 
 

@@ -21,6 +21,7 @@ from transformer_lens.model_bridge.sources.native import boot as boot_native
 
 from saelab.errors import InputError, MissingInput
 from saelab.config import LMConfig
+from saelab.data.tokens import tokenize_texts
 from saelab.interop.hub import require_hub
 from saelab.io import load_weights, read_json, save_weights, write_json
 
@@ -96,8 +97,10 @@ def lr_at(step: int, cfg: LMConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_lm(model: TransformerBridge, rows: np.ndarray, cfg: LMConfig) -> dict:
-    """AdamW next-token training on ``rows`` [n_rows, n_ctx]; batches drawn by a seeded permutation."""
+def train_lm(model: TransformerBridge, rows: np.ndarray, cfg: LMConfig, on_step=None) -> dict:
+    """AdamW next-token training on ``rows`` [n_rows, n_ctx]; batches drawn by a seeded permutation.
+    ``on_step(steps_done, model)`` before the first step (0) and after every optimiser step (it must leave the
+    model and the RNGs as it found them: benchmarks/lm_curve.py evaluates there)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     data = torch.from_numpy(rows.astype(np.int64))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
@@ -105,6 +108,8 @@ def train_lm(model: TransformerBridge, rows: np.ndarray, cfg: LMConfig) -> dict:
     tokens_per_step = cfg.batch_size * data.shape[1]
     start, pos, losses = time.perf_counter(), 0, []
     bar = tqdm(range(cfg.n_steps), desc="lm train", unit="step")
+    if on_step is not None:
+        on_step(0, model)
     for step in bar:
         if pos + cfg.batch_size > len(order):
             order, pos = torch.randperm(len(data), generator=gen), 0
@@ -118,6 +123,8 @@ def train_lm(model: TransformerBridge, rows: np.ndarray, cfg: LMConfig) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(step + 1, model)
         if step % 10 == 0:
             rate = (step + 1) * tokens_per_step / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", tok_s=f"{rate:,.0f}")
@@ -129,6 +136,24 @@ def train_lm(model: TransformerBridge, rows: np.ndarray, cfg: LMConfig) -> dict:
         "final_train_loss": float(np.mean(losses[-20:])),
         "epochs": cfg.n_steps * cfg.batch_size / len(data),
     }
+
+
+def train_embedded(cfg: LMConfig, train_texts: list[str], eval_texts: list[str], on_step=None) -> tuple:
+    """The lm stage's embedded LM: tokenizer, rows and training from the seed (``train_lm``'s ``on_step``).
+    Returns (model in eval mode, tokenizer, config, metrics with eval_ce on ``cfg.eval_rows`` eval rows)."""
+    torch.manual_seed(cfg.seed)
+    tokenizer = train_tokenizer(train_texts, cfg.vocab_size)
+    config = embedded_config(cfg, tokenizer)
+    bos = config["bos_token_id"]
+    train_rows = tokenize_texts(tokenizer, train_texts, cfg.n_ctx, bos)
+    eval_rows = tokenize_texts(tokenizer, eval_texts, cfg.n_ctx, bos)[: cfg.eval_rows]
+    model = build_model(tl_config(cfg))
+    metrics = train_lm(model, train_rows, cfg, on_step)
+    model.eval()
+    metrics["eval_ce"] = eval_ce(model, eval_rows)
+    metrics["unigram_ce"] = unigram_ce(train_rows, eval_rows, cfg.vocab_size)
+    metrics["eval_tokens"] = int(len(eval_rows) * (cfg.n_ctx - 1))
+    return model, tokenizer, config, metrics
 
 
 @torch.no_grad()

@@ -96,11 +96,11 @@ class TrainData:
 def open_data(cfg: SAEConfig, acts_cfg: ActivationsConfig, device: torch.device, activations: Path,
               lm_dir: Path | None, tokens: Path | None, transcoder: bool = False) -> TrainData:
     """The Parquet cache, or (``sae.source: stream``) the LM through a shuffle buffer; checked before training.
-    ``transcoder``: ``activations`` is a pair of caches (input, target; saelab.data.cache.open_pair)."""
+    ``transcoder``: ``activations`` is a pair of caches (input, target; saelab.data.cache.open_pair), read whatever
+    ``sae.source`` says (it is the root SAEs' choice)."""
     if transcoder:
-        if cfg.source != "cache" or cfg.loss != "mse":
-            raise InputError(f"a transcoder trains from its cached (input, target) pair on the MSE: set sae.source: "
-                             f"cache and sae.loss: mse (got {cfg.source}, {cfg.loss})")  # fmt: skip
+        if cfg.loss != "mse":  # params load refuses it first (saelab.config.Params)
+            raise InputError(f"a transcoder trains on the MSE to its target: set sae.loss: mse (got {cfg.loss})")
         inp, tgt = open_pair(activations)
         check_bos_policy(inp, acts_cfg.bos)
         pin = device.type == "cuda"

@@ -103,3 +103,22 @@ class ReconSums:
 def reconstruction_metrics(x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor) -> dict:
     """:meth:`ReconSums.result` of one batch of tokens."""
     return ReconSums().add(x, x_hat, f).result()
+
+
+def training_share(ce: float, tokens, losses) -> float | None:
+    """The share of the LM's training at which the plain LM had loss ``ce`` (docs/metrics.md, "Compute
+    equivalent"): from a curve of eval losses ``losses`` after ``tokens`` training tokens (increasing, the last
+    being the whole run), the first point where the loss reached so far (its running minimum) is <= ce,
+    interpolated linearly in tokens from the point before, over the run's tokens. None when ``ce`` is below the
+    finished LM's loss (the spliced model would be better than the LM) or above the curve's first point."""
+    t = np.asarray(tokens, dtype=np.float64)
+    best = np.minimum.accumulate(np.asarray(losses, dtype=np.float64))
+    if len(t) < 2 or np.any(np.diff(t) <= 0):
+        raise ValueError("training_share: need at least two points with strictly increasing tokens")
+    if ce < best[-1] or ce > best[0]:
+        return None
+    i = int(np.argmax(best <= ce))
+    if i == 0:
+        return float(t[0] / t[-1])
+    frac = (best[i - 1] - ce) / (best[i - 1] - best[i])  # best[i-1] > ce >= best[i]
+    return float((t[i - 1] + frac * (t[i] - t[i - 1])) / t[-1])
