@@ -151,6 +151,18 @@ def main() -> None:
     args = p.parse_args()
     ws = args.workspace
     curve = json.loads(args.curve.read_text()) if args.curve else None
+    if curve is not None:  # the curve must be this workspace's LM, measured on the splice's CE tokens
+        from saelab.io import sha256_dir
+
+        seed = yaml.safe_load((ws / "params.yaml").read_text())["seeds"][0]
+        first = json.loads((ws / f"metrics/splice/seed-{seed}.json").read_text())["all"]
+        ce_clean = first["ce"] - first["ce_increase"]
+        if not curve["same_weights"] or curve["lm_sha256"] != sha256_dir(ws / "models/lm"):
+            raise SystemExit(f"{args.curve}: not the curve of {ws / 'models/lm'} (retrain it with lm_curve.py)")
+        if abs(curve["curve"][-1][2] - ce_clean) > 1e-6:
+            raise SystemExit(
+                f"{args.curve}: its last CE {curve['curve'][-1][2]} is not the splice's clean CE {ce_clean}"
+            )
     params = yaml.safe_load((ws / "params.yaml").read_text())
     runs = {s: json.loads((ws / f"metrics/splice/seed-{s}.json").read_text()) for s in params["seeds"]}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,9 @@ def test_measuring_loss_during_training_leaves_the_lm_unchanged():
     seen = []
 
     def measure(step, model):
+        rng, mode = torch.get_rng_state(), model.training
         seen.append((step, mean_ce(model, rows, 4)))
+        assert torch.equal(torch.get_rng_state(), rng) and model.training == mode  # nothing drawn, mode restored
 
     tok = lm.train_tokenizer(CORPUS, cfg.vocab_size)
     from saelab.data.tokens import tokenize_texts

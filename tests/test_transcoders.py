@@ -220,16 +220,15 @@ def _pair_lm(d: int):
     return PairLM(), M
 
 
-def _pair_cache(path: Path, d: int = 8, n_tokens: int = 3000, seeds=(0, 0), groups=(250, 250), flip=False):
-    """A pair written by two one-hook passes (alike unless seeds, row-group sizes or the row ids differ)."""
+def _pair_cache(path: Path, d: int = 8, n_tokens: int = 3000, seeds=(0, 0), groups=(250, 250)):
+    """A pair written by two one-hook passes (alike unless seeds or row-group sizes differ)."""
     lm, M = _pair_lm(d)
     n_ctx = 10
     rows = np.arange(n_tokens, dtype=np.int32).reshape(-1, n_ctx)
     for side, hook, seed, group in zip(acts.PAIR, (IN, OUT), seeds, groups):
         spec = acts.CacheSpec(hook, 0, d, "fp32", n_tokens, seed, 7, 1000, group)
         (path / side).mkdir(parents=True)
-        ids = np.arange(len(rows))[::-1].copy() if flip and side == "target" else np.arange(len(rows))
-        manifest = acts.write_caches(lm, rows, ids, [spec], [path / side], "cpu")[0]
+        manifest = acts.write_caches(lm, rows, np.arange(len(rows)), [spec], [path / side], "cpu")[0]
         write_json(path / side / acts.MANIFEST, manifest | {"bos": "include", "inputs": {"lm": "x"}})
     return M
 
@@ -246,7 +245,15 @@ def test_a_pair_of_caches_is_read_in_one_order_and_a_misaligned_pair_is_refused(
     _pair_cache(tmp_path / "regrouped", groups=(250, 200))  # the same tokens in other row groups
     with pytest.raises(acts.CacheError, match=r"differ in \['row-group layout'\]"):
         acts.open_pair(tmp_path / "regrouped")
-    _pair_cache(tmp_path / "relabelled", flip=True)  # manifests alike, other rows at the same places
+    _pair_cache(tmp_path / "relabelled")  # then the last row group of the target's last shard reordered
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    last = tmp_path / "relabelled/target" / json.loads((tmp_path / "relabelled/target/manifest.json").read_text())[
+        "shards"][-1]["file"]  # fmt: skip
+    table = pq.read_table(last)
+    order = np.r_[np.arange(len(table) - 250), np.arange(len(table) - 250, len(table))[::-1]]
+    pq.write_table(table.take(pa.array(order)), last, row_group_size=250)
     with pytest.raises(acts.CacheError, match="different tokens at the same rows"):
         acts.open_pair(tmp_path / "relabelled")
 

@@ -110,12 +110,13 @@ def training_share(ce: float, tokens, losses) -> float | None:
     equivalent"): from a curve of eval losses ``losses`` after ``tokens`` training tokens (increasing, the last
     being the whole run), the first point where the loss reached so far (its running minimum) is <= ce,
     interpolated linearly in tokens from the point before, over the run's tokens. None when ``ce`` is below the
-    finished LM's loss (the spliced model would be better than the LM) or above the curve's first point."""
+    lowest loss on the curve (the spliced model would be better than the LM), above its first point, or not
+    finite."""
     t = np.asarray(tokens, dtype=np.float64)
     best = np.minimum.accumulate(np.asarray(losses, dtype=np.float64))
     if len(t) < 2 or np.any(np.diff(t) <= 0):
         raise ValueError("training_share: need at least two points with strictly increasing tokens")
-    if ce < best[-1] or ce > best[0]:
+    if not np.isfinite(ce) or ce < best[-1] or ce > best[0]:
         return None
     i = int(np.argmax(best <= ce))
     if i == 0:
