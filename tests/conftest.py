@@ -15,13 +15,23 @@ from saelab.data import lm
 from saelab.data.tokens import tokenize_texts
 from saelab.saes.base import SAE
 
-# Under pytest-xdist (`make test`: -n <cores>) each worker gets its share of the cores, it and the stage
-# subprocesses it starts: two torch processes with all cores each slow each other far more than 2x. A module-scoped
-# fixture (test_pipeline's repro of the tiny pipeline) is built once per worker that runs one of its tests.
+# Under pytest-xdist (`make test`: -n <cores> --dist loadgroup) each worker gets its share of the cores, it and the
+# stage subprocesses it starts: two torch processes with all cores each slow each other far more than 2x.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(THREADS)
     torch.set_num_threads(THREADS)
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ARG001 - pytest's hook signature
+    """Tests sharing a module-scoped fixture (test_pipeline's repro of the tiny pipeline, ...) form one xdist group,
+    so under --dist loadgroup one worker builds the fixture once and runs them all; the rest spread freely."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        shared = sorted(name for name, defs in (info.name2fixturedefs.items() if info else ())
+                        if defs and defs[-1].scope == "module")  # fmt: skip
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{shared[0]}"))
 
 
 CORPUS = [
