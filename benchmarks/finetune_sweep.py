@@ -23,6 +23,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from reader import cpu_model  # noqa: E402
 
+from saelab import threads
+
 # (kl_share, frac_tokens, lr): the stage's default first, then the knobs one at a time and together
 GRID = [
     (0.5, 0.05, 3e-4),
@@ -100,6 +102,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/finetune-sweep"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/finetune_sweep_cpu"))
     args = p.parse_args()
+    threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
     rows = [run_one(args, *setting) for setting in GRID]
     write(rows, args)
     print((args.out / "sweep.md").read_text())

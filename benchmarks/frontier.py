@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 import saelab.saes  # noqa: F401  (registers the built-in architectures: their knobs)
-from saelab import registry
+from saelab import registry, threads
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -526,6 +526,7 @@ def main() -> None:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
     if args.worker:
         run_saelab(json.loads(args.spec.read_text()))
         return

@@ -42,7 +42,7 @@ from frontier import at_l0, eval_context, score  # noqa: E402
 from reader import cpu_model  # noqa: E402
 
 import saelab.saes  # noqa: E402, F401  (registers the built-in architectures)
-from saelab import registry  # noqa: E402
+from saelab import registry, threads  # noqa: E402
 from saelab.config import FinetuneConfig, SAEConfig, load_params  # noqa: E402
 from saelab.data.stream import open_data  # noqa: E402
 from saelab.io import sha256_dir, sha256_file  # noqa: E402
@@ -351,6 +351,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/functional-work"), help="runs kept here, reused")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/functional_cpu"))
     args = p.parse_args()
+    threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
     args.work = args.work / settings_key(args)  # a run is reused only under the settings it was trained with
     ctx = eval_context(args)
     rows = run_all(args, ctx)

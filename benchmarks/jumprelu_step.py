@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from saelab import threads
+
 SHAPE = {
     "d_in": 512,
     "d_sae": 2048,
@@ -127,12 +129,12 @@ def main() -> None:
     p.add_argument("--saelens-worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--b-dec-zero", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
     if args.saelens_worker:
         print(json.dumps(run_saelens(args.saelens_worker, args.l0_coeff, args.b_dec_zero)))
         return
     import tempfile
 
-    torch.set_num_threads(2)
     with tempfile.TemporaryDirectory(prefix="saelab-jumprelu-") as tmp:
         work = Path(tmp)
         runs = {"saelab": run_saelab(args.cache, work, args.steps, args.l0_coeff)}

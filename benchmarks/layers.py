@@ -23,6 +23,8 @@ sys.path.insert(0, str(HERE))
 
 from reader import cpu_model  # noqa: E402
 
+from saelab import threads  # noqa: E402
+
 
 def fmt(v, spec: str = ".4g") -> str:
     return "n/a" if v is None else format(v, spec)
@@ -149,6 +151,7 @@ def main() -> None:
     p.add_argument("--command", default="", help="the command that produced the workspace's outputs")
     p.add_argument("--curve", type=Path, help="benchmarks/lm_curve.py's output for this workspace's LM")
     args = p.parse_args()
+    threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
     ws = args.workspace
     curve = json.loads(args.curve.read_text()) if args.curve else None
     if curve is not None:  # the curve must be this workspace's LM, measured on the splice's CE tokens

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from saelab import threads
 from saelab.config import load_params
 from saelab.data import lm
 from saelab.data.text import read_texts
@@ -49,6 +50,7 @@ def main() -> None:
     p.add_argument("--every", type=int, default=50, help="steps between measurements")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
+    threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
     ws = args.workspace
     params = load_params(ws / "params.yaml")
     cfg, ev = params.lm, params.evaluate

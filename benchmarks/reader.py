@@ -12,6 +12,7 @@ import platform
 import time
 from pathlib import Path
 
+from saelab import threads
 from saelab.data.cache import ActivationCache
 
 
@@ -28,6 +29,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--out", type=Path)
     args = p.parse_args()
+    threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
     cache = ActivationCache(args.cache)
     nbytes = cache.n_tokens * cache.d * cache.torch_dtype.itemsize
     start = time.perf_counter()

@@ -29,6 +29,7 @@ sys.path.insert(0, str(HERE))
 
 from reader import cpu_model  # noqa: E402
 
+from saelab import threads  # noqa: E402
 from saelab.config import ActivationsConfig, LMConfig  # noqa: E402
 from saelab.data.cachebuild import build_caches  # noqa: E402
 from saelab.data.lm import build_model, embedded_config, save_lm, tl_config  # noqa: E402
@@ -55,6 +56,7 @@ def main() -> None:
     p.add_argument("--lm", type=Path, default=Path("models/lm"), help="its tokenizer only")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
+    threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
     from tokenizers import Tokenizer
 
     configs = configurations(args.layers)

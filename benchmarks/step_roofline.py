@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from saelab import threads
 from saelab.config import SAEConfig
 from saelab.registry import build
 from saelab.training.trainer import Trainer, train_step
@@ -55,6 +56,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", type=Path)
     args = p.parse_args()
+    threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
     d_in, d_sae, batch = SHAPES[args.shape]
     device = torch.device(args.device)
     flop_per_token = 5 * 2 * d_in * d_sae

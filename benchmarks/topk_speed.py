@@ -65,6 +65,8 @@ sys.path.insert(0, str(HERE))
 from harness import TimedBatches, finish, worker_env  # noqa: E402
 from reader import cpu_model  # noqa: E402
 
+from saelab import threads  # noqa: E402
+
 WINDOW = 5  # steps in the running mean of batch MSE that equal_mse compares
 # saelab-unit: sparsify's recipe in saelab (unit-norm decoder rows, AuxK coefficient 1/32, no gradient clipping)
 # from sparsify's initial weights (sparsify_init), so that the two take the same steps where AuxK does not run
@@ -296,6 +298,7 @@ def main() -> None:
         help="recompute the derived equal_mse field of --out from its stored results and curves (no training)",
     )
     args = p.parse_args()
+    threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
     if args.recompute:
         report = json.loads(args.out.read_text())
         report["equal_mse"] = equal_mse(report["results"], report["curves"])

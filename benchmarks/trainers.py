@@ -41,6 +41,8 @@ sys.path.insert(0, str(HERE))
 from harness import TimedBatches, finish, worker_env  # noqa: E402
 from reader import cpu_model  # noqa: E402
 
+from saelab import threads  # noqa: E402
+
 
 def hardware(device: str) -> str:
     if device.startswith("cuda"):
@@ -199,6 +201,7 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
+    threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
     if args.worker:
         WORKERS[args.worker](json.loads(Path(args.out).read_text()))
         return

@@ -25,6 +25,8 @@ sys.path.insert(0, str(HERE))
 
 from reader import cpu_model  # noqa: E402
 
+from saelab import threads  # noqa: E402
+
 COLUMNS = ("ce_recovered_zero", "explained_variance", "mse", "l0", "frac_dead", "l2_ratio")
 
 
@@ -40,6 +42,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/transcoders_cpu"))
     p.add_argument("--command", default="", help="the command that produced the workspace's outputs")
     args = p.parse_args()
+    threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
     ws, out = args.workspace, args.out
     params = yaml.safe_load((ws / "params.yaml").read_text())
     pairs = params["activations"]["transcoders"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import saelab.saes  # noqa: F401  (registers the built-in architectures: params checks are strict)
+from saelab import threads
 from saelab.config import LMConfig
 from saelab.data import cache as acts
 from saelab.data import lm
@@ -17,10 +18,10 @@ from saelab.saes.base import SAE
 
 # Under pytest-xdist (`make test`: -n <cores> --dist loadgroup) each worker gets its share of the cores, it and the
 # stage subprocesses it starts: two torch processes with all cores each slow each other far more than 2x.
+# SAELAB_THREADS carries the share to the stages (saelab.threads; docs/usage.md, "Threads").
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(THREADS)
-    torch.set_num_threads(THREADS)
+    os.environ[threads.ENV] = str(max(1, threads.cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    threads.configure()
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: ARG001 - pytest's hook signature

@@ -1430,7 +1430,7 @@ def test_topk_encoder_gradient_is_zero_where_a_selected_preactivation_is_negativ
     x = torch.randn(4, 5, generator=torch.Generator().manual_seed(3))
     dead = torch.zeros(8, dtype=torch.bool)
     dead[[1, 6]] = True
-    vals, idx, aux_vals, aux_idx = TopKEncode.apply(x, torch.zeros(5), W, b, 6, dead, 2, {})
+    vals, idx, aux_vals, aux_idx = TopKEncode.apply(x, torch.zeros(5), W, b, None, 6, dead, 2, {})
     (vals * torch.arange(1.0, 7.0)).sum().backward()
     W2, b2 = W.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True)
     pre = x @ W2 + b2
@@ -1479,9 +1479,23 @@ def test_custom_functions_pass_gradcheck_where_they_are_differentiable():
     assert (top[:, -1] - pre0.topk(4, dim=1).values[:, -1]).min() > 1e-3  # a margin: the selection is stable
 
     def vals(bd, w, be):
-        return TopKEncode.apply(x, bd, w, be, 3, None, 0, {})[0].sort(dim=1).values
+        return TopKEncode.apply(x, bd, w, be, None, 3, None, 0, {})[0].sort(dim=1).values
 
     assert torch.autograd.gradcheck(vals, (b_dec, W, b_enc))
+    # free decoder rows: pre scaled by the row norms n inside the Function, n differentiated too; AuxK's
+    # outputs (k_aux 2 among dead latents, one of them also selected) in the checked sum as well
+    n = torch.tensor([0.5, 1.5, 0.8, 1.2, 2.0, 0.7], dtype=torch.float64).requires_grad_(True)
+    dead = torch.tensor([True, False, True, False, True, False])
+    pre_n = ((x - b_dec) @ W + b_enc) * n
+    for m in (3, 2):  # both selections with a margin
+        assert (pre_n.topk(m, dim=1).values[:, -1] - pre_n.topk(m + 1, dim=1).values[:, -1]).min() > 1e-3
+    assert (pre_n[:, dead].topk(2, dim=1).values[:, -1] - pre_n[:, dead].min(1).values).min() > 1e-3
+
+    def scaled(bd, w, be, nn):
+        vals, _, aux_vals, _ = TopKEncode.apply(x, bd, w, be, nn, 3, dead, 2, {})
+        return vals.sort(dim=1).values, aux_vals.sort(dim=1).values
+
+    assert torch.autograd.gradcheck(scaled, (b_dec, W, b_enc, n))
 
 
 # ---------------------------------------------------------------- initialisation, guards, timing

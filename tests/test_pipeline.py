@@ -489,13 +489,18 @@ def _queue(repo, values) -> str:
     """Queue one experiment per ``sae.l1_coeff`` value, run the queue with one worker, return its status table."""
     run_cmd(["dvc", "exp", "run", "--queue", "-S", "sae.l1_coeff=" + ",".join(map(str, values))], repo)
     run_cmd(["dvc", "queue", "start", "-j", "1"], repo)
-    deadline = time.time() + 600
+    return wait_queue_empty(repo, 600, poll=3)
+
+
+def wait_queue_empty(repo, limit: float, poll: float = 1) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; its last table (AssertionError after ``limit`` s)."""
+    deadline = time.time() + limit
     while time.time() < deadline:
         status = run_cmd(["dvc", "queue", "status"], repo).stdout
         if "Queued" not in status and "Running" not in status:
             return status
-        time.sleep(3)
-    raise AssertionError(f"queue still busy after 600 s:\n{status}")
+        time.sleep(poll)
+    raise AssertionError(f"queue still busy after {limit:.0f} s:\n{status}")
 
 
 def _swept_l1(repo) -> set[float]:

@@ -8,6 +8,7 @@ import sys
 import time
 from contextlib import contextmanager
 
+from saelab import threads
 from saelab.config import Params, load_params
 from saelab.errors import SaelabError
 from saelab.io import write_json
@@ -32,7 +33,12 @@ def write_timing(path, timing: dict) -> None:
     Kept out of metrics/, so `dvc exp show` and `dvc metrics diff` lead with the science and
     never list timing noise as a change; the README and benchmarks read these files.
     """
-    write_json(path, timing | peak_memory())
+    write_json(path, timing | peak_memory() | {"threads": _torch_threads()})
+
+
+def _torch_threads() -> int | None:
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.get_num_threads()
 
 
 def peak_memory() -> dict:
@@ -51,6 +57,7 @@ def run_stage(name: str, args, loader=load_params) -> Params:
     start = time.perf_counter()
     try:
         params = loader(args.params)
+        log.info('threads: %d (docs/usage.md, "Threads")', threads.configure())
         yield params
     except EXPECTED as err:
         log.error("%s: %s", type(err).__name__, err)

@@ -104,10 +104,14 @@ class TopKEncode(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, b_dec, W_enc, b_enc, k: int, dead, k_aux: int, workspace: dict):
+    def forward(ctx, x, b_dec, W_enc, b_enc, n, k: int, dead, k_aux: int, workspace: dict):
         xc = x - b_dec
+        # free rows: pre-activations scaled by the row norms n, through a scaled copy of the weights (no
+        # autograd graph: backward scales the (B, k) gradient by n[idx] instead)
+        W, b = (W_enc, b_enc) if n is None else (W_enc * n, b_enc * n)
         pre = _workspace(workspace, (len(x), W_enc.shape[1]), W_enc)
-        pre = torch.addmm(b_enc, xc, W_enc) if pre is None else torch.addmm(b_enc, xc, W_enc, out=pre)
+        pre = torch.addmm(b, xc, W) if pre is None else torch.addmm(b, xc, W, out=pre)
+        del W, b
         vals, idx = pre.topk(k, dim=-1, sorted=False)
         vals = vals.relu()
         aux_vals = aux_idx = None
@@ -116,7 +120,7 @@ class TopKEncode(torch.autograd.Function):
             aux_vals, pos = pre[:, dead_idx].topk(min(k_aux, len(dead_idx)), dim=-1, sorted=False)
             aux_vals, aux_idx = aux_vals.relu(), dead_idx[pos]
         del pre
-        ctx.save_for_backward(xc, W_enc, idx, vals, aux_idx, aux_vals)
+        ctx.save_for_backward(xc, W_enc, n, idx, vals, aux_idx, aux_vals)
         ctx.mark_non_differentiable(idx)
         if aux_idx is not None:
             ctx.mark_non_differentiable(aux_idx)
@@ -124,14 +128,20 @@ class TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_vals, g_idx, g_aux, g_aux_idx):
-        xc, W_enc, idx, vals, aux_idx, aux_vals = ctx.saved_tensors
-        g, flat = (g_vals * (vals > 0)).to(xc.dtype), idx  # bf16 under autocast: gradients in the weights' dtype
+        xc, W_enc, n, idx, vals, aux_idx, aux_vals = ctx.saved_tensors
+        g, flat, v = (g_vals * (vals > 0)).to(xc.dtype), idx, vals  # bf16 under autocast: weights' dtype
         if aux_idx is not None and g_aux is not None:
             g = torch.cat([g, (g_aux * (aux_vals > 0)).to(xc.dtype)], 1)
-            flat = torch.cat([idx, aux_idx], 1)
+            flat, v = torch.cat([idx, aux_idx], 1), torch.cat([vals, aux_vals], 1)
         B, kk = flat.shape
         d_sae = W_enc.shape[1]
-        flat = flat.reshape(-1)
+        flat, g = flat.reshape(-1), g.reshape(-1)
+        grad_n = None
+        if n is not None:  # pre = n * raw: d/dn_j = Σ g·raw = Σ g·v/n_j; d/draw = g·n_j
+            n_sel = n.index_select(0, flat)
+            if ctx.needs_input_grad[4]:
+                grad_n = torch.zeros_like(n).index_add_(0, flat, g * v.reshape(-1).to(g.dtype) / n_sel)
+            g = g * n_sel
         # G^T: (d_sae, B) gradient w.r.t. the pre-activations, as CSR (entries sorted by latent; a latent
         # both selected and in AuxK's set appears twice in a row and the product sums both)
         order = flat.argsort(stable=True)
@@ -141,11 +151,11 @@ class TopKEncode(torch.autograd.Function):
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             # no invariant check: a latent both selected and in AuxK's set for one token is a repeated column
             # in its row, which the check refuses and the product sums, as wanted
-            G_t = torch.sparse_csr_tensor(crow, tokens, g.reshape(-1)[order], (d_sae, B), check_invariants=False)
+            G_t = torch.sparse_csr_tensor(crow, tokens, g[order], (d_sae, B), check_invariants=False)
         grad_W_enc = (G_t @ xc).T  # (d_in, d_sae)
-        grad_b_enc = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat, g.reshape(-1))
+        grad_b_enc = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat, g)
         grad_b_dec = -(W_enc @ grad_b_enc)  # xc = x - b_dec: d/db_dec = -Σ_b G[b] W_enc^T
-        return None, grad_b_dec, grad_W_enc, grad_b_enc, None, None, None, None
+        return None, grad_b_dec, grad_W_enc, grad_b_enc, grad_n, None, None, None, None
 
 
 @register
@@ -265,10 +275,9 @@ class TopK(FreeDecoderMixin, SAE):
         dead = self.auxk_dead()
         k = self.k_at(progress)
         if self.uses_sparse_path(x.device):
-            n = self.row_norms()  # free rows scale the encoder (autograd: W_enc * n and its backward, d_in x d_sae)
-            W_enc, b_enc = (self.W_enc, self.b_enc) if n is None else (self.W_enc * n, self.b_enc * n)
+            n = self.row_norms()  # free rows: n scales the pre-activations inside TopKEncode, divides in decode
             vals, idx, aux_vals, aux_idx = TopKEncode.apply(
-                x, self.input_bias(), W_enc, b_enc, k, dead, self.k_aux, self._workspace
+                x, self.input_bias(), self.W_enc, self.b_enc, n, k, dead, self.k_aux, self._workspace
             )
             x_hat = self.sparse_decode(idx, vals, n) + self.b_dec
             decode_aux = None if aux_idx is None else (lambda: self.sparse_decode(aux_idx, aux_vals, n))
