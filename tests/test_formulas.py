@@ -1490,6 +1490,9 @@ def test_custom_functions_pass_gradcheck_where_they_are_differentiable():
     for m in (3, 2):  # both selections with a margin
         assert (pre_n.topk(m, dim=1).values[:, -1] - pre_n.topk(m + 1, dim=1).values[:, -1]).min() > 1e-3
     assert (pre_n[:, dead].topk(2, dim=1).values[:, -1] - pre_n[:, dead].min(1).values).min() > 1e-3
+    top_dead = dead[pre_n.topk(3, dim=1).indices]  # a dead latent among a token's top k, with a positive value
+    aux_top = pre_n[:, dead].topk(2, dim=1).values
+    assert top_dead.any() and (aux_top > 0).any()
 
     def scaled(bd, w, be, nn):
         vals, _, aux_vals, _ = TopKEncode.apply(x, bd, w, be, nn, 3, dead, 2, {})

@@ -31,6 +31,11 @@ def test_cores_is_the_affinity_lowered_by_a_cgroup_quota(tmp_path):
     assert threads.cores(quota) == 1
     quota.write_text(f"{(_affinity() + 3) * 100000} 100000\n")  # a quota above the affinity does not add cores
     assert threads.cores(quota) == _affinity()
+    quota.write_text("150000 100000\n")  # 1.5 cores: a second thread for the half core
+    assert threads.cores(quota) == min(2, _affinity())
+    for bad in ("", "max", "abc 100000", "100000 0"):  # unreadable quotas are ignored, not fatal
+        quota.write_text(bad)
+        assert threads.cores(quota) == _affinity(), bad
 
 
 def _worker(proc: Path, pid: int, root: str, num: int, celery: bool = True) -> None:
@@ -55,10 +60,23 @@ def test_queue_workers_counts_the_repositorys_distinct_workers(tmp_path):
     _worker(proc, 11, "/repo/a", 1, celery=False)  # its spawning wrapper: one worker
     _worker(proc, 12, "/repo/a", 2)
     _worker(proc, 13, "/repo/b", 1)  # another repository's queue
+    _worker(proc, 14, "/repo/b", 2, celery=False)  # seen only as spawned (NUL-separated arguments)
     (proc / "self").mkdir()  # not a pid: skipped
     assert threads.queue_workers("/repo/a", proc) == 2
-    assert threads.queue_workers("/repo/b", proc) == 1
-    assert threads.queue_workers("", proc) == 1  # outside a queued experiment (no DVC_ROOT)
+    assert threads.queue_workers("/repo/b", proc) == 2
+    assert threads.queue_workers("", proc) == 1  # outside a DVC stage (no DVC_ROOT)
+
+
+def test_queue_workers_reads_dvc_root(tmp_path, monkeypatch):
+    """DVC sets DVC_ROOT for every stage it runs: the repository whose workers are counted."""
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    _worker(proc, 10, "/repo/a", 1)
+    _worker(proc, 11, "/repo/a", 2)
+    monkeypatch.setenv("DVC_ROOT", "/repo/a")
+    assert threads.queue_workers(proc=proc) == 2
+    monkeypatch.delenv("DVC_ROOT")
+    assert threads.queue_workers(proc=proc) == 1
 
 
 def test_threads_splits_the_cores_between_queue_workers(monkeypatch):
@@ -82,7 +100,7 @@ def test_threads_splits_the_cores_between_queue_workers(monkeypatch):
 @pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
 def test_a_bad_thread_count_is_refused_with_the_fix(monkeypatch, value):
     monkeypatch.setenv(threads.ENV, value)
-    with pytest.raises(InputError, match=rf"SAELAB_THREADS='{value}'.*positive integer.*unset it"):
+    with pytest.raises(InputError, match=rf"SAELAB_THREADS='{value}'.*positive integer.*unset it for the default"):
         threads.threads()
 
 

@@ -23,23 +23,25 @@ ENV = "SAELAB_THREADS"
 
 
 def cores(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """The cores this process may use: its CPU affinity, lowered by a cgroup v2 CPU quota if one is set."""
+    """The cores this process may use: its CPU affinity, lowered by a cgroup v2 CPU quota if one is set at
+    ``cgroup`` (the root one; cgroup v1 and nested quotas are not read). An unreadable or malformed quota is
+    ignored."""
     try:
         n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
+    except (AttributeError, OSError):  # not Linux, or no affinity to read
         n = os.cpu_count() or 1
     try:
         quota, period = cgroup.read_text().split()[:2]
-    except (OSError, ValueError):
+        if quota == "max":
+            return n
+        return max(1, min(n, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError, ZeroDivisionError):
         return n
-    if quota == "max":
-        return n
-    return max(1, min(n, math.ceil(int(quota) / int(period))))
 
 
 def queue_workers(root: str | None = None, proc: Path = Path("/proc")) -> int:
     """Live ``dvc exp queue-worker`` workers of the repository ``root`` (default: DVC_ROOT, which DVC sets
-    in a queued experiment); 1 outside a queue. DVC names worker ``num`` of a repository
+    for every stage it runs); 1 when there are none. DVC names worker ``num`` of a repository
     ``dvc-exp-<sha256(<root>/.dvc/tmp/exps/celery)[:6]>-<num>@localhost`` and celery rewrites the worker's
     command line to ``[celeryd: <name>:MainProcess] -active- (exp queue-worker <name> ...)``; distinct
     names are counted, so a process seen twice (or a wrapper with the same command line) counts once."""
@@ -83,7 +85,10 @@ def threads() -> int:
     except ValueError:
         n = 0
     if n < 1:
-        raise InputError(f"{ENV}={value!r}: must be a positive integer (threads per process); unset it for all cores")
+        raise InputError(
+            f"{ENV}={value!r}: must be a positive integer (threads per process); "
+            "unset it for the default (docs/usage.md, 'Threads')"
+        )
     return n
 
 
