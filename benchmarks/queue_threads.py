@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 from reader import cpu_model  # noqa: E402
 
 from saelab import threads  # noqa: E402
-from tests.test_pipeline import make_repo, run_cmd, wait_queue_empty  # noqa: E402
+from tests.test_pipeline import git, make_repo, run_cmd, wait_queue_empty  # noqa: E402
 
 HEAVIER = {
     "lm": {"d_model": 128, "d_mlp": 512, "n_heads": 4},
@@ -89,9 +89,8 @@ def main() -> None:
     start = time.perf_counter()
     run_cmd(["dvc", "repro", "train"], repo)
     baseline = time.perf_counter() - start
-    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
-    run_cmd([*git, "add", "-A"], repo)
-    run_cmd([*git, "commit", "-qm", "baseline", "--allow-empty"], repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "baseline", "--allow-empty")
     results, seen = {}, set()
     for name in args.settings:
         print(f"== {name}", flush=True)

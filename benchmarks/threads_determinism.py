@@ -25,17 +25,13 @@ sys.path.insert(0, str(HERE.parent))
 from reader import cpu_model  # noqa: E402
 
 from saelab import threads  # noqa: E402
-from tests.test_pipeline import make_repo, run_cmd  # noqa: E402
+from tests.test_pipeline import lock_outputs, make_repo, run_cmd  # noqa: E402
 
 
 def outputs(repo: Path) -> dict:
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {
-        f"{name}:{o['path']}": o.get("md5")
-        for name, stage in lock["stages"].items()
-        for o in stage.get("outs", [])
-        if not o["path"].startswith("timings")
-    }
+    """Path -> md5 of the repository's outputs in dvc.lock, timings/ aside."""
+    outs = lock_outputs(yaml.safe_load((repo / "dvc.lock").read_text()))
+    return {path: md5 for path, md5 in outs.items() if not path.startswith("timings")}
 
 
 def flat(d: dict, prefix: str = "") -> dict:
@@ -59,8 +55,7 @@ def main() -> None:
     a, b = (outputs(repos[n]) for n in args.threads)
     differ = sorted(k for k in a if a[k] != b.get(k))
     values = {}
-    for key in differ:
-        path = key.split(":", 1)[1]
+    for path in differ:
         if path.endswith(".json"):
             va, vb = (flat(json.loads((repos[n] / path).read_text())) for n in args.threads)
             values[path] = {k: [va.get(k), vb.get(k)] for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)}

@@ -20,7 +20,7 @@ from saelab.saes.base import SAE
 # stage subprocesses it starts: two torch processes with all cores each slow each other far more than 2x.
 # SAELAB_THREADS carries the share to the stages (saelab.threads; docs/usage.md, "Threads").
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ[threads.ENV] = str(max(1, threads.cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    os.environ[threads.ENV] = str(threads.threads(jobs=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
     threads.configure()
 
 

@@ -47,7 +47,8 @@ def run_cmd(cmd, cwd, check=True, env_extra=None, **kw):
     return res
 
 
-def _git(cwd, *args):
+def git(cwd, *args):
+    """``git args`` in ``cwd`` with a throwaway identity (commits need one)."""
     return run_cmd(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd)
 
 
@@ -74,10 +75,10 @@ def make_repo(dest: Path, overrides: dict | None = None) -> Path:
     tiny["text"]["source"] = "dir:corpus"  # relative to the repo root, so two copies hash alike
     params = merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), tiny), overrides or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _git(dest, "init", "-q")
+    git(dest, "init", "-q")
     run_cmd(["dvc", "init", "-q"], dest)
-    _git(dest, "add", "-A")
-    _git(dest, "commit", "-qm", "tiny pipeline")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "tiny pipeline")
     return dest
 
 
@@ -444,7 +445,8 @@ def test_killed_stage_leaves_no_complete_output(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["done"]
 
 
-def _outs(lock: dict) -> dict:
+def lock_outputs(lock: dict) -> dict:
+    """Path -> md5 of every output and metrics file in a parsed dvc.lock."""
     return {
         o["path"]: o["md5"] for st in lock["stages"].values() for o in [*st.get("outs", []), *st.get("metrics", [])]
     }
@@ -460,7 +462,7 @@ def test_two_runs_are_byte_identical(tmp_path):
         run_cmd(["dvc", "repro"], repo)
         runs.append(repo)
     locks = [yaml.safe_load((r / "dvc.lock").read_text()) for r in runs]
-    outs_a, outs_b = (_outs(lock) for lock in locks)
+    outs_a, outs_b = (lock_outputs(lock) for lock in locks)
     timed = {p for p in outs_a if p.startswith("timings/")}
     assert timed and any(p.startswith("metrics/") for p in outs_a)
     assert {p: h for p, h in outs_a.items() if p not in timed} == {p: h for p, h in outs_b.items() if p not in timed}
@@ -473,10 +475,10 @@ def test_push_clone_pull_recomputes_nothing(repo, tmp_path):
     """Push outputs and run-cache to a local remote; a fresh clone that pulls finds every stage up to date."""
     remote, clone = tmp_path / "remote", tmp_path / "clone"
     run_cmd(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "results")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "results")
     run_cmd(["dvc", "push", "--run-cache"], repo)
-    _git(tmp_path, "clone", "-q", str(repo), str(clone))
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
     assert not (clone / "models/saes").exists()
     run_cmd(["dvc", "pull", "--run-cache"], clone)
     sae = "models/saes/seed-0/sae.safetensors"
@@ -522,8 +524,8 @@ def test_queued_sweep_gathers_a_frontier(repo, tmp_path):
     A value whose task failed is queued once more, after its logs are printed as a warning; a
     failure of our own stages is deterministic and fails the second time too.
     """
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "baseline", "--allow-empty")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "baseline", "--allow-empty")
     wanted = {0.2, 5.0}
     status = _queue(repo, sorted(wanted))
     if missing := wanted - _swept_l1(repo):
@@ -555,8 +557,8 @@ def test_every_architecture_runs_the_whole_pipeline(repo, tmp_path, arch):
     downstream stage (evaluate, analyze, compare, report, browser, the SAELens export) works on that SAE."""
     clone = tmp_path / "repo"
     shutil.copytree(repo, clone, symlinks=True)
-    _git(clone, "add", "-A")
-    _git(clone, "commit", "-qm", "baseline", "--allow-empty")
+    git(clone, "add", "-A")
+    git(clone, "commit", "-qm", "baseline", "--allow-empty")
     out = run_cmd(["dvc", "exp", "run", "-S", f"sae.architecture={arch}"], clone).stdout
     assert (
         "Running stage 'train@0'" in out

@@ -86,6 +86,7 @@ def test_threads_splits_the_cores_between_queue_workers(monkeypatch):
     for workers, expected in [(1, 8), (2, 4), (3, 2), (16, 1)]:
         monkeypatch.setattr(threads, "queue_workers", lambda w=workers: w)
         assert threads.threads() == expected
+    assert threads.threads(jobs=4) == 2  # an explicit share (pytest-xdist's workers) instead of the queue's
     monkeypatch.setattr(threads, "queue_workers", lambda: 1)
     monkeypatch.setattr(threads, "torch_default", lambda: 4)  # physical cores (or OMP_NUM_THREADS) below affinity
     assert threads.threads() == 4

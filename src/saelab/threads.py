@@ -11,6 +11,7 @@ being told.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -61,25 +62,21 @@ def queue_workers(root: str | None = None, proc: Path = Path("/proc")) -> int:
     return max(1, len(names))
 
 
-_TORCH_DEFAULT: list[int] = []
-
-
+@functools.cache
 def torch_default() -> int:
     """The intra-op threads torch chose for this process before configure() changed them (physical cores,
     or OMP_NUM_THREADS where set at start-up)."""
-    if not _TORCH_DEFAULT:
-        import torch
+    import torch
 
-        _TORCH_DEFAULT.append(torch.get_num_threads())
-    return _TORCH_DEFAULT[0]
+    return torch.get_num_threads()
 
 
-def threads() -> int:
-    """``SAELAB_THREADS`` if set (a positive integer), else min(torch_default(), cores()) // queue_workers(),
-    at least 1."""
+def threads(jobs: int | None = None) -> int:
+    """``SAELAB_THREADS`` if set (a positive integer), else min(torch_default(), cores()) // ``jobs``, the
+    processes sharing the cores (default: queue_workers()), at least 1."""
     value = os.environ.get(ENV)
     if value is None or value == "":
-        return max(1, min(torch_default(), cores()) // queue_workers())
+        return max(1, min(torch_default(), cores()) // (queue_workers() if jobs is None else jobs))
     try:
         n = int(value)
     except ValueError:
