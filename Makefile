@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 MUTMUT := mutmut==3.8.1
 MUTMUT_STAMP := $(VENV)/.mutmut
 
-.PHONY: setup repro synthetic questions lint format docs test mutation benchmark frontier topk-speed saelens-venv clean-venv
+.PHONY: setup repro synthetic questions lint format docs test mutation benchmark frontier topk-speed speed saelens-venv clean-venv
 
 setup: $(STAMP)
 
@@ -101,6 +101,15 @@ frontier: $(STAMP) $(BENCH_VENV)/.installed
 topk-speed: $(STAMP) $(BENCH_VENV)/.installed $(SPARSIFY_VENV)/.installed
 	$(BIN)/python benchmarks/topk_speed.py --saelens-python $(BENCH_VENV)/bin/python \
 		--sparsify-python $(SPARSIFY_VENV)/bin/python $(BENCH_ARGS)
+
+# One speed report (benchmarks/speed.py): the lm stage's step, TopK (saelab default and unit recipes vs SAELens and
+# sparsify) and dense (saelab vs SAELens), medians of 3 rounds, one table: benchmarks/results/speed_<cpu|gpu>/speed.md
+# (the trainers read the default activation cache: built first, up to the activations stage, where it is missing)
+speed: $(STAMP) $(BENCH_VENV)/.installed $(SPARSIFY_VENV)/.installed
+	test -f data/activations/manifest.json || PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro activations
+	$(BIN)/python benchmarks/speed.py --saelens-python $(BENCH_VENV)/bin/python \
+		--sparsify-python $(SPARSIFY_VENV)/bin/python $(if $(shell command -v nvidia-smi),--device cuda \
+		--out benchmarks/results/speed_gpu) $(SPEED_ARGS)
 
 benchmark: $(STAMP) $(BENCH_VENV)/.installed
 	$(BIN)/python benchmarks/trainers.py --saelens-python $(BENCH_VENV)/bin/python \

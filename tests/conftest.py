@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 
 import saelab.saes  # noqa: F401  (registers the built-in architectures: params checks are strict)
 from saelab import threads
@@ -25,12 +28,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: ARG001 - pytest's hook signature
-    """Tests sharing a module-scoped fixture (test_pipeline's repro of the tiny pipeline, ...) form one xdist group,
-    so under --dist loadgroup one worker builds the fixture once and runs them all; the rest spread freely."""
+    """The longest tests first (``@pytest.mark.slow(seconds)``: a rough duration on a 2-core CPU; the rest keep their
+    order after them), so that under pytest-xdist the two workers end together instead of one finishing a long
+    test alone at the end. Tests sharing a module-scoped fixture (test_browser's analysis of the tiny LM, ...) form
+    one xdist group, so under --dist loadgroup one worker builds the fixture once and runs them all; the rest
+    spread freely. The tiny pipeline is session-wide instead (tiny_pipeline: built once for all workers, each test
+    copies it)."""
+    items.sort(key=lambda item: -(item.get_closest_marker("slow").args[0] if item.get_closest_marker("slow") else 0))
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
+        params = getattr(item, "callspec", None)
+        params = params.params if params else {}  # parametrize's arguments are pseudo-fixtures, not shared ones
         shared = sorted(name for name, defs in (info.name2fixturedefs.items() if info else ())
-                        if defs and defs[-1].scope == "module")  # fmt: skip
+                        if defs and defs[-1].scope == "module" and name not in params)  # fmt: skip
         if shared:
             item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{shared[0]}"))
 
@@ -103,3 +113,42 @@ def identity_sae(d):
         sae.b_enc.zero_()
         sae.b_dec.zero_()
     return sae
+
+
+def build_once(shared: Path, name: str, build) -> Path:
+    """``build(folder)`` once per test session, shared by pytest-xdist's workers through ``shared`` (a folder they
+    all see): the first to ask builds under a file lock, in a scratch folder renamed into place when complete, so
+    a failed build leaves nothing that looks done (the next to ask builds again and fails with its own error)."""
+    dest = shared / name
+    with FileLock(str(shared / f"{name}.lock")):
+        if not dest.exists():
+            scratch = shared / f"{name}.tmp"
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+            build(scratch)
+            scratch.rename(dest)
+    return dest
+
+
+def _repro_tiny(dest: Path) -> None:
+    from tests.test_pipeline import make_repo, run_cmd
+
+    make_repo(dest)
+    run_cmd(["dvc", "repro"], dest)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory, worker_id):
+    """The tiny pipeline after one `dvc repro`, built once per session (every xdist worker reads the same one).
+    Read-only: a test that runs anything in it takes ``repo``, its own copy."""
+    base = tmp_path_factory.getbasetemp()
+    return build_once(base if worker_id == "master" else base.parent, "tiny-pipeline", _repro_tiny)
+
+
+@pytest.fixture
+def repo(tiny_pipeline, tmp_path):
+    """A private copy of the built tiny pipeline (git, DVC cache and outputs): every test starts from the same
+    state whatever ran before it, on whichever worker."""
+    dest = tmp_path / "pipeline"
+    shutil.copytree(tiny_pipeline, dest, symlinks=True)
+    return dest

@@ -12,13 +12,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def functional():
-    spec = importlib.util.spec_from_file_location("bench_functional", ROOT / "benchmarks" / "functional.py")
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def functional():
+    return _load("functional")
 
 
 def _row(arch, loss, value, l0, ce, mse=1.0, dead=0.0, tps=100.0):
@@ -74,3 +78,32 @@ def test_functional_goals_and_report_survive_a_run_at_l0_zero(functional, tmp_pa
 def test_json_safe_turns_non_finite_floats_into_none(functional):
     got = functional.json_safe({"a": [1.0, math.nan, {"b": math.inf}], "c": (2, -math.inf), "d": "nan"})
     assert got == {"a": [1.0, None, {"b": None}], "c": [2, None], "d": "nan"}
+
+
+def test_speed_table_takes_medians_of_per_round_ratios_and_names_a_failed_peer():
+    """benchmarks/speed.py: a ratio is the median of the rounds' ratios (not a ratio of medians), tokens/s the median
+    with its range; a peer that failed is a row naming the failure, and its ratios are left out, not guessed."""
+    speed = _load("speed")
+    lm = {"tokens_per_s": speed.median_range([7_200.0, 14_400.0, 21_600.0])}
+    res = {
+        "saelab": {"tokens_per_s_runs": [10.0, 30.0, 20.0], "mse": 2.0},
+        "saelab-unit": {"tokens_per_s_runs": [40.0, 40.0, 40.0], "mse": 1.5},
+        "sparsify": {"tokens_per_s_runs": [10.0, 10.0, 40.0], "mse": 1.0},
+    }
+    topk = {"results": res, "failed": {"sae-lens": "exit 1"}}
+    dense = [{"summary": {"saelab": {"tokens_per_s": t}, "sae-lens": {"tokens_per_s": 2 * t}},
+              "results": {"a": {"trainer": "saelab", "mse": 3.0}, "b": {"trainer": "sae-lens", "mse": 4.0}}}
+             for t in (1.0, 2.0, 3.0)]  # fmt: skip
+    table = {(r["benchmark"], r["trainer"]): r for r in speed.rows(lm, topk, dense)}
+    assert table[("lm stage (train_lm)", "saelab")]["tokens_per_s"]["median"] == 14_400.0
+    assert table[("topk", "saelab")]["tokens_per_s"] == {"median": 20.0, "min": 10.0, "max": 30.0,
+                                                         "rounds": [10.0, 30.0, 20.0]}  # fmt: skip
+    ratio = table[("topk ratio", "saelab / sparsify")]
+    assert ratio["ratio"]["rounds"] == [1.0, 3.0, 0.5] and ratio["ratio"]["median"] == 1.0  # medians alone: 20/10
+    assert ratio["mse_difference"] == pytest.approx(1.0) and not ratio["met"]  # 1.0x, and at a higher MSE
+    assert table[("topk ratio", "saelab-unit / sparsify")]["met"]  # 4x >= 2x
+    assert table[("topk", "sae-lens")]["failed"] == "exit 1" and ("topk ratio", "saelab / sae-lens") not in table
+    assert table[("dense ratio", "saelab / sae-lens")]["ratio"]["median"] == pytest.approx(0.5)
+    md = speed.markdown({"machine": "m", "date": "d", "commit": "c", "command": "x", "torch": "t", "threads": 2,
+                         "device": "cpu", "repeat": 3, "table": list(table.values())})  # fmt: skip
+    assert "| topk | sae-lens | failed: exit 1 |" in md and "| 1.00 (0.50-3.00)x |" in md

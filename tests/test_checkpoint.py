@@ -66,6 +66,7 @@ def setup(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.slow(65)
 def test_kill_9_then_resume_gives_identical_weights(setup):
     """SIGKILL after a checkpoint, rerun: the run resumes and its final weights equal an uninterrupted run's."""
     tmp = setup

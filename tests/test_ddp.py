@@ -58,6 +58,7 @@ def ddp_cmd(tmp, name):
     shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun not installed"
 )
 @pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu"])
+@pytest.mark.slow(20)
 def test_two_gloo_processes_match_one_process(tmp_path, architecture):
     """Final weights of a 2-process DDP run equal a 1-process run within float tolerance, resampling included
     (TopK: its AuxK dead set too, from fire counts summed over ranks every step)."""

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import make_cache
@@ -57,6 +58,7 @@ def _peak_rss_training_on(tmp: Path, n_tokens: int) -> float:
     return json.loads((tmp / "t.json").read_text())["peak_rss_mb"]
 
 
+@pytest.mark.slow(26)
 def test_peak_rss_of_training_does_not_grow_with_the_cache(tmp_path):
     """A whole epoch over a 256 MB cache peaks within 40 MB of an epoch over a 16 MB one (fp32, d=128)."""
     (tmp_path / "small").mkdir()

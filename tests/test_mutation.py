@@ -13,6 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow(16)
 def test_mutation_report_counts_every_mutant(tmp_path):
     """resample.py mutated against the one test of resample_probabilities: that function's mutants are killed but
     one (its 1e-12 floor is too small to see), resample_'s have no test in this selection, and the counts add up."""

@@ -52,11 +52,20 @@ def git(cwd, *args):
     return run_cmd(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd)
 
 
+CODE = ("stages", "src", "research")
+RESULTS = {"results", "dvc.lock", "metrics.json", "FINDINGS.md"}  # the research pipelines' committed outputs
+
+
 def copy_code(dest: Path) -> None:
-    """The code of the repository (library, stages, research pipelines without their results) into ``dest``."""
-    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "results", "dvc.lock", "metrics.json", "FINDINGS.md")
-    for name in ("stages", "src", "research"):
-        shutil.copytree(REPO / name, dest / name, ignore=skip)
+    """The code of the repository (library, stages, research pipelines without their results) into ``dest``: the
+    files git tracks or would track (untracked, not ignored), as a clone with this working tree's edits has them,
+    so a working tree's ignored outputs (research/synthetic's data and DVC cache: gigabytes) stay behind."""
+    listed = run_cmd(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *CODE], REPO)
+    for rel in sorted(set(listed.stdout.split("\0")) - {""}):
+        src = REPO / rel
+        if src.is_file() and not RESULTS & set(Path(rel).parts):  # a tracked file deleted in the tree is skipped
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
 
 
 def make_repo(dest: Path, overrides: dict | None = None) -> Path:
@@ -79,13 +88,6 @@ def make_repo(dest: Path, overrides: dict | None = None) -> Path:
     run_cmd(["dvc", "init", "-q"], dest)
     git(dest, "add", "-A")
     git(dest, "commit", "-qm", "tiny pipeline")
-    return dest
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    dest = make_repo(tmp_path_factory.mktemp("pipeline"))
-    run_cmd(["dvc", "repro"], dest)
     return dest
 
 
@@ -191,6 +193,7 @@ def test_finetune_refuses_a_source_it_does_not_match_before_any_work(repo, tmp_p
     assert not any(p.exists() for p in (*out.values(), tmp_path / "m.json"))
 
 
+@pytest.mark.slow(90)
 def test_a_second_site_gets_its_own_cache_saes_and_evaluation(tmp_path):
     """A 2-layer LM with activations.extra_hooks and a transcoder: one activations pass writes the root cache, the
     further site's (data/sites/<hook>) and the transcoder's pair (data/sites/transcoders/<target>/{input,target});
@@ -250,12 +253,15 @@ def test_a_second_site_gets_its_own_cache_saes_and_evaluation(tmp_path):
     assert set(spliced["per_site"]["blocks.0.mlp.hook_post"]["propagated_relative_error"]) == {site}
     detail = json.loads((repo / f"metrics/sites/{site}/evaluate_detail.json").read_text())  # one metric path
     assert abs(spliced["per_site"][site]["ce_increase_alone"] - (detail["ce_sae"] - detail["ce_clean"])) < 1e-5
-    # the root cache alone, from a one-site copy with the same LM (same params but the site list)
-    one = make_repo(tmp_path / "one", {"lm": {"n_layers": 2}})
-    run_cmd(["dvc", "repro", "activations"], one)
-    assert sha256_dir(one / "data/activations") == sha256_dir(repo / "data/activations")
-    assert json.loads((one / "data/sites/sites.json").read_text()) == {"hooks": []}
-    assert "sites" not in json.loads((one / "metrics/activations.json").read_text())
+    # the root cache alone: the same repo (same LM) with the site list emptied, its activations stage rerun
+    root_cache = sha256_dir(repo / "data/activations")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["activations"] |= {"extra_hooks": [], "transcoders": {}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "Running stage 'lm'" not in run_cmd(["dvc", "repro", "activations"], repo).stdout
+    assert sha256_dir(repo / "data/activations") == root_cache
+    assert json.loads((repo / "data/sites/sites.json").read_text()) == {"hooks": []}
+    assert "sites" not in json.loads((repo / "metrics/activations.json").read_text())
 
 
 def test_root_views_show_the_root_pipeline(repo):
@@ -296,6 +302,7 @@ def test_changing_cadence_retrains_nothing(repo):
         path.write_text(original)
 
 
+@pytest.mark.slow(60)
 def test_changing_l1_reruns_only_train_onwards(repo):
     """Changing sae.l1_coeff reruns train, evaluate and report, and skips the upstream stages."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -452,15 +459,14 @@ def lock_outputs(lock: dict) -> dict:
     }
 
 
-def test_two_runs_are_byte_identical(tmp_path):
-    """Two CPU runs of the tiny pipeline give identical hashes for every output and metrics file in dvc.lock;
-    only timings/*.json (wall times, peak memory) differ, and they hold the same keys."""
-    runs = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        repo = make_repo(tmp_path / name)
-        run_cmd(["dvc", "repro"], repo)
-        runs.append(repo)
+@pytest.mark.slow(80)
+def test_two_runs_are_byte_identical(request, tmp_path):
+    """Two CPU runs of the tiny pipeline (one here, then the session's shared one, asked for after it so that another
+    worker can build that meanwhile) give identical hashes for every output and metrics file in dvc.lock; only
+    timings/*.json (wall times, peak memory) differ, and they hold the same keys."""
+    here = make_repo(tmp_path / "b")
+    run_cmd(["dvc", "repro"], here)
+    runs = [request.getfixturevalue("tiny_pipeline"), here]
     locks = [yaml.safe_load((r / "dvc.lock").read_text()) for r in runs]
     outs_a, outs_b = (lock_outputs(lock) for lock in locks)
     timed = {p for p in outs_a if p.startswith("timings/")}
@@ -488,8 +494,10 @@ def test_push_clone_pull_recomputes_nothing(repo, tmp_path):
 
 
 def _queue(repo, values) -> str:
-    """Queue one experiment per ``sae.l1_coeff`` value, run the queue with one worker, return its status table."""
-    run_cmd(["dvc", "exp", "run", "--queue", "-S", "sae.l1_coeff=" + ",".join(map(str, values))], repo)
+    """Queue one experiment per ``sae.l1_coeff`` value, run the queue with one worker, return its status table.
+    The experiments reproduce up to ``evaluate`` (train@0, evaluate), all the frontier reads; the whole downstream
+    of a changed SAE is test_every_architecture_runs_the_whole_pipeline's."""
+    run_cmd(["dvc", "exp", "run", "--queue", "-S", "sae.l1_coeff=" + ",".join(map(str, values)), "evaluate"], repo)
     run_cmd(["dvc", "queue", "start", "-j", "1"], repo)
     return wait_queue_empty(repo, 600, poll=3)
 
@@ -516,6 +524,7 @@ def _swept_l1(repo) -> set[float]:
     }
 
 
+@pytest.mark.slow(70)
 def test_queued_sweep_gathers_a_frontier(repo, tmp_path):
     """`dvc exp run --queue -S sae.l1_coeff=a,b` + `dvc queue start` run; research.frontier tabulates L0 vs CE
     recovered.
@@ -552,27 +561,26 @@ def test_queued_sweep_gathers_a_frontier(repo, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["standard_april", "topk", "batchtopk", "jumprelu"])
-def test_every_architecture_runs_the_whole_pipeline(repo, tmp_path, arch):
-    """`dvc exp run -S sae.architecture=<arch>` (in a copy of the tiny repo) retrains from train on, and every
+@pytest.mark.slow(72)
+def test_every_architecture_runs_the_whole_pipeline(repo, arch):
+    """`dvc exp run -S sae.architecture=<arch>` (in a copy of the tiny pipeline) retrains from train on, and every
     downstream stage (evaluate, analyze, compare, report, browser, the SAELens export) works on that SAE."""
-    clone = tmp_path / "repo"
-    shutil.copytree(repo, clone, symlinks=True)
-    git(clone, "add", "-A")
-    git(clone, "commit", "-qm", "baseline", "--allow-empty")
-    out = run_cmd(["dvc", "exp", "run", "-S", f"sae.architecture={arch}"], clone).stdout
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "baseline", "--allow-empty")
+    out = run_cmd(["dvc", "exp", "run", "-S", f"sae.architecture={arch}"], repo).stdout
     assert (
         "Running stage 'train@0'" in out
         and "Running stage 'lm'" not in out
         and "Running stage 'activations'" not in out
     )
     for seed in (0, 1):
-        cfg = json.loads((clone / f"models/saes/seed-{seed}/config.json").read_text())
+        cfg = json.loads((repo / f"models/saes/seed-{seed}/config.json").read_text())
         assert cfg["architecture"] == arch
-        exported = json.loads((clone / f"models/saes/seed-{seed}/saelens/cfg.json").read_text())
+        exported = json.loads((repo / f"models/saes/seed-{seed}/saelens/cfg.json").read_text())
         assert exported["architecture"] == {"standard_april": "standard", "topk": "topk"}.get(arch, "jumprelu")
-    m = json.loads((clone / "metrics/evaluate.json").read_text())
+    m = json.loads((repo / "metrics/evaluate.json").read_text())
     assert all(isinstance(v, float) and v == v for v in m.values()), m
-    assert json.loads((clone / "metrics/train/seed-0.json").read_text())["architecture"] == arch
+    assert json.loads((repo / "metrics/train/seed-0.json").read_text())["architecture"] == arch
     d_sae = cfg["d_sae"]
     # a sparse code at inference: for the k architectures under a quarter of the latents (BatchTopK: its threshold
     # was estimated); for the L1 ones under half, since a tiny run's L0 there follows the machine's float sums
@@ -584,5 +592,5 @@ def test_every_architecture_runs_the_whole_pipeline(repo, tmp_path, arch):
         "reports/index.html",
         "reports/figures/analysis/topk.png",
     ):
-        assert (clone / p).exists(), p
-    assert "up to date" in run_cmd(["dvc", "status"], clone).stdout
+        assert (repo / p).exists(), p
+    assert "up to date" in run_cmd(["dvc", "status"], repo).stdout

@@ -22,7 +22,7 @@ from saelab.errors import InputError
 from saelab.saes.base import SAE
 from saelab.section import ConfigError
 from saelab.training.trainer import Trainer
-from tests.test_pipeline import REPO, make_repo, run_cmd
+from tests.test_pipeline import REPO, run_cmd
 from tests.test_train import train_batches, train_cfg
 
 CPU = torch.device("cpu")
@@ -444,12 +444,10 @@ TINY_QUESTIONS = {
 }
 
 
-def test_tiny_questions_pipeline_runs_with_dvc_repro(tmp_path):
-    """The default tiny pipeline, then `dvc repro` in research/questions/ (every stage, every question answered,
-    the base run bit-identical to the default pipeline's SAE), then nothing left to rerun."""
-
-    repo = make_repo(tmp_path / "repo")
-    run_cmd(["dvc", "repro", "train@0"], repo)
+@pytest.mark.slow(90)
+def test_tiny_questions_pipeline_runs_with_dvc_repro(repo):
+    """The default tiny pipeline (a copy of the session's), then `dvc repro` in research/questions/ (every stage,
+    every question answered, the base run bit-identical to the default pipeline's SAE), then nothing left to rerun."""
     q = _params(**TINY_QUESTIONS)
     (repo / "research/questions/params.yaml").write_text(yaml.safe_dump(q, sort_keys=False))
     run_cmd(["dvc", "repro"], repo / "research/questions")

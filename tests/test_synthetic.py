@@ -290,6 +290,7 @@ def _run(cmd, cwd, root=None, check=True):
     return res
 
 
+@pytest.mark.slow(27)
 def test_tiny_synthetic_pipeline_runs_with_dvc_repro(tmp_path):
     """`dvc repro` inside research/synthetic/ (tiny params): generate -> train matrix -> recover; nothing left to rerun;
     the orthogonal sanity world is recovered by the standard recipe."""
