@@ -57,11 +57,12 @@ docs: $(STAMP)
 # The SAELens interchange test runs the real SAELens in its own venv (it pins transformer-lens < 4);
 # where it cannot be installed (no network) that test is skipped with the reason, the rest still runs.
 # pytest-xdist: one worker per core (TEST_JOBS; threads split between them), tests sharing a module-scoped fixture
-# on one worker (tests/conftest.py; measured faster than --dist load here: 888 vs 1,123 s); TEST_JOBS=0: one process.
+# on one worker, in collection order (tests/conftest.py puts the longest first; xdist's default reorder would put
+# the multi-test groups first); TEST_JOBS=0: one process.
 TEST_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 test: $(STAMP) $(MUTMUT_STAMP) lint
 	-$(MAKE) --no-print-directory saelens-venv
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadgroup --durations=20
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder --durations=20
 
 # Mutation testing of the formula modules (benchmarks/mutation.py, docs/contributing.md "Mutation testing"): slow,
 # not part of `make test` (tests/test_mutation.py runs a small smoke case); MUTATION_ARGS adds flags (--only ...).

@@ -21,8 +21,10 @@ slow each other far more than 2x), threads from saelab.threads (SAELAB_THREADS o
 - ``dense``: benchmarks/trainers.py with saelab and sae-lens (standard SAE, L1 1.0, 512 -> 2,048, batch 2,048,
   150 steps), run ``--repeat`` times in turn.
 
-Every figure in the table is the median over rounds (tokens/s, and for a ratio the median of the per-round
-ratios), with the rounds' range beside it. The raw files (lm.json, topk.json, dense-<round>.json) sit next to
+Every speed in the table is the median over rounds (tokens/s, and for a ratio the median of the per-round
+ratios), with the rounds' range beside it. A TopK MSE is the held-out MSE of the SAE from the round with the median
+speed (topk_speed.py; the rounds train the same steps from the same weights), and the equal-MSE goal is judged on
+it; a dense MSE is the median over rounds. The raw files (lm.json, topk.json, dense-<round>.json) sit next to
 the table; the older single-benchmark result files in benchmarks/results/ are kept as they were.
 """
 
@@ -50,6 +52,7 @@ from saelab import threads  # noqa: E402
 
 TOPK_TRAINERS = ["saelab", "saelab-unit", "sae-lens", "sparsify"]
 DENSE_TRAINERS = ["saelab", "sae-lens"]
+PARTS = ("lm", "topk", "dense")
 
 
 def lm_round(params: str, steps: int, warmup: int) -> dict:
@@ -99,12 +102,17 @@ def topk_part(args, out: Path) -> dict:
 
 
 def dense_part(args, out: Path) -> list[dict]:
+    """Each round runs saelab then SAELens; a round that fails (trainers.py stops at a failing worker) is recorded
+    as failed and left out of the medians, so one peer's failure still leaves a table."""
     rounds = []
     for i in range(args.repeat):
         f = out / f"dense-{i}.json"
-        run([sys.executable, str(HERE / "trainers.py"), "--device", args.device, "--l1", "1.0",
-             "--saelens-python", str(args.saelens_python), "--trainers", *DENSE_TRAINERS, "--out", str(f)])  # fmt: skip
-        rounds.append(json.loads(f.read_text()))
+        try:
+            run([sys.executable, str(HERE / "trainers.py"), "--device", args.device, "--l1", "1.0", "--saelens-python",
+                 str(args.saelens_python), "--trainers", *DENSE_TRAINERS, "--out", str(f)])  # fmt: skip
+            rounds.append(json.loads(f.read_text()))
+        except subprocess.CalledProcessError as err:
+            rounds.append({"failed": f"round {i}: exit {err.returncode}", "summary": {}, "results": {}})
     return rounds
 
 
@@ -127,6 +135,10 @@ def rows(lm: dict, topk: dict, dense: list[dict]) -> list[dict]:
         ("saelab-unit", "sparsify", 2.0, False),
     ):
         if mine in per_round and peer in per_round:
+            if len(per_round[mine]) != len(per_round[peer]):  # one failed in a later round: no pairs to compare
+                table.append({"benchmark": "topk ratio", "trainer": f"{mine} / {peer}",
+                              "failed": f"rounds {len(per_round[mine])} vs {len(per_round[peer])}"})  # fmt: skip
+                continue
             ratios = median_range([a / b for a, b in zip(per_round[mine], per_round[peer], strict=True)])
             mse = res[mine]["mse"] - res[peer]["mse"]
             met = ratios["median"] >= least and (not at_mse or mse <= 0.01 * res[peer]["mse"])
@@ -140,8 +152,12 @@ def rows(lm: dict, topk: dict, dense: list[dict]) -> list[dict]:
             mse = [v["mse"] for d in dense for v in d["results"].values() if v["trainer"] == name]
             table.append({"benchmark": "dense (L1)", "trainer": name, "tokens_per_s": median_range(tps),
                           "mse": statistics.median(mse)})  # fmt: skip
-    if all(dense_rounds.values()):
-        ratios = [a / b for a, b in zip(dense_rounds["saelab"], dense_rounds["sae-lens"], strict=True)]
+    for d in dense:
+        if "failed" in d:
+            table.append({"benchmark": "dense (L1)", "trainer": ", ".join(DENSE_TRAINERS), "failed": d["failed"]})
+    paired = [d["summary"] for d in dense if all(name in d["summary"] for name in DENSE_TRAINERS)]
+    if paired:
+        ratios = [d["saelab"]["tokens_per_s"] / d["sae-lens"]["tokens_per_s"] for d in paired]
         table.append({"benchmark": "dense ratio", "trainer": "saelab / sae-lens", "goal": "(none; recipes differ)",
                       "ratio": {"vs": "sae-lens", **median_range(ratios)}})  # fmt: skip
     return table
@@ -157,6 +173,11 @@ def markdown(report: dict) -> str:
         f"`{report['command']}`; torch {report['torch']}, {report['threads']} threads, device {report['device']}; "
         f"{report['repeat']} rounds, each figure the median with the rounds' range. Definitions and setups: "
         "benchmarks/speed.py, docs/benchmarks.md.",
+        *(
+            f"- {part}: from an earlier run, {f['date']}, {f['commit']}, {f['machine']}, {f['threads']} threads"
+            for part, f in report.get("measured_by", {}).items()
+            if f["command"] != report["command"]
+        ),
         "",
         "| benchmark | trainer | tokens/s | ratio | goal | MSE |",
         "|---|---|---|---|---|---|",
@@ -186,7 +207,7 @@ def main() -> None:
         "--parts",
         nargs="*",
         default=["lm", "topk", "dense"],
-        choices=["lm", "topk", "dense"],
+        choices=PARTS,
         help="parts to run; the others are read from --out's speed.json (none: rebuild its table only)",
     )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/speed_cpu"))
@@ -204,12 +225,12 @@ def main() -> None:
                              "make .venv-sparsify/.installed)")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     old = json.loads((args.out / "speed.json").read_text()) if (args.out / "speed.json").exists() else {}
-    if missing := [part for part in ("lm", "topk", "dense") if part not in args.parts and part not in old]:
+    if missing := [part for part in PARTS if part not in args.parts and part not in old]:
         raise SystemExit(f"--parts leaves out {missing} and {args.out / 'speed.json'} has no earlier run of them")
     lm = lm_part(args, args.out) if "lm" in args.parts else old["lm"]
     topk = topk_part(args, args.out) if "topk" in args.parts else old["topk"]
     dense = dense_part(args, args.out) if "dense" in args.parts else old["dense"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
     cpu = f"{cpu_model()}, {threads.cores()} cores"
     device = f"{torch.cuda.get_device_name()} ({cpu})" if args.device.startswith("cuda") else cpu
     run_now = {
@@ -222,8 +243,14 @@ def main() -> None:
         "device": args.device,
         "repeat": args.repeat,
     }
+    # each part keeps the facts of the run that measured it; the header names the latest run's, and the parts
+    # read from an earlier run with theirs
+    earlier = {k: old[k] for k in run_now} if old else {}
+    before = old.get("measured_by", {})
+    measured_by = {part: run_now if part in args.parts else before.get(part, earlier) for part in PARTS}
     report = {
         **(run_now if args.parts else {k: old[k] for k in run_now}),  # a table rebuilt alone keeps the run's facts
+        "measured_by": measured_by,
         "table": rows(lm, topk, dense),
         "lm": lm,
         "topk": topk,

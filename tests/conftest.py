@@ -27,6 +27,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     threads.configure()
 
 
+def seconds(item) -> float:
+    """A test's ``slow`` mark: its rough duration (0 unmarked); a mark without the figure is refused by name."""
+    mark = item.get_closest_marker("slow")
+    if mark is None:
+        return 0
+    if not mark.args:
+        raise pytest.UsageError(f"{item.nodeid}: give @pytest.mark.slow its rough duration, e.g. slow(60)")
+    return mark.args[0]
+
+
 def pytest_collection_modifyitems(config, items):  # noqa: ARG001 - pytest's hook signature
     """The longest tests first (``@pytest.mark.slow(seconds)``: a rough duration on a 2-core CPU; the rest keep their
     order after them), so that under pytest-xdist the two workers end together instead of one finishing a long
@@ -34,13 +44,11 @@ def pytest_collection_modifyitems(config, items):  # noqa: ARG001 - pytest's hoo
     one xdist group, so under --dist loadgroup one worker builds the fixture once and runs them all; the rest
     spread freely. The tiny pipeline is session-wide instead (tiny_pipeline: built once for all workers, each test
     copies it)."""
-    items.sort(key=lambda item: -(item.get_closest_marker("slow").args[0] if item.get_closest_marker("slow") else 0))
+    items.sort(key=lambda item: -seconds(item))
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
-        params = getattr(item, "callspec", None)
-        params = params.params if params else {}  # parametrize's arguments are pseudo-fixtures, not shared ones
         shared = sorted(name for name, defs in (info.name2fixturedefs.items() if info else ())
-                        if defs and defs[-1].scope == "module" and name not in params)  # fmt: skip
+                        if defs and defs[-1].scope == "module")  # fmt: skip
         if shared:
             item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{shared[0]}"))
 
@@ -138,11 +146,11 @@ def _repro_tiny(dest: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_pipeline(tmp_path_factory, worker_id):
-    """The tiny pipeline after one `dvc repro`, built once per session (every xdist worker reads the same one).
-    Read-only: a test that runs anything in it takes ``repo``, its own copy."""
+def tiny_pipeline(tmp_path_factory):
+    """The tiny pipeline after one `dvc repro`, built once per session (every xdist worker reads the same one: their
+    base temporary folders share a parent). Read-only: a test that runs anything in it takes ``repo``, its own copy."""
     base = tmp_path_factory.getbasetemp()
-    return build_once(base if worker_id == "master" else base.parent, "tiny-pipeline", _repro_tiny)
+    return build_once(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base, "tiny-pipeline", _repro_tiny)
 
 
 @pytest.fixture
