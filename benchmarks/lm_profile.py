@@ -29,6 +29,14 @@ from saelab.config import load_params  # noqa: E402
 from saelab.data import lm  # noqa: E402
 
 
+def default_lm(params: str, n_steps: int):
+    """The params file's lm config for ``n_steps`` optimiser steps, 4,096 random token rows (speed depends on
+    shapes, not on the text) and a fresh model built as the stage builds it: (cfg, rows, model)."""
+    cfg = load_params(params).lm.model_copy(update={"n_steps": n_steps})
+    rows = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(4096, cfg.n_ctx), dtype=np.int64)
+    return cfg, rows, lm.build_model(lm.tl_config(cfg))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml")
@@ -37,9 +45,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/lm_profile_cpu.txt"))
     args = p.parse_args()
     n_threads = threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
-    cfg = load_params(args.params).lm.model_copy(update={"n_steps": args.warmup + args.steps})
-    rows = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(4096, cfg.n_ctx), dtype=np.int64)
-    model = lm.build_model(lm.tl_config(cfg))
+    cfg, rows, model = default_lm(args.params, args.warmup + args.steps)
     prof = profile(activities=[ProfilerActivity.CPU], with_stack=True)
     stamps: dict[int, float] = {}
 

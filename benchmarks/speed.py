@@ -39,7 +39,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -57,12 +56,11 @@ PARTS = ("lm", "topk", "dense")
 
 def lm_round(params: str, steps: int, warmup: int) -> dict:
     """One round of the LM stage's training step in this process: tokens/s from step ``warmup`` to the end."""
-    from saelab.config import load_params
+    from lm_profile import default_lm
+
     from saelab.data import lm
 
-    cfg = load_params(params).lm.model_copy(update={"n_steps": warmup + steps})
-    rows = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(4096, cfg.n_ctx), dtype=np.int64)
-    model = lm.build_model(lm.tl_config(cfg))
+    cfg, rows, model = default_lm(params, warmup + steps)
     stamps: dict[int, float] = {}
     lm.train_lm(model, rows, cfg, lambda done, _model: stamps.setdefault(done, time.perf_counter()))
     seconds = stamps[warmup + steps] - stamps[warmup]
