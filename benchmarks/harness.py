@@ -19,9 +19,11 @@ from saelab.memory import peak_rss_mb  # stdlib only: importable from the SAELen
 
 
 def worker_env() -> dict:
-    """Environment of a worker process: benchmarks/ and src/ importable, from any venv."""
+    """Environment of a worker process: benchmarks/ and src/ importable, from any venv, ahead of any PYTHONPATH the
+    caller set (kept: packages installed with ``pip --target``, as on a machine with no index)."""
     here = Path(__file__).resolve().parent
-    return {**os.environ, "PYTHONPATH": f"{here}{os.pathsep}{here.parent / 'src'}"}
+    path = [str(here), str(here.parent / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
 class TimedBatches:
@@ -45,6 +47,8 @@ class TimedBatches:
         if self.i >= self.n_steps:
             raise StopIteration
         if self.i == self.warmup:
+            if torch.cuda.is_initialized():  # the warm-up steps' kernels finish before the clock starts
+                torch.cuda.synchronize()
             self.t0 = time.perf_counter()
         lo = self.i * self.batch_size
         self.i += 1

@@ -95,7 +95,7 @@ def topk_part(args, out: Path) -> dict:
     f = out / "topk.json"
     run([sys.executable, str(HERE / "topk_speed.py"), "--device", args.device, "--repeat", str(args.repeat),
          "--saelens-python", str(args.saelens_python), "--sparsify-python", str(args.sparsify_python),
-         "--trainers", *TOPK_TRAINERS, "--out", str(f)])  # fmt: skip
+         "--steps", str(args.topk_steps), "--trainers", *TOPK_TRAINERS, "--out", str(f)])  # fmt: skip
     return json.loads(f.read_text())
 
 
@@ -107,17 +107,22 @@ def dense_part(args, out: Path) -> list[dict]:
         f = out / f"dense-{i}.json"
         try:
             run([sys.executable, str(HERE / "trainers.py"), "--device", args.device, "--l1", "1.0", "--saelens-python",
-                 str(args.saelens_python), "--trainers", *DENSE_TRAINERS, "--out", str(f)])  # fmt: skip
+                 str(args.saelens_python), "--n-tokens", str(args.dense_tokens), "--trainers", *DENSE_TRAINERS,
+                 "--out", str(f)])  # fmt: skip
             rounds.append(json.loads(f.read_text()))
         except subprocess.CalledProcessError as err:
             rounds.append({"failed": f"round {i}: exit {err.returncode}", "summary": {}, "results": {}})
     return rounds
 
 
-def rows(lm: dict, topk: dict, dense: list[dict]) -> list[dict]:
-    """The table: one row per (benchmark, trainer), tokens/s and saelab's ratio over the peer, medians of rounds."""
+def rows(lm: dict, topk: dict, dense: list[dict], device: str = "cpu") -> list[dict]:
+    """The table: one row per (benchmark, trainer), tokens/s and saelab's ratio over the peer, medians of rounds.
+    Issue 27's goals are for the 2-core CPU: on another device the ratios stand without a verdict."""
+    cpu = device == "cpu"
+    lm_goal = (">= 3x the stage at bb3bd49: MISSED (lm code unchanged; docs/benchmarks.md)" if cpu
+               else "(none: the lm stage trains on the CPU, this machine's, whatever --device)")  # fmt: skip
     table = [{"benchmark": "lm stage (train_lm)", "trainer": "saelab", "tokens_per_s": lm["tokens_per_s"],
-              "goal": ">= 3x the stage at bb3bd49: MISSED (lm code unchanged; docs/benchmarks.md)"}]  # fmt: skip
+              "goal": lm_goal}]  # fmt: skip
     res = topk["results"]
     per_round = {name: r["tokens_per_s_runs"] for name, r in res.items()}
     for name in TOPK_TRAINERS:
@@ -140,9 +145,11 @@ def rows(lm: dict, topk: dict, dense: list[dict]) -> list[dict]:
             ratios = median_range([a / b for a, b in zip(per_round[mine], per_round[peer], strict=True)])
             mse = res[mine]["mse"] - res[peer]["mse"]
             met = ratios["median"] >= least and (not at_mse or mse <= 0.01 * res[peer]["mse"])
-            goal = f">= {least:g}x" + (" at equal or lower MSE" if at_mse else "") + (": met" if met else ": MISSED")
-            table.append({"benchmark": "topk ratio", "trainer": f"{mine} / {peer}", "goal": goal, "met": met,
-                          "ratio": {"vs": peer, **ratios}, "mse_difference": mse})  # fmt: skip
+            goal = f">= {least:g}x" + (" at equal or lower MSE" if at_mse else "")
+            goal += (": met" if met else ": MISSED") if cpu else " on the 2-core CPU (not judged here)"
+            table.append({"benchmark": "topk ratio", "trainer": f"{mine} / {peer}", "goal": goal,
+                          **({"met": met} if cpu else {}), "ratio": {"vs": peer, **ratios},
+                          "mse_difference": mse})  # fmt: skip
     dense_rounds = {name: [d["summary"][name]["tokens_per_s"] for d in dense if name in d["summary"]]
                     for name in DENSE_TRAINERS}  # fmt: skip
     for name, tps in dense_rounds.items():
@@ -201,6 +208,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--lm-steps", type=int, default=20)
     p.add_argument("--lm-warmup", type=int, default=5)
+    p.add_argument("--topk-steps", type=int, default=40, help="topk_speed.py --steps (a GPU needs more to time)")
+    p.add_argument("--dense-tokens", type=int, default=307_200, help="trainers.py --n-tokens")
     p.add_argument(
         "--parts",
         nargs="*",
@@ -209,6 +218,7 @@ def main() -> None:
         help="parts to run; the others are read from --out's speed.json (none: rebuild its table only)",
     )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/speed_cpu"))
+    p.add_argument("--commit", help="the commit measured (default: git describe --always --dirty; a copy has no .git)")
     p.add_argument("--lm-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     n_threads = threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
@@ -228,7 +238,8 @@ def main() -> None:
     lm = lm_part(args, args.out) if "lm" in args.parts else old["lm"]
     topk = topk_part(args, args.out) if "topk" in args.parts else old["topk"]
     dense = dense_part(args, args.out) if "dense" in args.parts else old["dense"]
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    commit = args.commit or subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                                           text=True).stdout.strip()  # fmt: skip
     cpu = f"{cpu_model()}, {threads.cores()} cores"
     device = f"{torch.cuda.get_device_name()} ({cpu})" if args.device.startswith("cuda") else cpu
     run_now = {
@@ -246,10 +257,11 @@ def main() -> None:
     earlier = {k: old[k] for k in run_now} if old else {}
     before = old.get("measured_by", {})
     measured_by = {part: run_now if part in args.parts else before.get(part, earlier) for part in PARTS}
+    facts = run_now if args.parts else {k: old[k] for k in run_now}  # a table rebuilt alone keeps the run's facts
     report = {
-        **(run_now if args.parts else {k: old[k] for k in run_now}),  # a table rebuilt alone keeps the run's facts
+        **facts,
         "measured_by": measured_by,
-        "table": rows(lm, topk, dense),
+        "table": rows(lm, topk, dense, facts["device"]),
         "lm": lm,
         "topk": topk,
         "dense": dense,

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -107,3 +108,18 @@ def test_speed_table_takes_medians_of_per_round_ratios_and_names_a_failed_peer()
     md = speed.markdown({"machine": "m", "date": "d", "commit": "c", "command": "x", "torch": "t", "threads": 2,
                          "device": "cpu", "repeat": 3, "table": list(table.values())})  # fmt: skip
     assert "| topk | sae-lens | failed: exit 1 |" in md and "| 1.00 (0.50-3.00)x |" in md
+    gpu = {(r["benchmark"], r["trainer"]): r for r in speed.rows(lm, topk, dense, "cuda")}  # the goals are the CPU's
+    unit = gpu[("topk ratio", "saelab-unit / sparsify")]
+    assert "met" not in unit and "not judged" in unit["goal"] and unit["ratio"] == table[
+        ("topk ratio", "saelab-unit / sparsify")]["ratio"]  # fmt: skip
+    assert "MISSED" not in gpu[("lm stage (train_lm)", "saelab")]["goal"]
+
+
+def test_worker_env_puts_benchmarks_and_src_first_and_keeps_the_callers_path(monkeypatch):
+    """A peer installed with pip --target (a machine without an index) stays importable in the workers."""
+    harness = _load("harness")
+    monkeypatch.setenv("PYTHONPATH", "/opt/peers")
+    path = harness.worker_env()["PYTHONPATH"].split(os.pathsep)
+    assert path[0].endswith("benchmarks") and path[1].endswith("src") and path[2:] == ["/opt/peers"]
+    monkeypatch.delenv("PYTHONPATH")
+    assert len(harness.worker_env()["PYTHONPATH"].split(os.pathsep)) == 2
