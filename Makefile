@@ -110,7 +110,7 @@ speed: $(STAMP) $(BENCH_VENV)/.installed $(SPARSIFY_VENV)/.installed
 	test -f data/activations/manifest.json || PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro activations
 	$(BIN)/python benchmarks/speed.py --saelens-python $(BENCH_VENV)/bin/python \
 		--sparsify-python $(SPARSIFY_VENV)/bin/python $(if $(shell command -v nvidia-smi),--device cuda \
-		--out benchmarks/results/speed_gpu) $(SPEED_ARGS)
+		--topk-steps 150 --dense-tokens 1228800 --out benchmarks/results/speed_gpu) $(SPEED_ARGS)
 
 benchmark: $(STAMP) $(BENCH_VENV)/.installed
 	$(BIN)/python benchmarks/trainers.py --saelens-python $(BENCH_VENV)/bin/python \

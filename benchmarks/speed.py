@@ -4,7 +4,8 @@ peers, on this machine, in one run; one table (Markdown and JSON) with the machi
     make speed            # creates .venv-saelens and .venv-sparsify, the activation cache if missing, then
     python benchmarks/speed.py --saelens-python .venv-saelens/bin/python \
         --sparsify-python .venv-sparsify/bin/python [--repeat 3] [--device cpu] [--out benchmarks/results/speed_cpu]
-    # on a GPU: python benchmarks/speed.py --device cuda --out benchmarks/results/speed_gpu
+    # on a GPU: python benchmarks/speed.py --device cuda --topk-steps 150 --dense-tokens 1228800 \
+    #     --out benchmarks/results/speed_gpu   (make speed does this where nvidia-smi is found)
 
 Parts, each in processes of their own, one after another (never two torch processes at once: on 2 cores they
 slow each other far more than 2x), threads from saelab.threads (SAELAB_THREADS or every core):
