@@ -1,7 +1,8 @@
 #!/bin/bash
 # How benchmarks/results/speed_gpu/ was measured: `make speed`'s GPU run on a bare GPU machine with no package
 # index (CUDA torch, transformers, numpy and pyarrow installed; Python 3.12), its working tree copied there with
-# models/lm and data/tokens. With an index, `make speed` on the GPU machine does the same (docs/benchmarks.md).
+# models/lm and data/tokens. With an index, `make speed` on the GPU machine runs the same benchmarks (its cache,
+# if missing, comes from `dvc repro activations` with activations.device: auto, i.e. built on the GPU).
 #
 # Beforehand, where pip reaches an index (the versions of requirements.lock and the peers' venvs):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -25,16 +26,19 @@ export PYTHONPATH=$PWD/src:$PWD
 python3 -c "import torch, transformers, saelab.data.lm; from importlib.metadata import version as v; print('torch', torch.__version__, torch.cuda.get_device_name(), 'TL', v('transformer-lens'), 'transformers', transformers.__version__)" || exit 4
 /tmp/py/saelens -c "import sae_lens, transformer_lens; print('sae_lens', sae_lens.__file__, 'TL', transformer_lens.__file__)" || exit 4
 /tmp/py/sparsify -c "import sparsify, triton; print('sparsify ok, triton', triton.__version__)" || exit 4
+/tmp/py/saelens -c "from importlib.metadata import version as v; print(*(f'{n} {v(n)}' for n in ('sae-lens', 'eai-sparsify', 'transformer-lens')))"
 el setup
 # the activation cache of the CPU table's run: the same LM, tokens and params, built on this machine's CPU
 cp params.yaml /tmp/params.orig
+trap 'cp /tmp/params.orig params.yaml' EXIT
 sed -i '/^activations:/,/^[a-z]/s/^  device: auto/  device: cpu/' params.yaml
 python3 -m stages.activations --lm models/lm --tokens data/tokens --out data/activations --sites data/sites \
     --metrics /tmp/m.json --timing /tmp/t.json 2>&1 | tail -2
+[ "${PIPESTATUS[0]}" -eq 0 ] || exit 5
 cp /tmp/params.orig params.yaml
 sha256sum data/activations/shard-00000.parquet
 el cache
-timeout "${SPEED_LIMIT:-420}" python3 benchmarks/speed.py --device cuda --saelens-python /tmp/py/saelens \
+timeout "${SPEED_LIMIT:-540}" python3 benchmarks/speed.py --device cuda --saelens-python /tmp/py/saelens \
     --sparsify-python /tmp/py/sparsify --topk-steps 150 --dense-tokens 1228800 --commit "${1:-unknown}" \
     --out benchmarks/results/speed_gpu
 echo "speed.py exit $?"

@@ -20,7 +20,7 @@ slow each other far more than 2x), threads from saelab.threads (SAELAB_THREADS o
   512 -> 16,384, k 32, batch 4,096 on the activation cache; the ratio for the unit recipe is at equal MSE
   (same recipe, same initial weights, same steps), the default recipe's is not (see docs/benchmarks.md).
 - ``dense``: benchmarks/trainers.py with saelab and sae-lens (standard SAE, L1 1.0, 512 -> 2,048, batch 2,048,
-  150 steps), run ``--repeat`` times in turn.
+  ``--dense-tokens`` / 2,048 steps, 150 by default), run ``--repeat`` times in turn.
 
 Every speed in the table is the median over rounds (tokens/s, and for a ratio the median of the per-round
 ratios), with the rounds' range beside it. A TopK MSE is the held-out MSE of the SAE from the round with the median
