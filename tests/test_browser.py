@@ -200,10 +200,42 @@ def test_every_label_links_to_a_definition_that_exists(analysis, tmp_path):
 
     from saelab.analysis.browser import DOCS, FIELDS
 
-    page = build(analysis[0], [analysis[1]], {"analysis": analysis[2]})
+    page = build(analysis[0], [analysis[1]], {"analysis": analysis[2]}, generations=_generations())
     anchors = _anchors((REPO / "docs/metrics.md").read_text())
     linked = set(re.findall(re.escape(DOCS) + r"#([\w-]+)", page))
     assert linked and linked <= anchors, linked - anchors
     assert {a for _, a in FIELDS.values()} <= anchors
     for name, _ in FIELDS.values():
         assert name in page, name
+
+
+def _generations(first: int | None = 1) -> dict:
+    """A splice stage's generations.json of one prompt whose continuations part at token ``first``."""
+    clean, spliced = ["a", EVIL, "c"], ["a", "X", "Y"] if first == 1 else ["a", EVIL, "c"]
+    mode = {"first_divergence": first, "clean": "".join(clean), "spliced": "".join(spliced),
+            "clean_pieces": clean, "spliced_pieces": spliced}  # fmt: skip
+    summary = {"n_prompts": 1, "prompt_tokens": 4, "new_tokens": 3, "greedy_diverged_share": 1.0 if first else 0.0,
+               "greedy_first_divergence_median": first, "sampled_diverged_share": None,
+               "sampled_first_divergence_median": None}  # fmt: skip
+    return {"summary": summary, "prompts": [{"row": 7, "prompt": "p\n" + EVIL, "greedy": mode, "sampled": mode}]}
+
+
+def test_continuations_mark_where_the_spliced_model_parts_and_escape_every_token():
+    """The first token where the clean and spliced continuations differ is marked, the later ones dimmed, the
+    shared ones plain; tokens and prompts are escaped; an older file without pieces shows its text; none: no
+    section."""
+    from saelab.analysis.browser import generations_section
+
+    html_ = generations_section(_generations(1), {"all": {"argmax_changed": 0.125}})
+    assert "<script>" not in html_ and "&lt;script&gt;" in html_ and "⏎" in html_  # the prompt's newline shown
+    assert '<span class="part">X</span><span class="after">Y</span>' in html_
+    assert '<span class="part">&lt;script' in html_  # the clean side's first parting token (escaped) is marked
+    assert "100.0% of prompts part" in html_ and "12.5% of the eval predictions" in html_
+    same = generations_section(_generations(None))
+    assert 'class="part"' not in same and 'class="after"' not in same and "n/a" in same
+    old = _generations(1)
+    for mode in ("greedy", "sampled"):
+        old["prompts"][0][mode] = {k: v for k, v in old["prompts"][0][mode].items() if not k.endswith("_pieces")}
+    assert 'class="part"' not in generations_section(old) and "aXY" in generations_section(old)
+    assert generations_section(None) == ""
+    assert "n_prompts is 0" in generations_section({"summary": {"n_prompts": 0}, "prompts": []})

@@ -124,6 +124,9 @@ def test_repro_produces_every_output(repo):
     c = json.loads((repo / "metrics/compare.json").read_text())
     for key in ("best_cos_median", "share_matched_above_0.9", "share_matched_above_0.7", "matching_exact"):
         assert f"seed0_vs_seed1_{key}" in c
+    page = (repo / "reports/index.html").read_text()  # the first seed's continuations, from splice@0
+    talk = json.loads((repo / "data/splice/seed-0/generations.json").read_text())
+    assert "Talking to the spliced model" in page and page.count("<td>greedy</td>") == len(talk["prompts"]) == 2
     m = json.loads((repo / "metrics/evaluate.json").read_text())
     for key in ("ce_recovered_zero", "ce_recovered_mean", "explained_variance", "l0", "l2_ratio", "frac_dead", "mse"):
         assert isinstance(m[key], float)
@@ -193,11 +196,16 @@ def test_finetune_refuses_a_source_it_does_not_match_before_any_work(repo, tmp_p
     assert not any(p.exists() for p in (*out.values(), tmp_path / "m.json"))
 
 
+def detail_tokens(path: Path) -> int:
+    return json.loads(path.read_text())["eval_tokens"]
+
+
 @pytest.mark.slow(90)
 def test_a_second_site_gets_its_own_cache_saes_and_evaluation(tmp_path):
     """A 2-layer LM with activations.extra_hooks and a transcoder: one activations pass writes the root cache, the
     further site's (data/sites/<hook>) and the transcoder's pair (data/sites/transcoders/<target>/{input,target});
     train_site@<hook>-<seed> trains one SAE per seed there, evaluate_site@<hook> scores it with that site's cache;
+    analyze_site@<hook> and browser_site@<hook> give it its analyses and its own page;
     train_transcoder@<target>-<seed> and evaluate_transcoder@<target> do the same for the transcoder (exported to
     SAELens as a transcoder); dropping them again (the activations stage rerun with the site list emptied) leaves
     the root cache byte-identical."""
@@ -211,12 +219,14 @@ def test_a_second_site_gets_its_own_cache_saes_and_evaluation(tmp_path):
         f"train_site@{site}-0",
         f"train_site@{site}-1",
         f"evaluate_site@{site}",
+        f"analyze_site@{site}",
+        f"browser_site@{site}",
         f"train_transcoder@{target}-0",
         f"train_transcoder@{target}-1",
         f"evaluate_transcoder@{target}",
     ):
         assert stage in listed, listed
-    run_cmd(["dvc", "repro", "train_site", f"evaluate_site@{site}", "splice@0", "train_transcoder",
+    run_cmd(["dvc", "repro", "train_site", f"browser_site@{site}", "splice@0", "train_transcoder",
              f"evaluate_transcoder@{target}"], repo)  # fmt: skip
     assert json.loads((repo / "data/sites/sites.json").read_text()) == {
         "hooks": [site],
@@ -248,6 +258,10 @@ def test_a_second_site_gets_its_own_cache_saes_and_evaluation(tmp_path):
         assert meta["hook"] == site and meta["train_params"]["seed"] == seed
     m = json.loads((repo / f"metrics/sites/{site}/evaluate.json").read_text())
     assert 0 < m["l0"] and -1 < m["ce_recovered_zero"] <= 1.5
+    analysis = json.loads((repo / f"metrics/sites/{site}/analysis.json").read_text())  # on the site's evaluation
+    assert analysis["freq_eval_tokens"] == detail_tokens(repo / f"metrics/sites/{site}/evaluate_detail.json") > 0
+    page = (repo / f"reports/sites/{site}.html").read_text()
+    assert f"saelab feature browser: {site}" in page and "Talking to the spliced model" not in page
     assert "sites" in json.loads((repo / "metrics/activations.json").read_text())
     spliced = json.loads((repo / "metrics/splice/seed-0.json").read_text())
     assert spliced["sites"] == ["blocks.0.mlp.hook_post", site] and spliced["all"]["ce_increase"] > 0

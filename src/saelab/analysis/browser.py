@@ -28,6 +28,8 @@ mark{background:#ffd54f;font-weight:bold}
 .tok{font-family:ui-monospace,monospace;background:#eef;padding:0 3px;margin:1px;display:inline-block}
 #features-wrap{max-height:480px;overflow:auto}
 .def{font-size:10px;text-decoration:none}
+.part{background:#ef9a9a;font-weight:bold}
+.after{color:#999}
 """
 
 JS = """
@@ -106,6 +108,7 @@ FIELDS = {
     "top_promoted": ("top promoted tokens (logit lens)", "top-logit-tokens"),
     "top_suppressed": ("top suppressed tokens (logit lens)", "top-logit-tokens"),
     "examples": ("top activations in context", "activation-examples"),
+    "continuations": ("continuations, clean and spliced", "continuations"),
 }
 
 
@@ -195,6 +198,50 @@ def _context_list(table_path: Path, value: str) -> str:
     )
 
 
+def _pieces(g: dict, side: str) -> str:
+    """One continuation token by token: what both models generated plain, the first token where they part
+    marked, the rest dimmed. A file written before the pieces were kept shows its text unmarked."""
+    pieces, first = g.get(f"{side}_pieces"), g["first_divergence"]
+    if pieces is None:
+        return f'<span class="ctx">{_visible(g[side])}</span>'
+    spans = (_visible(t) if first is None or i < first else f'<span class="{"part" if i == first else "after"}">'
+             f"{_visible(t)}</span>" for i, t in enumerate(pieces))  # fmt: skip
+    return f'<span class="ctx">{"".join(spans)}</span>'
+
+
+def _share(v) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def generations_section(gens: dict | None, splice: dict | None = None) -> str:
+    """Talking to the spliced model (stage splice, first seed): every prompt's greedy and sampled continuation
+    from the clean model beside the one with every site's SAE spliced, where they part marked; and the share of
+    eval predictions whose top token the splice changes."""
+    if not gens:
+        return ""
+    if not gens["prompts"]:
+        return "<h2>Talking to the spliced model</h2><p>No continuations: splice.n_prompts is 0.</p>"
+    s = gens["summary"]
+    facts = [f"{s['n_prompts']} prompts of {s['prompt_tokens']} tokens (BOS included), {s['new_tokens']} new each"]
+    for mode in ("greedy", "sampled"):
+        facts.append(f"{mode}: {_share(s.get(f'{mode}_diverged_share'))} of prompts part, first at token "
+                     f"{_fmt(s.get(f'{mode}_first_divergence_median'))} (median of those that part)")  # fmt: skip
+    if splice and "argmax_changed" in splice.get("all", {}):
+        facts.append(f"top token changed on {_share(splice['all']['argmax_changed'])} of the eval predictions")
+    rows = "".join(
+        f"<tr><td>{r['row']}</td><td>{mode}</td><td><span class='ctx'>{_visible(r['prompt'])}</span></td>"
+        f"<td>{_pieces(r[mode], 'clean')}</td><td>{_pieces(r[mode], 'spliced')}</td>"
+        f"<td>{'' if r[mode]['first_divergence'] is None else r[mode]['first_divergence']}</td></tr>"
+        for r in gens["prompts"]
+        for mode in ("greedy", "sampled")
+    )
+    return (
+        f"<h2>Talking to the spliced model</h2><p>{label('continuations')}: " + "; ".join(e(f) for f in facts) + "</p>"
+        "<table id='generations'><thead><tr><th>eval row</th><th>mode</th><th>prompt</th><th>clean model</th>"
+        f"<th>every SAE spliced</th><th>first divergence</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def _freq_tokens(metrics: dict[str, dict]) -> int | None:
     """The number of eval tokens the frequencies were measured on (analysis metrics), if given."""
     found = [m["freq_eval_tokens"] for m in metrics.values() if isinstance(m.get("freq_eval_tokens"), int)]
@@ -202,7 +249,12 @@ def _freq_tokens(metrics: dict[str, dict]) -> int | None:
 
 
 def build(
-    analysis_dir: Path, figure_dirs: list[Path], metrics: dict[str, dict], title: str = "saelab feature browser"
+    analysis_dir: Path,
+    figure_dirs: list[Path],
+    metrics: dict[str, dict],
+    title: str = "saelab feature browser",
+    generations: dict | None = None,
+    splice: dict | None = None,
 ) -> str:
     feats = pq.read_table(analysis_dir / "features.parquet").to_pylist()
     examples: dict[int, list[dict]] = {}
@@ -218,6 +270,7 @@ def build(
         f"<h2>Features</h2>{feature_table(feats)}"
         f"<h2>Worst tokens (CE with reconstruction minus clean)</h2>{_context_list(analysis_dir / 'worst_tokens.parquet', 'ce_diff')}"  # noqa: E501
         f"<h2>Where the most ultra-low features fire together</h2>{_context_list(analysis_dir / 'cofire.parquet', 'share')}"  # noqa: E501
+        f"{generations_section(generations, splice)}"
         f"<h2>Features that fire</h2>{feature_sections(feats, examples, _freq_tokens(metrics))}"
         f"<script type='application/json' id='meta'>{e(json.dumps({'n_features': len(feats)}))}</script>"
         "</body></html>"

@@ -256,7 +256,9 @@ def generations(model, saes: dict[str, SAE], rows: np.ndarray, cfg, gen, device,
             firsts.setdefault(mode, []).append(first)
             agreed = clean if first is None else clean[:first]
             rec[mode] = {"first_divergence": first, "agreed": decode(agreed), "clean": decode(clean),
-                         "spliced": decode(patched), "clean_ids": clean, "spliced_ids": patched}  # fmt: skip
+                         "spliced": decode(patched), "clean_ids": clean, "spliced_ids": patched,
+                         "clean_pieces": [decode([t]) for t in clean],  # token by token, for the browser
+                         "spliced_pieces": [decode([t]) for t in patched]}  # fmt: skip
     summary = {"n_prompts": len(records), "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens}
     for mode, fs in firsts.items():
         diverged = [f for f in fs if f is not None]
