@@ -231,7 +231,7 @@ def generations_section(gens: dict | None, splice: dict | None = None) -> str:
     rows = "".join(
         f"<tr><td>{r['row']}</td><td>{mode}</td><td><span class='ctx'>{_visible(r['prompt'])}</span></td>"
         f"<td>{_pieces(r[mode], 'clean')}</td><td>{_pieces(r[mode], 'spliced')}</td>"
-        f"<td>{'' if r[mode]['first_divergence'] is None else r[mode]['first_divergence']}</td></tr>"
+        f"<td>{_fmt(r[mode]['first_divergence'])}</td></tr>"
         for r in gens["prompts"]
         for mode in ("greedy", "sampled")
     )
