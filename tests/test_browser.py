@@ -1,5 +1,6 @@
 """The HTML feature browser: escaping, content, and a real render in headless Chromium."""
 
+import html
 import os
 import re
 import shutil
@@ -210,8 +211,10 @@ def test_every_label_links_to_a_definition_that_exists(analysis, tmp_path):
 
 
 def _generations(first: int | None = 1) -> dict:
-    """A splice stage's generations.json of one prompt whose continuations part at token ``first``."""
-    clean, spliced = ["a", EVIL, "c"], ["a", "X", "Y"] if first == 1 else ["a", EVIL, "c"]
+    """A splice stage's generations.json of one prompt whose continuations part at token ``first`` (0, 1 or
+    None: the same continuation)."""
+    clean = ["a", EVIL, "c"]
+    spliced = {0: ["", EVIL, "c"], 1: ["a", "X", "Y"], None: clean}[first]
     mode = {"first_divergence": first, "clean": "".join(clean), "spliced": "".join(spliced),
             "clean_pieces": clean, "spliced_pieces": spliced}  # fmt: skip
     summary = {"n_prompts": 1, "prompt_tokens": 4, "new_tokens": 3, "greedy_diverged_share": 1.0 if first else 0.0,
@@ -228,14 +231,24 @@ def test_continuations_mark_where_the_spliced_model_parts_and_escape_every_token
 
     html_ = generations_section(_generations(1), {"all": {"argmax_changed": 0.125}})
     assert "<script>" not in html_ and "&lt;script&gt;" in html_ and "⏎" in html_  # the prompt's newline shown
-    assert '<span class="part">X</span><span class="after">Y</span>' in html_
-    assert '<span class="part">&lt;script' in html_  # the clean side's first parting token (escaped) is marked
-    assert "100.0% of prompts part" in html_ and "12.5% of the eval predictions" in html_
+    evil = html.escape(EVIL)
+    # shared token plain, the first parting token marked, the later ones dimmed: on both sides
+    assert '<span class="ctx">a<span class="part">X</span><span class="after">Y</span></span>' in html_
+    assert f'<span class="ctx">a<span class="part">{evil}</span><span class="after">c</span></span>' in html_
+    assert "100.0% of prompts part, first at new token 1 (median" in html_
+    assert "12.5% of the eval predictions" in html_ and "sampled: n/a of prompts part, none part" in html_
+    at_0 = generations_section(_generations(0))  # the very first new token differs, and it decodes to ""
+    assert '<span class="ctx"><span class="part">a</span><span class="after">' in at_0
+    assert '<span class="ctx"><span class="part"><span class="empty"' in at_0 and "∅" in at_0
+    assert "<td>0</td></tr>" in at_0
     same = generations_section(_generations(None))
     assert 'class="part"' not in same and 'class="after"' not in same and "n/a" in same
+    assert f'<span class="ctx">a{evil}c</span>' in same
     old = _generations(1)
     for mode in ("greedy", "sampled"):
         old["prompts"][0][mode] = {k: v for k, v in old["prompts"][0][mode].items() if not k.endswith("_pieces")}
-    assert 'class="part"' not in generations_section(old) and "aXY" in generations_section(old)
+    old_html = generations_section(old)
+    assert 'class="part"' not in old_html and "aXY" in old_html
+    assert "<script>" not in old_html and f"a{evil}c" in old_html
     assert generations_section(None) == ""
     assert "n_prompts is 0" in generations_section({"summary": {"n_prompts": 0}, "prompts": []})

@@ -15,6 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -226,7 +227,7 @@ def test_a_second_site_gets_its_own_cache_saes_and_evaluation(tmp_path):
         f"evaluate_transcoder@{target}",
     ):
         assert stage in listed, listed
-    run_cmd(["dvc", "repro", "train_site", f"browser_site@{site}", "splice@0", "train_transcoder",
+    run_cmd(["dvc", "repro", "evaluate", "train_site", f"browser_site@{site}", "splice@0", "train_transcoder",
              f"evaluate_transcoder@{target}"], repo)  # fmt: skip
     assert json.loads((repo / "data/sites/sites.json").read_text()) == {
         "hooks": [site],
@@ -260,6 +261,9 @@ def test_a_second_site_gets_its_own_cache_saes_and_evaluation(tmp_path):
     assert 0 < m["l0"] and -1 < m["ce_recovered_zero"] <= 1.5
     analysis = json.loads((repo / f"metrics/sites/{site}/analysis.json").read_text())  # on the site's evaluation
     assert analysis["freq_eval_tokens"] == detail_tokens(repo / f"metrics/sites/{site}/evaluate_detail.json") > 0
+    freq = {d: pq.read_table(repo / d / "features.parquet")["frequency"].to_pylist()
+            for d in (f"data/sites-analysis/{site}", f"data/sites-evaluate/{site}", "data/evaluate")}  # fmt: skip
+    assert freq[f"data/sites-analysis/{site}"] == freq[f"data/sites-evaluate/{site}"] != freq["data/evaluate"]
     page = (repo / f"reports/sites/{site}.html").read_text()
     assert f"saelab feature browser: {site}" in page and "Talking to the spliced model" not in page
     assert "sites" in json.loads((repo / "metrics/activations.json").read_text())

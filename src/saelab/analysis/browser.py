@@ -30,6 +30,7 @@ mark{background:#ffd54f;font-weight:bold}
 .def{font-size:10px;text-decoration:none}
 .part{background:#ef9a9a;font-weight:bold}
 .after{color:#999}
+.empty{font-style:italic}
 """
 
 JS = """
@@ -205,8 +206,13 @@ def _pieces(g: dict, side: str) -> str:
     if pieces is None:
         return f'<span class="ctx">{_visible(g[side])}</span>'
     spans = (_visible(t) if first is None or i < first else f'<span class="{"part" if i == first else "after"}">'
-             f"{_visible(t)}</span>" for i, t in enumerate(pieces))  # fmt: skip
+             f"{_piece(t)}</span>" for i, t in enumerate(pieces))  # fmt: skip
     return f'<span class="ctx">{"".join(spans)}</span>'
+
+
+def _piece(t: str) -> str:
+    """A marked or dimmed token: one that decodes to nothing shows as ∅, so its mark is never an empty span."""
+    return _visible(t) if t else '<span class="empty" title="token decodes to the empty string">∅</span>'
 
 
 def _share(v) -> str:
@@ -224,12 +230,13 @@ def generations_section(gens: dict | None, splice: dict | None = None) -> str:
     s = gens["summary"]
     facts = [f"{s['n_prompts']} prompts of {s['prompt_tokens']} tokens (BOS included), {s['new_tokens']} new each"]
     for mode in ("greedy", "sampled"):
-        facts.append(f"{mode}: {_share(s.get(f'{mode}_diverged_share'))} of prompts part, first at token "
-                     f"{_fmt(s.get(f'{mode}_first_divergence_median'))} (median of those that part)")  # fmt: skip
+        median = s.get(f"{mode}_first_divergence_median")
+        where = "none part" if median is None else f"first at new token {_fmt(median)} (median of those that part)"
+        facts.append(f"{mode}: {_share(s.get(f'{mode}_diverged_share'))} of prompts part, {where}")
     if splice and "argmax_changed" in splice.get("all", {}):
         facts.append(f"top token changed on {_share(splice['all']['argmax_changed'])} of the eval predictions")
     rows = "".join(
-        f"<tr><td>{r['row']}</td><td>{mode}</td><td><span class='ctx'>{_visible(r['prompt'])}</span></td>"
+        f"<tr><td>{e(str(r['row']))}</td><td>{mode}</td><td><span class='ctx'>{_visible(r['prompt'])}</span></td>"
         f"<td>{_pieces(r[mode], 'clean')}</td><td>{_pieces(r[mode], 'spliced')}</td>"
         f"<td>{_fmt(r[mode]['first_divergence'])}</td></tr>"
         for r in gens["prompts"]
@@ -238,7 +245,8 @@ def generations_section(gens: dict | None, splice: dict | None = None) -> str:
     return (
         f"<h2>Talking to the spliced model</h2><p>{label('continuations')}: " + "; ".join(e(f) for f in facts) + "</p>"
         "<table id='generations'><thead><tr><th>eval row</th><th>mode</th><th>prompt</th><th>clean model</th>"
-        f"<th>every SAE spliced</th><th>first divergence</th></tr></thead><tbody>{rows}</tbody></table>"
+        "<th>every SAE spliced</th><th>first divergence (0 = the first new token)</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
     )
 
 
