@@ -76,9 +76,9 @@ def write(rows: list[dict], args) -> None:
     }
     (args.out / "sweep.json").write_text(json.dumps(report, indent=1))
     lines = [
-        f"Hardware: {report['hardware']}. Source: the default run's first-seed SAE ({args.sae}); every fine-tune is "
+        f"Hardware: {report['hardware']}. Source: the default run's SAE {args.sae}; every fine-tune is "
         "the `finetune` stage with `mse_coeff: balanced` (KL x kl_share MSE0/KL0 + MSE x (1 - kl_share)), "
-        "the rest of params.yaml as committed; one seed. CE gap = ce_sae - ce_clean (nats/token) on evaluate's "
+        "the rest of params.yaml as committed; one SAE. CE gap = ce_sae - ce_clean (nats/token) on evaluate's "
         f"CE tokens. Regenerate: `{report['command']}`.",
         "",
         "| kl_share | frac_tokens | lr | CE gap before | after | reduction | L0 before | L0 ratio | MSE before "
@@ -101,9 +101,10 @@ def main() -> None:
     p.add_argument("--sae", default="models/saes/seed-0")
     p.add_argument("--work", type=Path, default=Path("/tmp/finetune-sweep"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/finetune_sweep_cpu"))
+    p.add_argument("--settings", type=int, nargs="*", help="indices into GRID to run (default: all)")
     args = p.parse_args()
     threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
-    rows = [run_one(args, *setting) for setting in GRID]
+    rows = [run_one(args, *GRID[i]) for i in (range(len(GRID)) if args.settings is None else args.settings)]
     write(rows, args)
     print((args.out / "sweep.md").read_text())
 

@@ -332,8 +332,9 @@ def json_safe(obj):
     return obj
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parser(description: str) -> argparse.ArgumentParser:
+    """The arguments that shape a run (its settings key), shared with benchmarks/functional_features.py."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--cache", type=Path, default=Path("data/activations"), help="for evaluate's mean ablation only")
     p.add_argument("--lm", type=Path, default=Path("models/lm"))
     p.add_argument("--tokens", type=Path, default=Path("data/tokens"))
@@ -349,6 +350,11 @@ def main() -> None:
     p.add_argument("--ce-tokens", type=int, default=32_768)
     p.add_argument("--only", nargs="*", help="architectures to run (default: all of GRID)")
     p.add_argument("--work", type=Path, default=Path("/tmp/functional-work"), help="runs kept here, reused")
+    return p
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/functional_cpu"))
     args = p.parse_args()
     threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")

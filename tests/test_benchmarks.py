@@ -123,3 +123,41 @@ def test_worker_env_puts_benchmarks_and_src_first_and_keeps_the_callers_path(mon
     assert path[0].endswith("benchmarks") and path[1].endswith("src") and path[2:] == ["/opt/peers"]
     monkeypatch.delenv("PYTHONPATH")
     assert len(harness.worker_env()["PYTHONPATH"].split(os.pathsep)) == 2
+
+
+def test_features_unique_to_a_loss_read_gain_and_top_token_share():
+    """A feature is unique when alive and without a decoder match above the threshold in the other SAE's alive
+    features (a dead twin does not count); the read gain is 1 for a direction read like a random one and 0 in
+    W_out's null space; the top-token share counts the commonest token; corpus text never breaks a table."""
+    import torch
+
+    ff = _load("functional_features")
+    a = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    b = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, -1.0]])
+    alive_a, alive_b = torch.tensor([True, True, True, False]), torch.tensor([True, False, True])
+    ua, ub, ca, cb = ff.unique(a, b, alive_a, alive_b, 0.5)
+    # a0 matches b0; a1 has no match; a2's match b1 is dead and b2 is its opposite; a3 is dead
+    assert ua.tolist() == [False, True, True, False] and ub.tolist() == [False, False, True]
+    assert ca[0] == pytest.approx(1.0) and ca[2] == pytest.approx(0.0) and math.isnan(ca[3])  # not the dead twin
+    assert cb[0] == pytest.approx(1.0) and math.isnan(cb[1])
+    w_out = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # reads dims 0 and 1; ‖W‖_F / √3 = √(2/3)
+    g = ff.read_gain(torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 5.0], [1.0, 1.0, 1.0]]), w_out)
+    assert g.tolist() == pytest.approx([math.sqrt(3 / 2), 0.0, 1.0])
+    assert ff.mode_share([5, 5, 7, 5]) == 0.75 and ff.mode_share([1]) == 1.0 and math.isnan(ff.mode_share([]))
+    assert ff.md("a|b`c\nd\te") == "a¦bˋc⏎d→e"
+
+
+def test_splice_members_reads_each_pairs_models_and_refuses_ones_evaluate_did_not_score(tmp_path):
+    """The sets name each target's SAE and each pair's transcoder (input->target) with the evaluate stage's files
+    for them; a member whose cost alone differs from evaluate's by more than 1e-5 nats is named."""
+    sm = _load("splice_members")
+    t, s = "blocks.1.hook_mlp_out", "blocks.1.ln2.hook_normalized"
+    sets = sm.members(tmp_path, {t: s}, 2)
+    assert sets["saes"] == {t: (tmp_path / f"models/sites/{t}/seed-2", tmp_path / f"metrics/sites/{t}")}
+    assert sets["transcoders"] == {
+        f"{s}->{t}": (tmp_path / f"models/transcoders/{t}/seed-2", tmp_path / f"metrics/transcoders/{t}")
+    }
+    metrics = {"per_site": {"a": {"ce_increase_alone": 0.05}, "b": {"ce_increase_alone": 0.1}}}
+    details = {"a": {"ce_sae": 4.05, "ce_clean": 4.0}, "b": {"ce_sae": 4.1001, "ce_clean": 4.0}}
+    bad = sm.mismatches(metrics, details)
+    assert len(bad) == 1 and bad[0].startswith("b: +0.100000 here, +0.100100 in evaluate")
