@@ -1,5 +1,6 @@
-"""Stage splice: one seed's SAEs at every site (activations.hook and activations.extra_hooks) spliced into the LM
-alone, all together and all but one, on evaluate's CE rows (docs/metrics.md, "Splicing every site")."""
+"""Stage splice: one seed's SAEs at every site (activations.hook and activations.extra_hooks) and its transcoders
+(activations.transcoders) spliced into the LM alone, all together and all but one, on evaluate's CE rows
+(docs/metrics.md, "Splicing every site")."""
 
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from saelab.data.hooks import check_sae_width
 from saelab.data.lm import excluded_token, load_lm
 from saelab.data.tokens import read_rows
 from saelab.errors import InputError
-from saelab.eval.sites import evaluate_sites, generations
+from saelab.eval.sites import evaluate_sites, generations, source
 from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.saes.base import SAE
 from saelab.stage import log, parser, run_stage, write_timing
@@ -26,13 +27,15 @@ DEFINITIONS = (
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--seed", type=int, required=True)
-    for name in ("lm", "tokens", "saes", "sites", "out", "metrics", "timing"):
+    for name in ("lm", "tokens", "saes", "sites", "transcoders", "out", "metrics", "timing"):
         p.add_argument(f"--{name}", type=Path, required=True)
     args = p.parse_args()
     with run_stage("splice", args) as params:
         cfg, acts = params.evaluate, params.activations
         paths = {acts.hook: args.saes / f"seed-{args.seed}"}
         paths |= {hook: args.sites / hook / f"seed-{args.seed}" for hook in acts.extra_hooks}
+        seed = f"seed-{args.seed}"
+        paths |= {f"{src}->{tgt}": args.transcoders / tgt / seed for tgt, src in acts.transcoders.items()}
         device = resolve_device(cfg.device)
         lm = load_lm(args.lm, device)
         gen, n_ctx = params.splice, lm.config["tl_config"]["n_ctx"]
@@ -40,12 +43,14 @@ def main() -> None:
             raise InputError(f"splice.prompt_tokens + splice.new_tokens ({gen.prompt_tokens + gen.new_tokens}) exceed "
                              f"the LM's context ({n_ctx}): shorten them or set splice.n_prompts: 0")  # fmt: skip
         saes = {}
-        for hook, path in paths.items():
+        for member, path in paths.items():
             sae, meta = SAE.load(path, device)
-            if meta["hook"] != hook:
-                raise InputError(f"{path} was trained at {meta['hook']}, not {hook}: rerun `dvc repro` (train_site)")
-            check_sae_width(sae.d_in, hook, lm.config["tl_config"], path)
-            saes[hook] = sae
+            trained = f"{meta['input_hook']}->{meta['hook']}" if sae.transcoder else meta["hook"]
+            if trained != member:
+                raise InputError(f"{path} was trained as {trained}, not {member}: rerun `dvc repro` (train_site, "
+                                 "train_transcoder)")  # fmt: skip
+            check_sae_width(sae.d_in, source(member), lm.config["tl_config"], path)
+            saes[member] = sae
         rows = read_rows(args.tokens / "eval.parquet")
         start = time.perf_counter()
         metrics, arrays = evaluate_sites(lm.model, saes, rows, cfg, device, excluded_token(lm, acts.bos))

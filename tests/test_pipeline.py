@@ -74,8 +74,9 @@ def make_repo(dest: Path, overrides: dict | None = None) -> Path:
     copy_code(dest)
     shutil.copy(REPO / "dvc.yaml", dest)
     shutil.copy(REPO / ".gitignore", dest)
-    (dest / "models/sites").mkdir(parents=True)  # the splice stage's dep when there are no further sites
-    shutil.copy(REPO / "models/sites/README.md", dest / "models/sites")
+    for folder in ("sites", "transcoders"):  # the splice stage's deps when there are no further sites, no transcoders
+        (dest / "models" / folder).mkdir(parents=True)
+        shutil.copy(REPO / "models" / folder / "README.md", dest / "models" / folder)
     corpus = dest / "corpus"
     corpus.mkdir()
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -208,8 +209,8 @@ def test_a_second_site_gets_its_own_cache_saes_and_evaluation(tmp_path):
     train_site@<hook>-<seed> trains one SAE per seed there, evaluate_site@<hook> scores it with that site's cache;
     analyze_site@<hook> and browser_site@<hook> give it its analyses and its own page;
     train_transcoder@<target>-<seed> and evaluate_transcoder@<target> do the same for the transcoder (exported to
-    SAELens as a transcoder); dropping them again (the activations stage rerun with the site list emptied) leaves
-    the root cache byte-identical."""
+    SAELens as a transcoder) and splice@0 splices it with the SAEs; dropping them again (the activations stage
+    rerun with the site list emptied) leaves the root cache byte-identical."""
     site, target, source = "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out", "blocks.1.ln2.hook_normalized"
     repo = make_repo(
         tmp_path / "two",
@@ -227,8 +228,8 @@ def test_a_second_site_gets_its_own_cache_saes_and_evaluation(tmp_path):
         f"evaluate_transcoder@{target}",
     ):
         assert stage in listed, listed
-    run_cmd(["dvc", "repro", "evaluate", "train_site", f"browser_site@{site}", "splice@0", "train_transcoder",
-             f"evaluate_transcoder@{target}"], repo)  # fmt: skip
+    run_cmd(["dvc", "repro", "evaluate", "train_site", f"browser_site@{site}", "train_transcoder",
+             f"evaluate_transcoder@{target}", "splice@0"], repo)  # fmt: skip
     assert json.loads((repo / "data/sites/sites.json").read_text()) == {
         "hooks": [site],
         "transcoders": {target: source},
@@ -268,8 +269,11 @@ def test_a_second_site_gets_its_own_cache_saes_and_evaluation(tmp_path):
     assert f"saelab feature browser: {site}" in page and "Talking to the spliced model" not in page
     assert "sites" in json.loads((repo / "metrics/activations.json").read_text())
     spliced = json.loads((repo / "metrics/splice/seed-0.json").read_text())
-    assert spliced["sites"] == ["blocks.0.mlp.hook_post", site] and spliced["all"]["ce_increase"] > 0
-    assert set(spliced["per_site"]["blocks.0.mlp.hook_post"]["propagated_relative_error"]) == {site}
+    member = f"{source}->{target}"  # the transcoder is spliced with the SAEs, at its target (after site)
+    assert spliced["sites"] == ["blocks.0.mlp.hook_post", site, member] and spliced["all"]["ce_increase"] > 0
+    assert set(spliced["per_site"]["blocks.0.mlp.hook_post"]["propagated_relative_error"]) == {site, member}
+    t_detail = json.loads((repo / f"metrics/transcoders/{target}/evaluate_detail.json").read_text())
+    assert abs(spliced["per_site"][member]["ce_increase_alone"] - (t_detail["ce_sae"] - t_detail["ce_clean"])) < 1e-5
     detail = json.loads((repo / f"metrics/sites/{site}/evaluate_detail.json").read_text())  # one metric path
     assert abs(spliced["per_site"][site]["ce_increase_alone"] - (detail["ce_sae"] - detail["ce_clean"])) < 1e-5
     # the root cache alone: the same repo (same LM) with the site list emptied, its activations stage rerun

@@ -139,6 +139,56 @@ def test_each_set_and_the_propagation_equal_a_hand_computation(setup):
     )
 
 
+def test_a_transcoder_is_spliced_from_its_input_as_the_spliced_pass_computes_it(setup):
+    """A transcoder member ``input->target`` replaces its target with its output on the input the pass computes: in
+    ``all`` after an earlier SAE's splice (by hand, pass by pass); its statistics are against the clean target; it
+    counts as a site at its target for propagation and zero ablation; in the continuations it is spliced too."""
+    from saelab.config import SpliceConfig
+    from saelab.eval.sites import generations
+
+    lm, rows, saes = setup
+    src, tgt = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
+    tc = _sae(32, 3)
+    tc.transcoder = True
+    name = f"{src}->{tgt}"
+    m, _ = evaluate_sites(lm.model, {PRE: saes[PRE], name: tc}, rows, CFG, "cpu", lm.bos_token_id)
+    assert m["sites"] == [PRE, name]
+    sample = EvalSample.draw(len(rows), rows.shape[1], CFG.ce_max_tokens, CFG)
+    tokens = torch.from_numpy(rows[sample.ce].astype(np.int64))
+    covered = covered_positions(tokens, lm.bos_token_id)
+    keep = covered.reshape(-1)
+    clean = {}
+    lm.model.run_with_hooks(tokens, fwd_hooks=[(h, grab_into(clean, h)) for h in (PRE, src, tgt)])
+    flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
+    pre_hook = (PRE, live_splice(saes[PRE], covered))
+    got = {}
+    lm.model.run_with_hooks(tokens, fwd_hooks=[pre_hook, (src, grab_into(got, src))])
+    out = tc(flat(got[src]))[0]
+    ce_all = token_ce(lm.model.run_with_hooks(tokens, fwd_hooks=[pre_hook, (tgt, splice(out, keep=~covered))]), tokens)
+    assert m["all"]["ce"] == pytest.approx(ce_all.double().mean().item(), abs=1e-5)
+    alone = token_ce(lm.model.run_with_hooks(tokens, fwd_hooks=[(tgt, splice(tc(flat(clean[src]))[0], keep=~covered))]),
+                     tokens)  # fmt: skip
+    row = m["per_site"][name]
+    assert row["ce_increase_alone"] == pytest.approx(alone.double().mean().item() - m["ce_clean"], abs=1e-5)
+    x, x_hat = flat(clean[tgt])[keep], tc(flat(clean[src])[keep])[0]
+    assert row["mse"] == pytest.approx((x_hat - x).pow(2).sum(-1).mean().item(), rel=1e-5)
+    assert row["mean_norm"] == pytest.approx(x.norm(dim=-1).mean().item(), rel=1e-5)
+    zero = token_ce(lm.model.run_with_hooks(tokens, fwd_hooks=[(tgt, lambda a, hook: torch.where(
+        covered[..., None], torch.zeros_like(a), a))]), tokens)  # fmt: skip
+    assert row["ce_zero_ablation"] == pytest.approx(zero.double().mean().item(), abs=1e-5)
+    assert set(m["per_site"][PRE]["propagated_relative_error"]) == {name} and row["propagated_relative_error"] == {}
+    # an SAE at the transcoder's target: in all, the transcoder replaces the target after it, so it costs nothing
+    tie, _ = evaluate_sites(lm.model, {tgt: _sae(32, 4), name: tc}, rows, CFG, "cpu", lm.bos_token_id)
+    assert tie["all"]["ce"] == pytest.approx(alone.double().mean().item(), abs=1e-5)
+    assert tie["per_site"][tgt]["marginal_ce_increase"] == pytest.approx(0, abs=1e-6)
+    assert tie["per_site"][tgt]["ce_increase_alone"] != pytest.approx(row["ce_increase_alone"], abs=1e-4)
+    gen = SpliceConfig(n_prompts=2, prompt_tokens=6, new_tokens=3, seed=1)
+    _, with_tc = generations(lm.model, {name: tc}, rows, CFG, gen, "cpu", lm.bos_token_id, lm.tokenizer.decode)
+    _, perfect = generations(lm.model, {PRE: identity_sae(32)}, rows, CFG, gen, "cpu", lm.bos_token_id,
+                             lm.tokenizer.decode)  # fmt: skip
+    assert perfect["greedy_diverged_share"] == 0 and with_tc["greedy_diverged_share"] > 0  # the transcoder is in
+
+
 def test_one_site_alone_agrees_with_evaluate(setup):
     """The single-SAE numbers come from the same definitions as evaluate's: CE of the splice, zero ablation,
     CE recovered and the reconstruction statistics, on the same rows."""

@@ -14,6 +14,10 @@ site's and every further site's SAE of one seed:
 * **propagation**: with one SAE spliced alone, the relative error it causes at every later site,
   Σ‖a_j − a_j^clean‖² / Σ‖a_j^clean‖² over covered tokens, beside that later site's own SAE's relative error
   Σ‖x̂_j − x_j‖² / Σ‖x_j‖² on clean inputs.
+
+A member is a hook (an SAE reconstructing it) or ``<input hook>-><target hook>`` (a transcoder: it reads the
+input hook's activation as the spliced pass computes it and replaces the target's); its site, for order,
+statistics and propagation, is its target.
 """
 
 from __future__ import annotations
@@ -39,6 +43,38 @@ def live_splice(sae: SAE, covered: torch.Tensor):
         return torch.where(covered[..., None], x_hat, x)
 
     return hook
+
+
+def source(member: str) -> str:
+    """The hook a member reads: its own for an SAE, the input hook of a transcoder ``input->target``."""
+    return member.split("->")[0]
+
+
+def target(member: str) -> str:
+    """The hook a member replaces: its own for an SAE, the target of a transcoder ``input->target``."""
+    return member.split("->")[-1]
+
+
+def member_hooks(member: str, sae: SAE, covered: torch.Tensor) -> list:
+    """The hooks that splice one member: an SAE's live splice; for a transcoder, a grab of its input as the pass
+    computes it and, at its target, its output in place of the target's activation at ``covered`` positions."""
+    if source(member) == target(member):
+        return [(member, live_splice(sae, covered))]
+    seen: dict = {}
+
+    def transcode(x, hook):  # noqa: ARG001
+        x_in = seen["x"]
+        x_hat = sae(x_in.reshape(-1, x_in.shape[-1]).float())[0].reshape(x.shape).to(x.dtype)
+        return torch.where(covered[..., None], x_hat, x)
+
+    return [(source(member), grab_into(seen, "x")), (target(member), transcode)]
+
+
+def splice_hooks(saes: dict[str, SAE], members, covered: torch.Tensor) -> list:
+    """Every member's hooks for one pass: SAE splices first, so a transcoder reading a hook where an SAE is
+    spliced reads the reconstruction (TransformerLens runs a hook point's hooks in the order given)."""
+    ordered = sorted(members, key=lambda m: source(m) != target(m))
+    return [pair for m in ordered for pair in member_hooks(m, saes[m], covered)]
 
 
 def zero_splice(covered: torch.Tensor):
@@ -78,12 +114,14 @@ def _run(model, tokens, hooks, top: dict | None = None, name: str = "") -> torch
 @torch.no_grad()
 def evaluate_sites(model, saes: dict[str, SAE], rows: np.ndarray, cfg, device, exclude_token: int | None = None
                    ) -> tuple[dict, dict]:  # fmt: skip
-    """Splice ``saes`` (hook -> SAE) alone, together and all but one into the LM on evaluate's CE rows of ``rows``.
+    """Splice ``saes`` (member -> SAE: a hook, or ``input->target`` for a transcoder) alone, together and all but
+    one into the LM on evaluate's CE rows of ``rows``.
 
     Returns (metrics, per-token arrays: ``ce:<set>`` per set and ``covered``, over every predicted position of
     the CE rows, in row order). Definitions: the module docstring and docs/metrics.md, "Splicing every site".
     """
-    sites = sorted(saes, key=hook_position)
+    sites = sorted(saes, key=lambda m: hook_position(target(m)))
+    hooks = sorted({h for m in sites for h in (source(m), target(m))}, key=hook_position)
     sets = splice_sets(sites)
     sample = EvalSample.draw(len(rows), rows.shape[1], cfg.ce_max_tokens, cfg)
     s = SiteSums()
@@ -95,11 +133,12 @@ def evaluate_sites(model, saes: dict[str, SAE], rows: np.ndarray, cfg, device, e
         # a prediction made from a covered position (one made from BOS under bos: exclude is never spliced)
         per_token["covered"].append(covered[:, :-1].reshape(-1).cpu().numpy())
         clean_acts, top = {}, {}
-        ce = {"clean": _run(model, tokens, [(h, grab_into(clean_acts, h)) for h in sites], top, "clean")}
+        ce = {"clean": _run(model, tokens, [(h, grab_into(clean_acts, h)) for h in hooks], top, "clean")}
         keep = covered.reshape(-1)
+        flat = {h: a.float().reshape(-1, a.shape[-1])[keep] for h, a in clean_acts.items()}
         for h in sites:
-            x = clean_acts[h].float().reshape(-1, clean_acts[h].shape[-1])[keep]
-            x_hat, f = saes[h](x)
+            x = flat[target(h)]
+            x_hat, f = saes[h](flat[source(h)])
             s.recon.setdefault(h, ReconSums()).add(x, x_hat, f)
             s.norm_sum[h] = s.norm_sum.get(h, 0.0) + x.double().norm(dim=-1).sum().item()
             s.clean_sq[h] = s.clean_sq.get(h, 0.0) + x.double().pow(2).sum().item()
@@ -107,20 +146,23 @@ def evaluate_sites(model, saes: dict[str, SAE], rows: np.ndarray, cfg, device, e
             later = {}
             grabs = []
             if name.startswith("alone:"):  # the error this SAE alone causes downstream, from the same pass
-                later_sites = [h for h in sites if hook_position(h) > hook_position(members[0])]
-                grabs = [(h, grab_into(later, h)) for h in later_sites]
-            splices = [(h, live_splice(saes[h], covered)) for h in members]
-            # TransformerLens fires each hook when the pass reaches its point; the list's order is immaterial
-            ce[name] = _run(model, tokens, splices + grabs, top, name)
+                at = hook_position(target(members[0]))
+                grabs = [(target(h), grab_into(later, h)) for h in sites if hook_position(target(h)) > at]
+            # TransformerLens fires each hook when the pass reaches its point; at one point, in the list's order
+            ce[name] = _run(model, tokens, splice_hooks(saes, members, covered) + grabs, top, name)
             for h, a in later.items():
-                d = (a.float() - clean_acts[h].float()).reshape(-1, a.shape[-1])[keep]
+                d = (a.float() - clean_acts[target(h)].float()).reshape(-1, a.shape[-1])[keep]
                 key = (members[0], h)
                 s.prop_err[key] = s.prop_err.get(key, 0.0) + d.double().pow(2).sum().item()
         if len(sites) == 1:
             ce["all"], top["all"] = ce[f"alone:{sites[0]}"], top[f"alone:{sites[0]}"]
-        ce["zero:all"] = _run(model, tokens, [(h, zero_splice(covered)) for h in sites])
+        ce["zero:all"] = _run(
+            model, tokens, [(h, zero_splice(covered)) for h in sorted({target(m) for m in sites}, key=hook_position)]
+        )
         for h in sites:
-            ce[f"zero:{h}"] = _run(model, tokens, [(h, zero_splice(covered))]) if len(sites) > 1 else ce["zero:all"]
+            ce[f"zero:{h}"] = (
+                _run(model, tokens, [(target(h), zero_splice(covered))]) if len(sites) > 1 else ce["zero:all"]
+            )
         for name, v in ce.items():
             per_token.setdefault(f"ce:{name}", []).append(v.reshape(-1).double().cpu().numpy())
         for name, v in top.items():  # does the spliced model still predict the clean model's top token?
@@ -242,7 +284,7 @@ def generations(model, saes: dict[str, SAE], rows: np.ndarray, cfg, gen, device,
     prompts = torch.from_numpy(rows[ids, : gen.prompt_tokens].astype(np.int64)).to(device)
 
     def spliced(covered):
-        return [(h, live_splice(sae, covered)) for h, sae in saes.items()]
+        return splice_hooks(saes, saes, covered)
 
     records = [{"row": int(r), "prompt": decode(p.tolist())} for r, p in zip(ids, prompts)]
     firsts: dict[str, list] = {}
