@@ -101,7 +101,7 @@ def main() -> None:
     p.add_argument("--sae", default="models/saes/seed-0")
     p.add_argument("--work", type=Path, default=Path("/tmp/finetune-sweep"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/finetune_sweep_cpu"))
-    p.add_argument("--settings", type=int, nargs="*", help="indices into GRID to run (default: all)")
+    p.add_argument("--settings", type=int, nargs="+", choices=range(len(GRID)), help="indices into GRID (default: all)")
     args = p.parse_args()
     threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
     rows = [run_one(args, *GRID[i]) for i in (range(len(GRID)) if args.settings is None else args.settings)]

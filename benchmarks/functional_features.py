@@ -39,6 +39,7 @@ from reader import cpu_model  # noqa: E402
 from saelab import threads  # noqa: E402
 from saelab.analysis.contexts import context, token_pieces  # noqa: E402
 from saelab.analysis.passes import merge_topk  # noqa: E402
+from saelab.config import hook_layer  # noqa: E402
 from saelab.data.hooks import capture, covered_positions  # noqa: E402
 from saelab.data.lm import load_lm  # noqa: E402
 from saelab.eval.evaluate import EvalSample  # noqa: E402
@@ -95,12 +96,32 @@ def top_examples(model, saes: dict[str, SAE], rows, hook, sample, exclude, n_exa
     return counts, best, n_covered
 
 
+def pair_overlaps(dec: dict, counts: dict, w_out: torch.Tensor) -> list[dict]:
+    """Best-match cosines of the alive features of each pair (KL vs MSE; each loss against its other seed when
+    given), in the hook's space and in the space the LM reads it through (rows · W_outᵀ): medians and unique counts
+    at every threshold, for the first SAE of the pair."""
+    pairs = [("kl", "mse"), ("mse", "kl")] + [(k, f"{k}@other") for k in ("kl", "mse") if f"{k}@other" in dec]
+    out = []
+    for a, b in pairs:
+        for space, (da, db) in (("hook", (dec[a], dec[b])), ("read", (dec[a] @ w_out.T, dec[b] @ w_out.T))):
+            ua, _, ca, _ = unique(da, db, counts[a] > 0, counts[b] > 0, 1.0)
+            alive = ca[counts[a] > 0]
+            out.append({"of": a, "against": b, "space": space, "alive": len(alive),
+                        "median_best_cos": float(alive.median()),
+                        "unique": {str(t): int((alive < t).sum()) for t in THRESHOLDS}})  # fmt: skip
+    return out
+
+
 def summary(mask, freq, gain, best_cos, shares) -> dict:
     """Median (and quartiles of the read gain) of one set of features."""
     idx = mask.nonzero().flatten()
     q = lambda t, p: float(t[idx].quantile(p)) if len(idx) else None  # noqa: E731
     share = float(np.median([shares[i] for i in idx.tolist()])) if len(idx) else None
-    return {"n": len(idx), "median_frequency": q(freq, 0.5), "median_best_cos": q(best_cos, 0.5),
+    f = freq[idx].sort(descending=True).values
+    top = float(f[: max(1, len(f) // 20)].sum() / f.sum()) if f.sum() > 0 else None  # the densest 5%'s share
+    dense = {"mean_frequency": float(f.mean()) if len(f) else None, "n_above_0.1": int((f > 0.1).sum()),
+             "top_5pct_share_of_firings": top}  # fmt: skip
+    return {"n": len(idx), **dense, "median_frequency": q(freq, 0.5), "median_best_cos": q(best_cos, 0.5),
             "read_gain_q25": q(gain, 0.25), "read_gain_median": q(gain, 0.5), "read_gain_q75": q(gain, 0.75),
             "median_top_token_share": share}  # fmt: skip
 
@@ -122,6 +143,7 @@ def main() -> None:
     p.add_argument(
         "--runs", type=Path, help="the folder holding <arch>-<loss>-<value>/ (default: --work/<settings key>)"
     )
+    p.add_argument("--baseline-runs", type=Path, help="the same runs of another seed: same-loss pairs as a baseline")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/functional_features_cpu"))
     args = p.parse_args()
     threads.configure()
@@ -140,8 +162,12 @@ def main() -> None:
             sys.exit(f"{folder} does not score as {args.table} says ({', '.join(CHECKED)}): another settings key, or "
                      "a retrained run; rerun functional.py and commit its table first")  # fmt: skip
         saes[loss], rows_of[loss] = SAE.load(folder / "sae")[0].eval(), got
+    for loss, value in runs.items() if args.baseline_runs else ():  # another seed's SAE of each loss
+        saes[f"{loss}@other"] = SAE.load(args.baseline_runs / f"{args.arch}-{loss}-{value}" / "sae")[0].eval()
     ctx = eval_context(args)
-    for loss, sae in saes.items():  # the same LM, tokens and evaluation as when the table was made
+    if not ctx["hook"].endswith("mlp.hook_post"):
+        sys.exit(f"the read gain needs the MLP's output matrix: {ctx['hook']} is not a blocks.L.mlp.hook_post hook")
+    for loss, sae in ((k, v) for k, v in saes.items() if "@" not in k):  # the table's LM, tokens and evaluation
         if bad := rescored_differs(rows_of[loss], score(sae, ctx)):
             sys.exit(f"{args.arch}-{loss}-{runs[loss]} scores differently on this workspace ({', '.join(bad)}): its "
                      "LM, tokens or cache are not the ones the table was made with; rerun functional.py")  # fmt: skip
@@ -153,8 +179,13 @@ def main() -> None:
     dec = {k: s.W_dec.detach() for k, s in saes.items()}
     uniq_kl, uniq_mse, cos_kl, cos_mse = unique(dec["kl"], dec["mse"], counts["kl"] > 0, counts["mse"] > 0,
                                                 args.unique_below)  # fmt: skip
-    w_out = next(p for n, p in ctx["model"].named_parameters() if n.endswith("fc_out._original_component.weight"))
-    gain = {k: read_gain(d, w_out.detach()) for k, d in dec.items()}
+    layer = f"layers.{hook_layer(ctx['hook'])}."
+    w_out = next(
+        p.detach()
+        for n, p in ctx["model"].named_parameters()
+        if n.startswith(layer) and n.endswith("fc_out._original_component.weight")
+    )
+    gain = {k: read_gain(d, w_out) for k, d in dec.items()}
     pieces = token_pieces(lm.tokenizer)
     rows = ctx["rows"]
     n_ctx = rows.shape[1]
@@ -167,8 +198,11 @@ def main() -> None:
         u_kl, u_mse, *_ = unique(dec["kl"], dec["mse"], counts["kl"] > 0, counts["mse"] > 0, t)
         report["sensitivity"][str(t)] = {"kl": int(u_kl.sum()), "mse": int(u_mse.sum())}
         masks[t] = {"kl": u_kl, "mse": u_mse}
-    sigma = torch.linalg.svdvals(w_out.detach())
+    sigma = torch.linalg.svdvals(w_out)
     report["read_gain_max"] = float(sigma[0] / (w_out.norm() / math.sqrt(w_out.shape[1])))  # the top singular direction
+    # a random unit direction inside W_out's row space (rank r of d_mlp): E‖W u‖² = ‖W‖_F² / r, so √(d_mlp / r)
+    report["read_gain_row_space"] = math.sqrt(w_out.shape[1] / int(torch.linalg.matrix_rank(w_out)))
+    report["pairs"] = pair_overlaps(dec, counts, w_out)
     for loss, uniq, cos in (("kl", uniq_kl, cos_kl), ("mse", uniq_mse, cos_mse)):
         vals, idx = best[loss]
         alive = counts[loss] > 0
@@ -185,8 +219,8 @@ def main() -> None:
             {"feature": f, "frequency": float(freq[loss][f]), "best_cos": float(cos[f]),
              "read_gain": float(gain[loss][f]), "top_token_share": shares[f],
              "examples": [{"value": float(v), "context": context(rows, int(i), pieces, 12, 3)}
-                          for v, i in zip(vals[f], idx[f]) if v > 0]}
-            for f in feats
+                          for v, i in zip(vals[f], idx[f]) if v > 0] if rank < args.n_show else None}
+            for rank, f in enumerate(feats)
         ]  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "features.json").write_text(json.dumps(json_safe(report), indent=1, ensure_ascii=False) + "\n")
@@ -209,18 +243,28 @@ def render(r: dict, n_show: int) -> str:
         + ", MSE "
         + " / ".join(str(r["sensitivity"][t]["mse"]) for t in ("0.3", "0.5", "0.7"))
         + "). Read gain: ‖W_out d̂‖ over a random direction's (1 = read as much as a random direction, 0 = "
-        f"invisible to the LM; {r['read_gain_max']:.2f} for W_out's top singular direction). Top-token share: the "
-        "share of a feature's top activations on its most common token.",
+        f"invisible to the LM; {r['read_gain_row_space']:.2f} for a random direction inside W_out's row space, "
+        f"{r['read_gain_max']:.2f} for its top singular direction). Top-token share: the share of a feature's top "
+        "activations (those above 0, at most --n-examples) on its most common token.",
         "",
-        "| loss | set | n | median frequency | median best cos | read gain q25 / median / q75 "
-        "| median top-token share |",
-        "|---|---|---|---|---|---|---|",
+        "| loss | set | n | median / mean frequency | above 0.1 | top 5%'s share of firings | median best cos "
+        "| read gain q25 / median / q75 | median top-token share |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for loss in ("kl", "mse"):
         for name, s in r["sets"][loss].items():
-            lines.append(f"| {loss} | {name} | {s['n']} | {f(s['median_frequency'])} | {f(s['median_best_cos'])} | "
+            lines.append(f"| {loss} | {name} | {s['n']} | {f(s['median_frequency'])} / {f(s['mean_frequency'])} | "
+                         f"{s['n_above_0.1']} | {f(s['top_5pct_share_of_firings'], '.2f')} | "
+                         f"{f(s['median_best_cos'])} | "
                          f"{f(s['read_gain_q25'])} / {f(s['read_gain_median'])} / {f(s['read_gain_q75'])} | "
                          f"{f(s['median_top_token_share'])} |")  # fmt: skip
+    lines += ["", "Best-match cosines of each pair's alive features, in the hook's space and through W_out (where "
+              "the LM reads the hook); `@other`: the same loss, the other seed:", "",
+              "| features of | against | space | alive | median best cos | unique < 0.3 / 0.5 / 0.7 |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for x in r["pairs"]:
+        u = " / ".join(str(x["unique"][t]) for t in ("0.3", "0.5", "0.7"))
+        lines.append(f"| {x['of']} | {x['against']} | {x['space']} | {x['alive']} | {x['median_best_cos']:.3f} | {u} |")
     for loss in ("kl", "mse"):
         lines += ["", f"Most frequent features unique to {loss} (top 3 contexts each, the token in ⟦ ⟧):", "",
                   "| feature | frequency | best cos | read gain | top-token share | top contexts |",

@@ -2,8 +2,9 @@
 (saelab.eval.sites.evaluate_sites; docs/metrics.md, "Splicing every site") on a workspace where both were trained
 (benchmarks/results/transcoders_cpu says how), one set of members at a time.
 
-    python benchmarks/splice_members.py --workspace <ws> [--params <its params.yaml>] \
+    python benchmarks/splice_members.py --workspace <ws> [--params <its params>] \
         --out benchmarks/results/splice_transcoders_cpu
+    # as committed: --params benchmarks/results/transcoders_cpu/params.json (the workspace's params, kept there)
 
 Sets: ``saes``, the SAE at each target of the workspace's ``activations.transcoders``
 (``models/sites/<target>/seed-N``), and ``transcoders``, the transcoder of each pair
@@ -89,7 +90,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workspace", type=Path, required=True)
     p.add_argument("--params", type=Path, help="the params the workspace's models were made with (default: its own)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/splice_transcoders_cpu"))
     args = p.parse_args()
     threads.configure()
@@ -98,7 +98,8 @@ def main() -> None:
     pairs = dict(params.activations.transcoders)
     if not pairs:
         sys.exit(f"{ws}/params.yaml has no activations.transcoders: nothing to splice")
-    sets = members(ws, pairs, args.seed)
+    seed = params.seeds[0]  # the seed evaluate_site / evaluate_transcoder scored: the check below needs it
+    sets = members(ws, pairs, seed)
     missing = [str(path) for group in sets.values() for path, _ in group.values() if not path.exists()]
     if missing:
         sys.exit(f"missing in the workspace (run its train_site / train_transcoder stages): {', '.join(missing)}")
@@ -123,7 +124,7 @@ def main() -> None:
         f"# Every block's transcoder spliced at once, beside the SAEs at the same targets\n\n"
         f"Hardware: {cpu_model()}, {torch.get_num_threads()} torch threads. Command: `python benchmarks/"
         f"splice_members.py {' '.join(sys.argv[1:])}` on the workspace of benchmarks/results/transcoders_cpu "
-        f"(LM eval CE {lm_ce:.4f}, {params.lm.n_layers} layers; seed {args.seed}). "
+        f"(LM eval CE {lm_ce:.4f}, {params.lm.n_layers} layers; seed {seed}). "
         f"{reports['saes']['ce_eval_tokens']:,} CE tokens (evaluate's CE rows), clean CE "
         f"{reports['saes']['ce_clean']:.4f}; seconds per set: "
         + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())

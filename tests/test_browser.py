@@ -217,8 +217,9 @@ def _generations(first: int | None = 1) -> dict:
     spliced = {0: ["", EVIL, "c"], 1: ["a", "X", "Y"], None: clean}[first]
     mode = {"first_divergence": first, "clean": "".join(clean), "spliced": "".join(spliced),
             "clean_pieces": clean, "spliced_pieces": spliced}  # fmt: skip
-    summary = {"n_prompts": 1, "prompt_tokens": 4, "new_tokens": 3, "greedy_diverged_share": 1.0 if first else 0.0,
-               "greedy_first_divergence_median": first, "sampled_diverged_share": None,
+    summary = {"n_prompts": 1, "prompt_tokens": 4, "new_tokens": 3,
+               "greedy_diverged_share": 0.0 if first is None else 1.0, "greedy_first_divergence_median": first,
+               "sampled_diverged_share": None,
                "sampled_first_divergence_median": None}  # fmt: skip
     return {"summary": summary, "prompts": [{"row": 7, "prompt": "p\n" + EVIL, "greedy": mode, "sampled": mode}]}
 
@@ -236,13 +237,13 @@ def test_continuations_mark_where_the_spliced_model_parts_and_escape_every_token
     assert '<span class="ctx">a<span class="part">X</span><span class="after">Y</span></span>' in html_
     assert f'<span class="ctx">a<span class="part">{evil}</span><span class="after">c</span></span>' in html_
     assert "100.0% of prompts part, first at new token 1 (median" in html_
-    assert "12.5% of the eval predictions" in html_ and "sampled: n/a of prompts part, none part" in html_
+    assert "12.5% of the eval predictions" in html_ and "sampled: n/a" in html_ and "n/a of prompts" not in html_
     at_0 = generations_section(_generations(0))  # the very first new token differs, and it decodes to ""
     assert '<span class="ctx"><span class="part">a</span><span class="after">' in at_0
     assert '<span class="ctx"><span class="part"><span class="empty"' in at_0 and "∅" in at_0
-    assert "<td>0</td></tr>" in at_0
+    assert "<td>0</td></tr>" in at_0 and "100.0% of prompts part, first at new token 0 (median" in at_0
     same = generations_section(_generations(None))
-    assert 'class="part"' not in same and 'class="after"' not in same and "n/a" in same
+    assert 'class="part"' not in same and 'class="after"' not in same and "0.0% of prompts part, none part" in same
     assert f'<span class="ctx">a{evil}c</span>' in same
     old = _generations(1)
     for mode in ("greedy", "sampled"):

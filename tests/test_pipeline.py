@@ -272,6 +272,7 @@ def test_a_second_site_gets_its_own_cache_saes_and_evaluation(tmp_path):
     member = f"{source}->{target}"  # the transcoder is spliced with the SAEs, at its target (after site)
     assert spliced["sites"] == ["blocks.0.mlp.hook_post", site, member] and spliced["all"]["ce_increase"] > 0
     assert set(spliced["per_site"]["blocks.0.mlp.hook_post"]["propagated_relative_error"]) == {site, member}
+    assert abs(spliced["per_site"][site]["marginal_ce_increase"]) < 1e-6  # inside the MLP the transcoder replaces
     t_detail = json.loads((repo / f"metrics/transcoders/{target}/evaluate_detail.json").read_text())
     assert abs(spliced["per_site"][member]["ce_increase_alone"] - (t_detail["ce_sae"] - t_detail["ce_clean"])) < 1e-5
     detail = json.loads((repo / f"metrics/sites/{site}/evaluate_detail.json").read_text())  # one metric path

@@ -163,6 +163,7 @@ def test_a_transcoder_is_spliced_from_its_input_as_the_spliced_pass_computes_it(
     pre_hook = (PRE, live_splice(saes[PRE], covered))
     got = {}
     lm.model.run_with_hooks(tokens, fwd_hooks=[pre_hook, (src, grab_into(got, src))])
+    assert not torch.allclose(got[src][covered], clean[src][covered])  # the input the earlier splice moved
     out = tc(flat(got[src]))[0]
     ce_all = token_ce(lm.model.run_with_hooks(tokens, fwd_hooks=[pre_hook, (tgt, splice(out, keep=~covered))]), tokens)
     assert m["all"]["ce"] == pytest.approx(ce_all.double().mean().item(), abs=1e-5)
@@ -187,6 +188,26 @@ def test_a_transcoder_is_spliced_from_its_input_as_the_spliced_pass_computes_it(
     _, perfect = generations(lm.model, {PRE: identity_sae(32)}, rows, CFG, gen, "cpu", lm.bos_token_id,
                              lm.tokenizer.decode)  # fmt: skip
     assert perfect["greedy_diverged_share"] == 0 and with_tc["greedy_diverged_share"] > 0  # the transcoder is in
+
+
+def test_splice_hooks_order_members_the_same_way_whatever_order_they_come_in(setup):
+    """SAE splices first, then transcoders by target: a transcoder reads its input after an SAE spliced there and
+    after an earlier transcoder's output replaced it, in `all` and in the continuations alike."""
+    from saelab.config import SpliceConfig
+    from saelab.eval.sites import generations, splice_hooks
+
+    lm, rows, saes = setup
+    x, y, z = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", PRE.replace("pre", "post")
+    first, second = _sae(32, 5), _sae(32, 6)
+    first.transcoder = second.transcoder = True
+    chain = {f"{y}->{z}": second, f"{x}->{y}": first, x: _sae(32, 7)}  # listed against forward order
+    covered = torch.ones(1, 4, dtype=torch.bool)
+    for order in (list(chain), list(chain)[::-1]):
+        assert [h for h, _ in splice_hooks(chain, order, covered)] == [x, x, y, y, z]  # SAE, grab, out, grab, out
+    gen = SpliceConfig(n_prompts=2, prompt_tokens=6, new_tokens=4, seed=1)
+    outs = [generations(lm.model, dict(items), rows, CFG, gen, "cpu", lm.bos_token_id, lm.tokenizer.decode)[0]
+            for items in (list(chain.items()), list(chain.items())[::-1])]  # fmt: skip
+    assert [r["greedy"]["spliced_ids"] for r in outs[0]] == [r["greedy"]["spliced_ids"] for r in outs[1]]
 
 
 def test_one_site_alone_agrees_with_evaluate(setup):

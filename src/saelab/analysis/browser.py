@@ -221,7 +221,7 @@ def _share(v) -> str:
 
 def generations_section(gens: dict | None, splice: dict | None = None) -> str:
     """Talking to the spliced model (stage splice, first seed): every prompt's greedy and sampled continuation
-    from the clean model beside the one with every site's SAE spliced, where they part marked; and the share of
+    from the clean model beside the one with every SAE and transcoder spliced, where they part marked; and the share of
     eval predictions whose top token the splice changes."""
     if not gens:
         return ""
@@ -230,9 +230,9 @@ def generations_section(gens: dict | None, splice: dict | None = None) -> str:
     s = gens["summary"]
     facts = [f"{s['n_prompts']} prompts of {s['prompt_tokens']} tokens (BOS included), {s['new_tokens']} new each"]
     for mode in ("greedy", "sampled"):
-        median = s.get(f"{mode}_first_divergence_median")
+        share, median = s.get(f"{mode}_diverged_share"), s.get(f"{mode}_first_divergence_median")
         where = "none part" if median is None else f"first at new token {_fmt(median)} (median of those that part)"
-        facts.append(f"{mode}: {_share(s.get(f'{mode}_diverged_share'))} of prompts part, {where}")
+        facts.append(f"{mode}: n/a" if share is None else f"{mode}: {_share(share)} of prompts part, {where}")
     if splice and "argmax_changed" in splice.get("all", {}):
         facts.append(f"top token changed on {_share(splice['all']['argmax_changed'])} of the eval predictions")
     rows = "".join(
@@ -245,7 +245,7 @@ def generations_section(gens: dict | None, splice: dict | None = None) -> str:
     return (
         f"<h2>Talking to the spliced model</h2><p>{label('continuations')}: " + "; ".join(e(f) for f in facts) + "</p>"
         "<table id='generations'><thead><tr><th>eval row</th><th>mode</th><th>prompt</th><th>clean model</th>"
-        "<th>every SAE spliced</th><th>first divergence (0 = the first new token)</th></tr></thead>"
+        "<th>every SAE and transcoder spliced</th><th>first divergence (0 = the first new token)</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
     )
 

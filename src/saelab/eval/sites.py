@@ -71,9 +71,11 @@ def member_hooks(member: str, sae: SAE, covered: torch.Tensor) -> list:
 
 
 def splice_hooks(saes: dict[str, SAE], members, covered: torch.Tensor) -> list:
-    """Every member's hooks for one pass: SAE splices first, so a transcoder reading a hook where an SAE is
-    spliced reads the reconstruction (TransformerLens runs a hook point's hooks in the order given)."""
-    ordered = sorted(members, key=lambda m: source(m) != target(m))
+    """Every member's hooks for one pass, in one order whatever order ``members`` come in: SAE splices first, then
+    transcoders by the position of their target, so a transcoder reads its input after an SAE spliced at that hook
+    and after an earlier transcoder that replaced it (TransformerLens runs a hook point's hooks in the order
+    given)."""
+    ordered = sorted(members, key=lambda m: (source(m) != target(m), hook_position(target(m))))
     return [pair for m in ordered for pair in member_hooks(m, saes[m], covered)]
 
 
