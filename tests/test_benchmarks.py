@@ -161,3 +161,13 @@ def test_splice_members_reads_each_pairs_models_and_refuses_ones_evaluate_did_no
     details = {"a": {"ce_sae": 4.05, "ce_clean": 4.0}, "b": {"ce_sae": 4.1001, "ce_clean": 4.0}}
     bad = sm.mismatches(metrics, details)
     assert len(bad) == 1 and bad[0].startswith("b: +0.100000 here, +0.100100 in evaluate")
+
+
+def test_size_equivalent_interpolates_in_log_n_between_the_bracketing_rungs_and_nowhere_else():
+    """Between two rungs, linear in log N; at a rung, that rung's N; outside the ladder's CE range, None."""
+    ladder = _load("lm_ladder")
+    rungs = [(1000, 5.0), (4000, 4.0), (16000, 3.5)]  # given out of order below
+    assert ladder.size_equivalent(rungs[::-1], 4.5) == pytest.approx(2000)  # halfway in CE: the geometric mean
+    assert ladder.size_equivalent(rungs, 4.0) == pytest.approx(4000) and ladder.size_equivalent(rungs, 3.75) == (
+        pytest.approx(8000))  # fmt: skip
+    assert ladder.size_equivalent(rungs, 5.5) is None and ladder.size_equivalent(rungs, 3.0) is None
