@@ -43,14 +43,19 @@ EMBEDDINGS = ("tok_embed", "pos", "head")  # the native model's embedding, posit
 def n_params(model) -> tuple[int, int]:
     """(parameters without the embeddings and unembedding, all parameters) of a bridge's native model."""
     named = list(model.original_model.named_parameters())
+    tops = {n.split(".")[0] for n, _ in named}
+    if not {"tok_embed", "head"} <= tops:  # a renamed or foreign model: N would silently include the embeddings
+        raise SystemExit(f"n_params: no tok_embed / head among the model's modules {sorted(tops)}")
     total = sum(p.numel() for _, p in named)
     return total - sum(p.numel() for n, p in named if n.split(".")[0] in EMBEDDINGS), total
 
 
 def size_equivalent(rungs: list[tuple[float, float]], loss: float) -> float | None:
     """The N at which the ladder (N, CE) pairs reach ``loss``, linear in log N between the bracketing rungs
-    (sorted by N; CE assumed to fall with N between them); None outside the ladder's CE range."""
+    (sorted by N; a CE that does not fall strictly with N is refused); None outside the ladder's CE range."""
     pts = sorted(rungs)
+    if any(l1 >= l0 for (_, l0), (_, l1) in zip(pts, pts[1:])):
+        raise ValueError(f"the ladder's CE does not fall strictly with N: {pts}")
     for (n0, l0), (n1, l1) in zip(pts, pts[1:]):
         if min(l0, l1) <= loss <= max(l0, l1) and l0 != l1:
             w = (l0 - loss) / (l0 - l1)
@@ -69,13 +74,20 @@ def main() -> None:
     ws = args.workspace
     params = load_params(ws / "params.yaml")
     cfg, ev = params.lm, params.evaluate
-    if any(w >= cfg.d_model or w % cfg.n_heads for w in args.widths):
-        sys.exit(f"--widths must be below the workspace's d_model ({cfg.d_model}) and multiples of n_heads "
+    if any(w <= 0 or w >= cfg.d_model or w % cfg.n_heads for w in args.widths):
+        sys.exit(f"--widths must be positive, below the workspace's d_model ({cfg.d_model}) and multiples of n_heads "
                  f"({cfg.n_heads})")  # fmt: skip
+    if cfg.source != "embedded" or cfg.d_mlp != 4 * cfg.d_model:
+        sys.exit("the ladder retrains the embedded LM with d_mlp = 4 x d_model: lm.source must be embedded and "
+                 f"lm.d_mlp 4 x lm.d_model (here {cfg.source}, {cfg.d_mlp} vs {cfg.d_model})")  # fmt: skip
     splice = json.loads(args.splice.read_text())
     rows = read_rows(ws / "data/tokens/eval.parquet")
     ce_rows = rows[EvalSample.draw(len(rows), rows.shape[1], ev.max_tokens, ev).ce]
-    top = lm.load_lm(ws / "models/lm").model
+    loaded = lm.load_lm(ws / "models/lm")
+    built = {k: loaded.config["tl_config"].get(k) for k in ("d_model", "d_mlp", "n_heads", "n_layers", "n_ctx")}
+    if built != {k: getattr(cfg, k) for k in built} or loaded.config["tl_config"].get("d_vocab") != cfg.vocab_size:
+        sys.exit(f"{ws / 'models/lm'} was not built from {ws / 'params.yaml'}'s lm section ({built}): rerun dvc repro")
+    top = loaded.model
     top_ce = mean_ce(top, ce_rows, ev.batch_rows)
     if abs(top_ce - splice["ce_clean"]) > 1e-9:
         sys.exit(f"the workspace LM's CE on the CE rows is {top_ce:.9f}, the splice file's ce_clean "
@@ -84,7 +96,11 @@ def main() -> None:
     rungs = []
     for width in sorted(args.widths):
         start = time.perf_counter()
-        model, _, _, metrics = lm.train_embedded(cfg.model_copy(update={"d_model": width, "d_mlp": 4 * width}), *texts)
+        model, tok, _, metrics = lm.train_embedded(
+            cfg.model_copy(update={"d_model": width, "d_mlp": 4 * width}), *texts
+        )
+        if tok.to_str() != loaded.tokenizer.to_str():
+            sys.exit("a rung's tokenizer differs from the workspace's: its CE would be on other tokens")
         n, total = n_params(model)
         rungs.append({"d_model": width, "n_params_non_embedding": n, "n_params": total,
                       "ce": mean_ce(model, ce_rows, ev.batch_rows), "lm_eval_ce": metrics["eval_ce"],

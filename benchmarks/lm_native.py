@@ -6,8 +6,8 @@ loss function: speed in interleaved rounds, and whether the weights end bit-iden
 
 The default params' LM (params.yaml ``lm``) on random token rows (speed depends on shapes, not on the text), built
 as the stage builds it; each round trains a fresh copy of one initial model ``--steps`` optimiser steps with
-``lm.train_lm`` both ways, bridge first in odd rounds and native first in even ones. Bit-identity is checked on
-every round's final weights.
+``lm.train_lm`` both ways, bridge first in rounds 1, 3, ... and native first in rounds 2, 4, ...
+Bit-identity is checked on every round's final weights.
 """
 
 from __future__ import annotations

@@ -166,8 +166,22 @@ def test_splice_members_reads_each_pairs_models_and_refuses_ones_evaluate_did_no
 def test_size_equivalent_interpolates_in_log_n_between_the_bracketing_rungs_and_nowhere_else():
     """Between two rungs, linear in log N; at a rung, that rung's N; outside the ladder's CE range, None."""
     ladder = _load("lm_ladder")
-    rungs = [(1000, 5.0), (4000, 4.0), (16000, 3.5)]  # given out of order below
-    assert ladder.size_equivalent(rungs[::-1], 4.5) == pytest.approx(2000)  # halfway in CE: the geometric mean
+    rungs = [(1000, 5.0), (4000, 4.0), (16000, 3.5)]
+    assert ladder.size_equivalent(rungs, 4.5) == pytest.approx(2000)  # halfway in CE: the geometric mean
     assert ladder.size_equivalent(rungs, 4.0) == pytest.approx(4000) and ladder.size_equivalent(rungs, 3.75) == (
         pytest.approx(8000))  # fmt: skip
     assert ladder.size_equivalent(rungs, 5.5) is None and ladder.size_equivalent(rungs, 3.0) is None
+    with pytest.raises(ValueError, match="does not fall"):
+        ladder.size_equivalent([(1000, 5.0), (4000, 5.2), (16000, 3.5)], 5.1)
+
+
+def test_ladder_counts_n_without_the_embeddings_and_unembedding():
+    """N: every parameter but the token and positional embeddings and the unembedding (biases and LayerNorms in)."""
+    from saelab.config import LMConfig
+    from saelab.data import lm
+
+    ladder = _load("lm_ladder")
+    cfg = LMConfig(vocab_size=300, d_model=32, d_mlp=128, n_heads=4, n_layers=1, n_ctx=16)
+    n, total = ladder.n_params(lm.build_model(lm.tl_config(cfg)))
+    assert total - n == 300 * 32 + 16 * 32 + 32 * 300
+    assert n == 4 * 32 + 4 * (32 * 32 + 32) + (32 * 128 + 128) + (128 * 32 + 32) + 2 * 32
