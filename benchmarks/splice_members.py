@@ -37,7 +37,7 @@ from saelab import threads  # noqa: E402
 from saelab.config import load_params  # noqa: E402
 from saelab.data.lm import excluded_token, load_lm  # noqa: E402
 from saelab.data.tokens import read_rows  # noqa: E402
-from saelab.eval.sites import evaluate_sites  # noqa: E402
+from saelab.eval.sites import evaluate_sites, member_name  # noqa: E402
 from saelab.saes.base import SAE  # noqa: E402
 
 TOLERANCE = 1e-5  # nats: a member alone against the workspace's evaluate stage
@@ -48,7 +48,7 @@ def members(ws: Path, pairs: dict[str, str], seed: int) -> dict[str, dict[str, t
     return {
         "saes": {t: (ws / "models/sites" / t / f"seed-{seed}", ws / "metrics/sites" / t) for t in pairs},
         "transcoders": {
-            f"{s}->{t}": (ws / "models/transcoders" / t / f"seed-{seed}", ws / "metrics/transcoders" / t)
+            member_name(s, t): (ws / "models/transcoders" / t / f"seed-{seed}", ws / "metrics/transcoders" / t)
             for t, s in pairs.items()
         },
     }

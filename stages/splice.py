@@ -12,7 +12,7 @@ from saelab.data.hooks import check_sae_width
 from saelab.data.lm import excluded_token, load_lm
 from saelab.data.tokens import read_rows
 from saelab.errors import InputError
-from saelab.eval.sites import evaluate_sites, generations, source
+from saelab.eval.sites import evaluate_sites, generations, member_name, source
 from saelab.io import atomic_dir, resolve_device, write_json
 from saelab.saes.base import SAE
 from saelab.stage import log, parser, run_stage, write_timing
@@ -32,10 +32,10 @@ def main() -> None:
     args = p.parse_args()
     with run_stage("splice", args) as params:
         cfg, acts = params.evaluate, params.activations
-        paths = {acts.hook: args.saes / f"seed-{args.seed}"}
-        paths |= {hook: args.sites / hook / f"seed-{args.seed}" for hook in acts.extra_hooks}
         seed = f"seed-{args.seed}"
-        paths |= {f"{src}->{tgt}": args.transcoders / tgt / seed for tgt, src in acts.transcoders.items()}
+        paths = {acts.hook: args.saes / seed}
+        paths |= {hook: args.sites / hook / seed for hook in acts.extra_hooks}
+        paths |= {member_name(src, tgt): args.transcoders / tgt / seed for tgt, src in acts.transcoders.items()}
         device = resolve_device(cfg.device)
         lm = load_lm(args.lm, device)
         gen, n_ctx = params.splice, lm.config["tl_config"]["n_ctx"]
@@ -45,7 +45,7 @@ def main() -> None:
         saes = {}
         for member, path in paths.items():
             sae, meta = SAE.load(path, device)
-            trained = f"{meta['input_hook']}->{meta['hook']}" if sae.transcoder else meta["hook"]
+            trained = member_name(meta["input_hook"], meta["hook"]) if sae.transcoder else meta["hook"]
             if trained != member:
                 raise InputError(f"{path} was trained as {trained}, not {member}: rerun `dvc repro` (train_site, "
                                  "train_transcoder)")  # fmt: skip

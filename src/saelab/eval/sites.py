@@ -34,15 +34,22 @@ from saelab.eval.metrics import ReconSums, ce_recovered, frequency_fractions
 from saelab.saes.base import SAE
 
 
-def live_splice(sae: SAE, covered: torch.Tensor):
-    """A hook replacing the activation it receives by ``sae``'s reconstruction of it at ``covered`` (B, T)
-    positions: after an earlier splice, the reconstruction of what that splice made of the input."""
+def live_splice(sae: SAE, covered: torch.Tensor, read: dict | None = None):
+    """A hook replacing the activation it receives by ``sae``'s output at ``covered`` (B, T) positions: its
+    reconstruction of that activation (after an earlier splice, of what that splice made of it), or, with ``read``,
+    its output on ``read["x"]``, the input an earlier hook of the same pass grabbed (a transcoder)."""
 
     def hook(x, hook):  # noqa: ARG001 - TL passes the HookPoint by keyword
-        x_hat = sae(x.reshape(-1, x.shape[-1]).float())[0].reshape(x.shape).to(x.dtype)
+        x_in = x if read is None else read["x"]
+        x_hat = sae(x_in.reshape(-1, x_in.shape[-1]).float())[0].reshape(x.shape).to(x.dtype)
         return torch.where(covered[..., None], x_hat, x)
 
     return hook
+
+
+def member_name(input_hook: str, target_hook: str) -> str:
+    """A transcoder's member name, ``input->target`` (an SAE's is its hook)."""
+    return f"{input_hook}->{target_hook}"
 
 
 def source(member: str) -> str:
@@ -61,13 +68,7 @@ def member_hooks(member: str, sae: SAE, covered: torch.Tensor) -> list:
     if source(member) == target(member):
         return [(member, live_splice(sae, covered))]
     seen: dict = {}
-
-    def transcode(x, hook):  # noqa: ARG001
-        x_in = seen["x"]
-        x_hat = sae(x_in.reshape(-1, x_in.shape[-1]).float())[0].reshape(x.shape).to(x.dtype)
-        return torch.where(covered[..., None], x_hat, x)
-
-    return [(source(member), grab_into(seen, "x")), (target(member), transcode)]
+    return [(source(member), grab_into(seen, "x")), (target(member), live_splice(sae, covered, read=seen))]
 
 
 def splice_hooks(saes: dict[str, SAE], members, covered: torch.Tensor) -> list:
