@@ -104,7 +104,7 @@ def pair_overlaps(dec: dict, counts: dict, w_out: torch.Tensor) -> list[dict]:
     out = []
     for a, b in pairs:
         for space, (da, db) in (("hook", (dec[a], dec[b])), ("read", (dec[a] @ w_out.T, dec[b] @ w_out.T))):
-            ua, _, ca, _ = unique(da, db, counts[a] > 0, counts[b] > 0, 1.0)
+            *_, ca, _ = unique(da, db, counts[a] > 0, counts[b] > 0, 1.0)
             alive = ca[counts[a] > 0]
             out.append({"of": a, "against": b, "space": space, "alive": len(alive),
                         "median_best_cos": float(alive.median()),
@@ -177,8 +177,9 @@ def main() -> None:
                                        args.n_examples)  # fmt: skip
     freq = {k: c.double() / n_cov for k, c in counts.items()}
     dec = {k: s.W_dec.detach() for k, s in saes.items()}
-    uniq_kl, uniq_mse, cos_kl, cos_mse = unique(dec["kl"], dec["mse"], counts["kl"] > 0, counts["mse"] > 0,
-                                                args.unique_below)  # fmt: skip
+    # best cosines once (NaN for dead features); a threshold's unique set is cos < t, as unique() defines it
+    *_, cos_kl, cos_mse = unique(dec["kl"], dec["mse"], counts["kl"] > 0, counts["mse"] > 0, args.unique_below)
+    cos = {"kl": cos_kl, "mse": cos_mse}
     layer = f"layers.{hook_layer(ctx['hook'])}."
     w_out = next(
         p.detach()
@@ -193,30 +194,28 @@ def main() -> None:
               "command": "python benchmarks/functional_features.py " + " ".join(sys.argv[1:]),
               "arch": args.arch, "runs": rows_of, "unique_below": args.unique_below, "covered_tokens": n_cov,
               "sensitivity": {}, "sets": {}, "unique": {}}  # fmt: skip
-    masks = {}
-    for t in sorted({*THRESHOLDS, args.unique_below}):
-        u_kl, u_mse, *_ = unique(dec["kl"], dec["mse"], counts["kl"] > 0, counts["mse"] > 0, t)
-        report["sensitivity"][str(t)] = {"kl": int(u_kl.sum()), "mse": int(u_mse.sum())}
-        masks[t] = {"kl": u_kl, "mse": u_mse}
+    masks = {t: {loss: c < t for loss, c in cos.items()} for t in sorted({*THRESHOLDS, args.unique_below})}
+    report["sensitivity"] = {str(t): {loss: int(u.sum()) for loss, u in m.items()} for t, m in masks.items()}
     sigma = torch.linalg.svdvals(w_out)
     report["read_gain_max"] = float(sigma[0] / (w_out.norm() / math.sqrt(w_out.shape[1])))  # the top singular direction
     # a random unit direction inside W_out's row space (rank r of d_mlp): E‖W u‖² = ‖W‖_F² / r, so √(d_mlp / r)
     report["read_gain_row_space"] = math.sqrt(w_out.shape[1] / int(torch.linalg.matrix_rank(w_out)))
     report["pairs"] = pair_overlaps(dec, counts, w_out)
-    for loss, uniq, cos in (("kl", uniq_kl, cos_kl), ("mse", uniq_mse, cos_mse)):
+    for loss in ("kl", "mse"):
+        uniq, c = masks[args.unique_below][loss], cos[loss]
         vals, idx = best[loss]
         alive = counts[loss] > 0
         shares = {
             f: mode_share([int(rows[i // n_ctx, i % n_ctx]) for v, i in zip(vals[f], idx[f]) if v > 0])
             for f in alive.nonzero().flatten().tolist()
         }
-        sets = report["sets"][loss] = {"alive": summary(alive, freq[loss], gain[loss], cos, shares)}
+        sets = report["sets"][loss] = {"alive": summary(alive, freq[loss], gain[loss], c, shares)}
         for t, m in masks.items():
-            sets[f"unique (< {t})"] = summary(m[loss], freq[loss], gain[loss], cos, shares)
-            sets[f"matched (>= {t})"] = summary(alive & ~m[loss], freq[loss], gain[loss], cos, shares)
+            sets[f"unique (< {t})"] = summary(m[loss], freq[loss], gain[loss], c, shares)
+            sets[f"matched (>= {t})"] = summary(alive & ~m[loss], freq[loss], gain[loss], c, shares)
         feats = sorted(uniq.nonzero().flatten().tolist(), key=lambda f: -float(freq[loss][f]))
         report["unique"][loss] = [
-            {"feature": f, "frequency": float(freq[loss][f]), "best_cos": float(cos[f]),
+            {"feature": f, "frequency": float(freq[loss][f]), "best_cos": float(c[f]),
              "read_gain": float(gain[loss][f]), "top_token_share": shares[f],
              "examples": [{"value": float(v), "context": context(rows, int(i), pieces, 12, 3)}
                           for v, i in zip(vals[f], idx[f]) if v > 0] if rank < args.n_show else None}
