@@ -264,6 +264,7 @@ def eval_context(args) -> dict:
     ev = params.evaluate.model_copy(update={"max_tokens": args.eval_tokens, "ce_max_tokens": args.ce_tokens})
     return {
         "model": lm.model,
+        "tokenizer": lm.tokenizer,
         "rows": read_rows(args.tokens / "eval.parquet"),
         "hook": params.activations.hook,
         "mean": cache.mean,

@@ -41,7 +41,6 @@ from saelab.analysis.contexts import context, token_pieces  # noqa: E402
 from saelab.analysis.passes import merge_topk  # noqa: E402
 from saelab.config import hook_layer  # noqa: E402
 from saelab.data.hooks import capture, covered_positions  # noqa: E402
-from saelab.data.lm import load_lm  # noqa: E402
 from saelab.eval.evaluate import EvalSample  # noqa: E402
 from saelab.saes.base import SAE  # noqa: E402
 
@@ -171,7 +170,6 @@ def main() -> None:
         if bad := rescored_differs(rows_of[loss], score(sae, ctx)):
             sys.exit(f"{args.arch}-{loss}-{runs[loss]} scores differently on this workspace ({', '.join(bad)}): its "
                      "LM, tokens or cache are not the ones the table was made with; rerun functional.py")  # fmt: skip
-    lm = load_lm(args.lm, torch.device("cpu"))
     sample = EvalSample.draw(len(ctx["rows"]), ctx["rows"].shape[1], args.eval_tokens, ctx["ev"])
     counts, best, n_cov = top_examples(ctx["model"], saes, ctx["rows"], ctx["hook"], sample, ctx["exclude"],
                                        args.n_examples)  # fmt: skip
@@ -187,7 +185,7 @@ def main() -> None:
         if n.startswith(layer) and n.endswith("fc_out._original_component.weight")
     )
     gain = {k: read_gain(d, w_out) for k, d in dec.items()}
-    pieces = token_pieces(lm.tokenizer)
+    pieces = token_pieces(ctx["tokenizer"])
     rows = ctx["rows"]
     n_ctx = rows.shape[1]
     report = {"hardware": f"{cpu_model()}, {torch.get_num_threads()} torch threads",
