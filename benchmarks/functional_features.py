@@ -55,11 +55,12 @@ def rescored_differs(got: dict, again: dict) -> list[str]:
 
 def unique(a: torch.Tensor, b: torch.Tensor, alive_a: torch.Tensor, alive_b: torch.Tensor, below: float):
     """Alive rows of decoder ``a`` whose best cosine with any alive row of ``b`` is below ``below``, and the same for
-    ``b``; with every alive row's best cosine (NaN for dead rows)."""
+    ``b``; with every alive row's best cosine (NaN for dead rows, and for every row when the other SAE has no alive
+    row: then nothing matches, so every alive row is unique)."""
     best_a, best_b = (torch.full((len(m),), math.nan) for m in (alive_a, alive_b))
-    ba, bb = best_cosines(a[alive_a], b[alive_b])
-    best_a[alive_a], best_b[alive_b] = ba, bb
-    return alive_a & (best_a < below), alive_b & (best_b < below), best_a, best_b
+    if alive_a.any() and alive_b.any():
+        best_a[alive_a], best_b[alive_b] = best_cosines(a[alive_a], b[alive_b])
+    return alive_a & ~(best_a >= below), alive_b & ~(best_b >= below), best_a, best_b
 
 
 def read_gain(dec: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
@@ -106,8 +107,8 @@ def pair_overlaps(dec: dict, counts: dict, w_out: torch.Tensor) -> list[dict]:
             *_, ca, _ = unique(da, db, counts[a] > 0, counts[b] > 0, 1.0)
             alive = ca[counts[a] > 0]
             out.append({"of": a, "against": b, "space": space, "alive": len(alive),
-                        "median_best_cos": float(alive.median()),
-                        "unique": {str(t): int((alive < t).sum()) for t in THRESHOLDS}})  # fmt: skip
+                        "median_best_cos": float(alive.median()) if len(alive) else None,
+                        "unique": {str(t): int((~(alive >= t)).sum()) for t in THRESHOLDS}})  # fmt: skip
     return out
 
 
@@ -192,7 +193,8 @@ def main() -> None:
               "command": "python benchmarks/functional_features.py " + " ".join(sys.argv[1:]),
               "arch": args.arch, "runs": rows_of, "unique_below": args.unique_below, "covered_tokens": n_cov,
               "sensitivity": {}, "sets": {}, "unique": {}}  # fmt: skip
-    masks = {t: {loss: c < t for loss, c in cos.items()} for t in sorted({*THRESHOLDS, args.unique_below})}
+    alive_of = {loss: counts[loss] > 0 for loss in cos}
+    masks = {t: {k: alive_of[k] & ~(c >= t) for k, c in cos.items()} for t in sorted({*THRESHOLDS, args.unique_below})}
     report["sensitivity"] = {str(t): {loss: int(u.sum()) for loss, u in m.items()} for t, m in masks.items()}
     sigma = torch.linalg.svdvals(w_out)
     report["read_gain_max"] = float(sigma[0] / (w_out.norm() / math.sqrt(w_out.shape[1])))  # the top singular direction
@@ -202,7 +204,7 @@ def main() -> None:
     for loss in ("kl", "mse"):
         uniq, c = masks[args.unique_below][loss], cos[loss]
         vals, idx = best[loss]
-        alive = counts[loss] > 0
+        alive = alive_of[loss]
         shares = {
             f: mode_share([int(rows[i // n_ctx, i % n_ctx]) for v, i in zip(vals[f], idx[f]) if v > 0])
             for f in alive.nonzero().flatten().tolist()
@@ -261,7 +263,8 @@ def render(r: dict, n_show: int) -> str:
               "|---|---|---|---|---|---|"]  # fmt: skip
     for x in r["pairs"]:
         u = " / ".join(str(x["unique"][t]) for t in ("0.3", "0.5", "0.7"))
-        lines.append(f"| {x['of']} | {x['against']} | {x['space']} | {x['alive']} | {x['median_best_cos']:.3f} | {u} |")
+        cells = [x["of"], x["against"], x["space"], str(x["alive"]), f(x["median_best_cos"], ".3f"), u]
+        lines.append("| " + " | ".join(cells) + " |")
     for loss in ("kl", "mse"):
         lines += ["", f"Most frequent features unique to {loss} (top 3 contexts each, the token in ⟦ ⟧):", "",
                   "| feature | frequency | best cos | read gain | top-token share | top contexts |",

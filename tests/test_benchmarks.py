@@ -140,6 +140,9 @@ def test_features_unique_to_a_loss_read_gain_and_top_token_share():
     assert ua.tolist() == [False, True, True, False] and ub.tolist() == [False, False, True]
     assert ca[0] == pytest.approx(1.0) and ca[2] == pytest.approx(0.0) and math.isnan(ca[3])  # not the dead twin
     assert cb[0] == pytest.approx(1.0) and math.isnan(cb[1])
+    none_alive = torch.zeros(3, dtype=torch.bool)  # the other SAE all dead: nothing matches, every alive row unique
+    ua, ub, ca, _ = ff.unique(a, b, alive_a, none_alive, 0.5)
+    assert ua.tolist() == alive_a.tolist() and not ub.any() and ca.isnan().all()
     w_out = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # reads dims 0 and 1; ‖W‖_F / √3 = √(2/3)
     g = ff.read_gain(torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 5.0], [1.0, 1.0, 1.0]]), w_out)
     assert g.tolist() == pytest.approx([math.sqrt(3 / 2), 0.0, 1.0])
