@@ -1,7 +1,9 @@
 """The docs: the site builds with no broken link or page, and the README is a landing page that links into it."""
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +33,71 @@ def test_readme_is_a_landing_page_whose_links_exist():
             heads = [line.lstrip("#").strip() for line in page.read_text().splitlines() if line.startswith("#")]
             slugs = {re.sub(r"\s+", "-", re.sub(r"[^\w\s-]", "", h.lower())).strip("-") for h in heads}
             assert anchor in slugs, (path, anchor)
+
+
+# The headline table of README.md and docs/results.md: each row's label and the committed figures it must quote,
+# as (file, key, format). A figure that moved in metrics/ and not in the table fails here.
+HEADLINE = {
+    "CE loss recovered (zero ablation)": [
+        ("metrics/evaluate.json", "ce_recovered_zero", ".3f"),
+        ("metrics/evaluate_detail.json", "ce_clean", ".3f"),
+        ("metrics/evaluate_detail.json", "ce_sae", ".3f"),
+        ("metrics/evaluate_detail.json", "ce_zero_ablation", ".3f"),
+    ],
+    "CE loss recovered (mean ablation)": [
+        ("metrics/evaluate.json", "ce_recovered_mean", ".3f"),
+        ("metrics/evaluate_detail.json", "ce_mean_ablation", ".3f"),
+    ],
+    "L0": [("metrics/evaluate.json", "l0", ".1f")],
+    "explained variance (centred)": [("metrics/evaluate.json", "explained_variance", ".3f")],
+    "MSE (Σ over dims, mean over tokens)": [("metrics/evaluate.json", "mse", ".1f")],
+    "L2 ratio": [("metrics/evaluate.json", "l2_ratio", ".3f")],
+    "dead / ultra-low (< 1e-4) / dense (> 1e-2)": [
+        ("metrics/evaluate.json", "frac_dead", ".1%"),
+        ("metrics/evaluate.json", "frac_ultra_low", ".1%"),
+        ("metrics/evaluate.json", "frac_dense", ".1%"),
+    ],
+}
+
+
+def _table_rows(text: str) -> dict[str, str]:
+    """First cell (bold and code marks dropped) -> the rest of the row, for every Markdown table row."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            cells = line.strip("|").split("|", 1)
+            rows[cells[0].strip().replace("*", "")] = cells[1] if len(cells) > 1 else ""
+    return rows
+
+
+def _quote_misses(text: str, root: Path) -> list[str]:
+    """The headline figures ``text``'s table does not quote at their format (a row missing counts as a miss)."""
+    rows, misses = _table_rows(text), []
+    for label, figures in HEADLINE.items():
+        row = next((v for k, v in rows.items() if k.startswith(label)), None)
+        for file, key, fmt in figures:
+            want = format(json.loads((root / file).read_text())[key], fmt)
+            if row is None or want not in row.replace("**", ""):
+                misses.append(f"{label}: {file}:{key} = {want}")
+    return misses
+
+
+def test_headline_tables_quote_the_committed_metrics():
+    """README.md's and docs/results.md's results tables quote metrics/evaluate*.json at their printed precision."""
+    for page in ("README.md", "docs/results.md"):
+        assert not _quote_misses((REPO / page).read_text(), REPO), page
+
+
+def test_headline_check_can_fail(tmp_path):
+    """A figure that moved in metrics/ but not in the table is caught, and so is a missing row."""
+    (tmp_path / "metrics").mkdir()
+    for name in ("evaluate.json", "evaluate_detail.json"):
+        shutil.copy(REPO / "metrics" / name, tmp_path / "metrics" / name)
+    readme = (REPO / "README.md").read_text()
+    assert not _quote_misses(readme, tmp_path)
+    moved = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    moved["l0"] += 0.2
+    (tmp_path / "metrics/evaluate.json").write_text(json.dumps(moved))
+    assert _quote_misses(readme, tmp_path) == [f"L0: metrics/evaluate.json:l0 = {moved['l0']:.1f}"]
+    no_l2 = "\n".join(line for line in readme.splitlines() if not line.startswith("| L2 ratio"))
+    assert any(m.startswith("L2 ratio") for m in _quote_misses(no_l2, tmp_path))

@@ -1,6 +1,7 @@
 """The layout holds: no import cycle, the library never imports research, no private name crosses a module."""
 
 import ast
+import re
 from pathlib import Path
 
 from saelab import deps
@@ -97,3 +98,34 @@ def test_private_import_check_can_fail(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("from saelab.section import _hidden\n")
     assert _private_imports(f) == ["saelab.section._hidden"]
+
+
+# "seed" means a random seed only; the replicated work is "the reference" (docs/contributing.md, "Rules").
+# These phrases use "seed" for the replicated post, its code or the discussion texts the project started from.
+SEED_AS_REFERENCE = re.compile(
+    r"the\s+seed's\s+(?:setting|replication|run|runs|code|post|paper|mechanisms|numbers|claims?|figures?)\b"
+    r"|differs?\s+from\s+the\s+seed\b|\b(?:in|from)\s+the\s+seeds\s+\(|--shape\s+seed\b"
+    r"|\bseed\s+(?:post|paper|code|replication|texts?|discussion)s?\b",
+    re.IGNORECASE,
+)
+TEXT_TREES = ("README.md", "docs", "findings", "research", "src/saelab", "stages", "benchmarks")
+
+
+def _seed_as_reference(text: str) -> list[str]:
+    return [m.group(0) for m in SEED_AS_REFERENCE.finditer(text)]
+
+
+def test_seed_means_a_random_seed_only():
+    """No doc, finding or code names the replicated work (or its source texts) "the seed"."""
+    files = [p for t in TEXT_TREES for p in ([REPO / t] if t.endswith(".md") else (REPO / t).rglob("*"))]
+    files = [f for f in files if f.suffix in (".md", ".py", ".yaml") and f.is_file()]
+    bad = {str(f.relative_to(REPO)): hits for f in files if (hits := _seed_as_reference(f.read_text()))}
+    assert not bad
+
+
+def test_seed_vocabulary_check_can_fail():
+    """The check above sees each kind of misuse, and leaves random seeds alone."""
+    assert _seed_as_reference("How it differs from the seed: gelu-1l") == ["differs from the seed"]
+    assert _seed_as_reference("the seed's\nreplication used") == ["the seed's\nreplication"]
+    assert _seed_as_reference("step_roofline.py --shape seed --dtype bf16") == ["--shape seed"]
+    assert _seed_as_reference("seed 0 and seed 1; the seed's data order; per-seed runs") == []
