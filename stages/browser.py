@@ -1,5 +1,6 @@
-"""Stage browser: the self-contained HTML feature browser, reports/index.html."""
+"""Stage browser: the self-contained HTML feature browser, reports/index.html (and browser_site's pages)."""
 
+import os
 from pathlib import Path
 
 from saelab.analysis.browser import build
@@ -21,7 +22,8 @@ def main() -> None:
     with run_stage("browser", args):
         gens, splice = (read_json(f) if f else None for f in (args.generations, args.splice_metrics))
         page = build(args.analysis, args.figures, {m.stem: read_json(m) for m in args.metrics}, title=args.title,
-                     generations=gens, splice=splice)  # fmt: skip
+                     generations=gens, splice=splice,
+                     docs=Path(os.path.relpath("docs/metrics.md", args.out.parent)).as_posix())  # fmt: skip
         atomic_write_bytes(args.out, page.encode())
         write_timing(args.timing, {})
         log.info("feature browser (%.1f MB) -> %s", len(page) / 1e6, args.out)

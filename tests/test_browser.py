@@ -210,6 +210,24 @@ def test_every_label_links_to_a_definition_that_exists(analysis, tmp_path):
         assert name in page, name
 
 
+def test_a_page_elsewhere_links_the_docs_from_where_it_is(analysis, tmp_path):
+    """A site's page (reports/sites/<hook>.html) links docs/metrics.md two folders up, every link of it; the
+    worst-token and co-firing sections and the metrics summary are linked too."""
+    import re
+
+    from saelab.analysis.browser import DOCS
+
+    root = build(analysis[0], [analysis[1]], {"analysis": analysis[2]}, generations=_generations())
+    site = build(analysis[0], [analysis[1]], {"analysis": analysis[2]}, generations=_generations(),
+                 docs="../../docs/metrics.md")  # fmt: skip
+    links = re.findall(r"""href=["']([^"'#]*metrics\.md)""", site)
+    assert links and set(links) == {"../../docs/metrics.md"}
+    assert len(links) == len(re.findall(r"""href=["']([^"'#]*metrics\.md)""", root))
+    assert site == root.replace(DOCS, "../../docs/metrics.md")
+    for anchor in ("worst-tokens", "co-firing-contexts"):
+        assert f'"{DOCS}#{anchor}"' in root
+
+
 def _generations(first: int | None = 1) -> dict:
     """A splice stage's generations.json of one prompt whose continuations part at token ``first`` (0, 1 or
     None: the same continuation)."""

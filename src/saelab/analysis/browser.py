@@ -96,8 +96,8 @@ def _fmt(v) -> str:
     return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4g}"
 
 
-# Every per-feature field the page shows, by what it is, each linked to its definition (docs/metrics.md,
-# "Browser fields"): field -> (label, anchor). The page lives in reports/, the docs in docs/.
+# Every field the page shows, by what it is, each linked to its definition (docs/metrics.md, "Browser fields"):
+# field -> (label, anchor). DOCS is the link from reports/index.html; a page elsewhere gets its own (``build``).
 DOCS = "../docs/metrics.md"
 FIELDS = {
     "frequency": ("firing frequency", "firing-frequency"),
@@ -110,6 +110,8 @@ FIELDS = {
     "top_suppressed": ("top suppressed tokens (logit lens)", "top-logit-tokens"),
     "examples": ("top activations in context", "activation-examples"),
     "continuations": ("continuations, clean and spliced", "continuations"),
+    "worst_tokens": ("worst tokens: CE with the reconstruction minus clean", "worst-tokens"),
+    "cofire": ("where the most ultra-low features fire together", "co-firing-contexts"),
 }
 
 
@@ -188,12 +190,15 @@ def feature_sections(feats: list[dict], examples: dict[int, list[dict]], n_token
     return "".join(out)
 
 
-def _context_list(table_path: Path, value: str) -> str:
+def _context_list(field: str, table_path: Path, value: str) -> str:
+    """A section of the analysis table's contexts, each with its value, under the field's linked label."""
+    head = f"<h2>{label(field)}</h2>"
     if not table_path.exists():
-        return "<p>(not computed)</p>"
+        return head + "<p>(not computed)</p>"
     rows = pq.read_table(table_path).to_pylist()
     return (
-        "<ol>"
+        head
+        + "<ol>"
         + "".join(f"<li>{r[value]:.3g}: {context_html(r['left'], r['token'], r['right'])}</li>" for r in rows)
         + "</ol>"
     )
@@ -263,23 +268,27 @@ def build(
     title: str = "saelab feature browser",
     generations: dict | None = None,
     splice: dict | None = None,
+    docs: str = DOCS,
 ) -> str:
+    """The page. ``docs``: the link to docs/metrics.md from where the page is written (DOCS for reports/)."""
     feats = pq.read_table(analysis_dir / "features.parquet").to_pylist()
     examples: dict[int, list[dict]] = {}
     for r in pq.read_table(analysis_dir / "examples.parquet").to_pylist():
         examples.setdefault(r["feature"], []).append(r)
     figures = "".join(_img(p) for d in figure_dirs for p in sorted(d.glob("*.png")))
-    return (
+    page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{CSS}</style>"
         f"<script>{JS}</script></head><body><h1>{e(title)}</h1>"
-        f"<h2>Metrics</h2><details><summary>all metrics (definitions: docs/metrics.md)</summary>"
+        f"<h2>Metrics</h2><details><summary>all metrics (definitions: <a href='{DOCS}'>docs/metrics.md</a>)</summary>"
         f"{''.join(_metrics_table(k, v) for k, v in metrics.items())}</details>"
         f"<h2>Figures</h2><div id='figures'>{figures}</div>"
         f"<h2>Features</h2>{feature_table(feats)}"
-        f"<h2>Worst tokens (CE with reconstruction minus clean)</h2>{_context_list(analysis_dir / 'worst_tokens.parquet', 'ce_diff')}"  # noqa: E501
-        f"<h2>Where the most ultra-low features fire together</h2>{_context_list(analysis_dir / 'cofire.parquet', 'share')}"  # noqa: E501
+        f"{_context_list('worst_tokens', analysis_dir / 'worst_tokens.parquet', 'ce_diff')}"
+        f"{_context_list('cofire', analysis_dir / 'cofire.parquet', 'share')}"
         f"{generations_section(generations, splice)}"
         f"<h2>Features that fire</h2>{feature_sections(feats, examples, _freq_tokens(metrics))}"
         f"<script type='application/json' id='meta'>{e(json.dumps({'n_features': len(feats)}))}</script>"
         "</body></html>"
     )
+    # every definition link is DOCS followed by ' or #: user text cannot hold it (e() escapes quotes)
+    return page if docs == DOCS else page.replace(f"'{DOCS}'", f"'{docs}'").replace(f'"{DOCS}#', f'"{docs}#')
