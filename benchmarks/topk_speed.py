@@ -66,6 +66,7 @@ from harness import TimedBatches, finish, worker_env  # noqa: E402
 from reader import cpu_model  # noqa: E402
 
 from saelab import threads  # noqa: E402
+from saelab.eval.metrics import ReconSums  # noqa: E402
 
 WINDOW = 5  # steps in the running mean of batch MSE that equal_mse compares
 # saelab-unit: sparsify's recipe in saelab (unit-norm decoder rows, AuxK coefficient 1/32, no gradient clipping)
@@ -129,22 +130,22 @@ def run_saelab(spec: dict) -> None:
 
 @torch.no_grad()
 def score(weights_file: Path, x_eval: torch.Tensor, k: int) -> dict:
+    """MSE, explained variance and the latents that never fire on the held-out tokens, by the library's one
+    implementation (saelab.eval.metrics.ReconSums, docs/metrics.md), whatever trainer wrote the weights."""
     from safetensors.torch import load_file
 
     w = load_file(str(weights_file))
-    sse = 0.0
-    fired = torch.zeros(w["W_enc"].shape[1], dtype=torch.bool)
+    sums = ReconSums()
     for x in x_eval.split(4096):
         pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
         v, i = pre.topk(k, dim=-1)
-        x_hat = torch.zeros_like(pre).scatter_(-1, i, v.relu()) @ w["W_dec"] + w["b_dec"]
-        sse += (x_hat - x).pow(2).sum().item()
-        fired[i[v > 0]] = True
-    total = (x_eval - x_eval.mean(0)).pow(2).sum().item()
+        f = torch.zeros_like(pre).scatter_(-1, i, v.relu())
+        sums.add(x, f @ w["W_dec"] + w["b_dec"], f)
+    r = sums.result()
     return {
-        "mse": sse / len(x_eval),
-        "explained_variance": 1 - sse / total,
-        "frac_dead_eval": 1 - fired.float().mean().item(),
+        "mse": r["mse"],
+        "explained_variance": r["explained_variance"],
+        "frac_dead_eval": float((sums.fired == 0).double().mean()),
     }  # latents that never fire on the held-out tokens
 
 

@@ -42,6 +42,7 @@ from harness import TimedBatches, finish, worker_env  # noqa: E402
 from reader import cpu_model  # noqa: E402
 
 from saelab import threads  # noqa: E402
+from saelab.eval.metrics import ReconSums  # noqa: E402
 
 
 def hardware(device: str) -> str:
@@ -125,22 +126,21 @@ def materialise(cache_dir: Path, n_tokens: int, out: Path) -> tuple[np.ndarray, 
 
 @torch.no_grad()
 def score(weights_file: Path, x_eval: torch.Tensor) -> dict:
+    """MSE, L0 and explained variance on the held-out tokens by the library's one implementation
+    (saelab.eval.metrics.ReconSums, docs/metrics.md), whatever trainer wrote the weights."""
     from safetensors.torch import load_file
 
     w = load_file(str(weights_file))
-    mse_sum = l0_sum = 0.0
+    sums = ReconSums()
     for x in x_eval.split(8192):
         x = x.float()
         f = torch.relu((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"])
-        x_hat = f @ w["W_dec"] + w["b_dec"]
-        mse_sum += (x_hat - x).pow(2).sum().item()
-        l0_sum += (f > 0).sum().item()
-    n = len(x_eval)
-    total_var = (x_eval.float() - x_eval.float().mean(0)).pow(2).sum().item()
+        sums.add(x, f @ w["W_dec"] + w["b_dec"], f)
+    r = sums.result()
     return {
-        "mse": mse_sum / n,
-        "l0": l0_sum / n,
-        "explained_variance": 1 - mse_sum / total_var,
+        "mse": r["mse"],
+        "l0": r["l0"],
+        "explained_variance": r["explained_variance"],
         "dec_row_norm_mean": w["W_dec"].norm(dim=-1).mean().item(),
     }
 
