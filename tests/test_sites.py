@@ -345,7 +345,7 @@ def test_summarize_sites_by_hand_on_small_arrays():
     for h, x_hat in ((a, torch.tensor([[3.0, 3.0], [0.0, 2.0]])), (b, torch.tensor([[0.0, 4.0], [0.0, 0.0]]))):
         s.recon[h] = ReconSums().add(x, x_hat, torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
         s.norm_sum[h] = 7.0  # ‖(3,4)‖ + ‖(0,2)‖
-        s.clean_sq[h] = 29.0  # 25 + 4
+        assert s.recon[h].sum_sq == 29.0  # 25 + 4: the relative errors' denominator
     s.prop_err[(a, b)] = 2.9
     m = summarize_sites([a, b], arrays, s, EvaluateConfig())
     inc = {h: float((arrays[f"ce:alone:{h}"] - clean).mean()) for h in (a, b)}
@@ -398,10 +398,9 @@ def test_degenerate_series_and_zero_activations_give_none_not_a_crash():
     for name in ("clean", "all", f"alone:{h}", f"alone:{g}"):
         arrays[f"argmax:{name}"] = np.array([0, 0])
     s = SiteSums()
-    for site, sq in ((h, 0.0), (g, 0.5)):
-        zero = torch.zeros(1, 2)
-        s.recon[site] = ReconSums().add(zero, zero, zero)
-        s.norm_sum[site], s.clean_sq[site] = 0.0, sq
+    for site, x in ((h, torch.zeros(1, 2)), (g, torch.tensor([[0.5, 0.5]]))):  # Σ‖x‖² 0 and 0.5, x̂ = x
+        s.recon[site] = ReconSums().add(x, x.clone(), torch.zeros(1, 2))
+        s.norm_sum[site] = 0.0
     s.prop_err[(h, g)], s.prop_err[(g, h)] = 0.25, 0.25
     m = summarize_sites([h, g], arrays, s, EvaluateConfig())
     assert m["per_site"][h]["relative_error"] is None and m["per_site"][g]["relative_error"] == 0.0

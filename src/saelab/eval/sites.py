@@ -103,7 +103,6 @@ class SiteSums:
     recon: dict = field(default_factory=dict)  # site -> ReconSums (clean inputs)
     norm_sum: dict = field(default_factory=dict)  # site -> Σ ‖x‖ over covered tokens
     prop_err: dict = field(default_factory=dict)  # (from, to) -> Σ ‖a_to − a_to^clean‖²
-    clean_sq: dict = field(default_factory=dict)  # site -> Σ ‖a^clean‖²
 
 
 def _run(model, tokens, hooks, top: dict | None = None, name: str = "") -> torch.Tensor:
@@ -144,7 +143,6 @@ def evaluate_sites(model, saes: dict[str, SAE], rows: np.ndarray, cfg, device, e
             x_hat, f = saes[h](flat[source(h)])
             s.recon.setdefault(h, ReconSums()).add(x, x_hat, f)
             s.norm_sum[h] = s.norm_sum.get(h, 0.0) + x.double().norm(dim=-1).sum().item()
-            s.clean_sq[h] = s.clean_sq.get(h, 0.0) + x.double().pow(2).sum().item()
         for name, members in sets.items():
             later = {}
             grabs = []
@@ -226,14 +224,14 @@ def summarize_sites(sites: list[str], arrays: dict, s: SiteSums, cfg, worst_shar
             **recon.result(),
             **frequency_fractions(recon.freq(), cfg.ultra_low_threshold, cfg.dense_threshold),
             "mean_norm": s.norm_sum[h] / recon.n,
-            "relative_error": recon.sse / s.clean_sq[h] if s.clean_sq[h] > 0 else None,
+            "relative_error": recon.sse / recon.sum_sq if recon.sum_sq > 0 else None,  # Σ‖x̂-x‖² / Σ‖x‖²
             "ce_diff_corr_with_all": correlation(diffs[h], diffs["all"]),
         }
         if f"without:{h}" in mean:
             row["ce_increase_without"] = mean[f"without:{h}"] - clean  # every other SAE spliced
             row["marginal_ce_increase"] = mean["all"] - mean[f"without:{h}"]  # what adding this one last costs
         row["propagated_relative_error"] = {
-            to: s.prop_err[(h, to)] / s.clean_sq[to] if s.clean_sq[to] > 0 else None
+            to: s.prop_err[(h, to)] / s.recon[to].sum_sq if s.recon[to].sum_sq > 0 else None
             for to in sites
             if (h, to) in s.prop_err
         }
