@@ -65,6 +65,25 @@ def test_every_caller_reads_the_one_function(monkeypatch, tiny_lm):
     assert recovery.score(SAE(16, 24, seed=0), w, x, c, RecoverConfig())["probe_key"] == 1.0
 
 
+def test_analysis_topk_reads_the_one_function(monkeypatch, tiny_lm):
+    """The analysis pass's top-k MSE is ReconSums' MSE: a changed ReconSums reaches it (the splice's relative
+    errors divide ReconSums' sse by its sum_sq: tests/test_sites.py)."""
+    from saelab.analysis.passes import run_pass
+    from saelab.config import AnalysisConfig
+    from saelab.eval.evaluate import EvalSample
+
+    original = ReconSums.result
+    monkeypatch.setattr(metrics.ReconSums, "result", lambda self: original(self) | {"mse": 1234.5})
+    path, rows = tiny_lm
+    lm = load_lm(path)
+    cfg = EvaluateConfig(max_tokens=64, ce_max_tokens=64, batch_rows=4)
+    sample = EvalSample.draw(len(rows), rows.shape[1], None, cfg)
+    ultra = torch.zeros(128, dtype=torch.bool)
+    res = run_pass(lm.model, SAE(64, 128, seed=0), rows, "blocks.0.mlp.hook_post", ultra,
+                   AnalysisConfig(topk=(1,), batch_rows=4), sample, "cpu", lm.bos_token_id)  # fmt: skip
+    assert {k: v["mse"] for k, v in res.topk.items()} == {1: 1234.5, "all": 1234.5}
+
+
 def test_evaluate_reports_the_function_values(tiny_lm):
     """evaluate's MSE, EV, L0 and L2 ratio are ReconSums' on the same covered tokens (no second formula)."""
     path, rows = tiny_lm

@@ -17,6 +17,7 @@ import torch
 
 from saelab.data.hooks import capture, covered_positions
 from saelab.eval.evaluate import EvalSample, clean_pass, spliced_ce
+from saelab.eval.metrics import ReconSums
 from saelab.saes.base import SAE
 
 
@@ -77,9 +78,10 @@ def run_pass(
     cof_v = torch.zeros(0, device=device)
     cof_i = torch.zeros(0, dtype=torch.long, device=device)
     ks = [*cfg.topk, None]
-    sums = {k: {"ce": 0.0, "sse": 0.0} for k in ks}
+    ce_sums = dict.fromkeys(ks, 0.0)
+    recon = {k: ReconSums() for k in ks}  # each top-k ablation's reconstruction statistics on covered tokens
     ce_clean = ce_zero = 0.0
-    diffs, diff_idx, n_pred, n_cov = [], [], 0, 0
+    diffs, diff_idx, n_pred = [], [], 0
     for tokens, ids, in_ce in sample.batches(rows, cfg.batch_rows, device):
         gidx = torch.from_numpy(ids).to(device)[:, None] * n_ctx + torch.arange(n_ctx, device=device)  # (B, T)
         covered = covered_positions(tokens, exclude_token)  # (B, T)
@@ -105,15 +107,15 @@ def run_pass(
             ce_zero += spliced_ce(model, tokens, hook, torch.zeros_like(x), covered).double().sum().item()
             cov = covered.reshape(-1)
             for k in ks:
-                x_hat = sae.decode(topk_mask(f, k))
+                f_k = topk_mask(f, k)
+                x_hat = sae.decode(f_k)
                 ce = spliced_ce(model, tokens, hook, x_hat, covered)
-                sums[k]["ce"] += ce.double().sum().item()
-                sums[k]["sse"] += (x_hat - x)[cov].double().pow(2).sum().item()
+                ce_sums[k] += ce.double().sum().item()
+                recon[k].add(x[cov], x_hat[cov], f_k[cov])
                 if k is None:
                     diffs.append((ce - clean).reshape(-1).cpu().numpy())
                     diff_idx.append(gidx[:, 1:].reshape(-1).cpu().numpy())
             n_pred += clean.numel()
-            n_cov += int(cov.sum())
         if progress is not None:
             progress(tokens.numel())
     res = PassResult(
@@ -127,7 +129,7 @@ def run_pass(
     if n_pred:
         res.ce_clean, res.ce_zero = ce_clean / n_pred, ce_zero / n_pred
         res.topk = {
-            ("all" if k is None else k): {"ce": s["ce"] / n_pred, "mse": s["sse"] / n_cov} for k, s in sums.items()
+            ("all" if k is None else k): {"ce": ce_sums[k] / n_pred, "mse": recon[k].result()["mse"]} for k in ks
         }
         res.ce_diff, res.ce_diff_index = np.concatenate(diffs), np.concatenate(diff_idx)
     return res
