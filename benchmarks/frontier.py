@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 import saelab.saes  # noqa: F401  (registers the built-in architectures: their knobs)
+from research import frontier
 from saelab import registry, threads
 
 HERE = Path(__file__).resolve().parent
@@ -277,11 +277,9 @@ def eval_context(args) -> dict:
 
 
 def at_l0(runs: list[dict], l0: float, key: str = "mse") -> float | None:
-    """``key`` of a family of runs at ``l0``, linear in log L0 between its points; None outside their range."""
-    pts = sorted((r["l0"], r[key]) for r in runs if r["l0"] > 0)
-    if len(pts) < 2 or not pts[0][0] <= l0 <= pts[-1][0]:
-        return None
-    return float(np.interp(math.log(l0), [math.log(p[0]) for p in pts], [p[1] for p in pts]))
+    """``key`` of a family of runs at ``l0`` (research.frontier.at_l0: linear in log L0 between its points; None
+    outside their range)."""
+    return frontier.at_l0([(r["l0"], r[key]) for r in runs], l0)
 
 
 def goals(results: list[dict]) -> dict:

@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
+from research.frontier import at_l0
 from research.synthetic.recovery import (
     absorption,
-    at_l0,
     by_decile,
     chance_mcc,
     firing_pr,

@@ -7,12 +7,11 @@ tokens. Definitions: docs/synthetic.md, "Recovery metrics".
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from research.frontier import at_l0
 from saelab.eval.metrics import ReconSums
 
 
@@ -149,14 +148,6 @@ def task_usage(f: torch.Tensor, W: torch.Tensor, D_task: torch.Tensor, on: torch
         "sum_align": float((q * to_sum).sum()),
         "m": m,
     }
-
-
-def at_l0(points: list[tuple[float, float]], l0: float) -> float | None:
-    """A value at ``l0``, linear in log L0 between the two nearest points; None outside their range."""
-    pts = sorted((a, b) for a, b in points if a > 0 and b is not None)
-    if len(pts) < 2 or not pts[0][0] <= l0 <= pts[-1][0]:
-        return None
-    return float(np.interp(math.log(l0), [math.log(a) for a, _ in pts], [b for _, b in pts]))
 
 
 def matched_l0(rows: list[dict]) -> list[dict]:

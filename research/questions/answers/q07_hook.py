@@ -6,8 +6,8 @@ verdicts in research/questions/FINDINGS.md)."""
 
 from __future__ import annotations
 
+from research.frontier import at_l0
 from research.questions.answers.base import Context, QuestionParams, question
-from research.synthetic.recovery import at_l0
 
 
 class Params(QuestionParams):
