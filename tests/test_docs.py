@@ -20,6 +20,17 @@ def test_docs_site_builds_strictly(tmp_path):
     assert (tmp_path / "site/metrics/index.html").exists()
 
 
+def test_a_page_left_out_of_the_nav_fails_the_build(tmp_path):
+    """The strict build refuses a docs page that the nav does not list (mkdocs.yml validation)."""
+    shutil.copytree(REPO / "docs", tmp_path / "docs")
+    shutil.copy(REPO / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    (tmp_path / "docs/orphan.md").write_text("# Orphan\n")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert res.returncode != 0 and "orphan.md" in res.stdout + res.stderr
+
+
 def test_readme_is_a_landing_page_whose_links_exist():
     """README.md is at most 12 KB and every docs page it links to exists (anchors included)."""
     readme = (REPO / "README.md").read_text()
