@@ -290,8 +290,8 @@ def test_a_second_site_gets_its_own_cache_saes_and_evaluation(tmp_path):
 
 def test_root_views_show_the_root_pipeline(repo):
     """In the root, `dvc exp show` (through its pager, as a terminal user sees it) opens with Experiment, the
-    headline metrics and the SAE params within 200 columns, and `dvc metrics show` lists the root's file only:
-    the research pipelines are DVC projects of their own (their own views, from their folders)."""
+    headline metrics and the SAE params within 200 columns, and `dvc metrics show` and `dvc metrics diff` list the
+    root's file only: the research pipelines are DVC projects of their own (their own views, from their folders)."""
     assert (repo / "research/questions/.dvc").is_dir() and (repo / "research/synthetic/.dvc").is_dir()
     env = {"COLUMNS": "200", "DVC_PAGER": "cat", "PAGER": "cat"}
     shown = run_cmd(["dvc", "exp", "show"], repo, env_extra=env).stdout.splitlines()
@@ -311,6 +311,8 @@ def test_root_views_show_the_root_pipeline(repo):
     metrics = json.loads(run_cmd(["dvc", "metrics", "show", "--json"], repo).stdout)
     files = {f for rev in metrics.values() for f in rev.get("data", {})}
     assert files == {"metrics/evaluate.json"}, files
+    diff = json.loads(run_cmd(["dvc", "metrics", "diff", "--all", "--json"], repo).stdout)  # vs the git commit
+    assert set(diff) == {"metrics/evaluate.json"} and "ce_recovered_zero" in diff["metrics/evaluate.json"], diff
 
 
 def test_changing_cadence_retrains_nothing(repo):
