@@ -72,12 +72,13 @@ HEADLINE = {
 
 
 def _table_rows(text: str) -> dict[str, str]:
-    """First cell (bold and code marks dropped) -> the rest of the row, for every Markdown table row."""
+    """First cell (bold and code marks dropped) -> the rest of the row, for every Markdown table row (the first
+    row of a label wins: the headline table comes first)."""
     rows = {}
     for line in text.splitlines():
         if line.startswith("|") and not line.startswith("|---"):
             cells = line.strip("|").split("|", 1)
-            rows[cells[0].strip().replace("*", "")] = cells[1] if len(cells) > 1 else ""
+            rows.setdefault(cells[0].strip().replace("*", ""), cells[1] if len(cells) > 1 else "")  # first
     return rows
 
 
@@ -88,7 +89,8 @@ def _quote_misses(text: str, root: Path) -> list[str]:
         row = next((v for k, v in rows.items() if k.startswith(label)), None)
         for file, key, fmt in figures:
             want = format(json.loads((root / file).read_text())[key], fmt)
-            if row is None or want not in row.replace("**", ""):
+            quoted = row is not None and re.search(rf"(?<![\d.]){re.escape(want)}(?![\d])", row.replace("**", ""))
+            if not quoted:
                 misses.append(f"{label}: {file}:{key} = {want}")
     return misses
 
@@ -106,6 +108,11 @@ def test_headline_check_can_fail(tmp_path):
         shutil.copy(REPO / "metrics" / name, tmp_path / "metrics" / name)
     readme = (REPO / "README.md").read_text()
     assert not _quote_misses(readme, tmp_path)
+    l0 = format(json.loads((tmp_path / "metrics/evaluate.json").read_text())["l0"], ".1f")
+    inside = readme.replace(f"| **{l0}** |", f"| **1{l0}** |")  # the figure only inside a larger number
+    assert inside != readme and any(m.startswith("L0") for m in _quote_misses(inside, tmp_path))
+    stale_first = "| L0 | **0.0** |\n\n" + readme  # the first row of a label is the one read
+    assert any(m.startswith("L0") for m in _quote_misses(stale_first, tmp_path))
     moved = json.loads((tmp_path / "metrics/evaluate.json").read_text())
     moved["l0"] += 0.2
     (tmp_path / "metrics/evaluate.json").write_text(json.dumps(moved))
