@@ -58,6 +58,8 @@ GRID = {
     "topk": ({}, [16, 32, 64], [16, 32, 64]),
     "jumprelu": ({"sparsity": "tanh"}, [0.1, 0.3, 1.0], [0.001, 0.003, 0.01]),
 }
+STYLE = {"mse": "o-", "kl": "s--", "kl_ds": "d-.", "mse+ft": "^:"}  # line style per loss in the figures
+FUNCTIONAL = ("kl", "kl_ds")  # trained from scratch on a functional loss (kl_ds: KL + the residual stream's MSE)
 
 
 def config(args, arch: str, value, loss: str, fixed: dict) -> SAEConfig:
@@ -110,8 +112,8 @@ def run_all(args, ctx) -> list[dict]:
         if args.only and arch not in args.only:
             continue
         knob = registry.knob(arch)[1]
-        for loss, values in (("mse", mse_values), ("kl", kl_values)):
-            for value in values:
+        for loss in args.losses:
+            for value in mse_values if loss == "mse" else kl_values:  # kl_ds: KL's scale (plus the residual's MSE)
                 name = f"{arch}-{loss}-{value}"
                 cached = work / name / "result.json"
                 if cached.exists():
@@ -156,15 +158,15 @@ def goals(rows: list[dict]) -> dict:
     for target in [r for r in rows if r["loss"] == "mse"]:
         l0s = []
         for (arch, loss), fam in by.items():
-            if loss != "kl":
+            if loss not in FUNCTIONAL:
                 continue
             pts = sorted((r["l0"], r["ce_recovered_zero"]) for r in fam if r["l0"] > 0)  # log-L0 needs L0 > 0
             for (a, ca), (b, cb) in zip(pts, pts[1:]):
                 if min(ca, cb) <= target["ce_recovered_zero"] <= max(ca, cb) and ca != cb:
                     t = (target["ce_recovered_zero"] - ca) / (cb - ca)
-                    l0s.append((math.exp(math.log(a) + t * (math.log(b) - math.log(a))), arch))
+                    l0s.append((math.exp(math.log(a) + t * (math.log(b) - math.log(a))), f"{arch} {loss}"))
             reached = [r for r in fam if r["ce_recovered_zero"] >= target["ce_recovered_zero"]]
-            l0s += [(r["l0"], arch) for r in reached if r["l0"] > 0]
+            l0s += [(r["l0"], f"{arch} {loss}") for r in reached if r["l0"] > 0]
         got = min(l0s, default=None)
         reach.append({"arch": target["arch"], "value": target["value"], "ce": target["ce_recovered_zero"],
                       "l0": target["l0"], "kl_l0": got[0] if got else None, "kl_arch": got[1] if got else None,
@@ -173,16 +175,18 @@ def goals(rows: list[dict]) -> dict:
     speed = []
     for arch in sorted({r["arch"] for r in rows}):
         mean = {loss: float(np.mean([r["tokens_per_s"] for r in by.get((arch, loss), [])] or [np.nan]))
-                for loss in ("mse", "kl", "mse+ft")}  # fmt: skip
-        ratios = {"kl_over_mse": mean["kl"] / mean["mse"], "ft_over_mse": mean["mse+ft"] / mean["mse"]}
+                for loss in ("mse", *FUNCTIONAL, "mse+ft")}  # fmt: skip
+        ratios = {"kl_over_mse": mean["kl"] / mean["mse"], "kl_ds_over_mse": mean["kl_ds"] / mean["mse"],
+                  "ft_over_mse": mean["mse+ft"] / mean["mse"]}  # fmt: skip
         speed.append({"arch": arch, **{f"{k}_tokens_per_s": v for k, v in mean.items()}, **ratios})
     # 4. at equal L0: KL vs MSE families' CE, MSE and alive share
     equal = []
     for r in rows:
-        if r["loss"] != "kl" or (r["arch"], "mse") not in by:
+        if r["loss"] not in FUNCTIONAL or (r["arch"], "mse") not in by:
             continue
         mse_fam = by[(r["arch"], "mse")]
-        equal.append({"arch": r["arch"], "value": r["value"], "l0": r["l0"], "kl_ce": r["ce_recovered_zero"],
+        equal.append({"arch": r["arch"], "loss": r["loss"], "value": r["value"], "l0": r["l0"],
+                      "kl_ce": r["ce_recovered_zero"],
                       "mse_ce": at_l0(mse_fam, r["l0"], "ce_recovered_zero"), "kl_mse": r["mse"],
                       "mse_mse": at_l0(mse_fam, r["l0"], "mse"), "kl_alive": 1 - r["frac_dead"],
                       "mse_alive": at_l0(mse_fam, r["l0"], "frac_dead")})  # fmt: skip
@@ -205,7 +209,7 @@ def overlap(rows: list[dict], work: Path, w_out: torch.Tensor | None) -> list[di
     mlp.hook_post) also in the space the LM reads the hook through: rows · W_outᵀ, where KL can see a direction."""
     out = []
     for r in rows:
-        if r["loss"] != "kl":
+        if r["loss"] not in FUNCTIONAL:
             continue
         mse = [m for m in rows if m["arch"] == r["arch"] and m["loss"] == "mse"]
         if not mse:
@@ -220,7 +224,8 @@ def overlap(rows: list[dict], work: Path, w_out: torch.Tensor | None) -> list[di
             kl_out, _ = best_cosines(a @ w_out.T, b @ w_out.T)
             seen = {"kl_out_best_median": float(kl_out.median()),
                     "kl_out_share_above_0.9": float((kl_out > 0.9).float().mean())}  # fmt: skip
-        out.append({"arch": r["arch"], "kl_value": r["value"], "kl_l0": r["l0"], "mse_value": m["value"],
+        out.append({"arch": r["arch"], "kl_loss": r["loss"], "kl_value": r["value"], "kl_l0": r["l0"],
+                    "mse_value": m["value"],
                     "mse_l0": m["l0"], "kl_best_median": float(kl_best.median()),
                     "kl_share_above_0.9": float((kl_best > 0.9).float().mean()),
                     "kl_share_above_0.7": float((kl_best > 0.7).float().mean()),
@@ -265,20 +270,22 @@ def write_outputs(report: dict, out: Path) -> None:
               "(target: <= half the MSE run's L0 for the best MSE recipe):", ""]  # fmt: skip
     lines += [f"- {x['arch']} {x['value']} (L0 {x['l0']:.1f}, CE recovered {x['ce']:.4f}"
               f"{', the best MSE run' if x['is_best_mse'] else ''}): "
-              + (f"KL {x['kl_arch']} at L0 {x['kl_l0']:.1f} = "
+              + (f"{x['kl_arch']} at L0 {x['kl_l0']:.1f} = "
                  f"{fmt(x['kl_l0'] / x['l0'] if x['l0'] > 0 else None, '.2f')}x" if x["kl_l0"] is not None else
                  "no KL run reaches it") for x in g["kl_reach"]]  # fmt: skip
     lines += ["", "Goal 3, throughput (tokens the SAE saw per second; target KL >= 0.5x MSE from the stream):", ""]
     lines += [f"- {x['arch']}: MSE {fmt(x['mse_tokens_per_s'], '.0f')}, KL {fmt(x['kl_tokens_per_s'], '.0f')} "
-              f"({fmt(x['kl_over_mse'], '.2f')}x), fine-tune {fmt(x['mse+ft_tokens_per_s'], '.0f')} "
+              f"({fmt(x['kl_over_mse'], '.2f')}x), KL+ds {fmt(x['kl_ds_tokens_per_s'], '.0f')} "
+              f"({fmt(x['kl_ds_over_mse'], '.2f')}x), fine-tune {fmt(x['mse+ft_tokens_per_s'], '.0f')} "
               f"({fmt(x['ft_over_mse'], '.2f')}x)" for x in g["throughput"]]  # fmt: skip
     lines += ["", "At equal L0 (each KL run against its architecture's MSE family, interpolated in log L0):", ""]
-    lines += [f"- {x['arch']} {x['value']} at L0 {x['l0']:.1f}: CE recovered KL {x['kl_ce']:.4f} vs MSE "
-              f"{fmt(x['mse_ce'])}; MSE KL {x['kl_mse']:.2f} vs MSE {fmt(x['mse_mse'])}; alive KL "
+    lines += [f"- {x['arch']} {x['loss']} {x['value']} at L0 {x['l0']:.1f}: CE recovered {x['kl_ce']:.4f} vs MSE "
+              f"{fmt(x['mse_ce'])}; MSE {x['kl_mse']:.2f} vs MSE-trained {fmt(x['mse_mse'])}; alive "
               f"{x['kl_alive']:.3f} vs MSE {fmt(x['mse_alive'], '.3f')}" for x in g["equal_l0"]]  # fmt: skip
     lines += ["", "Decoder overlap, each KL run against its architecture's MSE run nearest in L0 (best-match cosine of "
               "unit decoder rows; all features, dead ones included):", ""]  # fmt: skip
-    lines += [f"- {x['arch']} KL {x['kl_value']} (L0 {x['kl_l0']:.1f}) vs MSE {x['mse_value']} (L0 {x['mse_l0']:.1f}): "
+    lines += [f"- {x['arch']} {x['kl_loss']} {x['kl_value']} (L0 {x['kl_l0']:.1f}) vs MSE {x['mse_value']} "
+              f"(L0 {x['mse_l0']:.1f}): "
               f"KL features' best cosine median {x['kl_best_median']:.3f}, > 0.9 {100 * x['kl_share_above_0.9']:.1f}%, "
               f"> 0.7 {100 * x['kl_share_above_0.7']:.1f}%; MSE features' median {x['mse_best_median']:.3f}, > 0.7 "
               f"{100 * x['mse_share_above_0.7']:.1f}%; ultra-low KL {100 * x['kl_frac_ultra_low']:.1f}% vs MSE "
@@ -293,7 +300,7 @@ def write_outputs(report: dict, out: Path) -> None:
                              ("frac_dead", "functional_alive.png", "share of dead features")):  # fmt: skip
         fig, ax = plt.subplots(figsize=(6, 4))
         for (arch, loss), style in ((k, s) for k in sorted({(r["arch"], r["loss"]) for r in rows})
-                                    for s in [{"mse": "o-", "kl": "s--", "mse+ft": "^:"}[k[1]]]):  # fmt: skip
+                                    for s in [STYLE[k[1]]]):  # fmt: skip
             pts = sorted((r["l0"], r[key]) for r in rows if r["arch"] == arch and r["loss"] == loss)
             ax.plot(*zip(*pts), style, label=f"{arch} {loss}")
         ax.set_xscale("log")
@@ -349,6 +356,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--eval-tokens", type=int, default=65_536)
     p.add_argument("--ce-tokens", type=int, default=32_768)
     p.add_argument("--only", nargs="*", help="architectures to run (default: all of GRID)")
+    p.add_argument("--losses", nargs="+", choices=("mse", *FUNCTIONAL), default=["mse", "kl"],
+                   help="losses to train from scratch (mse runs also get their KL fine-tune)")  # fmt: skip
     p.add_argument("--work", type=Path, default=Path("/tmp/functional-work"), help="runs kept here, reused")
     return p
 
@@ -364,9 +373,12 @@ def main() -> None:
     report = {
         "hardware": f"{cpu_model()}, {torch.get_num_threads()} torch threads, {platform.machine()}",
         "command": "python benchmarks/functional.py " + " ".join(sys.argv[1:]),
-        **{k: getattr(args, k) for k in ("n_tokens", "d_sae", "batch_size", "lr", "seed", "ft_frac", "ft_lr")},
+        **{
+            k: getattr(args, k) for k in ("n_tokens", "d_sae", "batch_size", "lr", "seed", "ft_frac", "ft_lr", "losses")
+        },
         "eval_tokens": rows[0]["eval_tokens"] if rows else None,
         "ce_eval_tokens": rows[0]["ce_eval_tokens"] if rows else None,
+        "inputs_sha256": {k: sha256_dir(Path(getattr(args, k))) for k in ("lm", "tokens")},  # which LM and tokens
         "runs": rows,
     }
     report["goals"] = goals(rows)

@@ -188,3 +188,27 @@ def test_ladder_counts_n_without_the_embeddings_and_unembedding():
     n, total = ladder.n_params(lm.build_model(lm.tl_config(cfg)))
     assert total - n == 300 * 32 + 16 * 32 + 32 * 300
     assert n == 4 * 32 + 4 * (32 * 32 + 32) + (32 * 128 + 128) + (128 * 32 + 32) + 2 * 32
+
+
+def test_functional_goals_count_kl_ds_as_a_functional_loss(functional, tmp_path):
+    """kl_ds runs (--losses ... kl_ds) enter the reach goal, the equal-L0 rows and the throughput as KL's do, each
+    row naming its loss; without them the report's KL+ds figures are empty, not an error."""
+    rows = [
+        _row("topk", "mse", 16, 16.0, 0.95, tps=200.0),
+        _row("topk", "mse", 64, 64.0, 0.98, tps=200.0),
+        _row("topk", "mse+ft", 16, 16.0, 0.96),
+        _row("topk", "mse+ft", 64, 64.0, 0.985),
+        _row("topk", "kl", 16, 16.0, 0.96, tps=100.0),
+        _row("topk", "kl", 64, 64.0, 0.975, tps=100.0),
+        _row("topk", "kl_ds", 16, 16.0, 0.97, tps=150.0),
+        _row("topk", "kl_ds", 64, 64.0, 0.99, tps=150.0),
+    ]
+    g = functional.goals(rows)
+    best = next(x for x in g["kl_reach"] if x["is_best_mse"])
+    assert best["kl_arch"] == "topk kl_ds" and 16.0 < best["kl_l0"] < 64.0  # only kl_ds reaches 0.98
+    assert {(x["loss"], x["value"]) for x in g["equal_l0"]} == {("kl", 16), ("kl", 64), ("kl_ds", 16), ("kl_ds", 64)}
+    speed = g["throughput"][0]
+    assert speed["kl_over_mse"] == 0.5 and speed["kl_ds_over_mse"] == 0.75
+    without = functional.goals([r for r in rows if r["loss"] != "kl_ds"])
+    assert math.isnan(without["throughput"][0]["kl_ds_over_mse"])
+    assert next(x for x in without["kl_reach"] if x["is_best_mse"])["kl_l0"] is None
