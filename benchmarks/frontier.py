@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 import saelab.saes  # noqa: F401  (registers the built-in architectures: their knobs)
-from research import frontier
+from research import interpolate
 from saelab import registry, threads
 
 HERE = Path(__file__).resolve().parent
@@ -277,9 +277,9 @@ def eval_context(args) -> dict:
 
 
 def at_l0(runs: list[dict], l0: float, key: str = "mse") -> float | None:
-    """``key`` of a family of runs at ``l0`` (research.frontier.at_l0: linear in log L0 between its points; None
+    """``key`` of a family of runs at ``l0`` (research.interpolate.at_l0: linear in log L0 between its points; None
     outside their range)."""
-    return frontier.at_l0([(r["l0"], r[key]) for r in runs], l0)
+    return interpolate.at_l0([(r["l0"], r[key]) for r in runs], l0)
 
 
 def goals(results: list[dict]) -> dict:

@@ -55,6 +55,7 @@ MODULES = {  # the modules that hold formulas, and what they hold
     "src/saelab/analysis/weights.py": "replication formulas: D/E, cosines, kurtosis, neuron sparsity, logit lens",
     "src/saelab/interop/saelens.py": "export to SAELens and import of the reference weights",
     "research/synthetic/recovery.py": "synthetic recovery: MCC, Hungarian matching, absorption, shrinkage",
+    "research/interpolate.py": "a family's value at a given L0 (log-L0 interpolation: frontier, recovery, questions)",
 }
 
 # Functions whose every mutant must be killed (or be equivalent): losses, gradients (custom autograd Functions and

@@ -7,8 +7,9 @@ python benchmarks/sites_cache.py [--layers 4] [--n-tokens 131072] [--rounds 3] \
 The LM has random weights (the pass's cost does not depend on them) and the default embedded LM's widths; the
 tokens are data/tokens/train.parquet's (run `make repro` or `dvc repro tokens` first). Per configuration it times
 ``build_caches`` end to end, its LM pass (``compute_seconds``: the forward, the statistics and the copy to the
-scratch memmap) apart from the shard writes, and within the pass the LM forwards alone (``lm_s``: the time spent in
-``hooks_activations``, the one call per batch that runs the LM with every hook attached), in interleaved rounds, and
+scratch memmap) apart from the shard writes, and within the pass the LM forwards alone (``lm_s``: the writer's own
+``lm_seconds``, the time in ``hooks_activations``, the one call per batch that runs the LM with every hook attached,
+synchronised on a GPU), in interleaved rounds, and
 reports medians and the ratio of each H's pass and forwards to the one-hook figures at the deepest block (the same
 depth of LM) and at block 0.
 """
@@ -33,24 +34,9 @@ from reader import cpu_model  # noqa: E402
 
 from saelab import threads  # noqa: E402
 from saelab.config import ActivationsConfig, LMConfig  # noqa: E402
-from saelab.data import cache as cache_module  # noqa: E402
 from saelab.data.cachebuild import build_caches  # noqa: E402
 from saelab.data.lm import build_model, embedded_config, save_lm, tl_config  # noqa: E402
 from saelab.data.tokens import read_rows, write_rows  # noqa: E402
-
-LM_SECONDS = [0.0]  # running total of the time spent in the LM forwards (timed_forwards)
-
-
-def timed_forwards(forward):
-    """``forward`` (hooks_activations), adding the seconds each call takes to LM_SECONDS."""
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        out = forward(*args, **kwargs)
-        LM_SECONDS[0] += time.perf_counter() - start
-        return out
-
-    return timed
 
 
 def configurations(layers: int) -> dict[str, list[str]]:
@@ -74,7 +60,6 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     threads.configure()  # SAELAB_THREADS or every core given (docs/usage.md, "Threads")
-    cache_module.hooks_activations = timed_forwards(cache_module.hooks_activations)  # the writer's one LM call
     from tokenizers import Tokenizer
 
     configs = configurations(args.layers)
@@ -92,9 +77,9 @@ def main() -> None:
         for r in range(args.rounds):
             for name, hooks in configs.items():  # interleaved: each round visits every configuration
                 outs = [work / "out" / h for h in hooks]
-                t0, lm0 = time.perf_counter(), LM_SECONDS[0]
+                t0 = time.perf_counter()
                 manifests, timing = build_caches(acts, hooks, work / "lm", work / "tokens", outs)
-                total, lm_s = time.perf_counter() - t0, LM_SECONDS[0] - lm0
+                total, lm_s = time.perf_counter() - t0, timing["lm_seconds"]
                 runs[name].append({"lm_s": lm_s, "pass_s": timing["compute_seconds"], "total_s": total})
                 print(f"round {r} {name}: LM forwards {lm_s:.2f} s, pass {timing['compute_seconds']:.2f} s, "
                       f"total {total:.2f} s", flush=True)  # fmt: skip

@@ -14,31 +14,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import subprocess
 from pathlib import Path
-
-import matplotlib
-import numpy as np
 
 import saelab.saes  # noqa: F401  (registers the built-in architectures)
 from saelab import registry
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 METRICS = "metrics/evaluate.json"
 COLUMNS = ("architecture", "knob", "value", "l0", "ce_recovered_zero", "explained_variance", "frac_dead")
 METRIC_COLUMNS = COLUMNS[3:]
-
-
-def at_l0(points: list[tuple[float, float | None]], l0: float) -> float | None:
-    """A value at ``l0`` from (L0, value) points of one family of runs: linear in log L0 between the two nearest
-    points (points with L0 <= 0 or no value left out); None outside their range."""
-    pts = sorted((a, b) for a, b in points if a > 0 and b is not None)
-    if len(pts) < 2 or not pts[0][0] <= l0 <= pts[-1][0]:
-        return None
-    return float(np.interp(math.log(l0), [math.log(a) for a, _ in pts], [b for _, b in pts]))
 
 
 def knob(sae_params: dict) -> tuple[str, str, float]:
@@ -109,6 +93,11 @@ def write(rows: list[dict], out: Path) -> None:
         for r in rows
     ]
     (out / "frontier.md").write_text("\n".join(lines) + "\n")
+    import matplotlib  # here, not at import: the recover stage imports knob() and need not load plotting
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for arch in sorted({r["architecture"] for r in rows}):
         rs = sorted((r for r in rows if r["architecture"] == arch), key=lambda r: r["l0"])

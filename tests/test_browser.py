@@ -226,6 +226,9 @@ def test_a_page_elsewhere_links_the_docs_from_where_it_is(analysis, tmp_path):
     assert site == root.replace(DOCS, "../../docs/metrics.md")
     for anchor in ("worst-tokens", "co-firing-contexts"):
         assert f'"{DOCS}#{anchor}"' in root
+    # the sortable table's headers link their definition with a '?' that does not take the sorting click
+    heads = re.findall(r"<th onclick=\"sortTable\(this\)\">(.*?)</th>", root)
+    assert len(heads) == 7 and all('onclick="event.stopPropagation()"' in h for h in heads[1:])
 
 
 def _generations(first: int | None = 1) -> dict:

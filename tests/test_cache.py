@@ -234,8 +234,13 @@ def test_one_lm_pass_writes_each_site_as_its_own_pass_would(tiny_lm, tmp_path, m
     write_rows(tokens / "train.parquet", rows)
     cfg = ActivationsConfig(n_tokens=1500, batch_rows=8, shard_tokens=512, row_group_tokens=128, dtype="fp32")
     hooks = ["blocks.0.mlp.hook_post", "blocks.0.hook_resid_pre", "blocks.0.hook_resid_post"]
-    manifests, _ = build_caches(cfg, hooks, lm_dir, tokens, [tmp_path / "one" / h for h in hooks])
+    manifests, timing = build_caches(cfg, hooks, lm_dir, tokens, [tmp_path / "one" / h for h in hooks])
     assert [m["hook"] for m in manifests] == hooks and manifests[0]["d"] != manifests[1]["d"]
+    # the pass's timing, LM forwards apart (benchmarks/sites_cache.py reads them), stays out of the manifests
+    assert 0 < timing["lm_seconds"] < timing["compute_seconds"]
+    assert not {"lm_seconds", "compute_seconds"} & set(
+        json.loads((tmp_path / "one" / hooks[0] / acts.MANIFEST).read_text())
+    )
     for hook in hooks:
         alone, _, _ = build_cache(cfg.model_copy(update={"hook": hook}), lm_dir, tokens, tmp_path / "alone" / hook)
         assert sha256_dir(tmp_path / "one" / hook) == sha256_dir(tmp_path / "alone" / hook), hook

@@ -574,8 +574,8 @@ def test_recovery_helpers_at_their_boundaries():
     assert r.task_usage(f, W[:1], D, torch.tensor([True]), 0.61) == empty  # no task latent
     assert r.task_usage(f, W, D, torch.tensor([False]), 0.6) == empty  # the task never fires
     assert r.task_usage(torch.zeros(1, 3), W, D, torch.tensor([True]), 0.6) == empty  # its latents are silent
-    # at_l0 (research.frontier's, which recovery uses)
-    from research.frontier import at_l0
+    # at_l0 (research.interpolate's, which recovery, the questions and the frontier use)
+    from research.interpolate import at_l0
 
     pts = [(0.0, 0.1), (1.0, 0.5), (2.0, 0.6), (4.0, 0.9), (3.0, None)]
     assert at_l0(pts, 1.0) == pytest.approx(0.5) and at_l0(pts, 4.0) == pytest.approx(0.9)

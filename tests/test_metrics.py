@@ -66,14 +66,15 @@ def test_every_caller_reads_the_one_function(monkeypatch, tiny_lm):
 
 
 def test_analysis_topk_reads_the_one_function(monkeypatch, tiny_lm):
-    """The analysis pass's top-k MSE is ReconSums' MSE: a changed ReconSums reaches it (the splice's relative
-    errors divide ReconSums' sse by its sum_sq: tests/test_sites.py)."""
+    """The analysis pass's top-k MSE and ReconSums' MSE are one function (SquaredError, which ReconSums extends): a
+    changed one reaches both (the splice's relative errors divide ReconSums' sse by its sum_sq: tests/test_sites.py)."""
     from saelab.analysis.passes import run_pass
     from saelab.config import AnalysisConfig
     from saelab.eval.evaluate import EvalSample
 
-    original = ReconSums.result
-    monkeypatch.setattr(metrics.ReconSums, "result", lambda self: original(self) | {"mse": 1234.5})
+    monkeypatch.setattr(metrics.SquaredError, "mse", lambda self: 1234.5)
+    x = torch.ones(3, 4)
+    assert ReconSums().add(x, x, x).result()["mse"] == 1234.5
     path, rows = tiny_lm
     lm = load_lm(path)
     cfg = EvaluateConfig(max_tokens=64, ce_max_tokens=64, batch_rows=4)

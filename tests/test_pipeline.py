@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -93,6 +94,14 @@ def make_repo(dest: Path, overrides: dict | None = None) -> Path:
     return dest
 
 
+def assert_definitions_link_to_the_docs(repo: Path, page: str) -> None:
+    """Every definition link of a browser page, resolved from where the stage wrote it, is docs/metrics.md."""
+    links = set(re.findall(r"""href=["']([^"'#]*metrics\.md)""", (repo / page).read_text()))
+    assert links, page
+    for link in links:
+        assert os.path.normpath(repo / Path(page).parent / link) == str(repo / "docs/metrics.md"), (page, link)
+
+
 def test_repro_produces_every_output(repo):
     """A full `dvc repro` writes models, cache, metrics and plots, and leaves nothing to rerun."""
     for p in (
@@ -127,6 +136,7 @@ def test_repro_produces_every_output(repo):
     for key in ("best_cos_median", "share_matched_above_0.9", "share_matched_above_0.7", "matching_exact"):
         assert f"seed0_vs_seed1_{key}" in c
     page = (repo / "reports/index.html").read_text()  # the first seed's continuations, from splice@0
+    assert_definitions_link_to_the_docs(repo, "reports/index.html")
     talk = json.loads((repo / "data/splice/seed-0/generations.json").read_text())
     assert "Talking to the spliced model" in page and page.count("<td>greedy</td>") == len(talk["prompts"]) == 2
     m = json.loads((repo / "metrics/evaluate.json").read_text())
@@ -267,6 +277,7 @@ def test_a_second_site_gets_its_own_cache_saes_and_evaluation(tmp_path):
     assert freq[f"data/sites-analysis/{site}"] == freq[f"data/sites-evaluate/{site}"] != freq["data/evaluate"]
     page = (repo / f"reports/sites/{site}.html").read_text()
     assert f"saelab feature browser: {site}" in page and "Talking to the spliced model" not in page
+    assert_definitions_link_to_the_docs(repo, f"reports/sites/{site}.html")
     assert "sites" in json.loads((repo / "metrics/activations.json").read_text())
     spliced = json.loads((repo / "metrics/splice/seed-0.json").read_text())
     member = f"{source}->{target}"  # the transcoder is spliced with the SAEs, at its target (after site)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from research.frontier import at_l0
+from research.interpolate import at_l0
 from research.synthetic.recovery import (
     absorption,
     by_decile,

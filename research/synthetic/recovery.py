@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from research.frontier import at_l0
+from research.interpolate import at_l0
 from saelab.eval.metrics import ReconSums
 
 

@@ -6,7 +6,7 @@ verdicts in research/questions/FINDINGS.md)."""
 
 from __future__ import annotations
 
-from research.frontier import at_l0
+from research.interpolate import at_l0
 from research.questions.answers.base import Context, QuestionParams, question
 
 

@@ -97,7 +97,7 @@ def _fmt(v) -> str:
 
 
 # Every field the page shows, by what it is, each linked to its definition (docs/metrics.md, "Browser fields"):
-# field -> (label, anchor). DOCS is the link from reports/index.html; a page elsewhere gets its own (``build``).
+# field -> (label, anchor). DOCS is the link from reports/index.html; a page elsewhere passes its own ``docs`` down.
 DOCS = "../docs/metrics.md"
 FIELDS = {
     "frequency": ("firing frequency", "firing-frequency"),
@@ -115,16 +115,16 @@ FIELDS = {
 }
 
 
-def label(field: str) -> str:
-    """The field's name, linked to its definition."""
+def label(field: str, docs: str = DOCS) -> str:
+    """The field's name, linked to its definition in ``docs`` (docs/metrics.md from where the page is written)."""
     name, anchor = FIELDS[field]
-    return f'<a href="{DOCS}#{anchor}" title="definition">{e(name)}</a>'
+    return f'<a href="{docs}#{anchor}" title="definition">{e(name)}</a>'
 
 
-def th_label(field: str) -> str:
+def th_label(field: str, docs: str = DOCS) -> str:
     """A table header: the field's name, and a link to its definition that does not take the sorting click."""
     name, anchor = FIELDS[field]
-    return f'{e(name)} <a class="def" href="{DOCS}#{anchor}" title="definition" onclick="event.stopPropagation()">?</a>'
+    return f'{e(name)} <a class="def" href="{docs}#{anchor}" title="definition" onclick="event.stopPropagation()">?</a>'
 
 
 def _frequency(v, n_tokens: int | None) -> str:
@@ -134,11 +134,9 @@ def _frequency(v, n_tokens: int | None) -> str:
     return f"{_fmt(v)} ({round(v * n_tokens):,} of {n_tokens:,} tokens)"
 
 
-def feature_table(feats: list[dict]) -> str:
-    head = [
-        "id",
-        *(label(k) for k in ("frequency", "ultra_low", "enc_dec_cos", "kurtosis", "fve_top_1", "top_promoted")),
-    ]
+def feature_table(feats: list[dict], docs: str = DOCS) -> str:
+    fields = ("frequency", "ultra_low", "enc_dec_cos", "kurtosis", "fve_top_1", "top_promoted")
+    head = ["id", *(th_label(k, docs) for k in fields)]
     body = []
     for f in feats:
         toks = "".join(f'<span class="tok">{_visible(t)}</span>' for t in (f.get("top_promoted") or [])[:5])
@@ -158,19 +156,21 @@ def feature_table(feats: list[dict]) -> str:
     )
 
 
-def feature_header(f: dict, n_tokens: int | None = None) -> str:
+def feature_header(f: dict, n_tokens: int | None = None, docs: str = DOCS) -> str:
     """One feature's fields, each named by what it is (the neuron-basis class describes W_dec, not firing)."""
     parts = [
-        f"{label('frequency')} {_frequency(f['frequency'], n_tokens)}",
-        f"{label('enc_dec_cos')} {_fmt(f['enc_dec_cos'])}",
-        f"{label('kurtosis')} {_fmt(f['kurtosis'])}",
-        f"{label('fve_top_1')} {_fmt(f['fve_top_1'])}",
-        f"{label('sparsity_class')}: {e(str(f['sparsity_class']))}",
+        f"{label('frequency', docs)} {_frequency(f['frequency'], n_tokens)}",
+        f"{label('enc_dec_cos', docs)} {_fmt(f['enc_dec_cos'])}",
+        f"{label('kurtosis', docs)} {_fmt(f['kurtosis'])}",
+        f"{label('fve_top_1', docs)} {_fmt(f['fve_top_1'])}",
+        f"{label('sparsity_class', docs)}: {e(str(f['sparsity_class']))}",
     ]
     return "<p>" + " · ".join(parts) + "</p>"
 
 
-def feature_sections(feats: list[dict], examples: dict[int, list[dict]], n_tokens: int | None = None) -> str:
+def feature_sections(
+    feats: list[dict], examples: dict[int, list[dict]], n_tokens: int | None = None, docs: str = DOCS
+) -> str:
     out = []
     for f in feats:
         ex = examples.get(f["feature"])
@@ -183,16 +183,16 @@ def feature_sections(feats: list[dict], examples: dict[int, list[dict]], n_token
         )
         out.append(
             f'<section class="feature" id="f{f["feature"]}"><h3>Feature {f["feature"]}</h3>'
-            f"{feature_header(f, n_tokens)}"
-            f"<p>{label('top_promoted')}: {promoted}</p><p>{label('top_suppressed')}: {suppressed}</p>"
-            f"<p>{label('examples')}:</p><ol>{lines}</ol></section>"
+            f"{feature_header(f, n_tokens, docs)}"
+            f"<p>{label('top_promoted', docs)}: {promoted}</p><p>{label('top_suppressed', docs)}: {suppressed}</p>"
+            f"<p>{label('examples', docs)}:</p><ol>{lines}</ol></section>"
         )
     return "".join(out)
 
 
-def _context_list(field: str, table_path: Path, value: str) -> str:
+def _context_list(field: str, table_path: Path, value: str, docs: str = DOCS) -> str:
     """A section of the analysis table's contexts, each with its value, under the field's linked label."""
-    head = f"<h2>{label(field)}</h2>"
+    head = f"<h2>{label(field, docs)}</h2>"
     if not table_path.exists():
         return head + "<p>(not computed)</p>"
     rows = pq.read_table(table_path).to_pylist()
@@ -224,7 +224,7 @@ def _share(v) -> str:
     return "n/a" if v is None else f"{v:.1%}"
 
 
-def generations_section(gens: dict | None, splice: dict | None = None) -> str:
+def generations_section(gens: dict | None, splice: dict | None = None, docs: str = DOCS) -> str:
     """Talking to the spliced model (stage splice, first seed): every prompt's greedy and sampled continuation
     from the clean model beside the one with every SAE and transcoder spliced, where they part marked; and the share of
     eval predictions whose top token the splice changes."""
@@ -248,7 +248,9 @@ def generations_section(gens: dict | None, splice: dict | None = None) -> str:
         for mode in ("greedy", "sampled")
     )
     return (
-        f"<h2>Talking to the spliced model</h2><p>{label('continuations')}: " + "; ".join(e(f) for f in facts) + "</p>"
+        f"<h2>Talking to the spliced model</h2><p>{label('continuations', docs)}: "
+        + "; ".join(e(f) for f in facts)
+        + "</p>"
         "<table id='generations'><thead><tr><th>eval row</th><th>mode</th><th>prompt</th><th>clean model</th>"
         "<th>every SAE and transcoder spliced</th><th>first divergence (0 = the first new token)</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
@@ -279,16 +281,15 @@ def build(
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{CSS}</style>"
         f"<script>{JS}</script></head><body><h1>{e(title)}</h1>"
-        f"<h2>Metrics</h2><details><summary>all metrics (definitions: <a href='{DOCS}'>docs/metrics.md</a>)</summary>"
+        f"<h2>Metrics</h2><details><summary>all metrics (definitions: <a href='{docs}'>docs/metrics.md</a>)</summary>"
         f"{''.join(_metrics_table(k, v) for k, v in metrics.items())}</details>"
         f"<h2>Figures</h2><div id='figures'>{figures}</div>"
-        f"<h2>Features</h2>{feature_table(feats)}"
-        f"{_context_list('worst_tokens', analysis_dir / 'worst_tokens.parquet', 'ce_diff')}"
-        f"{_context_list('cofire', analysis_dir / 'cofire.parquet', 'share')}"
-        f"{generations_section(generations, splice)}"
-        f"<h2>Features that fire</h2>{feature_sections(feats, examples, _freq_tokens(metrics))}"
+        f"<h2>Features</h2>{feature_table(feats, docs)}"
+        f"{_context_list('worst_tokens', analysis_dir / 'worst_tokens.parquet', 'ce_diff', docs)}"
+        f"{_context_list('cofire', analysis_dir / 'cofire.parquet', 'share', docs)}"
+        f"{generations_section(generations, splice, docs)}"
+        f"<h2>Features that fire</h2>{feature_sections(feats, examples, _freq_tokens(metrics), docs)}"
         f"<script type='application/json' id='meta'>{e(json.dumps({'n_features': len(feats)}))}</script>"
         "</body></html>"
     )
-    # every definition link is DOCS followed by ' or #: user text cannot hold it (e() escapes quotes)
-    return page if docs == DOCS else page.replace(f"'{DOCS}'", f"'{docs}'").replace(f'"{DOCS}#', f'"{docs}#')
+    return page

@@ -17,7 +17,7 @@ import torch
 
 from saelab.data.hooks import capture, covered_positions
 from saelab.eval.evaluate import EvalSample, clean_pass, spliced_ce
-from saelab.eval.metrics import ReconSums
+from saelab.eval.metrics import SquaredError
 from saelab.saes.base import SAE
 
 
@@ -79,7 +79,7 @@ def run_pass(
     cof_i = torch.zeros(0, dtype=torch.long, device=device)
     ks = [*cfg.topk, None]
     ce_sums = dict.fromkeys(ks, 0.0)
-    recon = {k: ReconSums() for k in ks}  # each top-k ablation's reconstruction statistics on covered tokens
+    recon = {k: SquaredError() for k in ks}  # each top-k ablation's reconstruction MSE on covered tokens
     ce_clean = ce_zero = 0.0
     diffs, diff_idx, n_pred = [], [], 0
     for tokens, ids, in_ce in sample.batches(rows, cfg.batch_rows, device):
@@ -111,7 +111,7 @@ def run_pass(
                 x_hat = sae.decode(f_k)
                 ce = spliced_ce(model, tokens, hook, x_hat, covered)
                 ce_sums[k] += ce.double().sum().item()
-                recon[k].add(x[cov], x_hat[cov], f_k[cov])
+                recon[k].add(x[cov], x_hat[cov])
                 if k is None:
                     diffs.append((ce - clean).reshape(-1).cpu().numpy())
                     diff_idx.append(gidx[:, 1:].reshape(-1).cpu().numpy())
@@ -128,8 +128,6 @@ def run_pass(
     )
     if n_pred:
         res.ce_clean, res.ce_zero = ce_clean / n_pred, ce_zero / n_pred
-        res.topk = {
-            ("all" if k is None else k): {"ce": ce_sums[k] / n_pred, "mse": recon[k].result()["mse"]} for k in ks
-        }
+        res.topk = {("all" if k is None else k): {"ce": ce_sums[k] / n_pred, "mse": recon[k].mse()} for k in ks}
         res.ce_diff, res.ce_diff_index = np.concatenate(diffs), np.concatenate(diff_idx)
     return res

@@ -130,12 +130,16 @@ def write_caches(model, rows: np.ndarray, row_ids: np.ndarray, specs: list[Cache
         check_disk(out, 2 * n * sum(s.d for s in specs) * itemsize)
     sites = [_Site(s, out, n, itemsize) for s, out in zip(specs, outs)]
     stop_at = max(s.layer for s in specs) + 1
-    at = 0
+    at, lm_s = 0, 0.0
     start = time.perf_counter()
     bar = tqdm(total=n, desc="activations", unit="tok", unit_scale=True)
     for i in range(0, len(rows), base.batch_rows):
         batch = torch.from_numpy(rows[i : i + base.batch_rows].astype(np.int64)).to(device)
+        t_lm = time.perf_counter()
         grabbed = hooks_activations(model, batch, [s.hook for s in specs], stop_at)
+        if batch.device.type == "cuda":
+            torch.cuda.synchronize(batch.device)  # kernels run asynchronously: time the forwards, not their launch
+        lm_s += time.perf_counter() - t_lm
         mask = torch.from_numpy(keep[i : i + base.batch_rows].reshape(-1)).to(batch.device)
         for site in sites:
             kept = site.add(grabbed[site.spec.hook], mask, torch_dtype, at, i, len(batch))
@@ -174,6 +178,7 @@ def write_caches(model, rows: np.ndarray, row_ids: np.ndarray, specs: list[Cache
             "mean_excluded": (site.dropped / n_dropped).float().tolist() if n_dropped else None,
             "mean_norm": site.norm_sum / max(1, n),
             "compute_seconds": compute_s,  # the shared LM pass
+            "lm_seconds": lm_s,  # its LM forwards alone (the rest: each site's statistics and scratch copy)
             "tokens_per_s": n / compute_s,
         })  # fmt: skip
     return manifests

@@ -45,6 +45,6 @@ def build_caches(cfg: ActivationsConfig, hooks: list[str], lm_dir: Path, tokens_
         for tmp, manifest in zip(tmps, manifests):
             manifest["bos"] = cfg.bos
             manifest["inputs"] = inputs
-            timing = {k: manifest.pop(k) for k in ("compute_seconds", "tokens_per_s")}
+            timing = {k: manifest.pop(k) for k in ("compute_seconds", "lm_seconds", "tokens_per_s")}
             write_json(tmp / acts.MANIFEST, manifest)
     return manifests, timing

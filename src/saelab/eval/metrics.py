@@ -12,7 +12,9 @@ here reaches all three. Definitions (docs/metrics.md, "Reconstruction metrics"):
   token has one);
 * ``fired`` / ``act_sum``: per feature, tokens on which it fired (f > 0) and the sum of its activations.
 
-Sums are float64, taken per batch, so a streamed result does not depend on the batch's precision.
+Sums are float64, taken per batch, so a streamed result does not depend on the batch's precision. A caller that
+reports the MSE alone (the analysis pass's top-k rows) accumulates :class:`SquaredError`, the part of ReconSums
+that the MSE is, through the same code.
 """
 
 from __future__ import annotations
@@ -55,11 +57,27 @@ def frequency_fractions(freq: np.ndarray, ultra_low: float, dense: float) -> dic
 
 
 @dataclass
-class ReconSums:
-    """Running float64 sums of the reconstruction metrics over tokens: ``add`` batches, read ``result``."""
+class SquaredError:
+    """Running float64 sum of Σ_dims (x̂ − x)² over tokens: ``mse`` is ReconSums' ``mse`` without the rest."""
 
     n: int = 0
     sse: float = 0.0
+
+    def add(self, x: torch.Tensor, x_hat: torch.Tensor) -> SquaredError:
+        """Add tokens x (N, d_in) and their reconstruction x̂ (N, d_in)."""
+        self.n += len(x)
+        self.sse += (x_hat - x).double().pow(2).sum().item()
+        return self
+
+    def mse(self) -> float:
+        """Mean over the tokens added of Σ_dims (x̂ − x)²."""
+        return self.sse / self.n
+
+
+@dataclass
+class ReconSums(SquaredError):
+    """Running float64 sums of the reconstruction metrics over tokens: ``add`` batches, read ``result``."""
+
     sum_sq: float = 0.0
     sum_x: np.ndarray | None = None
     l0: float = 0.0
@@ -70,9 +88,8 @@ class ReconSums:
 
     def add(self, x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor) -> ReconSums:
         """Add tokens x (N, d_in), their reconstruction x̂ (N, d_in) and features f (N, d_sae)."""
-        x64, err = x.double(), (x_hat - x).double()
-        self.n += len(x)
-        self.sse += err.pow(2).sum().item()
+        super().add(x, x_hat)
+        x64 = x.double()
         self.sum_sq += x64.pow(2).sum().item()
         sx = x64.sum(0).cpu().numpy()
         self.sum_x = sx if self.sum_x is None else self.sum_x + sx
@@ -92,7 +109,7 @@ class ReconSums:
     def result(self) -> dict:
         """mse, explained_variance, l0, l2_ratio and the token counts (module docstring)."""
         return {
-            "mse": self.sse / self.n,
+            "mse": self.mse(),
             "explained_variance": explained_variance(self.sse, self.sum_sq, self.sum_x, self.n),
             "l0": self.l0 / self.n,
             "l2_ratio": self.l2_ratio / max(1, self.l2_n),
