@@ -1709,3 +1709,27 @@ def test_train_forward_returns_the_reconstruction_its_mse_is_of(arch):
     assert out.x_hat is not None and (f > 0).any()
     torch.testing.assert_close(out.x_hat, x_hat, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.mse, ((x_hat - x) ** 2).sum(-1).mean(), rtol=1e-5, atol=1e-5)
+
+
+def test_training_share_by_hand():
+    """The compute equivalent's share (docs/metrics.md, "Compute equivalent") on a hand curve: linear between
+    points in tokens, on the running minimum (a bump in the curve is not a second crossing), None outside it; both
+    ends included, two points enough, a curve that does not start at 0 tokens read against its last point."""
+    from saelab.eval.metrics import training_share
+
+    tokens, losses = [0, 100, 200, 300, 400], [8.0, 4.0, 4.5, 3.5, 3.0]
+    assert training_share(3.0, tokens, losses) == 1.0  # the last point's loss: the whole run
+    assert training_share(3.25, tokens, losses) == pytest.approx(350 / 400)
+    assert training_share(3.75, tokens, losses) == pytest.approx(250 / 400)  # 4.5 at 200 counts as 4.0 reached
+    assert training_share(6.0, tokens, losses) == pytest.approx(50 / 400)
+    assert training_share(8.0, tokens, losses) == 0.0  # the first point's loss
+    assert training_share(2.9, tokens, losses) is None and training_share(8.1, tokens, losses) is None
+    assert training_share(float("nan"), tokens, losses) is None
+    assert training_share(6.0, [100, 300], [6.0, 4.0]) == pytest.approx(100 / 300)  # at the first point
+    assert training_share(5.0, [100, 300], [6.0, 4.0]) == pytest.approx(200 / 300)
+    assert training_share(5.0, [0, 1], [6.0, 4.0]) == pytest.approx(0.5)  # a step of one token is increasing
+    for bad in ([0], [0, 0], [0, 200, 100]):
+        with pytest.raises(
+            ValueError, match="^training_share: need at least two points with strictly increasing tokens$"
+        ):
+            training_share(3.0, bad, [1.0] * len(bad))

@@ -87,19 +87,3 @@ def test_measuring_loss_during_training_leaves_the_lm_unchanged():
     measured = lm.train_embedded(cfg, CORPUS, CORPUS, on_step=measure)[0].state_dict()
     assert [s for s, _ in seen] == list(range(7)) and seen[-1][1] < seen[0][1]
     assert all(torch.equal(plain[k], measured[k]) for k in plain)
-
-
-def test_training_share_by_hand():
-    """The compute equivalent's share (docs/metrics.md, "Compute equivalent") on a hand curve: linear between
-    points in tokens, on the running minimum (a bump in the curve is not a second crossing), None outside it."""
-    from saelab.eval.metrics import training_share
-
-    tokens, losses = [0, 100, 200, 300, 400], [8.0, 4.0, 4.5, 3.5, 3.0]
-    assert training_share(3.0, tokens, losses) == 1.0
-    assert training_share(3.25, tokens, losses) == pytest.approx(350 / 400)
-    assert training_share(3.75, tokens, losses) == pytest.approx(250 / 400)  # 4.5 at 200 counts as 4.0 reached
-    assert training_share(6.0, tokens, losses) == pytest.approx(50 / 400)
-    assert training_share(8.0, tokens, losses) == 0.0
-    assert training_share(2.9, tokens, losses) is None and training_share(8.1, tokens, losses) is None
-    with pytest.raises(ValueError, match="strictly increasing"):
-        training_share(3.0, [0, 0], [1.0, 1.0])
