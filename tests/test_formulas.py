@@ -1726,6 +1726,7 @@ def test_training_share_by_hand():
     assert training_share(2.9, tokens, losses) is None and training_share(8.1, tokens, losses) is None
     assert training_share(float("nan"), tokens, losses) is None
     assert training_share(6.0, [100, 300], [6.0, 4.0]) == pytest.approx(100 / 300)  # at the first point
+    assert training_share(6.0, [100, 200, 400], [6.0, 5.0, 4.0]) == pytest.approx(100 / 400)  # of the last point's
     assert training_share(5.0, [100, 300], [6.0, 4.0]) == pytest.approx(200 / 300)
     assert training_share(5.0, [0, 1], [6.0, 4.0]) == pytest.approx(0.5)  # a step of one token is increasing
     for bad in ([0], [0, 0], [0, 200, 100]):
