@@ -19,10 +19,15 @@ MUTMUT_STAMP := $(VENV)/.mutmut
 
 setup: $(STAMP)
 
+# The locked packages go in with uv where it installs, else with pip: the same versions (requirements.lock pins
+# every package), uv in seconds (timings: docs/usage.md, "Set-up"). torch stays with pip: uv reads neither pip's
+# config nor its find-links, where a machine's local CPU wheel may lie.
+UV := uv==0.13.9
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH) $(TORCH_INDEX)
-	$(BIN)/python -m pip install -q -r requirements.lock
+	($(BIN)/python -m pip install -q $(UV) && $(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock) \
+		|| $(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
