@@ -272,7 +272,7 @@ def write_outputs(report: dict, out: Path) -> None:
               f"{', the best MSE run' if x['is_best_mse'] else ''}): "
               + (f"{x['kl_arch']} at L0 {x['kl_l0']:.1f} = "
                  f"{fmt(x['kl_l0'] / x['l0'] if x['l0'] > 0 else None, '.2f')}x" if x["kl_l0"] is not None else
-                 "no KL run reaches it") for x in g["kl_reach"]]  # fmt: skip
+                 "no functional run reaches it") for x in g["kl_reach"]]  # fmt: skip
     lines += ["", "Goal 3, throughput (tokens the SAE saw per second; target KL >= 0.5x MSE from the stream):", ""]
     lines += [f"- {x['arch']}: MSE {fmt(x['mse_tokens_per_s'], '.0f')}, KL {fmt(x['kl_tokens_per_s'], '.0f')} "
               f"({fmt(x['kl_over_mse'], '.2f')}x), KL+ds {fmt(x['kl_ds_tokens_per_s'], '.0f')} "

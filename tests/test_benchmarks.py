@@ -209,6 +209,13 @@ def test_functional_goals_count_kl_ds_as_a_functional_loss(functional, tmp_path)
     assert {(x["loss"], x["value"]) for x in g["equal_l0"]} == {("kl", 16), ("kl", 64), ("kl_ds", 16), ("kl_ds", 64)}
     speed = g["throughput"][0]
     assert speed["kl_over_mse"] == 0.5 and speed["kl_ds_over_mse"] == 0.75
-    without = functional.goals([r for r in rows if r["loss"] != "kl_ds"])
+    kept = [r for r in rows if r["loss"] != "kl_ds"]
+    without = functional.goals(kept)
     assert math.isnan(without["throughput"][0]["kl_ds_over_mse"])
     assert next(x for x in without["kl_reach"] if x["is_best_mse"])["kl_l0"] is None
+    report = {"hardware": "cpu", "n_tokens": 1, "d_sae": 2, "batch_size": 3, "lr": 0.1, "seed": 0, "ft_frac": 0.1,
+              "ft_lr": 0.01, "eval_tokens": 8, "ce_eval_tokens": 4, "command": "x", "runs": kept,
+              "goals": without}  # fmt: skip
+    functional.write_outputs(report, tmp_path / "out")
+    text = (tmp_path / "out" / "functional.md").read_text()
+    assert "KL+ds — (—x)" in text and "no functional run reaches it" in text
