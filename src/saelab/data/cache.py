@@ -135,10 +135,13 @@ def write_caches(model, rows: np.ndarray, row_ids: np.ndarray, specs: list[Cache
     bar = tqdm(total=n, desc="activations", unit="tok", unit_scale=True)
     for i in range(0, len(rows), base.batch_rows):
         batch = torch.from_numpy(rows[i : i + base.batch_rows].astype(np.int64)).to(device)
+        cuda = batch.device.type == "cuda"  # kernels run asynchronously: time the forwards alone, not their launch
+        if cuda:
+            torch.cuda.synchronize(batch.device)  # the previous batch's statistics and copies are done
         t_lm = time.perf_counter()
         grabbed = hooks_activations(model, batch, [s.hook for s in specs], stop_at)
-        if batch.device.type == "cuda":
-            torch.cuda.synchronize(batch.device)  # kernels run asynchronously: time the forwards, not their launch
+        if cuda:
+            torch.cuda.synchronize(batch.device)
         lm_s += time.perf_counter() - t_lm
         mask = torch.from_numpy(keep[i : i + base.batch_rows].reshape(-1)).to(batch.device)
         for site in sites:

@@ -76,7 +76,8 @@ class SquaredError:
 
 @dataclass
 class ReconSums(SquaredError):
-    """Running float64 sums of the reconstruction metrics over tokens: ``add`` batches, read ``result``."""
+    """Running float64 sums of the reconstruction metrics over tokens: ``add`` batches, read ``result``. Its ``add``
+    takes the features as well (a SquaredError whose sums it extends, not a drop-in for one's ``add``)."""
 
     sum_sq: float = 0.0
     sum_x: np.ndarray | None = None
