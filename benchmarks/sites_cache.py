@@ -100,8 +100,8 @@ def main() -> None:
         "rounds": args.rounds,
         "goal": "caching H sites <= 1.3x the LM time of caching one (issue 26)",
         "columns": {
-            "lm_s": "the LM forwards alone (hooks_activations: the pass with every hook attached, stopped after the "
-            "deepest hook's block)",
+            "lm_s": "the LM forwards alone (hooks_activations: the pass with every hook attached, stopped once every "
+            "hook has fired)",
             "pass_s": "the whole LM pass (compute_seconds): the forwards, each site's statistics and its copy to "
             "the scratch memmap",
             "total_s": "build_caches end to end (the pass, the shard writes, loading the LM and tokens)",

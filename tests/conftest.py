@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from filelock import FileLock
+from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 import saelab.saes  # noqa: F401  (registers the built-in architectures: params checks are strict)
 from saelab import threads
@@ -76,6 +77,17 @@ def tiny_lm(tmp_path_factory):
     return out, rows
 
 
+def run_fake_pass(fwd_hooks, value_of):
+    """What TransformerLens's ``run_with_hooks`` does, for a fake LM: each hook in turn sees ``value_of(its name)``;
+    a hook may stop the pass (``StopAtLayerException``, as saelab.data.hooks does), whose tensor is then returned."""
+    try:
+        for name, fn in fwd_hooks:
+            fn(value_of(name), hook=None)
+    except StopAtLayerException as stop:
+        return stop.layer_output
+    return None
+
+
 class FakeLM:
     """Stands in for the LM: the activation at (token t, position p) is fixed by t and p."""
 
@@ -88,12 +100,12 @@ class FakeLM:
         k = torch.arange(d).float()
         return torch.sin(tokens.float()[..., None] * (k + 1) / 7) + 0.01 * pos[..., None] * k
 
-    def run_with_hooks(self, tokens, fwd_hooks, stop_at_layer=None):
+    def run_with_hooks(self, tokens, fwd_hooks):
         assert tokens.dtype == torch.long and isinstance(fwd_hooks[0][0], str), "token ids and a hook name, as an LM"
         x = self.expected(tokens, self.d)
         if self.poison:
             x[0, 0, 0] = float("nan")
-        fwd_hooks[0][1](x, hook=None)
+        return run_fake_pass(fwd_hooks, lambda name: x)
 
 
 def make_cache(

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from saelab.config import EvaluateConfig
-from saelab.data.hooks import hook_activations
+from saelab.data.hooks import activation
 from saelab.data.lm import load_lm
 from saelab.eval.evaluate import evaluate, token_ce
 from saelab.eval.metrics import ce_recovered, explained_variance, l2_ratios
@@ -47,7 +47,7 @@ def test_perfect_sae_recovers_all_loss(tiny_lm):
     path, rows = tiny_lm
     lm = load_lm(path)
     tokens = torch.from_numpy(rows[:8].astype(np.int64))
-    mean = hook_activations(lm.model, tokens, "blocks.0.mlp.hook_post", 0).reshape(-1, 64).mean(0)
+    mean = activation(lm.model, tokens, "blocks.0.mlp.hook_post").reshape(-1, 64).mean(0)
     m, per_feature = evaluate(
         lm.model,
         identity_sae(64),
@@ -145,7 +145,7 @@ def test_scaled_reconstruction_gives_hand_ev_and_l2_ratio(tiny_lm):
 
     s = EvalSample.draw(len(rows), rows.shape[1], 64, cfg)
     tokens = torch.from_numpy(rows[np.sort(np.r_[s.ce, s.rest])].astype(np.int64))
-    x = hook_activations(lm.model, tokens, "blocks.0.mlp.hook_post", 0)[tokens != lm.bos_token_id].double()
+    x = activation(lm.model, tokens, "blocks.0.mlp.hook_post")[tokens != lm.bos_token_id].double()
     ev = 1 - 0.25 * x.pow(2).sum() / (x - x.mean(0)).pow(2).sum()
     assert m["l2_ratio"] == pytest.approx(0.5, abs=1e-5)
     assert m["explained_variance"] == pytest.approx(ev.item(), abs=1e-5)

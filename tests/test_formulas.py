@@ -1571,12 +1571,13 @@ def test_frequency_statistics_survive_a_large_mean():
     default; only the covered positions count."""
     from saelab.eval.compare import frequencies
     from saelab.saes.base import SAE
+    from tests.conftest import run_fake_pass
 
     class Offset:
-        def run_with_hooks(self, tokens, fwd_hooks, stop_at_layer=None):
+        def run_with_hooks(self, tokens, fwd_hooks):
             t = tokens.double()
             x = 1000.0 + torch.stack([0.01 * torch.sin(t), 0.001 * torch.cos(t), t * 0, t * 0, t * 0, t * 0], -1)
-            fwd_hooks[0][1](x, hook=None)
+            return run_fake_pass(fwd_hooks, lambda name: x)
 
     rows = np.arange(200).reshape(20, 10)
     freqs, acts = frequencies(Offset(), [SAE(6, 4, seed=0)], rows, "h", 7, "cpu")

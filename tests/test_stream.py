@@ -9,6 +9,7 @@ from saelab.data.lm import load_lm
 from saelab.data.stream import ActivationStream
 from saelab.section import ConfigError
 from saelab.training.trainer import Trainer
+from tests.conftest import run_fake_pass
 
 
 class IdLM:
@@ -16,10 +17,10 @@ class IdLM:
 
     calls = 0
 
-    def run_with_hooks(self, tokens, fwd_hooks, stop_at_layer=None):
+    def run_with_hooks(self, tokens, fwd_hooks):
         IdLM.calls += 1
         x = torch.stack([tokens.float(), torch.zeros(tokens.shape)], -1)
-        fwd_hooks[0][1](x, hook=None)
+        return run_fake_pass(fwd_hooks, lambda name: x)
 
 
 N_CTX, N_ROWS = 16, 50
@@ -31,7 +32,6 @@ def _stream(buffer_tokens=160, batch_rows=3, seed=0):
         IdLM(),
         ROWS,
         "blocks.0.mlp.hook_post",
-        0,
         2,
         buffer_tokens=buffer_tokens,
         batch_rows=batch_rows,
@@ -101,7 +101,6 @@ def test_sae_trains_from_the_stream_of_a_real_lm(tiny_lm, arch):
         loaded.model,
         rows,
         "blocks.0.mlp.hook_post",
-        0,
         d,
         buffer_tokens=512,
         batch_rows=4,

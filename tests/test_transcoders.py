@@ -207,15 +207,14 @@ def test_anthropic_resampling_of_a_transcoder_points_decoder_rows_at_targets_and
 
 def _pair_lm(d: int):
     """A fake LM with two hooks: the input is FakeLM's activation, the target a fixed linear map of it."""
-    from tests.conftest import FakeLM
+    from tests.conftest import FakeLM, run_fake_pass
 
     M = torch.randn(d, d, generator=torch.Generator().manual_seed(7)) / d**0.5
 
     class PairLM:
-        def run_with_hooks(self, tokens, fwd_hooks, stop_at_layer=None):
+        def run_with_hooks(self, tokens, fwd_hooks):
             x = FakeLM.expected(tokens, d)
-            for name, fn in fwd_hooks:
-                fn(x if name == IN else x @ M, hook=None)
+            return run_fake_pass(fwd_hooks, lambda name: x if name == IN else x @ M)
 
     return PairLM(), M
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from saelab.data.hooks import capture, covered_positions
+from saelab.data.hooks import activation, covered_positions
 from saelab.eval.evaluate import EvalSample, clean_pass, spliced_ce
 from saelab.eval.metrics import SquaredError
 from saelab.saes.base import SAE
@@ -88,7 +88,7 @@ def run_pass(
         if in_ce:
             clean, x = clean_pass(model, tokens, hook)  # (B, T-1), (B, T, d)
         else:
-            x = capture(model, tokens, hook)[1]
+            x = activation(model, tokens, hook)
         x = x.reshape(-1, sae.d_in).float()
         f = sae.encode(x) * covered.reshape(-1, 1)  # (N, d_sae); uncovered positions never fire
         gflat = gidx.reshape(-1)

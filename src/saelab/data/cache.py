@@ -104,7 +104,7 @@ def write_caches(model, rows: np.ndarray, row_ids: np.ndarray, specs: list[Cache
     """One LM pass over ``rows``, caching every spec's hook (its own token-shuffled Parquet cache in its ``out``).
 
     1. Activations of every kept token (all but ``exclude_token``) at every hook go, in row order, to one scratch
-       memmap per hook; the pass stops after the deepest hook's block.
+       memmap per hook; the pass stops once every hook has fired (``hooks_activations``).
     2. A seeded permutation of all N kept tokens orders the shards, so consecutive cache rows come from
        unrelated prompts; every hook shares it (a token sits at the same cache row in each).
     3. Each cache's shards are written from its memmap in permuted order; the scratch is deleted.
@@ -129,7 +129,6 @@ def write_caches(model, rows: np.ndarray, row_ids: np.ndarray, specs: list[Cache
     for out in outs:
         check_disk(out, 2 * n * sum(s.d for s in specs) * itemsize)
     sites = [_Site(s, out, n, itemsize) for s, out in zip(specs, outs)]
-    stop_at = max(s.layer for s in specs) + 1
     at, lm_s = 0, 0.0
     start = time.perf_counter()
     bar = tqdm(total=n, desc="activations", unit="tok", unit_scale=True)
@@ -139,7 +138,7 @@ def write_caches(model, rows: np.ndarray, row_ids: np.ndarray, specs: list[Cache
         if cuda:
             torch.cuda.synchronize(batch.device)  # the previous batch's statistics and copies are done
         t_lm = time.perf_counter()
-        grabbed = hooks_activations(model, batch, [s.hook for s in specs], stop_at)
+        grabbed = hooks_activations(model, batch, [s.hook for s in specs])
         if cuda:
             torch.cuda.synchronize(batch.device)
         lm_s += time.perf_counter() - t_lm

@@ -1,6 +1,7 @@
 """Hook names, width checks, and the two hook functions every LM pass goes through.
 
-* :func:`capture` runs the LM and returns its output plus the activation at one hook;
+* :func:`capture` runs the LM and returns its logits plus the activation at one hook; :func:`activation` and
+  :func:`hooks_activations` return the activations alone, from a pass that stops at the last hook asked for;
 * :func:`splice` builds a hook that replaces that activation (reconstruction, zero, mean),
   leaving positions outside the SAE's domain clean (BOS under ``activations.bos: exclude``;
   definitions: docs/metrics.md, "BOS policy").
@@ -9,6 +10,8 @@
 from __future__ import annotations
 
 import torch
+
+from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from saelab.config import HOOK_SUFFIXES, unspliceable
 from saelab.errors import InputError
@@ -41,14 +44,18 @@ def is_mlp_post(hook: str) -> bool:
     return hook.endswith("mlp.hook_post")
 
 
-def capture(model, tokens: torch.Tensor, hook: str, stop_at_layer: int | None = None) -> tuple:
-    """Run ``model`` on ``tokens`` (B, T); return (its output, the activation at ``hook`` (B, T, d)).
-
-    The output is the logits, or nothing useful when ``stop_at_layer`` cuts the pass short.
-    """
+def capture(model, tokens: torch.Tensor, hook: str) -> tuple:
+    """Run ``model`` on ``tokens`` (B, T); return (its logits, the activation at ``hook`` (B, T, d))."""
     grabbed: dict = {}
-    out = model.run_with_hooks(tokens, fwd_hooks=[(hook, grab_into(grabbed, "x"))], stop_at_layer=stop_at_layer)
+    out = model.run_with_hooks(tokens, fwd_hooks=[(hook, grab_into(grabbed, "x"))])
     return out, grabbed["x"]
+
+
+@torch.no_grad()
+def activation(model, tokens: torch.Tensor, hook: str) -> torch.Tensor:
+    """The activation at ``hook`` for ``tokens`` (B, T) -> (B, T, d), from a pass that stops at the hook
+    (:func:`hooks_activations`)."""
+    return hooks_activations(model, tokens, [hook])[hook]
 
 
 def grab_into(store: dict, key: str):
@@ -62,17 +69,28 @@ def grab_into(store: dict, key: str):
 
 
 @torch.no_grad()
-def hook_activations(model, tokens: torch.Tensor, hook: str, layer: int) -> torch.Tensor:
-    """Activations at ``hook`` for ``tokens`` (B, T) -> (B, T, d); the pass stops after ``layer``."""
-    return hooks_activations(model, tokens, [hook], layer + 1)[hook]
+def hooks_activations(model, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
+    """Activations at every hook of ``hooks`` for ``tokens`` (B, T), hook -> (B, T, d), from one pass that stops as
+    soon as the last of them has fired: nothing after it runs (for an MLP hook of the last block: the rest of the
+    block, the final norm and the unembedding). The values are the full pass's, bit for bit (tests/test_hooks.py).
 
-
-@torch.no_grad()
-def hooks_activations(model, tokens: torch.Tensor, hooks: list[str], stop_at_layer: int) -> dict[str, torch.Tensor]:
-    """Activations at every hook of ``hooks`` for ``tokens`` (B, T), hook -> (B, T, d), from one pass that stops
-    before block ``stop_at_layer`` (one past the deepest hook's)."""
+    The stop is TransformerLens's own ``StopAtLayerException``, raised from the hook and caught by
+    ``run_with_hooks``, which removes the hooks as usual. Its ``stop_at_layer`` argument cannot do this: it stops
+    at the start of a block, so it cannot cut the last block's pass short, and a stop after the last block runs
+    the unembedding anyway (TransformerLens 4's bridge ignores a ``stop_at_layer`` of ``n_layers``)."""
+    wanted = list(dict.fromkeys(hooks))
     grabbed: dict = {}
-    model.run_with_hooks(tokens, fwd_hooks=[(h, grab_into(grabbed, h)) for h in hooks], stop_at_layer=stop_at_layer)
+
+    def grab(key: str):
+        def hook_fn(x, hook):  # noqa: ARG001 - TL passes the HookPoint by keyword
+            grabbed[key] = x
+            if len(grabbed) == len(wanted):
+                raise StopAtLayerException(x)
+            return x
+
+        return hook_fn
+
+    model.run_with_hooks(tokens, fwd_hooks=[(h, grab(h)) for h in wanted])
     return grabbed
 
 

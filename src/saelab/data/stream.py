@@ -24,18 +24,18 @@ from saelab.errors import InputError
 from saelab.data.cache import DTYPES, MANIFEST, PAIR, ActivationCache, check_bos_policy, open_pair, paired_batches
 from saelab.training.checkpoint import fingerprint
 from saelab.config import ActivationsConfig, SAEConfig
-from saelab.data.hooks import check_hook, hook_activations
+from saelab.data.hooks import activation, check_hook
 
 
 class ActivationStream:
     """Endless (batch_size, d) batches of ``hook`` activations of ``model`` over ``rows`` (n_rows, n_ctx)."""
 
-    def __init__(self, model, rows: np.ndarray, hook: str, layer: int, d: int, *, buffer_tokens: int,
+    def __init__(self, model, rows: np.ndarray, hook: str, d: int, *, buffer_tokens: int,
                  batch_rows: int, dtype: str, seed: int, device: torch.device, exclude_token: int | None = None):
         n_ctx = rows.shape[1]
         if buffer_tokens < 2 * n_ctx:
             raise InputError(f"sae.stream_buffer_tokens: {buffer_tokens} must hold at least two prompts of {n_ctx} tokens")
-        self.model, self.rows, self.hook, self.layer, self.d = model, rows, hook, layer, d
+        self.model, self.rows, self.hook, self.d = model, rows, hook, d
         self.buffer_tokens, self.batch_rows, self.seed, self.device = buffer_tokens, batch_rows, seed, device
         self.dtype = DTYPES[dtype]
         self.exclude_token = exclude_token
@@ -49,7 +49,7 @@ class ActivationStream:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
             for i in range(0, len(order), self.batch_rows):
                 batch = torch.from_numpy(self.rows[np.sort(order[i : i + self.batch_rows])].astype(np.int64))
-                acts = hook_activations(self.model, batch.to(self.device), self.hook, self.layer).reshape(-1, self.d)
+                acts = activation(self.model, batch.to(self.device), self.hook).reshape(-1, self.d)
                 if self.exclude_token is not None:
                     acts = acts[(batch != self.exclude_token).reshape(-1).to(acts.device)]
                 yield acts.to(self.dtype)
@@ -140,7 +140,7 @@ def open_data(cfg: SAEConfig, acts_cfg: ActivationsConfig, device: torch.device,
         covered = int((rows != exclude).sum()) if exclude is not None else rows.size
         return TrainData(lambda b, skip: prompt_batches(rows, b // n_ctx, cfg.seed, skip // b), d, acts_cfg.hook,
                          "fp32", n_ctx, covered, print_, objective)  # fmt: skip
-    stream = ActivationStream(lm.model, rows, acts_cfg.hook, layer, d, buffer_tokens=cfg.stream_buffer_tokens,
+    stream = ActivationStream(lm.model, rows, acts_cfg.hook, d, buffer_tokens=cfg.stream_buffer_tokens,
                               batch_rows=cfg.stream_batch_rows, dtype=acts_cfg.dtype, seed=cfg.seed, device=device,
                               exclude_token=excluded_token(lm, acts_cfg.bos))
     return TrainData(stream.batches, d, acts_cfg.hook, acts_cfg.dtype, n_ctx, stream.n_tokens, print_)

@@ -24,7 +24,7 @@ from scipy import stats
 from scipy.optimize import linear_sum_assignment
 
 from saelab.analysis.weights import cluster_sameness, unit
-from saelab.data.hooks import capture, covered_positions
+from saelab.data.hooks import activation, covered_positions
 
 
 def decoder_cosines(W_dec_a: torch.Tensor, W_dec_b: torch.Tensor) -> torch.Tensor:
@@ -125,7 +125,7 @@ def frequencies(
     total, gram, n = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64), 0
     for i in range(0, len(rows), batch_rows):
         tokens = torch.from_numpy(rows[i : i + batch_rows].astype(np.int64)).to(device)
-        x = capture(model, tokens, hook)[1].reshape(-1, d).float()[covered_positions(tokens, exclude_token).reshape(-1)]
+        x = activation(model, tokens, hook).reshape(-1, d).float()[covered_positions(tokens, exclude_token).reshape(-1)]
         for acc, sae in zip(counts, saes):
             acc.append((sae.encode(x) > 0).sum(0))
         x64 = x.double().cpu()

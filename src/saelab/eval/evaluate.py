@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from saelab.config import hook_layer
-from saelab.data.hooks import capture, covered_positions, splice
+from saelab.data.hooks import activation, capture, covered_positions, splice
 from saelab.data.tokens import sample_rows
 from saelab.eval.metrics import ReconSums, ce_recovered, frequency_fractions
 from saelab.saes.base import SAE
@@ -122,9 +121,9 @@ def evaluate(
         if in_ce:
             clean, x = clean_pass(model, tokens, hook)
         else:
-            x = capture(model, tokens, hook)[1]
+            x = activation(model, tokens, hook)
         x = x.float()
-        x_in = x if input_hook is None else capture(model, tokens, input_hook, hook_layer(input_hook) + 1)[1].float()
+        x_in = x if input_hook is None else activation(model, tokens, input_hook).float()
         x_hat, f = sae(x_in.reshape(-1, x_in.shape[-1]))
         if in_ce:
             for name, values in (
