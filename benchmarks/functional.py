@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from frontier import at_l0, eval_context, score  # noqa: E402
-from reader import cpu_model  # noqa: E402
+from reader import cpu_model, git_commit  # noqa: E402
 
 import saelab.saes  # noqa: E402, F401  (registers the built-in architectures)
 from saelab import registry, threads  # noqa: E402
@@ -373,6 +373,7 @@ def main() -> None:
     report = {
         "hardware": f"{cpu_model()}, {torch.get_num_threads()} torch threads, {platform.machine()}",
         "command": "python benchmarks/functional.py " + " ".join(sys.argv[1:]),
+        "commit": git_commit(),  # the code at report time (runs reused from --work may be older)
         **{
             k: getattr(args, k) for k in ("n_tokens", "d_sae", "batch_size", "lr", "seed", "ft_frac", "ft_lr", "losses")
         },

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +22,13 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    """The code measured: ``git describe --always --dirty`` of the working tree, or "unknown" outside a clone."""
+    done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent)  # fmt: skip
+    return done.stdout.strip() or "unknown"
 
 
 def main() -> None:

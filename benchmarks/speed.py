@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from harness import worker_env  # noqa: E402
-from reader import cpu_model  # noqa: E402
+from reader import cpu_model, git_commit  # noqa: E402
 
 from saelab import threads  # noqa: E402
 
@@ -239,8 +239,7 @@ def main() -> None:
     lm = lm_part(args, args.out) if "lm" in args.parts else old["lm"]
     topk = topk_part(args, args.out) if "topk" in args.parts else old["topk"]
     dense = dense_part(args, args.out) if "dense" in args.parts else old["dense"]
-    commit = args.commit or subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                                           text=True).stdout.strip()  # fmt: skip
+    commit = args.commit or git_commit()
     cpu = f"{cpu_model()}, {threads.cores()} cores"
     device = f"{torch.cuda.get_device_name()} ({cpu})" if args.device.startswith("cuda") else cpu
     run_now = {

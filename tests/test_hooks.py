@@ -45,14 +45,26 @@ def test_activation_has_the_full_passes_values_and_runs_nothing_after_the_hook()
 
 
 def test_several_hooks_stop_after_the_last_to_fire_and_leave_no_hooks_behind():
+    """Hooks asked out of order and repeated: each gets the full pass's values, the pass ends at the last of them to
+    fire (blocks.1.hook_resid_pre, so block 1 never runs), and the model is as before: the same logits, no hooks."""
     model = _model(2)
     tokens = torch.randint(0, TINY_LM.vocab_size, (2, TINY_LM.n_ctx))
-    asked = ["blocks.1.hook_resid_pre", "blocks.0.mlp.hook_post", "blocks.0.mlp.hook_post"]  # out of order, repeated
+    asked = ["blocks.1.hook_resid_pre", "blocks.0.mlp.hook_post", "blocks.0.mlp.hook_post"]
     with torch.no_grad():
+        logits_before = model(tokens)
+        fired, handles = _fired(model)
         got = hooks_activations(model, tokens, asked)
+        ran = list(fired)
+        fired.clear()
+        model(tokens)
+        ran_full = list(fired)
+        for h in handles:
+            h.remove()
         assert set(got) == set(asked)
         for hook in asked:
             assert torch.equal(got[hook], capture(model, tokens, hook)[1]), hook
-        logits = model(tokens)
-    assert logits.shape[-1] == TINY_LM.vocab_size  # the model still runs in full afterwards
+        last = model.hook_dict["blocks.1.hook_resid_pre"]
+        end = next(i for i, m in enumerate(ran_full) if m is last) + 1
+        assert [id(m) for m in ran] == [id(m) for m in ran_full[:end]] and end < len(ran_full)
+        assert torch.equal(model(tokens), logits_before)  # nothing left behind by the stop
     assert all(not p._forward_hooks for p in model.hook_dict.values())  # torch's own registry: TL removed its hooks
